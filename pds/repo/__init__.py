@@ -1,0 +1,1 @@
+"""Pure atproto data: codec, CIDs, TIDs, syntax, keys, MST, commits, CAR."""

@@ -1,0 +1,1 @@
+"""The data directory: atomic files, locks, block and blob stores, repositories."""

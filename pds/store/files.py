@@ -1,0 +1,91 @@
+"""Atomic file replacement and file locks.
+
+Like git's refs: write a temporary file in the same filesystem, fsync it, rename it over
+the target, fsync the directory. Readers see the old or the new file, never a mix.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+
+def fsync_dir(path: str | os.PathLike) -> None:
+    """Make a directory's entries (renames, new files) durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_file(path: str | os.PathLike, data: bytes, tmp_dir: str | os.PathLike,
+               durable: bool = True, mode: int = 0o644) -> None:
+    """Replace `path` with `data` atomically; with `durable`, fsync file and directory."""
+    tmp = os.path.join(tmp_dir, f".{os.getpid()}.{secrets.token_hex(8)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        if durable:
+            os.fdatasync(fd)
+    except BaseException:
+        os.close(fd)
+        os.unlink(tmp)
+        raise
+    os.close(fd)
+    try:
+        os.rename(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    if durable:
+        fsync_dir(os.path.dirname(path) or ".")
+
+
+def read_file(path: str | os.PathLike) -> bytes | None:
+    """A file's bytes, or None when it does not exist."""
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        return None
+
+
+def fsync_file(path: str | os.PathLike) -> None:
+    """fsync a file already written (for checkpoints); a missing file is skipped."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def flock(path: str | os.PathLike, shared: bool = False) -> Iterator[int]:
+    """Hold an advisory lock on `path` (created if needed) for the block's duration.
+
+    flock locks belong to the open file, so two workers (or two threads with their own
+    opens) exclude each other, and the kernel drops the lock if the holder dies.
+    """
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def ensure_dir(path: Path, mode: int = 0o755) -> Path:
+    """mkdir -p, returning the path."""
+    path.mkdir(parents=True, exist_ok=True, mode=mode)
+    return path
