@@ -10,10 +10,9 @@ import hashlib
 from collections.abc import Iterable, Iterator
 from typing import BinaryIO
 
-import cbrrr
 from cbrrr import CID
 
-from .codec import InvalidData, encode_trusted
+from .codec import InvalidData, decode, encode_trusted
 
 MAX_HEADER = 1 << 16
 MAX_BLOCK = 8 << 20  # generous: records are <= 1 MB, nodes are small
@@ -127,6 +126,8 @@ def _cid_len(section: memoryview) -> int:
             if not b & 0x80:
                 break
             shift += 7
+    if pos + n > len(section):
+        raise InvalidData("truncated CID in CAR")
     return pos + n
 
 
@@ -143,10 +144,15 @@ def read_car(
     if hlen is None or not 0 < hlen <= MAX_HEADER:
         raise InvalidData("bad CAR header length")
     try:
-        hdr = cbrrr.decode_dag_cbor(bytes(r.take(hlen)))
+        hdr = decode(bytes(r.take(hlen)))
     except ValueError as e:
         raise InvalidData(f"bad CAR header: {e}") from e
-    if type(hdr) is not dict or hdr.get("version") != 1 or type(hdr.get("roots")) is not list:
+    if (
+        type(hdr) is not dict
+        or type(hdr.get("version")) is not int
+        or hdr["version"] != 1
+        or type(hdr.get("roots")) is not list
+    ):
         raise InvalidData("CAR header must be {roots, version: 1}")
     roots = hdr["roots"]
     if not all(isinstance(c, CID) for c in roots):

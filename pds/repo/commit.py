@@ -16,7 +16,7 @@ class Commit:
     """A decoded, signed commit object."""
 
     did: str
-    rev: str
+    rev: str | None  # only v2 commits may lack it
     data: CID
     sig: bytes
     prev: CID | None = None
@@ -24,13 +24,10 @@ class Commit:
 
     def unsigned_value(self) -> dict:
         """The map that is signed: every field but `sig` (with `prev` present, as null)."""
-        return {
-            "did": self.did,
-            "rev": self.rev,
-            "data": self.data,
-            "prev": self.prev,
-            "version": self.version,
-        }
+        value = {"did": self.did, "data": self.data, "prev": self.prev, "version": self.version}
+        if self.rev is not None:
+            value["rev"] = self.rev
+        return value
 
     def to_value(self) -> dict:
         return {**self.unsigned_value(), "sig": self.sig}
@@ -57,14 +54,18 @@ def parse_commit(block: bytes) -> Commit:
     v = decode(block)
     if type(v) is not dict:
         raise InvalidData("commit is not a map")
-    if v.get("version") != 3:
+    version = v.get("version")
+    # We write v3 only; v2 (same fields, `prev` linked the previous commit) is still
+    # found in old repositories and must be readable.
+    if version not in (2, 3):
         raise InvalidData("unsupported commit version")
-    if set(v) != {"did", "rev", "data", "prev", "version", "sig"}:
-        raise InvalidData("commit fields are not those of a v3 commit")
-    did, rev, data, prev, sig = v["did"], v["rev"], v["data"], v["prev"], v["sig"]
+    fields = {"did", "rev", "data", "prev", "version", "sig"}
+    if set(v) != fields and not (version == 2 and set(v) == fields - {"rev"}):
+        raise InvalidData("commit fields are not those of a v2/v3 commit")
+    did, rev, data, prev, sig = v["did"], v.get("rev"), v["data"], v["prev"], v["sig"]
     if not isinstance(did, str) or not is_valid_did(did):
         raise InvalidData("commit did is invalid")
-    if not isinstance(rev, str) or not is_valid_tid(rev):
+    if rev is not None and (not isinstance(rev, str) or not is_valid_tid(rev)):
         raise InvalidData("commit rev is not a TID")
     if not isinstance(data, CID):
         raise InvalidData("commit data must be a link")
@@ -72,4 +73,4 @@ def parse_commit(block: bytes) -> Commit:
         raise InvalidData("commit prev must be a link or null")
     if type(sig) is not bytes or not sig:
         raise InvalidData("commit sig must be non-empty bytes")
-    return Commit(did=did, rev=rev, data=data, sig=sig, prev=prev)
+    return Commit(did=did, rev=rev, data=data, sig=sig, prev=prev, version=version)

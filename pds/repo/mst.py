@@ -191,12 +191,25 @@ class NodeLoader:
 class MST:
     """An immutable MST value: a root reference and the loader that resolves it."""
 
-    __slots__ = ("loader", "root", "height")
+    __slots__ = ("loader", "_root", "_height")
 
     def __init__(self, loader: NodeLoader, root: Ref, height: int | None = None) -> None:
         self.loader = loader
-        self.root: Node = loader.load(root)
-        self.height = self._root_height() if height is None else height
+        # The root loads on first use: a tree known only by its CID costs nothing.
+        self._root: Node | CID = EMPTY if root is None else root
+        self._height = height
+
+    @property
+    def root(self) -> Node:
+        if not isinstance(self._root, Node):
+            self._root = self.loader.load(self._root)
+        return self._root
+
+    @property
+    def height(self) -> int:
+        if self._height is None:
+            self._height = self._root_height()
+        return self._height
 
     @classmethod
     def empty(cls, loader: NodeLoader) -> MST:
@@ -214,7 +227,7 @@ class MST:
 
     @property
     def cid(self) -> CID:
-        return self.root.cid
+        return self._root if isinstance(self._root, CID) else self._root.cid
 
     # --- reads --------------------------------------------------------------------
 
@@ -336,7 +349,11 @@ class MST:
         node, h = (EMPTY, 0) if new is None else (new, self.height)
         # Trim keyless nodes off the top.
         while not node.keys and node.subs[0] is not None:
-            node, h = self.loader.load(node.subs[0]), h - 1
+            sub, h = node.subs[0], h - 1
+            if h == 0 and isinstance(sub, CID):
+                # A height-0 node always holds keys: no need to load it to know.
+                return MST(self.loader, sub, 0)
+            node = self.loader.load(sub)
         if not node.keys:
             h = 0
         return MST(self.loader, node, h)

@@ -1,0 +1,441 @@
+"""One account's repository in the data dir: HEAD, blocks, journal, and the write path.
+
+Every write (create, update, delete, a batch of them, an import) is applied by
+`Repo.apply_writes` or `Repo.import_car` under the repo's `LOCK` (flock), so writers in
+any worker process are serialised per repository, while different repositories commit in
+parallel.
+
+Durability: the commit's new blocks go to the journal in one fsynced file, then the block
+files and HEAD are written without fsync; `checkpoint()` flushes them later. HEAD is
+replaced by rename, so it always names a commit whose blocks are all on disk.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cbrrr import CID
+
+from ..repo import car
+from ..repo.codec import InvalidData, cid_for, encode
+from ..repo.commit import Commit, parse_commit, sign_commit
+from ..repo.keys import PrivateKey, PublicKey
+from ..repo.mst import MST, NodeLoader, diff
+from ..repo.syntax import InvalidSyntax, ensure_valid_nsid, ensure_valid_record_key
+from ..repo.tid import next_tid
+from .blocks import BlockStore
+from .files import flock, read_file, write_file
+from .journal import Journal, syncfs
+
+# A swap value meaning "no check" (None means "must not exist").
+ANY: Any = object()
+CHECKPOINT_EVERY = 64
+ZERO_REV = "2222222222222"
+
+
+class RepoError(Exception):
+    """A write the repository refuses; `name` is the XRPC error name."""
+
+    name = "InvalidRequest"
+
+
+class RecordExists(RepoError):
+    name = "InvalidRequest"
+
+
+class RecordNotFound(RepoError):
+    name = "RecordNotFound"
+
+
+class InvalidSwap(RepoError):
+    name = "InvalidSwap"
+
+
+class RepoNotFound(RepoError):
+    name = "RepoNotFound"
+
+
+class CorruptRepo(RepoError):
+    name = "InternalServerError"
+
+
+@dataclass
+class Write:
+    """One record change. `swap` is the CID the record must have now (None: must not
+    exist; ANY: no check)."""
+
+    action: str  # "create" | "update" | "delete"
+    collection: str
+    rkey: str
+    record: Any = None
+    swap: Any = ANY
+
+    @property
+    def path(self) -> str:
+        return f"{self.collection}/{self.rkey}"
+
+
+@dataclass
+class Op:
+    """What a commit did to one record, as the firehose tells it."""
+
+    action: str
+    path: str
+    cid: CID | None
+    prev: CID | None
+
+
+@dataclass
+class Head:
+    cid: CID
+    rev: str
+
+
+@dataclass
+class CommitResult:
+    """A new commit and everything a subscriber needs to verify it."""
+
+    did: str
+    cid: CID
+    rev: str
+    since: str | None
+    data: CID
+    prev_data: CID | None
+    blocks: dict[CID, bytes]  # new blocks: the commit, new MST nodes, new records
+    proof: dict[CID, bytes] = field(default_factory=dict)  # inversion nodes not in blocks
+    ops: list[Op] = field(default_factory=list)
+
+    def car_slice(self) -> bytes:
+        """The commit's CAR slice (commit first), as `#commit.blocks` carries it."""
+        commit = self.blocks[self.cid]
+        rest = ((c, b) for c, b in {**self.blocks, **self.proof}.items() if c != self.cid)
+        return car.car_bytes([self.cid], [(self.cid, commit), *rest])
+
+
+def record_path_parts(path: str) -> tuple[str, str]:
+    """Split and check `<collection>/<rkey>`."""
+    collection, _, rkey = path.partition("/")
+    try:
+        ensure_valid_nsid(collection)
+        ensure_valid_record_key(rkey)
+    except InvalidSyntax as e:
+        raise RepoError(str(e)) from e
+    return collection, rkey
+
+
+class Repo:
+    """An account's repository directory: `HEAD`, `LOCK`, `blocks/`, `journal/`, `revs`."""
+
+    def __init__(self, root: Path, tmp: Path, did: str, key: PrivateKey | None = None) -> None:
+        self.root = root
+        self.tmp = tmp
+        self.did = did
+        self.key = key
+        self.blocks = BlockStore(root / "blocks", tmp)
+        self.journal = Journal(root / "journal", tmp)
+        self.loader = NodeLoader(self.blocks.get)
+        self._since_checkpoint = 0
+
+    # --- HEAD -----------------------------------------------------------------------
+
+    @property
+    def head_path(self) -> Path:
+        return self.root / "HEAD"
+
+    def head(self) -> Head | None:
+        """The current commit (CID and rev), read from disk; None before the first."""
+        data = read_file(self.head_path)
+        if data is None:
+            return None
+        try:
+            cid_s, rev = data.decode().split()
+            return Head(CID.decode(cid_s), rev)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise CorruptRepo(f"unreadable HEAD for {self.did}") from e
+
+    def _set_head(self, cid: CID, rev: str, durable: bool = False) -> None:
+        write_file(self.head_path, f"{cid.encode()} {rev}\n".encode(), self.tmp, durable=durable)
+
+    def commit(self, head: Head | None = None) -> Commit:
+        """The current (or given) commit object."""
+        head = head or self.head()
+        if head is None:
+            raise RepoNotFound(f"no repository for {self.did}")
+        return parse_commit(self.blocks.get(head.cid))
+
+    def tree(self, commit: Commit | None = None) -> MST:
+        """The MST of the current (or given) commit."""
+        commit = commit or self.commit()
+        return MST(self.loader, commit.data)
+
+    # --- reads ----------------------------------------------------------------------
+
+    def get_record(self, path: str, tree: MST | None = None) -> tuple[CID, bytes] | None:
+        """A record's CID and DAG-CBOR bytes, or None."""
+        tree = tree or self.tree()
+        cid = tree.get(path)
+        if cid is None:
+            return None
+        return cid, self.blocks.get(cid)
+
+    def list_records(self, collection: str, limit: int = 50, cursor: str | None = None,
+                     reverse: bool = False) -> list[tuple[str, CID, bytes]]:
+        """Records of a collection as (rkey, cid, bytes); newest rkey first unless
+        `reverse`, starting after `cursor` (an rkey), at most `limit`."""
+        tree = self.tree()
+        prefix = collection + "/"
+        hi = collection + "0"  # "0" follows "/" in ASCII: the end of the collection
+        out = []
+        if reverse:
+            start = prefix + cursor + "\x00" if cursor else prefix
+            items = tree.items(start, hi)
+        else:
+            end = prefix + cursor if cursor else hi
+            items = tree.items_reversed(end, prefix)
+        for key, cid in items:
+            out.append((key[len(prefix):], cid, self.blocks.get(cid)))
+            if len(out) >= limit:
+                break
+        return out
+
+    # --- writes ---------------------------------------------------------------------
+
+    def lock(self):
+        """The repo's writer lock (flock on LOCK), shared by all worker processes."""
+        return flock(self.root / "LOCK")
+
+    def create(self, key: PrivateKey, writes: Iterable[Write] = ()) -> CommitResult:
+        """Start a new repository: an empty tree (plus `writes`) and its first commit."""
+        self.key = key
+        for d in (self.root, self.root / "blocks"):
+            d.mkdir(parents=True, exist_ok=True)
+        with self.lock():
+            if self.head() is not None:
+                raise RepoError(f"repository for {self.did} already exists")
+            return self._commit(None, MST.empty(self.loader), list(writes))
+
+    def apply_writes(self, writes: list[Write], swap_commit: Any = ANY) -> CommitResult:
+        """Apply writes as one signed commit; the single write path for records."""
+        with self.lock():
+            head = self.head()
+            if head is None:
+                raise RepoNotFound(f"no repository for {self.did}")
+            if swap_commit is not ANY and swap_commit != head.cid:
+                raise InvalidSwap("commit was at " + head.cid.encode())
+            commit = self.commit(head)
+            return self._commit(head, MST(self.loader, commit.data), writes)
+
+    def _commit(self, head: Head | None, tree: MST, writes: list[Write]) -> CommitResult:
+        if self.key is None:
+            raise RepoError("no signing key for this repository")
+        prev_data = tree.cid if head is not None else None
+        records: dict[CID, bytes] = {}
+        ops: list[Op] = []
+        seen: set[str] = set()
+        for w in writes:
+            path = w.path
+            record_path_parts(path)
+            if path in seen:
+                raise RepoError(f"more than one write to {path}")
+            seen.add(path)
+            cur = tree.get(path)
+            if w.swap is not ANY and w.swap != cur:
+                raise InvalidSwap(f"record {path} is at {cur.encode() if cur else 'nothing'}")
+            if w.action == "create" and cur is not None:
+                raise RecordExists(f"record {path} already exists")
+            if w.action in ("update", "delete") and cur is None:
+                raise RecordNotFound(f"record {path} not found")
+            if w.action == "delete":
+                tree = tree.delete(path)
+                ops.append(Op("delete", path, None, cur))
+                continue
+            if w.action not in ("create", "update"):
+                raise RepoError(f"unknown write action {w.action!r}")
+            try:
+                data = encode(w.record)
+            except InvalidData as e:
+                raise RepoError(f"invalid record {path}: {e}") from e
+            cid = cid_for(data)
+            records[cid] = data
+            tree = tree.put(path, cid)
+            ops.append(Op(w.action, path, cid, cur))
+        rev = next_tid(head.rev if head else None)
+        _commit, commit_block, commit_cid = sign_commit(self.did, rev, tree.cid, self.key)
+        new_nodes = list(tree.new_nodes())
+        blocks = {commit_cid: commit_block}
+        blocks.update((n.cid, n.serialised) for n in new_nodes)
+        blocks.update(records)
+        # The root always travels with the commit, so even an empty commit's tree loads.
+        proof = {tree.cid: tree.root.serialised}
+        for op in ops:
+            proof.update((n.cid, n.serialised) for n in tree.covering_proof(op.path))
+        proof = {c: b for c, b in proof.items() if c not in blocks}
+        self._persist(commit_cid, rev, blocks)
+        for n in new_nodes:
+            n.stored = True
+            self.loader.cache[n.cid] = n
+        return CommitResult(
+            did=self.did, cid=commit_cid, rev=rev, since=head.rev if head else None,
+            data=tree.cid, prev_data=prev_data, blocks=blocks, proof=proof, ops=ops,
+        )
+
+    def _persist(self, commit_cid: CID, rev: str, blocks: dict[CID, bytes]) -> None:
+        """Journal (durable), then block files, rev log and HEAD (flushed at checkpoint)."""
+        self.journal.append(rev, commit_cid, blocks)
+        self.blocks.put_many(blocks.items())
+        with open(self.root / "revs", "a") as f:
+            f.write(f"{rev} {commit_cid.encode()}\n")
+        self._set_head(commit_cid, rev)
+        self._since_checkpoint += 1
+        if self._since_checkpoint >= CHECKPOINT_EVERY:
+            self._checkpoint_locked()
+
+    # --- durability -----------------------------------------------------------------
+
+    def checkpoint(self) -> None:
+        """Flush block files and HEAD to disk and drop the journal entries they cover."""
+        with self.lock():
+            self._checkpoint_locked()
+
+    def _checkpoint_locked(self) -> None:
+        revs = self.journal.revs()
+        if revs:
+            syncfs(self.root)
+            self.journal.drop(revs)
+        self._since_checkpoint = 0
+
+    def recover(self) -> int:
+        """Replay journal entries (after a crash) and checkpoint; returns entries replayed.
+
+        Blocks are rewritten (a crash may have left them empty); HEAD moves to the newest
+        complete entry whose rev is ahead of it.
+        """
+        with self.lock():
+            head = self.head()
+            replayed = 0
+            for rev in self.journal.revs():
+                entry = self.journal.read(rev)
+                if entry is None:  # torn: its commit was never acknowledged
+                    os.unlink(self.journal.root / f"{rev}.car")
+                    continue
+                commit_cid, blocks = entry
+                self.blocks.put_many(blocks.items(), overwrite=True)
+                if head is None or rev > head.rev:
+                    self._set_head(commit_cid, rev)
+                    head = Head(commit_cid, rev)
+                replayed += 1
+            self._checkpoint_locked()
+            return replayed
+
+    # --- export / import ------------------------------------------------------------
+
+    def export_car(self, since: str | None = None) -> Iterator[bytes]:
+        """The repository as a CAR stream: commit first, then each MST node (pre-order)
+        followed by the records it holds. With `since` (a rev), only what changed after
+        it, when that rev is known; the whole repository otherwise."""
+        head = self.head()
+        if head is None:
+            raise RepoNotFound(f"no repository for {self.did}")
+        commit_block = self.blocks.get(head.cid)
+        commit = parse_commit(commit_block)
+        tree = MST(self.loader, commit.data)
+        old = self._commit_at(since) if since else None
+        if old is not None:
+            blocks = self._diff_blocks(MST(self.loader, parse_commit(self.blocks.get(old)).data),
+                                       tree)
+        else:
+            blocks = self._walk_blocks(tree)
+        yield from car.write_car([head.cid], _chain([(head.cid, commit_block)], blocks))
+
+    def _walk_blocks(self, tree: MST) -> Iterator[tuple[CID, bytes]]:
+        for node in tree.walk_nodes():
+            yield node.cid, node.serialised
+            for val in node.vals:
+                yield val, self.blocks.get(val)
+
+    def _diff_blocks(self, old: MST, new: MST) -> Iterator[tuple[CID, bytes]]:
+        d = diff(old, new)
+        for cid, node in d.new_nodes.items():
+            yield cid, node.serialised
+        for cid in {*d.creates.values(), *(n for _, n in d.updates.values())}:
+            yield cid, self.blocks.get(cid)
+
+    def _commit_at(self, rev: str) -> CID | None:
+        data = read_file(self.root / "revs")
+        if data is None:
+            return None
+        for line in data.decode().splitlines():
+            r, _, c = line.partition(" ")
+            if r == rev:
+                return CID.decode(c)
+        return None
+
+    def import_car(self, src: bytes, verify_key: PublicKey | None = None,
+                   resign: bool = False) -> CommitResult:
+        """Load a repository CAR: every block hashed, the commit checked (and its signature
+        when `verify_key` is given), the MST walked for shape and completeness, every
+        record present. The imported commit becomes HEAD, or with `resign` a new commit
+        by this repo's key over the same tree."""
+        try:
+            root, blocks = car.read_car_blocks(src)
+        except InvalidData as e:
+            raise RepoError(f"invalid CAR: {e}") from e
+        if root is None or root not in blocks:
+            raise RepoError("CAR has no commit root")
+        try:
+            commit = parse_commit(blocks[root])
+        except InvalidData as e:
+            raise RepoError(f"invalid commit: {e}") from e
+        if commit.did != self.did:
+            raise RepoError(f"CAR is the repository of {commit.did}, not {self.did}")
+        if verify_key is not None and not commit.verify(verify_key):
+            raise RepoError("commit signature does not verify")
+        tree = MST(NodeLoader(blocks.__getitem__), commit.data)
+        try:
+            tree.validate()
+            needed = {root}
+            for node in tree.walk_nodes():
+                needed.add(node.cid)
+                needed.update(node.vals)
+        except (InvalidData, KeyError) as e:
+            raise RepoError(f"invalid repository tree: {e}") from e
+        missing = [c for c in needed if c not in blocks]
+        if missing:
+            raise RepoError(f"CAR lacks {len(missing)} blocks, e.g. {missing[0].encode()}")
+        kept = {c: blocks[c] for c in needed}
+        for d in (self.root, self.root / "blocks"):
+            d.mkdir(parents=True, exist_ok=True)
+        with self.lock():
+            head = self.head()
+            prev_data = self.commit(head).data if head else None
+            if resign:
+                return self._resign(head, commit.data, kept, root, prev_data)
+            # Old v2 commits carry no rev: they sort before every real one.
+            rev = commit.rev or ZERO_REV
+            if head is not None and rev <= head.rev:
+                raise RepoError("imported commit is not newer than the current one")
+            self._persist(root, rev, kept)
+            return CommitResult(did=self.did, cid=root, rev=rev,
+                                since=head.rev if head else None, data=commit.data,
+                                prev_data=prev_data, blocks=kept)
+
+    def _resign(self, head: Head | None, data: CID, blocks: dict[CID, bytes], old_root: CID,
+                prev_data: CID | None) -> CommitResult:
+        if self.key is None:
+            raise RepoError("no signing key for this repository")
+        rev = next_tid(head.rev if head else None)
+        _c, commit_block, commit_cid = sign_commit(self.did, rev, data, self.key)
+        blocks = {commit_cid: commit_block, **{c: b for c, b in blocks.items() if c != old_root}}
+        self._persist(commit_cid, rev, blocks)
+        return CommitResult(did=self.did, cid=commit_cid, rev=rev,
+                            since=head.rev if head else None, data=data,
+                            prev_data=prev_data, blocks=blocks)
+
+
+def _chain(*its: Iterable) -> Iterator:
+    for it in its:
+        yield from it
