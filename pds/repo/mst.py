@@ -152,6 +152,7 @@ def ref_cid(ref: Ref) -> CID | None:
     return ref.cid
 
 
+# Stands for a missing subtree while reading; never returned as part of a tree.
 EMPTY = Node((), (), (None,))
 
 
@@ -196,7 +197,8 @@ class MST:
     def __init__(self, loader: NodeLoader, root: Ref, height: int | None = None) -> None:
         self.loader = loader
         # The root loads on first use: a tree known only by its CID costs nothing.
-        self._root: Node | CID = EMPTY if root is None else root
+        # A fresh empty node, never the shared EMPTY: writers mark a root as stored.
+        self._root: Node | CID = Node((), (), (None,)) if root is None else root
         self._height = height
 
     @property
@@ -346,7 +348,7 @@ class MST:
         new = self._delete(self.root, self.height, key, kh)
         if new is self.root:
             return self
-        node, h = (EMPTY, 0) if new is None else (new, self.height)
+        node, h = (Node((), (), (None,)), 0) if new is None else (new, self.height)
         # Trim keyless nodes off the top.
         while not node.keys and node.subs[0] is not None:
             sub, h = node.subs[0], h - 1
