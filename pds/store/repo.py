@@ -89,6 +89,16 @@ class Op:
     prev: CID | None
 
 
+class CommitHooks:
+    """Work that must happen under the repo lock around a commit (e.g. blob references)."""
+
+    def prepare(self, ops: list[Op], writes: list[Write]) -> None:
+        """Before persisting; raising refuses the commit and nothing is written."""
+
+    def finish(self, result: CommitResult) -> None:
+        """After the commit is durable and HEAD moved."""
+
+
 @dataclass
 class Head:
     cid: CID
@@ -218,8 +228,13 @@ class Repo:
                 raise RepoError(f"repository for {self.did} already exists")
             return self._commit(None, MST.empty(self.loader), list(writes))
 
-    def apply_writes(self, writes: list[Write], swap_commit: Any = ANY) -> CommitResult:
-        """Apply writes as one signed commit; the single write path for records."""
+    def apply_writes(self, writes: list[Write], swap_commit: Any = ANY,
+                     hooks: CommitHooks | None = None) -> CommitResult:
+        """Apply writes as one signed commit; the single write path for records.
+
+        `hooks.prepare(ops, writes)` runs under the lock before anything is persisted (it
+        may refuse the commit by raising); `hooks.finish(result)` runs after.
+        """
         with self.lock():
             head = self.head()
             if head is None:
@@ -227,9 +242,10 @@ class Repo:
             if swap_commit is not ANY and swap_commit != head.cid:
                 raise InvalidSwap("commit was at " + head.cid.encode())
             commit = self.commit(head)
-            return self._commit(head, MST(self.loader, commit.data), writes)
+            return self._commit(head, MST(self.loader, commit.data), writes, hooks)
 
-    def _commit(self, head: Head | None, tree: MST, writes: list[Write]) -> CommitResult:
+    def _commit(self, head: Head | None, tree: MST, writes: list[Write],
+                hooks: CommitHooks | None = None) -> CommitResult:
         if self.key is None:
             raise RepoError("no signing key for this repository")
         prev_data = tree.cid if head is not None else None
@@ -263,6 +279,8 @@ class Repo:
             records[cid] = data
             tree = tree.put(path, cid)
             ops.append(Op(w.action, path, cid, cur))
+        if hooks is not None:
+            hooks.prepare(ops, writes)
         rev = next_tid(head.rev if head else None)
         _commit, commit_block, commit_cid = sign_commit(self.did, rev, tree.cid, self.key)
         new_nodes = list(tree.new_nodes())
@@ -278,10 +296,13 @@ class Repo:
         for n in new_nodes:
             n.stored = True
             self.loader.cache[n.cid] = n
-        return CommitResult(
+        result = CommitResult(
             did=self.did, cid=commit_cid, rev=rev, since=head.rev if head else None,
             data=tree.cid, prev_data=prev_data, blocks=blocks, proof=proof, ops=ops,
         )
+        if hooks is not None:
+            hooks.finish(result)
+        return result
 
     def _persist(self, commit_cid: CID, rev: str, blocks: dict[CID, bytes]) -> None:
         """Journal (durable), then block files, rev log and HEAD (flushed at checkpoint)."""

@@ -1,0 +1,88 @@
+"""Running the PDS: the per-worker ASGI app and gunicorn embedding.
+
+All workers are equal and share nothing but the data dir. The master recovers every
+repository (replays journals) before any worker starts, so workers never see a repo
+mid-recovery.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import falcon.asgi
+from gunicorn.app.base import BaseApplication
+
+from .config import Settings
+from .services.context import AppContext
+
+log = logging.getLogger("pds")
+
+
+def build_app(settings: Settings) -> falcon.asgi.App:
+    """The ASGI app of one worker: its own AppContext and every XRPC module registered."""
+    from .xrpc import actor, identity, repo, server, sync  # noqa: F401  (register methods)
+    from .xrpc.app import create_app
+    from .xrpc.wellknown import add_routes
+
+    ctx = AppContext(settings)
+    return create_app(ctx, lambda app: add_routes(app, ctx))
+
+
+def recover(settings: Settings) -> int:
+    """Replay every repository's journal (after a crash); returns entries replayed."""
+    from .store.repo import Repo
+
+    ctx = AppContext(settings)
+    replayed = 0
+    for did in ctx.accounts.list_dids():
+        repo_dir = ctx.data.account(did)
+        if (repo_dir / "journal").is_dir():
+            replayed += Repo(repo_dir, ctx.data.tmp, did).recover()
+    return replayed
+
+
+class PdsApplication(BaseApplication):
+    """gunicorn, configured from Settings, serving `build_app` in each worker."""
+
+    def __init__(self, settings: Settings, extra: dict | None = None) -> None:
+        self.settings = settings
+        self.extra = extra or {}
+        super().__init__()
+
+    def load_config(self) -> None:
+        s = self.settings
+        bind = s.bind if s.bind.startswith("unix:") else s.bind
+        cfg = {
+            "bind": [bind],
+            "workers": s.workers,
+            "worker_class": "asgi",
+            "control_socket_disable": True,
+            "timeout": 120,
+            "graceful_timeout": 10,
+            "keepalive": 75,
+            "proc_name": "pds",
+            "accesslog": "-" if os.environ.get("PDS_ACCESS_LOG", "1") != "0" else None,
+            "errorlog": "-",
+            "loglevel": os.environ.get("PDS_LOG_LEVEL", "info"),
+            **self.extra,
+        }
+        for k, v in cfg.items():
+            if v is not None:
+                self.cfg.set(k, v)
+
+    def load(self) -> falcon.asgi.App:
+        return build_app(self.settings)
+
+
+def serve(settings: Settings) -> None:
+    """Recover, then run gunicorn in the foreground until signalled."""
+    if not (settings.data_dir / "pds.env").exists():
+        sys.exit(f"no PDS data dir at {settings.data_dir} (run `pds init` first)")
+    if not settings.jwt_secret:
+        sys.exit("PDS_JWT_SECRET is not set (pds.env is incomplete)")
+    replayed = recover(settings)
+    if replayed:
+        log.warning("recovered %d journal entries", replayed)
+    PdsApplication(settings).run()

@@ -1,0 +1,364 @@
+"""Authentication: passwords, session JWTs, service-auth JWTs, admin auth, rate limits.
+
+Session tokens are what the reference PDS issues (PROTOCOL.md §3): HS256 JWTs; access
+`typ: at+jwt` (2 h) with `scope`, `sub`, `aud`, `iat`, `exp`; refresh `typ: refresh+jwt`
+(90 days) with a `jti` naming its session file, so it can be revoked and rotated.
+Service-auth JWTs are ES256K/ES256, signed by an account's repo signing key.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import jwt
+import nacl.exceptions
+import nacl.pwhash
+
+from ..repo.keys import PrivateKey, PublicKey
+from ..repo.syntax import is_valid_did, is_valid_nsid
+from ..store.files import ensure_dir, flock, read_file, write_file
+from ..xrpc import registry
+from ..xrpc.errors import XrpcError, auth_required, invalid_request
+
+ACCESS_TTL = 2 * 3600
+REFRESH_TTL = 90 * 24 * 3600
+REFRESH_GRACE = 2 * 3600  # a rotated refresh token works this long, until its successor is used
+
+SCOPE_ACCESS = "com.atproto.access"
+SCOPE_APP_PASS = "com.atproto.appPass"
+SCOPE_APP_PASS_PRIVILEGED = "com.atproto.appPassPrivileged"
+SCOPE_REFRESH = "com.atproto.refresh"
+SCOPE_TAKENDOWN = "com.atproto.takendown"
+ACCESS_SCOPES = {SCOPE_ACCESS, SCOPE_APP_PASS, SCOPE_APP_PASS_PRIVILEGED}
+
+# Methods a taken-down session (login with allowTakendown) may call: enough to migrate out.
+TAKENDOWN_METHODS = {
+    "com.atproto.server.getSession", "com.atproto.server.deleteSession",
+    "com.atproto.server.refreshSession", "com.atproto.server.getServiceAuth",
+    "com.atproto.sync.getRepo", "com.atproto.sync.getBlob", "com.atproto.sync.listBlobs",
+    "com.atproto.identity.requestPlcOperationSignature",
+    "com.atproto.identity.signPlcOperation", "com.atproto.server.deactivateAccount",
+    "com.atproto.server.checkAccountStatus",
+}
+
+
+# --- passwords ------------------------------------------------------------------------
+
+# argon2id at libsodium's "interactive" cost: ~64 MiB, memory-hard.
+_OPS = nacl.pwhash.argon2id.OPSLIMIT_INTERACTIVE
+_MEM = nacl.pwhash.argon2id.MEMLIMIT_INTERACTIVE
+
+
+def hash_password(password: str) -> str:
+    return nacl.pwhash.argon2id.str(password.encode(), opslimit=_OPS, memlimit=_MEM).decode()
+
+
+def verify_password(password: str, hashed: str) -> bool:
+    try:
+        return nacl.pwhash.verify(hashed.encode(), password.encode())
+    except (nacl.exceptions.InvalidkeyError, ValueError, TypeError):
+        return False
+
+
+def new_app_password() -> str:
+    """Four groups of four lowercase base32 characters, as the reference formats them."""
+    alphabet = "abcdefghijklmnopqrstuvwxyz234567"
+    chars = "".join(secrets.choice(alphabet) for _ in range(16))
+    return "-".join(chars[i:i + 4] for i in range(0, 16, 4))
+
+
+# --- JWT helpers ----------------------------------------------------------------------
+
+
+def b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def b64url_decode(text: str) -> bytes:
+    if not isinstance(text, str) or "=" in text:
+        raise ValueError("bad base64url")
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def sign_service_jwt(key: PrivateKey, iss: str, aud: str, lxm: str | None,
+                     exp: int | None = None) -> str:
+    """A service-auth JWT signed with an account's signing key (low-S r||s)."""
+    now = int(time.time())
+    header = {"typ": "JWT", "alg": key.jwt_alg}
+    payload: dict[str, Any] = {"iat": now, "iss": iss, "aud": aud,
+                               "exp": exp if exp is not None else now + 60,
+                               "jti": secrets.token_hex(16)}
+    if lxm:
+        payload["lxm"] = lxm
+    signing_input = (b64url(json.dumps(header, separators=(",", ":")).encode()) + "."
+                     + b64url(json.dumps(payload, separators=(",", ":")).encode()))
+    return signing_input + "." + b64url(key.sign(signing_input.encode()))
+
+
+def parse_unverified(token: str) -> tuple[dict, dict, bytes, bytes]:
+    """Split a JWT into (header, payload, signing input, signature) without checking it."""
+    parts = token.split(".")
+    if len(parts) != 3:
+        raise ValueError("not a JWT")
+    header = json.loads(b64url_decode(parts[0]))
+    payload = json.loads(b64url_decode(parts[1]))
+    if not isinstance(header, dict) or not isinstance(payload, dict):
+        raise ValueError("not a JWT")
+    return header, payload, f"{parts[0]}.{parts[1]}".encode(), b64url_decode(parts[2])
+
+
+@dataclass
+class AuthInfo:
+    """Who is calling, and with what."""
+
+    kind: str  # "access" | "refresh" | "admin" | "service"
+    did: str | None = None
+    scope: str | None = None
+    jti: str | None = None
+    token: str | None = None
+    app_password: str | None = None
+    payload: dict | None = None
+
+    @property
+    def is_app_password(self) -> bool:
+        return self.scope in (SCOPE_APP_PASS, SCOPE_APP_PASS_PRIVILEGED)
+
+
+class RateLimiter:
+    """Fixed-window counters in files under `ratelimit/`, shared by all workers."""
+
+    def __init__(self, root, tmp, enabled: bool = True) -> None:
+        self.root = root
+        self.tmp = tmp
+        self.enabled = enabled
+
+    def hit(self, key: str, limit: int, window: int) -> None:
+        """Count one event for `key`; raise 429 when the window's limit is spent."""
+        if not self.enabled:
+            return
+        ensure_dir(self.root)
+        name = hashlib.sha256(key.encode()).hexdigest()[:32]
+        path = self.root / name
+        now = int(time.time())
+        with flock(self.root / (name + ".lock")):
+            data = read_file(path)
+            start, count = (now, 0)
+            if data:
+                s, c = data.decode().split()
+                if now - int(s) < window:
+                    start, count = int(s), int(c)
+            if count >= limit:
+                reset = start + window
+                raise XrpcError(429, "RateLimitExceeded", "Rate Limit Exceeded", {
+                    "Retry-After": str(max(1, reset - now)),
+                    "RateLimit-Limit": str(limit), "RateLimit-Remaining": "0",
+                    "RateLimit-Reset": str(reset), "RateLimit-Policy": f"{limit};w={window}",
+                })
+            write_file(path, f"{start} {count + 1}".encode(), self.tmp, durable=False)
+
+
+class Auth:
+    """Token issue and verification for one PDS."""
+
+    def __init__(self, ctx: Any) -> None:
+        self.ctx = ctx
+        self.settings = ctx.settings
+        self.secret = ctx.settings.jwt_secret
+        self.service_did = ctx.settings.service_did
+        self.limiter = RateLimiter(ctx.data.root / "ratelimit", ctx.data.tmp,
+                                   enabled=ctx.settings.rate_limits)
+
+    # --- issue --------------------------------------------------------------------------
+
+    def issue_session(self, did: str, scope: str = SCOPE_ACCESS,
+                      app_password: str | None = None) -> dict:
+        """New access + refresh tokens; the refresh session is stored so it can be revoked."""
+        now = int(time.time())
+        jti = secrets.token_urlsafe(24)
+        self.ctx.accounts.put_session(did, jti, {
+            "createdAt": now, "expiresAt": now + REFRESH_TTL, "scope": scope,
+            "appPassword": app_password,
+        })
+        return {"accessJwt": self._access(did, scope, now),
+                "refreshJwt": self._refresh(did, jti, now)}
+
+    def _access(self, did: str, scope: str, now: int) -> str:
+        return jwt.encode({"scope": scope, "sub": did, "aud": self.service_did, "iat": now,
+                           "exp": now + ACCESS_TTL}, self.secret, algorithm="HS256",
+                          headers={"typ": "at+jwt"})
+
+    def _refresh(self, did: str, jti: str, now: int) -> str:
+        return jwt.encode({"scope": SCOPE_REFRESH, "sub": did, "aud": self.service_did,
+                           "jti": jti, "iat": now, "exp": now + REFRESH_TTL},
+                          self.secret, algorithm="HS256", headers={"typ": "refresh+jwt"})
+
+    def rotate(self, info: AuthInfo) -> dict:
+        """Spend a refresh token: a new pair, and the old session marked rotated.
+
+        Within a grace period, the old token may be presented again (a client that lost
+        the answer) and yields the same successor, until that successor is used itself.
+        """
+        did, jti = info.did, info.jti
+        accounts = self.ctx.accounts
+        with flock(self.ctx.data.account(did) / "SESSIONS.LOCK"):
+            session = accounts.get_session(did, jti)
+            if session is None:
+                raise XrpcError(400, "ExpiredToken", "Token has been revoked")
+            now = int(time.time())
+            nxt = session.get("next")
+            if nxt is not None:
+                if now - session["rotatedAt"] > REFRESH_GRACE or \
+                        accounts.get_session(did, nxt) is None or \
+                        accounts.get_session(did, nxt).get("next") is not None:
+                    accounts.delete_session(did, jti)
+                    raise XrpcError(400, "ExpiredToken", "Token has been revoked")
+                return {"accessJwt": self._access(did, session["scope"], now),
+                        "refreshJwt": self._refresh(did, nxt, now)}
+            new_jti = secrets.token_urlsafe(24)
+            accounts.put_session(did, new_jti, {
+                "createdAt": now, "expiresAt": now + REFRESH_TTL, "scope": session["scope"],
+                "appPassword": session.get("appPassword")})
+            accounts.put_session(did, jti, {**session, "next": new_jti, "rotatedAt": now})
+            return {"accessJwt": self._access(did, session["scope"], now),
+                    "refreshJwt": self._refresh(did, new_jti, now)}
+
+    # --- verify -------------------------------------------------------------------------
+
+    async def check(self, kind: str, call: Any) -> AuthInfo | None:
+        """Authenticate a call as its method requires; raises an XRPC error if it can't."""
+        header = call.req.get_header("Authorization") or ""
+        if kind == registry.NONE:
+            return None
+        if kind == registry.ADMIN:
+            return self._admin(header)
+        if kind == registry.REFRESH:
+            return self._bearer(header, refresh=True)
+        if kind == registry.OPTIONAL:
+            if not header:
+                return None
+            return self._bearer(header, refresh=False, nsid=call.nsid)
+        if kind in (registry.ACCESS_OR_SERVICE, registry.SERVICE_OPTIONAL):
+            token = self._token(header, required=kind == registry.ACCESS_OR_SERVICE)
+            if token is None:
+                return None
+            if _jwt_alg(token) == "HS256":
+                return self._bearer(header, refresh=False, nsid=call.nsid)
+            return await self.verify_service_jwt(token, call.nsid)
+        info = self._bearer(header, refresh=False, nsid=call.nsid)
+        if kind == registry.ACCESS_FULL and info.scope != SCOPE_ACCESS:
+            raise XrpcError(400, "InvalidToken", "Bad token scope")
+        return info
+
+    def _admin(self, header: str) -> AuthInfo:
+        if not header.startswith("Basic "):
+            raise auth_required()
+        try:
+            user, _, password = base64.b64decode(header[6:]).decode().partition(":")
+        except (ValueError, UnicodeDecodeError):
+            raise auth_required("Invalid authorization header") from None
+        expected = self.settings.admin_password
+        if not expected or user != "admin" or not hmac.compare_digest(password, expected):
+            raise auth_required("Invalid admin credentials", "AuthenticationRequired")
+        return AuthInfo(kind="admin")
+
+    @staticmethod
+    def _token(header: str, required: bool = True) -> str | None:
+        if not header:
+            if required:
+                raise auth_required()
+            return None
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            raise auth_required("Unexpected authorization type", "InvalidToken")
+        return token.strip()
+
+    def _bearer(self, header: str, refresh: bool, nsid: str | None = None) -> AuthInfo:
+        token = self._token(header)
+        typ = "refresh+jwt" if refresh else "at+jwt"
+        try:
+            jwt_header = jwt.get_unverified_header(token)
+            payload = jwt.decode(token, self.secret, algorithms=["HS256"],
+                                 audience=self.service_did,
+                                 options={"require": ["exp", "sub", "scope"]})
+        except jwt.ExpiredSignatureError:
+            raise XrpcError(400, "ExpiredToken", "Token has expired") from None
+        except jwt.PyJWTError:
+            raise XrpcError(401, "InvalidToken", "Token could not be verified") from None
+        if jwt_header.get("typ") != typ:
+            raise XrpcError(400, "InvalidToken", "Invalid token type")
+        did, scope = payload["sub"], payload["scope"]
+        if not isinstance(did, str) or not is_valid_did(did):
+            raise XrpcError(401, "InvalidToken", "Token could not be verified")
+        if refresh:
+            jti = payload.get("jti")
+            if scope != SCOPE_REFRESH or not isinstance(jti, str):
+                raise XrpcError(400, "InvalidToken", "Invalid token type")
+            if self.ctx.accounts.get_session(did, jti) is None:
+                raise XrpcError(400, "ExpiredToken", "Token has been revoked")
+            return AuthInfo(kind="refresh", did=did, scope=scope, jti=jti, token=token)
+        if scope == SCOPE_TAKENDOWN:
+            if nsid not in TAKENDOWN_METHODS:
+                raise XrpcError(400, "InvalidToken", "Bad token scope")
+        elif scope not in ACCESS_SCOPES:
+            raise XrpcError(400, "InvalidToken", "Bad token scope")
+        acct = self.ctx.accounts.get(did)
+        if acct is None or acct.get("status") == "deleted":
+            raise XrpcError(401, "AccountNotFound", "Account not found")
+        if acct.get("status") == "takendown" and scope != SCOPE_TAKENDOWN:
+            raise XrpcError(401, "AccountTakedown", "Account has been taken down")
+        return AuthInfo(kind="access", did=did, scope=scope, token=token, payload=payload)
+
+    async def verify_service_jwt(self, token: str, nsid: str | None) -> AuthInfo:
+        """Check an inter-service JWT: signed by the `iss` DID's #atproto key, for us."""
+        try:
+            header, payload, signing_input, sig = parse_unverified(token)
+        except (ValueError, UnicodeDecodeError):
+            raise XrpcError(401, "BadJwt", "Malformed JWT") from None
+        if header.get("typ") in ("at+jwt", "refresh+jwt", "dpop+jwt"):
+            raise XrpcError(401, "BadJwtType", "Invalid jwt type")
+        iss, aud, exp = payload.get("iss"), payload.get("aud"), payload.get("exp")
+        if not isinstance(iss, str) or not is_valid_did(iss.split("#")[0]):
+            raise XrpcError(401, "BadJwtIssuer", "Invalid issuer")
+        if not isinstance(exp, int) or exp < time.time():
+            raise XrpcError(401, "JwtExpired", "jwt expired")
+        if aud not in (self.service_did, self.service_did + "#atproto_pds"):
+            raise XrpcError(401, "BadJwtAudience", "jwt audience does not match service did")
+        lxm = payload.get("lxm")
+        if nsid is not None and lxm != nsid:
+            raise XrpcError(401, "BadJwtLexiconMethod",
+                            "missing jwt lexicon method (\"lxm\")" if lxm is None
+                            else "bad jwt lexicon method (\"lxm\")")
+        did = iss.split("#")[0]
+        key = await self._service_key(did, force=False)
+        if key is None or not key.verify(signing_input, sig):
+            # The key may have rotated: look again once, bypassing the cache.
+            key = await self._service_key(did, force=True)
+            if key is None or not key.verify(signing_input, sig):
+                raise XrpcError(401, "BadJwtSignature",
+                                "jwt signature does not match jwt issuer")
+        return AuthInfo(kind="service", did=did, token=token, payload=payload)
+
+    async def _service_key(self, did: str, force: bool) -> PublicKey | None:
+        # An account of ours signs with the key we hold: no resolution needed.
+        local = self.ctx.local_signing_key(did)
+        if local is not None:
+            return local.public_key()
+        return await self.ctx.identity.atproto_key(did, force=force)
+
+    def check_lxm(self, lxm: str | None) -> None:
+        if lxm is not None and not is_valid_nsid(lxm):
+            raise invalid_request("lxm must be an NSID")
+
+
+def _jwt_alg(token: str) -> str | None:
+    try:
+        return jwt.get_unverified_header(token).get("alg")
+    except jwt.PyJWTError:
+        return None

@@ -1,0 +1,245 @@
+"""Accounts in the data dir.
+
+    accounts/<did>/account.json      handle, email, password hash, status, timestamps
+    accounts/<did>/app_passwords.json
+    accounts/<did>/sessions/<jti>    one refresh session per file
+    accounts/<did>/preferences.json
+    handles/<handle>                 -> DID; claimed with O_EXCL, so two workers can't
+    emails/<email>                   -> DID; likewise
+    invites/<code>.json
+
+JSON files are replaced atomically; account.json is cached per process and re-read when
+its mtime changes, so every worker sees another's changes on its next request.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from ..repo.syntax import is_valid_handle
+from .files import ensure_dir, flock, read_file, write_file
+from .layout import DataDir
+
+
+class Taken(Exception):
+    """A handle or email already belongs to another account."""
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime())
+
+
+class AccountStore:
+    """Account records and their indexes."""
+
+    def __init__(self, data: DataDir) -> None:
+        self.data = data
+        self.handles = data.root / "handles"
+        self.emails = data.root / "emails"
+        self.invites = data.root / "invites"
+        self._cache: dict[str, tuple[float, dict]] = {}
+
+    def ensure(self) -> None:
+        for d in (self.handles, self.emails, self.invites):
+            ensure_dir(d)
+
+    # --- account.json -----------------------------------------------------------------
+
+    def _path(self, did: str) -> Path:
+        return self.data.account(did) / "account.json"
+
+    def get(self, did: str) -> dict | None:
+        """The account record, or None (also for malformed DIDs)."""
+        try:
+            path = self._path(did)
+            mtime = os.stat(path).st_mtime_ns
+        except (ValueError, FileNotFoundError):
+            return None
+        hit = self._cache.get(did)
+        if hit and hit[0] == mtime:
+            return hit[1]
+        data = read_file(path)
+        if data is None:
+            return None
+        acct = json.loads(data)
+        self._cache[did] = (mtime, acct)
+        return acct
+
+    def put(self, acct: dict) -> None:
+        """Replace an account record (durably)."""
+        path = self._path(acct["did"])
+        ensure_dir(path.parent)
+        write_file(path, json.dumps(acct, indent=1).encode(), self.data.tmp, mode=0o600)
+        self._cache.pop(acct["did"], None)
+
+    def update(self, did: str, **changes: Any) -> dict:
+        """Change fields of an account record under its lock."""
+        with flock(self.data.account(did) / "ACCOUNT.LOCK"):
+            self._cache.pop(did, None)
+            acct = self.get(did)
+            if acct is None:
+                raise KeyError(did)
+            acct = {**acct, **changes}
+            self.put(acct)
+            return acct
+
+    def list_dids(self) -> list[str]:
+        try:
+            return sorted(d for d in os.listdir(self.data.accounts)
+                          if (self.data.accounts / d / "account.json").exists())
+        except FileNotFoundError:
+            return []
+
+    # --- handle and email claims ------------------------------------------------------
+
+    def _claim(self, index: Path, name: str, did: str) -> None:
+        path = index / name
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            if (read_file(path) or b"").decode().strip() == did:
+                return
+            raise Taken(name) from None
+        try:
+            os.write(fd, did.encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def _lookup(self, index: Path, name: str) -> str | None:
+        if "/" in name or name in ("", ".", ".."):
+            return None
+        data = read_file(index / name)
+        return data.decode().strip() if data else None
+
+    def _release(self, index: Path, name: str, did: str) -> None:
+        if self._lookup(index, name) == did:
+            try:
+                os.unlink(index / name)
+            except FileNotFoundError:
+                pass
+
+    def claim_handle(self, handle: str, did: str) -> None:
+        """Take a handle for `did`; raises Taken if another account has it."""
+        if not is_valid_handle(handle):
+            raise ValueError(f"invalid handle {handle!r}")
+        self._claim(self.handles, handle.lower(), did)
+
+    def did_for_handle(self, handle: str) -> str | None:
+        return self._lookup(self.handles, handle.lower())
+
+    def release_handle(self, handle: str, did: str) -> None:
+        self._release(self.handles, handle.lower(), did)
+
+    @staticmethod
+    def _email_key(email: str) -> str:
+        return email.strip().lower()
+
+    def claim_email(self, email: str, did: str) -> None:
+        key = self._email_key(email)
+        if "/" in key or key.startswith(".") or not key:
+            raise ValueError("invalid email")
+        self._claim(self.emails, key, did)
+
+    def did_for_email(self, email: str) -> str | None:
+        return self._lookup(self.emails, self._email_key(email))
+
+    def release_email(self, email: str, did: str) -> None:
+        self._release(self.emails, self._email_key(email), did)
+
+    # --- small per-account JSON documents ---------------------------------------------
+
+    def read_doc(self, did: str, name: str, default: Any = None) -> Any:
+        data = read_file(self.data.account(did) / name)
+        return default if data is None else json.loads(data)
+
+    def write_doc(self, did: str, name: str, value: Any) -> None:
+        write_file(self.data.account(did) / name, json.dumps(value).encode(), self.data.tmp,
+                   mode=0o600)
+
+    # --- refresh sessions -------------------------------------------------------------
+
+    def _session_path(self, did: str, jti: str) -> Path:
+        if not jti.replace("-", "").replace("_", "").isalnum():
+            raise ValueError("bad session id")
+        return self.data.account(did) / "sessions" / jti
+
+    def put_session(self, did: str, jti: str, session: dict) -> None:
+        path = self._session_path(did, jti)
+        ensure_dir(path.parent)
+        write_file(path, json.dumps(session).encode(), self.data.tmp, mode=0o600)
+
+    def get_session(self, did: str, jti: str) -> dict | None:
+        try:
+            data = read_file(self._session_path(did, jti))
+        except ValueError:
+            return None
+        return None if data is None else json.loads(data)
+
+    def delete_session(self, did: str, jti: str) -> None:
+        try:
+            os.unlink(self._session_path(did, jti))
+        except (FileNotFoundError, ValueError):
+            pass
+
+    def sessions(self, did: str) -> dict[str, dict]:
+        d = self.data.account(did) / "sessions"
+        out = {}
+        try:
+            names = os.listdir(d)
+        except FileNotFoundError:
+            return out
+        for n in names:
+            data = read_file(d / n)
+            if data:
+                out[n] = json.loads(data)
+        return out
+
+    # --- invite codes -------------------------------------------------------------------
+
+    def _invite_path(self, code: str) -> Path:
+        if not code.replace("-", "").isalnum():
+            raise ValueError("bad invite code")
+        return self.invites / f"{code}.json"
+
+    def put_invite(self, invite: dict) -> None:
+        write_file(self._invite_path(invite["code"]), json.dumps(invite).encode(), self.data.tmp)
+
+    def get_invite(self, code: str) -> dict | None:
+        try:
+            data = read_file(self._invite_path(code))
+        except ValueError:
+            return None
+        return None if data is None else json.loads(data)
+
+    def use_invite(self, code: str, did: str) -> None:
+        """Spend one use of an invite code, atomically across workers."""
+        with flock(self.invites / "LOCK"):
+            invite = self.get_invite(code)
+            if invite is None or invite.get("disabled"):
+                raise ValueError("invalid invite code")
+            uses = invite.setdefault("uses", [])
+            if len(uses) >= invite.get("available", 1):
+                raise ValueError("invite code has no uses left")
+            uses.append({"usedBy": did, "usedAt": _now()})
+            self.put_invite(invite)
+
+    def list_invites(self) -> list[dict]:
+        out = []
+        try:
+            names = sorted(os.listdir(self.invites))
+        except FileNotFoundError:
+            return out
+        for n in names:
+            if n.endswith(".json"):
+                data = read_file(self.invites / n)
+                if data:
+                    out.append(json.loads(data))
+        return out
+
+
+now_iso = _now

@@ -1,0 +1,291 @@
+"""The falcon ASGI app: XRPC dispatch, errors, CORS, body limits, health, well-known."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+import falcon
+import falcon.asgi
+
+from .. import __version__
+from ..repo.syntax import is_valid_nsid
+from . import registry
+from .errors import XrpcError, invalid_request
+
+log = logging.getLogger("pds.xrpc")
+
+JSON_LIMIT = 5 * 1024 * 1024
+EXPOSE_HEADERS = [
+    "RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset", "RateLimit-Policy",
+    "Retry-After", "Atproto-Repo-Rev", "atproto-content-labelers", "DPoP-Nonce",
+    "WWW-Authenticate",
+]
+
+
+class Raw:
+    """A non-JSON answer: bytes or a (sync) byte iterator, with a content type."""
+
+    def __init__(self, body: bytes | Iterator[bytes], content_type: str,
+                 headers: dict[str, str] | None = None, status: int = 200) -> None:
+        self.body = body
+        self.content_type = content_type
+        self.headers = headers or {}
+        self.status = status
+
+
+def dumps(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+class Call:
+    """One XRPC call as a handler sees it."""
+
+    __slots__ = ("ctx", "req", "resp", "nsid", "auth", "body", "_params")
+
+    def __init__(self, ctx: Any, req: falcon.asgi.Request, resp: falcon.asgi.Response,
+                 nsid: str) -> None:
+        self.ctx = ctx
+        self.req = req
+        self.resp = resp
+        self.nsid = nsid
+        self.auth: Any = None
+        self.body: Any = None
+        self._params = req.params
+
+    # --- query parameters -------------------------------------------------------------
+
+    def param(self, name: str, required: bool = False, default: str | None = None) -> str | None:
+        v = self._params.get(name)
+        if isinstance(v, list):
+            v = v[-1]
+        if v is None or v == "":
+            if required:
+                raise invalid_request(f"Error: Params must have the property \"{name}\"")
+            return default
+        return v
+
+    def param_int(self, name: str, default: int, lo: int, hi: int) -> int:
+        v = self.param(name)
+        if v is None:
+            return default
+        try:
+            n = int(v)
+        except ValueError:
+            raise invalid_request(f"Error: {name} must be an integer") from None
+        if not lo <= n <= hi:
+            raise invalid_request(f"Error: {name} must be between {lo} and {hi}")
+        return n
+
+    def param_bool(self, name: str, default: bool = False) -> bool:
+        v = self.param(name)
+        if v is None:
+            return default
+        if v not in ("true", "false"):
+            raise invalid_request(f"Error: {name} must be a boolean")
+        return v == "true"
+
+    def param_list(self, name: str) -> list[str]:
+        v = self._params.get(name)
+        if v is None:
+            return []
+        return v if isinstance(v, list) else [v]
+
+    # --- body -------------------------------------------------------------------------
+
+    def field(self, name: str, required: bool = True, kind: type | None = str) -> Any:
+        """A field of the JSON body, type-checked."""
+        body = self.body if isinstance(self.body, dict) else {}
+        v = body.get(name)
+        if v is None:
+            if required:
+                raise invalid_request(f"Input must have the property \"{name}\"")
+            return None
+        if kind is not None and not isinstance(v, kind) or (kind is int and isinstance(v, bool)):
+            raise invalid_request(f"Input/{name} must be a {getattr(kind, '__name__', kind)}")
+        return v
+
+    @property
+    def ip(self) -> str:
+        """The client's address (nginx's X-Real-IP when the app sits behind it)."""
+        if self.ctx.settings.behind_nginx:
+            real = self.req.get_header("X-Real-IP")
+            if real:
+                return real
+        return self.req.remote_addr or ""
+
+
+class XrpcResource:
+    """`/xrpc/{nsid}`: finds the method, checks auth, parses input, runs the handler."""
+
+    def __init__(self, ctx: Any) -> None:
+        self.ctx = ctx
+
+    async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response,
+                     nsid: str) -> None:
+        await self._dispatch(req, resp, nsid, "query")
+
+    async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response,
+                      nsid: str) -> None:
+        await self._dispatch(req, resp, nsid, "procedure")
+
+    async def on_head(self, req: falcon.asgi.Request, resp: falcon.asgi.Response,
+                      nsid: str) -> None:
+        await self._dispatch(req, resp, nsid, "query")
+
+    async def _dispatch(self, req: falcon.asgi.Request, resp: falcon.asgi.Response,
+                        nsid: str, kind: str) -> None:
+        method = registry.METHODS.get(nsid)
+        if method is None:
+            fallback = getattr(self.ctx, "fallback", None)
+            if fallback is not None and is_valid_nsid(nsid):
+                await fallback(req, resp, nsid)
+                return
+            raise XrpcError(501, "MethodNotImplemented", "Method Not Implemented")
+        if method.kind != kind:
+            raise invalid_request(
+                f"Incorrect HTTP method ({req.method}) expected "
+                f"{'GET' if method.kind == 'query' else 'POST'}")
+        call = Call(self.ctx, req, resp, nsid)
+        call.auth = await self.ctx.auth.check(method.auth, call)
+        if kind == "procedure" and method.body == "json":
+            call.body = await _read_json(req)
+        result = await method.handler(call)
+        write_result(resp, result)
+
+
+async def _read_json(req: falcon.asgi.Request) -> Any:
+    length = req.content_length
+    if length is not None and length > JSON_LIMIT:
+        raise XrpcError(413, "PayloadTooLarge", "request entity too large")
+    data = await req.stream.read(JSON_LIMIT + 1) if length is None else await req.stream.read()
+    if len(data) > JSON_LIMIT:
+        raise XrpcError(413, "PayloadTooLarge", "request entity too large")
+    if not data:
+        return None
+    ctype = (req.content_type or "").split(";")[0].strip().lower()
+    if ctype and ctype != "application/json":
+        raise invalid_request(f"Wrong request encoding (Content-Type): {ctype}")
+    try:
+        return json.loads(data)
+    except (ValueError, UnicodeDecodeError):
+        raise invalid_request("Request body is not valid JSON") from None
+
+
+def write_result(resp: falcon.asgi.Response, result: Any) -> None:
+    """Shape a handler's return value into the response."""
+    if isinstance(result, Raw):
+        resp.status = result.status
+        resp.content_type = result.content_type
+        for k, v in result.headers.items():
+            resp.set_header(k, v)
+        if isinstance(result.body, bytes | bytearray):
+            resp.data = bytes(result.body)
+        else:
+            resp.stream = _async_chunks(result.body)
+        return
+    resp.status = 200
+    if result is None:
+        return
+    resp.content_type = "application/json; charset=utf-8"
+    resp.data = dumps(result)
+
+
+async def _async_chunks(it: Iterator[bytes]) -> AsyncIterator[bytes]:
+    """Drive a blocking chunk iterator from a thread, one chunk at a time."""
+    sentinel = object()
+    try:
+        while True:
+            chunk = await asyncio.to_thread(next, it, sentinel)
+            if chunk is sentinel:
+                return
+            yield chunk
+    finally:
+        close = getattr(it, "close", None)
+        if close:
+            close()
+
+
+# --- errors ---------------------------------------------------------------------------
+
+
+async def _xrpc_error(req: falcon.asgi.Request, resp: falcon.asgi.Response,
+                      ex: XrpcError, params: dict) -> None:
+    resp.status = ex.status
+    resp.content_type = "application/json; charset=utf-8"
+    for k, v in ex.headers.items():
+        resp.set_header(k, v)
+    resp.data = dumps({"error": ex.error, "message": ex.message})
+
+
+_HTTP_NAMES = {400: "InvalidRequest", 401: "AuthenticationRequired", 403: "Forbidden",
+               404: "NotFound", 405: "MethodNotAllowed", 413: "PayloadTooLarge",
+               429: "RateLimitExceeded", 501: "MethodNotImplemented"}
+
+
+async def _http_error(req: falcon.asgi.Request, resp: falcon.asgi.Response,
+                      ex: falcon.HTTPError, params: dict) -> None:
+    status = ex.status_code
+    resp.status = status
+    resp.content_type = "application/json; charset=utf-8"
+    for k, v in (ex.headers or {}).items():
+        resp.set_header(k, v)
+    name = _HTTP_NAMES.get(status, "InternalServerError" if status >= 500 else "InvalidRequest")
+    resp.data = dumps({"error": name, "message": ex.description or ex.title or name})
+
+
+async def _unexpected(req: falcon.asgi.Request, resp: falcon.asgi.Response,
+                      ex: Exception, params: dict) -> None:
+    # The traceback goes to the log only, never to the client.
+    log.exception("unhandled error in %s %s", req.method, req.path)
+    resp.status = 500
+    resp.content_type = "application/json; charset=utf-8"
+    resp.data = dumps({"error": "InternalServerError", "message": "Internal Server Error"})
+
+
+# --- plain routes ---------------------------------------------------------------------
+
+
+class Health:
+    async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+        resp.content_type = "application/json"
+        resp.data = dumps({"version": __version__})
+
+
+class Root:
+    async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+        resp.content_type = "text/plain; charset=utf-8"
+        resp.text = (
+            "This is an AT Protocol Personal Data Server (PDS): https://atproto.com\n\n"
+            "Most API routes are under /xrpc/\n"
+        )
+
+
+class Robots:
+    async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+        resp.content_type = "text/plain"
+        resp.text = "User-agent: *\nAllow: /\n"
+
+
+def create_app(ctx: Any, extra_routes: Callable[[falcon.asgi.App], None] | None = None
+               ) -> falcon.asgi.App:
+    """The ASGI app for one worker process."""
+    app = falcon.asgi.App(
+        middleware=[falcon.CORSMiddleware(allow_origins="*", expose_headers=EXPOSE_HEADERS)],
+    )
+    app.req_options.auto_parse_qs_csv = False
+    app.req_options.strip_url_path_trailing_slash = False
+    app.resp_options.secure_cookies_by_default = False
+    app.add_route("/", Root())
+    app.add_route("/robots.txt", Robots())
+    app.add_route("/xrpc/_health", Health())
+    app.add_route("/xrpc/{nsid}", XrpcResource(ctx))
+    if extra_routes is not None:
+        extra_routes(app)
+    app.add_error_handler(Exception, _unexpected)
+    app.add_error_handler(falcon.HTTPError, _http_error)
+    app.add_error_handler(XrpcError, _xrpc_error)
+    return app

@@ -1,0 +1,43 @@
+"""com.atproto.identity.*"""
+
+from __future__ import annotations
+
+from ..repo.syntax import is_valid_handle
+from ..services import accounts as svc
+from .app import Call
+from .errors import invalid_request
+from .registry import ACCESS, procedure, query
+
+NS = "com.atproto.identity."
+
+
+@query(NS + "resolveHandle")
+async def resolve_handle(call: Call):
+    handle = call.param("handle", required=True)
+    if not is_valid_handle(handle):
+        raise invalid_request("Invalid handle")
+    did = await call.ctx.identity.resolve_handle(handle.lower())
+    if did is None:
+        raise invalid_request("Unable to resolve handle", "HandleNotFound")
+    return {"did": did}
+
+
+@procedure(NS + "updateHandle", auth=ACCESS)
+async def update_handle(call: Call):
+    handle = svc.normalize_handle_input(call.ctx, call.field("handle"), external_ok=True)
+    await call.ctx.lifecycle.update_handle(call.auth.did, handle)
+
+
+@query(NS + "getRecommendedDidCredentials", auth=ACCESS)
+async def get_recommended_did_credentials(call: Call):
+    ctx = call.ctx
+    acct = ctx.accounts.get(call.auth.did)
+    key = ctx.local_signing_key(call.auth.did)
+    rotation = ctx.identity.plc_rotation_key().public_key().did_key()
+    return {
+        "rotationKeys": [rotation],
+        "alsoKnownAs": [f"at://{acct['handle']}"],
+        "verificationMethods": {"atproto": key.public_key().did_key()},
+        "services": {"atproto_pds": {"type": "AtprotoPersonalDataServer",
+                                     "endpoint": ctx.settings.public_url}},
+    }
