@@ -1,10 +1,23 @@
-"""Shared fixtures: where the interop vectors live."""
+"""Shared fixtures: where the interop vectors live, and a local official PLC directory."""
 
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 INTEROP = Path(__file__).resolve().parents[2] / "shared" / "interop"
+NODE_DIR = Path(__file__).resolve().parent / "node"
+NPM_TIMEOUT = 600  # seconds; a cold `npm ci` of the harness takes well under a minute
+PLC_START_TIMEOUT = 60
 
 
 @pytest.fixture(scope="session")
@@ -13,3 +26,83 @@ def interop() -> Path:
     if not INTEROP.is_dir():
         pytest.skip(f"interop vectors not found at {INTEROP} (../shared/interop is absent)")
     return INTEROP
+
+
+def free_port() -> int:
+    """A TCP port free on loopback right now (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def node_modules() -> Path:
+    """tests/node with its npm dependencies installed (once); skips without node/npm."""
+    node, npm = shutil.which("node"), shutil.which("npm")
+    if node is None or npm is None:
+        pytest.skip("node and npm are needed for the official atproto tools (not on PATH)")
+    marker = NODE_DIR / "node_modules" / ".package-lock.json"
+    lock = NODE_DIR / "package-lock.json"
+    # npm writes node_modules/.package-lock.json on every install: if it is newer than the
+    # lock file, the tree matches it and a reinstall would be wasted time.
+    if not marker.exists() or (lock.exists() and marker.stat().st_mtime < lock.stat().st_mtime):
+        cmd = [npm, "ci" if lock.exists() else "install", "--no-audit", "--no-fund"]
+        try:
+            res = subprocess.run(cmd, cwd=NODE_DIR, capture_output=True, text=True,
+                                 timeout=NPM_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            pytest.skip(f"`{' '.join(cmd)}` in {NODE_DIR} timed out")
+        if res.returncode != 0:
+            pytest.skip(f"`{' '.join(cmd)}` in {NODE_DIR} failed:\n{res.stderr[-2000:]}")
+    return NODE_DIR / "node_modules"
+
+
+@pytest.fixture(scope="session")
+def plc_url(node_modules: Path) -> Iterator[str]:
+    """URL of an in-memory official PLC directory (@did-plc/server 0.0.1) on loopback."""
+    port = free_port()
+    # stderr to a file, not a pipe: nobody drains it while tests run, and a full pipe would
+    # stall the directory.
+    errlog = tempfile.TemporaryFile(mode="w+")
+    # stdin stays a pipe: plc.js exits when it closes, so even a killed pytest leaks nothing.
+    proc = subprocess.Popen(
+        [shutil.which("node") or "node", str(NODE_DIR / "plc.js"), str(port)],
+        cwd=NODE_DIR, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errlog,
+        text=True, env={**os.environ, "LOG_ENABLED": "false"},
+    )
+    ready: list[str] = []
+    got_line = threading.Event()
+
+    def read_stdout() -> None:
+        # Read on a thread: a blocking readline must not hang the wait below past its limit.
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if line.startswith("PLC_READY "):
+                ready.append(line.split(None, 1)[1].strip())
+                got_line.set()
+        got_line.set()  # EOF: the process ended
+
+    threading.Thread(target=read_stdout, daemon=True).start()
+    deadline = time.monotonic() + PLC_START_TIMEOUT
+    while not got_line.is_set() and time.monotonic() < deadline:
+        got_line.wait(0.1)
+    if not ready:
+        proc.kill()
+        proc.wait(timeout=10)
+        errlog.seek(0)
+        err = errlog.read()
+        errlog.close()
+        pytest.fail(f"PLC directory did not start (exit {proc.returncode}):\n{err[-2000:]}")
+    try:
+        yield ready[0]
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+        for stream in (proc.stdin, proc.stdout):
+            if stream is not None:
+                stream.close()
+        errlog.close()

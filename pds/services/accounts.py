@@ -16,6 +16,7 @@ from ..store.repo import Repo
 from ..xrpc.errors import XrpcError, invalid_request
 from . import auth as A
 from .context import AppContext
+from .identity import plc_did_for_genesis
 
 EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 MAX_APP_PASSWORDS = 50
@@ -106,7 +107,10 @@ async def create_account(ctx: AppContext, body: dict, service_auth: A.AuthInfo |
     elif ctx.settings.did_method == "web":
         did = "did:web:" + handle
     else:
-        did = ctx.identity.plc_genesis_did(handle, key.public_key())
+        # The DID follows from the signed genesis op, so it is known before the PLC hears
+        # of it: claim the handle first, then publish.
+        genesis = ctx.identity.genesis_op(handle, key.public_key())
+        did = plc_did_for_genesis(genesis)
 
     # Claims first (O_EXCL), so a racing sign-up in another worker loses cleanly.
     try:
@@ -130,7 +134,7 @@ async def create_account(ctx: AppContext, body: dict, service_auth: A.AuthInfo |
             if did.startswith("did:web:"):
                 ctx.identity.create_web_did(handle, key.public_key())
             else:
-                await ctx.identity.create_plc_did(handle, key.public_key())
+                await ctx.identity.submit_plc_operation(did, genesis)
     except BaseException:
         ctx.accounts.release_handle(handle, did)
         if claimed_email:
@@ -331,7 +335,7 @@ def delete_account(ctx: AppContext, did: str) -> None:
     ctx.accounts.release_handle(acct["handle"], did)
     if acct.get("email"):
         ctx.accounts.release_email(acct["email"], did)
-    ctx.identity.remove_handle_file(acct["handle"])
+    ctx.identity.remove_handle_file(acct["handle"], did)
     # Rename first (atomic), then delete at leisure: no half-deleted account is ever visible.
     acct_dir = ctx.data.account(did)
     grave = ctx.data.tmp / f"deleted-{int(time.time())}-{secrets.token_hex(4)}"

@@ -124,7 +124,8 @@ class Lifecycle:
             if did.startswith("did:plc:"):
                 await ctx.identity.update_plc(did, handle=handle)
             elif did.startswith("did:web:"):
-                ctx.identity.rewrite_web_did(did, handle, ctx.local_signing_key(did).public_key())
+                ctx.identity.write_web_did_doc(did, handle,
+                                               ctx.local_signing_key(did).public_key())
         except BaseException:
             if handle != old:
                 ctx.accounts.release_handle(handle, did)
@@ -132,7 +133,7 @@ class Lifecycle:
         ctx.accounts.update(did, handle=handle)
         if handle != old:
             ctx.accounts.release_handle(old, did)
-            ctx.identity.remove_handle_file(old)
+            ctx.identity.remove_handle_file(old, did)
         if hosted:
             ctx.identity.write_handle_file(handle, did)
         ctx.events.identity(did)
