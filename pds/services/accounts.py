@@ -109,7 +109,8 @@ async def create_account(ctx: AppContext, body: dict, service_auth: A.AuthInfo |
     else:
         # The DID follows from the signed genesis op, so it is known before the PLC hears
         # of it: claim the handle first, then publish.
-        genesis = ctx.identity.genesis_op(handle, key.public_key())
+        genesis = ctx.identity.sign_plc_operation(
+            ctx.identity.genesis_op(handle, key.public_key()))
         did = plc_did_for_genesis(genesis)
 
     # Claims first (O_EXCL), so a racing sign-up in another worker loses cleanly.
