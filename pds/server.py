@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import threading
 
 import falcon.asgi
 from gunicorn.app.base import BaseApplication
@@ -32,10 +33,11 @@ def build_app(settings: Settings) -> falcon.asgi.App:
 
 def recover(settings: Settings) -> int:
     """Replay every repository's journal (after a crash); returns entries replayed."""
+    from .services.firehose import recover as recover_events
     from .store.repo import Repo
 
     ctx = AppContext(settings)
-    replayed = 0
+    replayed = recover_events(ctx)
     for did in ctx.accounts.list_dids():
         repo_dir = ctx.data.account(did)
         if (repo_dir / "journal").is_dir():
@@ -85,4 +87,17 @@ def serve(settings: Settings) -> None:
     replayed = recover(settings)
     if replayed:
         log.warning("recovered %d journal entries", replayed)
+    if settings.crawlers:
+        threading.Thread(target=_announce, args=(settings,), daemon=True).start()
     PdsApplication(settings).run()
+
+
+def _announce(settings: Settings) -> None:
+    """requestCrawl to every configured relay at start-up (in the background)."""
+    import httpx
+    for crawler in settings.crawlers:
+        try:
+            httpx.post(crawler.rstrip("/") + "/xrpc/com.atproto.sync.requestCrawl",
+                       json={"hostname": settings.host_only}, timeout=10)
+        except httpx.HTTPError as e:
+            log.warning("requestCrawl to %s failed: %s", crawler, e)

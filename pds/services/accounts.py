@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import secrets
 import shutil
@@ -142,20 +143,37 @@ async def create_account(ctx: AppContext, body: dict, service_auth: A.AuthInfo |
             ctx.accounts.release_email(email, did)
         raise
 
+    acct = {
+        "did": did, "handle": handle, "email": email,
+        "passwordHash": await asyncio.to_thread(A.hash_password, password) if password else None,
+        "createdAt": now_iso(), "status": "deactivated" if migrating else None,
+        "emailConfirmedAt": None, "inviteCode": invite if ctx.settings.invite_required else None,
+    }
+    return await asyncio.to_thread(_materialise_account, ctx, acct, key, migrating)
+
+
+def _materialise_account(ctx: AppContext, acct: dict, key: Any, migrating: bool) -> dict:
+    """Write a new account's files and announce it (blocking: run in a thread)."""
+    did, handle = acct["did"], acct["handle"]
     acct_dir = ctx.data.account(did)
     acct_dir.mkdir(parents=True, exist_ok=True)
     write_file(acct_dir / "signing.key", export_private_key(key), ctx.data.tmp, mode=0o600)
     ctx.forget(did)
-    acct = {
-        "did": did, "handle": handle, "email": email,
-        "passwordHash": A.hash_password(password) if password else None,
-        "createdAt": now_iso(), "status": "deactivated" if migrating else None,
-        "emailConfirmedAt": None, "inviteCode": invite if ctx.settings.invite_required else None,
-    }
+    first_commit = None
     if not migrating:
-        Repo(acct_dir, ctx.data.tmp, did, key).create(key)
+        # The first commit is made durable by the repo's own journal, flushed at once
+        # (sign-ups are rare); its #commit event follows the account's, as below.
+        repo = Repo(acct_dir, ctx.data.tmp, did, key)
+        first_commit = repo.create(key)
+        repo.checkpoint()
     ctx.accounts.put(acct)
     ctx.identity.write_handle_file(handle, did)
+    # The reference PDS's order on sign-up: #identity, #account, #commit, #sync.
+    ctx.events.identity(did)
+    ctx.events.account(did)
+    if first_commit is not None:
+        ctx.events.commit(first_commit)
+        ctx.events.sync(did)
     tokens = ctx.auth.issue_session(did)
     out = {"handle": handle, "did": did, **tokens}
     if not migrating:

@@ -26,13 +26,16 @@ class AppContext:
         self._keys: dict[str, PrivateKey] = {}
         self.fallback: Any = None
         from .auth import Auth
-        from .events import Events
+        from .firehose import Broadcaster, Crawlers, Sequencer
         from .identity import Identity
         from .lifecycle import Lifecycle
         self.auth = Auth(self)
         self.identity = Identity(self)
         self.lifecycle = Lifecycle(self)
-        self.events = Events(self)
+        self.events = Sequencer(self)
+        self.broadcaster = Broadcaster(self)
+        self.crawlers = Crawlers(self)
+        self.loop: Any = None
 
     @cached_property
     def http(self) -> httpx.AsyncClient:
@@ -57,13 +60,43 @@ class AppContext:
         """The repository of a hosted account (cached: its node cache survives requests)."""
         repo = self._repos.get(did)
         if repo is None:
-            repo = Repo(self.data.account(did), self.data.tmp, did, self.local_signing_key(did))
+            repo = Repo(self.data.account(did), self.data.tmp, did, self.local_signing_key(did),
+                        wal=self.events)
             self._repos[did] = repo
         return repo
 
     def after_commit(self, result: Any) -> None:
-        """Tell the firehose about a commit (called by the write path, in order)."""
-        self.events.commit(result)
+        """After a commit (its #commit event is already in the log): wake the relays if
+        this write ends a quiet spell. Called from a worker thread."""
+        if self.crawlers.on_write() and self.loop is not None:
+            self.loop.call_soon_threadsafe(
+                lambda: self.loop.create_task(self.crawlers.announce()))
+
+    async def startup(self) -> None:
+        """In each worker, once its event loop runs: firehose delivery and checkpoints."""
+        import asyncio
+        self.loop = asyncio.get_running_loop()
+        self.broadcaster.start()
+        self._checkpointer = self.loop.create_task(self._checkpoint_loop())
+
+    async def _checkpoint_loop(self) -> None:
+        import asyncio
+        import logging
+
+        from .firehose import checkpoint
+        retention = self.settings.firehose_retention_hours * 3600
+        while True:
+            await asyncio.sleep(2.0)
+            try:
+                await asyncio.to_thread(checkpoint, self, retention)
+            except Exception:  # noqa: BLE001 - try again next round
+                logging.getLogger("pds").exception("checkpoint failed")
+
+    async def shutdown(self) -> None:
+        task = getattr(self, "_checkpointer", None)
+        if task is not None:
+            task.cancel()
+        await self.broadcaster.stop()
 
     def forget(self, did: str) -> None:
         """Drop cached state of an account (deleted, or its key changed)."""

@@ -89,6 +89,17 @@ class Op:
     prev: CID | None
 
 
+class WriteAhead:
+    """A durable record of a commit written before any of its files (see `_persist`)."""
+
+    def check(self, result: CommitResult) -> None:
+        """Refuse (RepoError) a commit the log can't carry, before anything is written."""
+
+    def log(self, repo: Repo, result: CommitResult) -> bool:
+        """Make `result` durable; False to leave it to the repo's own journal."""
+        return False
+
+
 class CommitHooks:
     """Work that must happen under the repo lock around a commit (e.g. blob references)."""
 
@@ -140,13 +151,17 @@ def record_path_parts(path: str) -> tuple[str, str]:
 class Repo:
     """An account's repository directory: `HEAD`, `LOCK`, `blocks/`, `journal/`, `revs`."""
 
-    def __init__(self, root: Path, tmp: Path, did: str, key: PrivateKey | None = None) -> None:
+    def __init__(self, root: Path, tmp: Path, did: str, key: PrivateKey | None = None,
+                 wal: WriteAhead | None = None) -> None:
         self.root = root
         self.tmp = tmp
         self.did = did
         self.key = key
         self.blocks = BlockStore(root / "blocks", tmp)
         self.journal = Journal(root / "journal", tmp)
+        # Where a commit becomes durable first: the repo's own journal, or (in the
+        # server) the firehose event log, whose #commit event carries the same blocks.
+        self.wal = wal
         self.loader = NodeLoader(self.blocks.get)
         self._since_checkpoint = 0
 
@@ -279,8 +294,6 @@ class Repo:
             records[cid] = data
             tree = tree.put(path, cid)
             ops.append(Op(w.action, path, cid, cur))
-        if hooks is not None:
-            hooks.prepare(ops, writes)
         rev = next_tid(head.rev if head else None)
         _commit, commit_block, commit_cid = sign_commit(self.did, rev, tree.cid, self.key)
         new_nodes = list(tree.new_nodes())
@@ -292,26 +305,32 @@ class Repo:
         for op in ops:
             proof.update((n.cid, n.serialised) for n in tree.covering_proof(op.path))
         proof = {c: b for c, b in proof.items() if c not in blocks}
-        self._persist(commit_cid, rev, blocks)
-        for n in new_nodes:
-            n.stored = True
-            self.loader.cache[n.cid] = n
         result = CommitResult(
             did=self.did, cid=commit_cid, rev=rev, since=head.rev if head else None,
             data=tree.cid, prev_data=prev_data, blocks=blocks, proof=proof, ops=ops,
         )
+        if self.wal is not None:
+            self.wal.check(result)
+        if hooks is not None:
+            hooks.prepare(ops, writes)
+        self._persist(result)
+        for n in new_nodes:
+            n.stored = True
+            self.loader.cache[n.cid] = n
         if hooks is not None:
             hooks.finish(result)
         return result
 
-    def _persist(self, commit_cid: CID, rev: str, blocks: dict[CID, bytes]) -> None:
-        """Journal (durable), then block files, rev log and HEAD (flushed at checkpoint)."""
-        self.journal.append(rev, commit_cid, blocks)
-        self.blocks.put_many(blocks.items())
+    def _persist(self, result: CommitResult) -> None:
+        """Write-ahead record (durable), then block files, rev log and HEAD (flushed by a
+        later checkpoint)."""
+        if self.wal is None or not self.wal.log(self, result):
+            self.journal.append(result.rev, result.cid, result.blocks)
+            self._since_checkpoint += 1
+        self.blocks.put_many(result.blocks.items())
         with open(self.root / "revs", "a") as f:
-            f.write(f"{rev} {commit_cid.encode()}\n")
-        self._set_head(commit_cid, rev)
-        self._since_checkpoint += 1
+            f.write(f"{result.rev} {result.cid.encode()}\n")
+        self._set_head(result.cid, result.rev)
         if self._since_checkpoint >= CHECKPOINT_EVERY:
             self._checkpoint_locked()
 
@@ -439,10 +458,11 @@ class Repo:
             rev = commit.rev or ZERO_REV
             if head is not None and rev <= head.rev:
                 raise RepoError("imported commit is not newer than the current one")
-            self._persist(root, rev, kept)
-            return CommitResult(did=self.did, cid=root, rev=rev,
-                                since=head.rev if head else None, data=commit.data,
-                                prev_data=prev_data, blocks=kept)
+            result = CommitResult(did=self.did, cid=root, rev=rev,
+                                  since=head.rev if head else None, data=commit.data,
+                                  prev_data=prev_data, blocks=kept)
+            self._persist(result)
+            return result
 
     def _resign(self, head: Head | None, data: CID, blocks: dict[CID, bytes], old_root: CID,
                 prev_data: CID | None) -> CommitResult:
@@ -451,10 +471,11 @@ class Repo:
         rev = next_tid(head.rev if head else None)
         _c, commit_block, commit_cid = sign_commit(self.did, rev, data, self.key)
         blocks = {commit_cid: commit_block, **{c: b for c, b in blocks.items() if c != old_root}}
-        self._persist(commit_cid, rev, blocks)
-        return CommitResult(did=self.did, cid=commit_cid, rev=rev,
-                            since=head.rev if head else None, data=data,
-                            prev_data=prev_data, blocks=blocks)
+        result = CommitResult(did=self.did, cid=commit_cid, rev=rev,
+                              since=head.rev if head else None, data=data,
+                              prev_data=prev_data, blocks=blocks)
+        self._persist(result)
+        return result
 
 
 def _chain(*its: Iterable) -> Iterator:

@@ -136,9 +136,20 @@ class XrpcResource:
                       nsid: str) -> None:
         await self._dispatch(req, resp, nsid, "query")
 
+    async def on_websocket(self, req: falcon.asgi.Request, ws: falcon.asgi.WebSocket,
+                           nsid: str) -> None:
+        handler = registry.SUBSCRIPTIONS.get(nsid)
+        if handler is None:
+            raise falcon.HTTPNotFound()
+        await handler(self.ctx, req, ws)
+
     async def _dispatch(self, req: falcon.asgi.Request, resp: falcon.asgi.Response,
                         nsid: str, kind: str) -> None:
         method = registry.METHODS.get(nsid)
+        if method is None and nsid in registry.SUBSCRIPTIONS:
+            if kind != "query":
+                raise XrpcError(405, "InvalidRequest", "subscriptions are GET only")
+            raise XrpcError(426, "InvalidRequest", "Upgrade Required: use a WebSocket")
         if method is None:
             fallback = getattr(self.ctx, "fallback", None)
             if fallback is not None and is_valid_nsid(nsid):
@@ -270,15 +281,36 @@ class Robots:
         resp.text = "User-agent: *\nAllow: /\n"
 
 
+class Lifespan:
+    """Per-worker start-up and shutdown (ASGI lifespan): the ctx's `startup`/`shutdown`."""
+
+    def __init__(self, ctx: Any) -> None:
+        self.ctx = ctx
+
+    async def process_startup(self, scope: dict, event: dict) -> None:
+        start = getattr(self.ctx, "startup", None)
+        if start is not None:
+            await start()
+
+    async def process_shutdown(self, scope: dict, event: dict) -> None:
+        stop = getattr(self.ctx, "shutdown", None)
+        if stop is not None:
+            await stop()
+
+
 def create_app(ctx: Any, extra_routes: Callable[[falcon.asgi.App], None] | None = None
                ) -> falcon.asgi.App:
     """The ASGI app for one worker process."""
     app = falcon.asgi.App(
-        middleware=[falcon.CORSMiddleware(allow_origins="*", expose_headers=EXPOSE_HEADERS)],
+        middleware=[falcon.CORSMiddleware(allow_origins="*", expose_headers=EXPOSE_HEADERS),
+                    Lifespan(ctx)],
     )
     app.req_options.auto_parse_qs_csv = False
     app.req_options.strip_url_path_trailing_slash = False
     app.resp_options.secure_cookies_by_default = False
+    # A procedure without output answers 200 with an empty body and no Content-Type, as
+    # the reference does: the official client parses any application/json body.
+    app.resp_options.default_media_type = None
     app.add_route("/", Root())
     app.add_route("/robots.txt", Robots())
     app.add_route("/xrpc/_health", Health())

@@ -28,6 +28,16 @@ class Method:
 
 
 METHODS: dict[str, Method] = {}
+# WebSocket subscriptions: nsid -> async handler(ctx, req, ws).
+SUBSCRIPTIONS: dict[str, Callable[..., Awaitable[None]]] = {}
+
+
+def subscription(nsid: str) -> Callable:
+    """Register an XRPC subscription (WebSocket)."""
+    def deco(fn: Callable) -> Callable:
+        SUBSCRIPTIONS[nsid] = fn
+        return fn
+    return deco
 
 
 def query(nsid: str, auth: str = NONE) -> Callable:

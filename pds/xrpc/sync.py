@@ -6,6 +6,8 @@ import asyncio
 import os
 import re
 
+import falcon
+
 from ..repo import car
 from ..repo.codec import InvalidData, parse_cid
 from ..repo.commit import parse_commit
@@ -13,7 +15,7 @@ from ..repo.syntax import is_valid_did, is_valid_tid
 from ..services import records as rsvc
 from .app import Call, Raw
 from .errors import invalid_request
-from .registry import OPTIONAL, query
+from .registry import OPTIONAL, query, subscription
 
 NS = "com.atproto.sync."
 CAR_TYPE = "application/vnd.ipld.car"
@@ -252,3 +254,26 @@ def _read_range(path, start: int, length: int):
 
 
 
+
+
+@subscription(NS + "subscribeRepos")
+async def subscribe_repos(ctx, req, ws):
+    from ..services.firehose import serve_subscriber
+    raw = req.params.get("cursor")
+    cursor = None
+    if raw is not None:
+        try:
+            cursor = int(raw if isinstance(raw, str) else raw[-1])
+            if cursor < 0:
+                raise ValueError
+        except ValueError:
+            await ws.accept()
+            from ..repo.events import error_frame
+            await ws.send_data(error_frame("InvalidRequest", "cursor must be an integer"))
+            await ws.close(1008)
+            return
+    await ws.accept()
+    try:
+        await serve_subscriber(ctx, ws, cursor)
+    except falcon.WebSocketDisconnected:
+        return

@@ -1,0 +1,367 @@
+"""The firehose: sequencing events into the log, recovery, checkpoints, and delivery.
+
+Writing: `Sequencer` is every server repo's write-ahead record. A `#commit` event holds
+every new block of its commit, so writing it (one fsync) makes the commit durable; the
+block files and HEAD follow without fsync. Recovery replays events newer than the last
+checkpoint; a checkpoint flushes the filesystem (syncfs) and moves `seq/CHECKPOINT` up to
+the last event whose files are all written.
+
+Delivery: each worker runs one watchdog observer on `seq/`. When an event lands, the
+worker's `Broadcaster` reads it once and offers the stored bytes to every live subscriber's
+bounded queue; a subscriber whose queue is full gets `ConsumerTooSlow` and is closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import time
+from collections import deque
+from typing import Any
+
+from ..repo import events as ev
+from ..repo.car import read_car_blocks
+from ..store.files import read_file, write_file
+from ..store.journal import syncfs
+from ..store.repo import CommitResult, Repo, RepoError, WriteAhead
+from ..store.seqlog import EventLog
+
+log = logging.getLogger("pds.firehose")
+
+QUEUE_LIMIT = 500        # frames buffered per live subscriber before ConsumerTooSlow
+RING = 2048              # recent frames kept in memory per worker
+CRAWL_QUIET = 20 * 60    # a write after this much quiet re-announces us to relays
+
+
+class TooBig(RepoError):
+    name = "InvalidRequest"
+
+
+class Sequencer(WriteAhead):
+    """Sequences events into the log; the server's write-ahead record for commits."""
+
+    def __init__(self, ctx: Any) -> None:
+        self.ctx = ctx
+        self.seqlog = EventLog(ctx.data.root / "seq", ctx.data.tmp)
+
+    # --- WriteAhead -----------------------------------------------------------------------
+
+    def check(self, result: CommitResult) -> None:
+        if len(result.ops) > ev.MAX_OPS:
+            raise TooBig(f"Too many writes in one commit (max {ev.MAX_OPS})")
+        size = sum(len(b) + 40 for b in result.blocks.values())
+        size += sum(len(b) + 40 for c, b in result.proof.items() if c not in result.blocks)
+        if size > ev.MAX_BLOCKS_BYTES:
+            raise TooBig(f"Commit is too large for the firehose ({size} bytes of blocks, "
+                         f"max {ev.MAX_BLOCKS_BYTES})")
+
+    def log(self, repo: Repo, result: CommitResult) -> bool:
+        acct = self.ctx.accounts.get(repo.did)
+        if acct is None or acct.get("status") is not None:
+            # No #commit for inactive accounts (an import before activation): the repo's
+            # own journal keeps it durable, and #sync announces the state on activation.
+            return False
+        self.commit(result)
+        return True
+
+    # --- events -------------------------------------------------------------------------
+
+    def commit(self, result: CommitResult) -> int:
+        return self.log_event(lambda seq: ev.frame("#commit", ev.commit_payload(seq, result)))
+
+    def identity(self, did: str) -> int:
+        acct = self.ctx.accounts.get(did)
+        handle = acct["handle"] if acct else None
+        return self.log_event(lambda seq: ev.frame("#identity",
+                                                   ev.identity_payload(seq, did, handle)))
+
+    def account(self, did: str, deleted: bool = False) -> int:
+        acct = self.ctx.accounts.get(did)
+        status = "deleted" if deleted or acct is None else acct.get("status")
+        return self.log_event(lambda seq: ev.frame("#account",
+                                                   ev.account_payload(seq, did, status)))
+
+    def sync(self, did: str) -> int | None:
+        repo = self.ctx.repo(did)
+        head = repo.head()
+        if head is None:
+            return None
+        block = repo.blocks.get(head.cid)
+        return self.log_event(lambda seq: ev.frame(
+            "#sync", ev.sync_payload(seq, did, head.cid, block, head.rev)))
+
+    def log_event(self, make_frame) -> int:
+        return self.seqlog.append(make_frame)
+
+
+# --- recovery and checkpoints -------------------------------------------------------------
+
+
+def _commit_of(data: bytes) -> tuple[str, str, dict] | None:
+    header, payload = ev.split_frame(data)
+    if header.get("t") != "#commit":
+        return None
+    return payload["repo"], payload["rev"], payload
+
+
+def recover(ctx: Any) -> int:
+    """Replay #commit events after the checkpoint: rewrite their blocks (a power cut may
+    have left them empty) and move HEAD forward where it lags. Returns events replayed."""
+    log_ = EventLog(ctx.data.root / "seq", ctx.data.tmp)
+    replayed = 0
+    last = log_.checkpoint()
+    for seq, data in log_.events(after=last):
+        last = seq
+        try:
+            found = _commit_of(data)
+        except ValueError:
+            log.error("unreadable event %d skipped in recovery", seq)
+            continue
+        if found is None:
+            continue
+        did, rev, payload = found
+        repo = Repo(ctx.data.account(did), ctx.data.tmp, did)
+        if not repo.root.is_dir():
+            continue  # the account was deleted since
+        _root, blocks = read_car_blocks(payload["blocks"])
+        with repo.lock():
+            repo.blocks.put_many(blocks.items(), overwrite=True)
+            head = repo.head()
+            if head is None or rev > head.rev:
+                with open(repo.root / "revs", "a") as f:
+                    f.write(f"{rev} {payload['commit'].encode()}\n")
+                repo._set_head(payload["commit"], rev)
+        replayed += 1
+    if last > log_.checkpoint():
+        syncfs(ctx.data.root)
+        log_.set_checkpoint(last)
+    return replayed
+
+
+def checkpoint(ctx: Any, retention_s: float | None = None) -> int | None:
+    """Advance CHECKPOINT over events whose repo files are all written, after a syncfs;
+    prune events older than the retention. One worker at a time (others skip)."""
+    log_ = EventLog(ctx.data.root / "seq", ctx.data.tmp)
+    lock_path = log_.root / "CHECKPOINT.LOCK"
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return None
+        cp, head = log_.checkpoint(), log_.head()
+        upto = cp
+        heads: dict[str, str] = {}
+        for seq, data in log_.events(cp, head):
+            found = _commit_of(data)
+            if found is not None:
+                did, rev, _ = found
+                if did not in heads:
+                    h = Repo(ctx.data.account(did), ctx.data.tmp, did).head()
+                    heads[did] = h.rev if h else ""
+                if heads[did] < rev:
+                    break  # its writer is still materialising it
+            upto = seq
+        if upto > cp:
+            syncfs(ctx.data.root)
+            log_.set_checkpoint(upto)
+        if retention_s is not None:
+            log_.prune(time.time() - retention_s, keep_after=upto)
+        return upto
+    finally:
+        os.close(fd)
+
+
+# --- delivery -------------------------------------------------------------------------------
+
+
+class Subscriber:
+    """One WebSocket consumer: a bounded queue of frames and a sender draining it."""
+
+    def __init__(self, ws: Any) -> None:
+        self.ws = ws
+        self.queue: asyncio.Queue[bytes] = asyncio.Queue(maxsize=QUEUE_LIMIT + 1)
+        self.closing = False
+
+    def offer(self, data: bytes) -> None:
+        if self.closing:
+            return
+        if self.queue.qsize() >= QUEUE_LIMIT:
+            # Too slow: what is queued is dropped, the error goes out next, then close.
+            self.closing = True
+            while not self.queue.empty():
+                self.queue.get_nowait()
+            self.queue.put_nowait(ev.error_frame("ConsumerTooSlow",
+                                                 "Stream consumer too slow"))
+            return
+        self.queue.put_nowait(data)
+
+
+class Broadcaster:
+    """Per worker: watches seq/, reads each new event once, fans it out."""
+
+    def __init__(self, ctx: Any) -> None:
+        self.ctx = ctx
+        self.log = EventLog(ctx.data.root / "seq", ctx.data.tmp)
+        self.last = self.log.head()
+        self.ring: deque[tuple[int, bytes]] = deque(maxlen=RING)
+        self.live: set[Subscriber] = set()
+        self.wake = asyncio.Event()
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.observer: Any = None
+        self.task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        from watchdog.events import FileSystemEventHandler
+        from watchdog.observers import Observer
+
+        self.loop = asyncio.get_running_loop()
+        self.log.root.mkdir(parents=True, exist_ok=True)
+        loop, wake = self.loop, self.wake
+
+        class Handler(FileSystemEventHandler):
+            def on_any_event(self, event: Any) -> None:
+                loop.call_soon_threadsafe(wake.set)
+
+        self.observer = Observer()
+        self.observer.schedule(Handler(), str(self.log.root), recursive=True)
+        self.observer.daemon = True
+        self.observer.start()
+        self.last = self.log.head()
+        self.task = self.loop.create_task(self._run())
+
+    async def stop(self) -> None:
+        if self.observer is not None:
+            self.observer.stop()
+        if self.task is not None:
+            self.task.cancel()
+        for sub in list(self.live):
+            sub.closing = True
+            with contextlib.suppress(Exception):
+                await sub.ws.close(1001)
+        self.live.clear()
+
+    async def _run(self) -> None:
+        while True:
+            await self.wake.wait()
+            self.wake.clear()
+            try:
+                await self.pump()
+            except Exception:  # noqa: BLE001 - keep delivering after a bad read
+                log.exception("firehose pump failed")
+
+    async def pump(self) -> None:
+        head = self.log.head()
+        if head <= self.last:
+            return
+        start = self.last
+        frames = await asyncio.to_thread(self._read_range, start, head)
+        # No await from here on: registration and fan-out can't interleave.
+        if self.last != start:
+            return  # another pump ran meanwhile; it read the same range
+        for seq, data in frames:
+            self.ring.append((seq, data))
+            for sub in list(self.live):
+                sub.offer(data)
+        self.last = head
+
+    def _read_range(self, after: int, upto: int) -> list[tuple[int, bytes]]:
+        out = []
+        for seq in range(after + 1, upto + 1):
+            data = self.log.read(seq)
+            if data is not None:
+                out.append((seq, data))
+        return out
+
+    def recent(self, after: int) -> list[tuple[int, bytes]] | None:
+        """Frames after `after` from memory, or None if the ring doesn't reach back."""
+        if not self.ring:
+            return None if after < self.last else []
+        if self.ring[0][0] > after + 1:
+            return None
+        return [(s, d) for s, d in self.ring if s > after]
+
+
+async def serve_subscriber(ctx: Any, ws: Any, cursor: int | None) -> None:
+    """com.atproto.sync.subscribeRepos over an accepted WebSocket."""
+    bc: Broadcaster = ctx.broadcaster
+    sub = Subscriber(ws)
+    log_ = bc.log
+    if cursor is not None:
+        head = log_.head()
+        if cursor > head:
+            await ws.send_data(ev.error_frame("FutureCursor", "Cursor in the future."))
+            await ws.close(1000)
+            return
+        oldest = await asyncio.to_thread(log_.oldest)
+        pos = cursor
+        if oldest is not None and cursor + 1 < oldest:
+            await ws.send_data(ev.info_frame("OutdatedCursor",
+                                             "Requested cursor exceeded limit. "
+                                             "Possibly missing events"))
+            pos = oldest - 1
+        # Replay from memory or disk until level with the broadcaster, then go live with
+        # no await in between: no gap, no duplicate at the switch.
+        while pos < bc.last:
+            target = bc.last
+            frames = bc.recent(pos)
+            if frames is None:
+                end = min(target, pos + 2000)
+                frames = await asyncio.to_thread(lambda a=pos, b=end: list(log_.events(a, b)))
+            else:
+                end = target
+            for seq, data in frames:
+                if seq > end:
+                    break
+                await ws.send_data(data)
+            pos = end
+    bc.live.add(sub)
+    try:
+        while True:
+            data = await sub.queue.get()
+            await ws.send_data(data)
+            if sub.closing and sub.queue.empty():
+                await ws.close(1008)
+                return
+    finally:
+        bc.live.discard(sub)
+
+
+# --- crawlers ---------------------------------------------------------------------------
+
+
+class Crawlers:
+    """Announce this PDS to relays (requestCrawl): at start-up, and on the first write
+    after a quiet spell. Asynchronous: a write never waits for a relay."""
+
+    def __init__(self, ctx: Any) -> None:
+        self.ctx = ctx
+        self.path = ctx.data.root / "seq" / "LAST_WRITE"
+        self.checked = 0.0
+
+    def on_write(self) -> bool:
+        """Note a write; True when it ends a quiet spell (the caller then announces)."""
+        if not self.ctx.settings.crawlers:
+            return False
+        now = time.time()
+        # Workers share the last-write time through a file; look at it at most once a
+        # minute per worker, so a busy PDS pays nothing per write.
+        if now - self.checked < 60:
+            return False
+        self.checked = now
+        data = read_file(self.path)
+        last = float(data) if data else 0.0
+        write_file(self.path, str(now).encode(), self.ctx.data.tmp, durable=False)
+        return now - last > CRAWL_QUIET
+
+    async def announce(self) -> None:
+        for crawler in self.ctx.settings.crawlers:
+            url = crawler.rstrip("/") + "/xrpc/com.atproto.sync.requestCrawl"
+            try:
+                await self.ctx.http.post(url, json={"hostname": self.ctx.settings.host_only},
+                                         timeout=10)
+            except Exception as e:  # noqa: BLE001 - a relay being down is not our error
+                log.warning("requestCrawl to %s failed: %s", crawler, e)
