@@ -38,6 +38,8 @@ def cmd_init(args: argparse.Namespace) -> int:
     if args.dev:
         lines.append("PDS_DEV=true")
     write_file(root / ENV_FILE, ("\n".join(lines) + "\n").encode(), root / "tmp", mode=0o600)
+    from .store.format import stamp
+    stamp(root)
     settings = Settings.load(root)
     from .services.context import AppContext
     ctx = AppContext(settings)
@@ -56,6 +58,109 @@ def cmd_serve(args: argparse.Namespace) -> int:
         settings.workers = args.workers
     serve(settings)
     return 0
+
+
+def _ctx(args: argparse.Namespace):
+    from .services.context import AppContext
+    settings = Settings.load(args.data_dir)
+    if not (settings.data_dir / ENV_FILE).exists():
+        sys.exit(f"no PDS data dir at {settings.data_dir}")
+    return AppContext(settings)
+
+
+def _did_arg(ctx, who: str) -> str:
+    """A DID from a DID or a handle given on the command line."""
+    did = who if who.startswith("did:") else ctx.accounts.did_for_handle(who.lower())
+    if did is None or ctx.accounts.get(did) is None:
+        sys.exit(f"no such account: {who}")
+    return did
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from .store.verify import verify_data_dir
+    report = verify_data_dir(args.dir)
+    for p in report.problems:
+        print("PROBLEM", p)
+    print(f"{report.accounts} accounts, {report.blocks} blocks, {report.records} records, "
+          f"{report.blobs} blobs, {report.events} events: "
+          f"{'OK' if report.ok else f'{len(report.problems)} problems'}")
+    return 0 if report.ok else 1
+
+
+def cmd_backup(args: argparse.Namespace) -> int:
+    from .store.backup import backup
+    src = args.data_dir or Settings.load(None).data_dir
+    out = backup(src, args.dest)
+    print(f"backed up {out['accounts']} accounts to {args.dest} "
+          f"({out['replayed']} recent commits replayed into the copy)")
+    return 0
+
+
+def cmd_account(args: argparse.Namespace) -> int:
+    import asyncio
+    import json as _json
+    ctx = _ctx(args)
+    if args.action == "list":
+        for did in ctx.accounts.list_dids():
+            a = ctx.accounts.get(did)
+            print(f"{did}\t{a['handle']}\t{a.get('email') or '-'}\t{a.get('status') or 'active'}")
+        return 0
+    if args.action == "create":
+        if not (args.handle and args.email):
+            sys.exit("--handle and --email are required")
+        password = args.password or secrets.token_urlsafe(12)
+        from .services.accounts import create_account
+        from .xrpc.errors import XrpcError
+        try:
+            out = asyncio.run(create_account(ctx, {"handle": args.handle, "email": args.email,
+                                                   "password": password}, None))
+        except XrpcError as e:
+            sys.exit(f"{e.error}: {e.message}")
+        print(_json.dumps({"did": out["did"], "handle": out["handle"],
+                           **({} if args.password else {"password": password})}))
+        return 0
+    did = _did_arg(ctx, args.who or "")
+    if args.action == "delete":
+        asyncio.run(ctx.lifecycle.delete(did))
+    elif args.action == "takedown":
+        ctx.lifecycle.takedown(did, True, args.ref)
+    elif args.action == "untakedown":
+        ctx.lifecycle.takedown(did, False)
+    elif args.action == "reset-password":
+        password = args.password or secrets.token_urlsafe(12)
+        ctx.lifecycle.set_password(did, password)
+        if not args.password:
+            print(password)
+    print(f"{args.action}: {did}", file=sys.stderr)
+    return 0
+
+
+def cmd_invite(args: argparse.Namespace) -> int:
+    from .services.accounts import create_invites
+    ctx = _ctx(args)
+    for group in create_invites(ctx, args.uses, args.count):
+        for code in group["codes"]:
+            print(code)
+    return 0
+
+
+def cmd_request_crawl(args: argparse.Namespace) -> int:
+    import httpx
+    settings = Settings.load(args.data_dir)
+    relays = args.relays or settings.crawlers
+    if not relays:
+        sys.exit("no relays given and PDS_CRAWLERS is empty")
+    failed = 0
+    for relay in relays:
+        url = relay.rstrip("/") + "/xrpc/com.atproto.sync.requestCrawl"
+        try:
+            r = httpx.post(url, json={"hostname": settings.host_only}, timeout=15)
+            print(f"{relay}: {r.status_code} {r.text[:200]}")
+            failed += r.status_code != 200
+        except httpx.HTTPError as e:
+            print(f"{relay}: {e}")
+            failed += 1
+    return 1 if failed else 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -80,6 +185,38 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--bind", default=None, help=f"HOST:PORT or unix:PATH ({DEFAULT_BIND})")
     serve.add_argument("--workers", type=int, default=None)
     serve.set_defaults(fn=cmd_serve)
+
+    verify = sub.add_parser("verify", help="check a data dir offline")
+    verify.add_argument("dir", nargs="?", default=DEFAULT_DATA_DIR)
+    verify.set_defaults(fn=cmd_verify)
+
+    bk = sub.add_parser("backup", help="consistent copy of a (live) data dir")
+    bk.add_argument("dest")
+    bk.add_argument("--data-dir", default=None)
+    bk.set_defaults(fn=cmd_backup)
+
+    account = sub.add_parser("account", help="manage accounts")
+    account.add_argument("action", choices=["list", "create", "delete", "takedown",
+                                            "untakedown", "reset-password"])
+    account.add_argument("who", nargs="?", help="DID or handle")
+    account.add_argument("--data-dir", default=None)
+    account.add_argument("--handle")
+    account.add_argument("--email")
+    account.add_argument("--password")
+    account.add_argument("--ref", help="takedown reference")
+    account.set_defaults(fn=cmd_account)
+
+    invite = sub.add_parser("invite", help="invite codes")
+    invite.add_argument("action", choices=["create"])
+    invite.add_argument("--uses", type=int, default=1)
+    invite.add_argument("--count", type=int, default=1)
+    invite.add_argument("--data-dir", default=None)
+    invite.set_defaults(fn=cmd_invite)
+
+    crawl = sub.add_parser("request-crawl", help="ask relays to crawl this PDS")
+    crawl.add_argument("relays", nargs="*")
+    crawl.add_argument("--data-dir", default=None)
+    crawl.set_defaults(fn=cmd_request_crawl)
 
     args = p.parse_args(argv)
     return args.fn(args)

@@ -23,7 +23,7 @@ log = logging.getLogger("pds")
 
 def build_app(settings: Settings) -> falcon.asgi.App:
     """The ASGI app of one worker: its own AppContext and every XRPC module registered."""
-    from .xrpc import actor, identity, repo, server, sync  # noqa: F401  (register methods)
+    from .xrpc import actor, admin, identity, repo, server, sync  # noqa: F401  (register)
     from .xrpc.app import create_app
     from .xrpc.wellknown import add_routes
 
@@ -65,7 +65,8 @@ class PdsApplication(BaseApplication):
             "graceful_timeout": 10,
             "keepalive": 75,
             "proc_name": "pds",
-            "accesslog": "-" if os.environ.get("PDS_ACCESS_LOG", "1") != "0" else None,
+            # Requests are logged by the app (with request ids), not by gunicorn.
+            "accesslog": None,
             "errorlog": "-",
             "loglevel": os.environ.get("PDS_LOG_LEVEL", "info"),
             **self.extra,
@@ -75,7 +76,26 @@ class PdsApplication(BaseApplication):
                 self.cfg.set(k, v)
 
     def load(self) -> falcon.asgi.App:
+        _setup_logging()
         return build_app(self.settings)
+
+
+def _setup_logging() -> None:
+    """Access lines to stdout, everything else (with tracebacks) to stderr."""
+    access = logging.getLogger("pds.access")
+    access.propagate = False
+    if not access.handlers:
+        h = logging.StreamHandler(sys.stdout)
+        h.setFormatter(logging.Formatter("%(message)s"))
+        access.addHandler(h)
+    access.setLevel(logging.INFO if os.environ.get("PDS_ACCESS_LOG", "1") != "0"
+                    else logging.WARNING)
+    root = logging.getLogger("pds")
+    if not root.handlers:
+        h = logging.StreamHandler(sys.stderr)
+        h.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        root.addHandler(h)
+        root.setLevel(logging.INFO)
 
 
 def serve(settings: Settings) -> None:
@@ -84,6 +104,13 @@ def serve(settings: Settings) -> None:
         sys.exit(f"no PDS data dir at {settings.data_dir} (run `pds init` first)")
     if not settings.jwt_secret:
         sys.exit("PDS_JWT_SECRET is not set (pds.env is incomplete)")
+    from .store.format import CURRENT, FormatError, ensure_current
+    try:
+        old = ensure_current(settings.data_dir)
+    except FormatError as e:
+        sys.exit(str(e))
+    if old != CURRENT:
+        log.warning("migrated the data dir from format %d to %d", old, CURRENT)
     replayed = recover(settings)
     if replayed:
         log.warning("recovered %d journal entries", replayed)

@@ -19,7 +19,9 @@ from . import auth as A
 from .context import AppContext
 from .identity import plc_did_for_genesis
 
-EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+# No "/" or control characters, no leading ".": the address names a file under emails/.
+EMAIL_RE = re.compile(r"^[^@\s/.\x00-\x1f\x7f][^@\s/\x00-\x1f\x7f]*"
+                      r"@[^@\s/\x00-\x1f\x7f]+\.[^@\s/\x00-\x1f\x7f]+$")
 MAX_APP_PASSWORDS = 50
 
 
@@ -44,7 +46,7 @@ def normalize_handle_input(ctx: AppContext, handle: Any, external_ok: bool = Fal
     return handle
 
 
-def _check_email(email: Any) -> str:
+def check_email(email: Any) -> str:
     if not isinstance(email, str) or not EMAIL_RE.match(email) or len(email) > 254:
         raise invalid_request("This email address is not supported, please use a different email.",
                               "InvalidEmail")
@@ -83,7 +85,7 @@ async def create_account(ctx: AppContext, body: dict, service_auth: A.AuthInfo |
     handle = normalize_handle_input(ctx, body.get("handle"), external_ok=migrating)
     email = body.get("email")
     if email is not None or not migrating:
-        email = _check_email(email)
+        email = check_email(email)
     password = body.get("password")
     if password is not None or not migrating:
         password = _check_password(password)

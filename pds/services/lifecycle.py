@@ -137,3 +137,34 @@ class Lifecycle:
         if hosted:
             ctx.identity.write_handle_file(handle, did)
         ctx.events.identity(did)
+
+    def takedown(self, did: str, applied: bool, ref: str | None = None) -> None:
+        """Take an account down (or restore it): nothing of it is served while down."""
+        acct = self.ctx.accounts.get(did)
+        if acct is None:
+            raise invalid_request("Account not found", "AccountNotFound")
+        if applied:
+            self.ctx.accounts.update(did, status="takendown", takedownRef=ref or "takedown")
+            # Sessions die with the takedown; a new login needs allowTakendown.
+            acc.revoke_all_sessions(self.ctx, did)
+        elif acct.get("status") == "takendown":
+            self.ctx.accounts.update(did, status=None, takedownRef=None)
+        else:
+            return
+        self.ctx.events.account(did)
+
+    def set_password(self, did: str, password: str) -> None:
+        from .auth import hash_password
+        self.ctx.accounts.update(did, passwordHash=hash_password(password))
+        acc.revoke_all_sessions(self.ctx, did)
+
+    def set_email(self, did: str, email: str) -> None:
+        acct = self.ctx.accounts.get(did)
+        email = acc.check_email(email)
+        try:
+            self.ctx.accounts.claim_email(email, did)
+        except acc.Taken:
+            raise invalid_request("Email already taken", "InvalidEmail") from None
+        if acct.get("email") and acct["email"].lower() != email.lower():
+            self.ctx.accounts.release_email(acct["email"], did)
+        self.ctx.accounts.update(did, email=email, emailConfirmedAt=None)

@@ -111,7 +111,7 @@ class AccountStore:
             os.close(fd)
 
     def _lookup(self, index: Path, name: str) -> str | None:
-        if "/" in name or name in ("", ".", ".."):
+        if "/" in name or "\x00" in name or name in ("", ".", ".."):
             return None
         data = read_file(index / name)
         return data.decode().strip() if data else None

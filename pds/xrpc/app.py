@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import secrets
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
@@ -223,6 +225,28 @@ async def _async_chunks(it: Iterator[bytes]) -> AsyncIterator[bytes]:
 # --- errors ---------------------------------------------------------------------------
 
 
+DRAIN_LIMIT = 64 * 1024
+
+
+async def _settle_body(req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+    """A request body an error left unread: gunicorn closes the connection after such a
+    request without announcing it, and a client reusing it fails. Drain a small body so
+    the connection stays usable; announce the close of a large one."""
+    chunked = "chunked" in (req.get_header("Transfer-Encoding") or "").lower()
+    length = req.content_length
+    if not length and not chunked:
+        return
+    try:
+        if req.stream.eof:
+            return
+        if length is not None and length <= DRAIN_LIMIT:
+            await req.stream.exhaust()
+            return
+    except Exception:  # noqa: BLE001 - a broken stream: just close
+        pass
+    resp.set_header("Connection", "close")
+
+
 async def _xrpc_error(req: falcon.asgi.Request, resp: falcon.asgi.Response,
                       ex: XrpcError, params: dict) -> None:
     resp.status = ex.status
@@ -230,6 +254,7 @@ async def _xrpc_error(req: falcon.asgi.Request, resp: falcon.asgi.Response,
     for k, v in ex.headers.items():
         resp.set_header(k, v)
     resp.data = dumps({"error": ex.error, "message": ex.message})
+    await _settle_body(req, resp)
 
 
 _HTTP_NAMES = {400: "InvalidRequest", 401: "AuthenticationRequired", 403: "Forbidden",
@@ -246,12 +271,14 @@ async def _http_error(req: falcon.asgi.Request, resp: falcon.asgi.Response,
         resp.set_header(k, v)
     name = _HTTP_NAMES.get(status, "InternalServerError" if status >= 500 else "InvalidRequest")
     resp.data = dumps({"error": name, "message": ex.description or ex.title or name})
+    await _settle_body(req, resp)
 
 
 async def _unexpected(req: falcon.asgi.Request, resp: falcon.asgi.Response,
                       ex: Exception, params: dict) -> None:
     # The traceback goes to the log only, never to the client.
-    log.exception("unhandled error in %s %s", req.method, req.path)
+    log.exception("unhandled error in %s %s (request %s)", req.method, req.path,
+                  getattr(req.context, "rid", "-"))
     resp.status = 500
     resp.content_type = "application/json; charset=utf-8"
     resp.data = dumps({"error": "InternalServerError", "message": "Internal Server Error"})
@@ -281,6 +308,33 @@ class Robots:
         resp.text = "User-agent: *\nAllow: /\n"
 
 
+access_log = logging.getLogger("pds.access")
+
+
+class AccessLog:
+    """One line per request (to stdout, i.e. journald): id, client, request, status, time.
+
+    The request id comes from `X-Request-Id` (nginx can set it) or is made here, and is
+    returned in the response so a client's report can be matched to the log.
+    """
+
+    async def process_request(self, req: falcon.asgi.Request,
+                              resp: falcon.asgi.Response) -> None:
+        req.context.t0 = time.perf_counter()
+        rid = req.get_header("X-Request-Id") or secrets.token_hex(8)
+        req.context.rid = rid[:64]
+        resp.set_header("X-Request-Id", req.context.rid)
+
+    async def process_response(self, req: falcon.asgi.Request, resp: falcon.asgi.Response,
+                               resource: Any, req_succeeded: bool) -> None:
+        if not access_log.isEnabledFor(logging.INFO):
+            return
+        ms = (time.perf_counter() - req.context.t0) * 1000
+        access_log.info("%s %s \"%s %s\" %s %.1fms", req.context.rid,
+                        req.remote_addr or "-", req.method, req.relative_uri[:300],
+                        resp.status[:3] if isinstance(resp.status, str) else resp.status, ms)
+
+
 class Lifespan:
     """Per-worker start-up and shutdown (ASGI lifespan): the ctx's `startup`/`shutdown`."""
 
@@ -302,7 +356,8 @@ def create_app(ctx: Any, extra_routes: Callable[[falcon.asgi.App], None] | None 
                ) -> falcon.asgi.App:
     """The ASGI app for one worker process."""
     app = falcon.asgi.App(
-        middleware=[falcon.CORSMiddleware(allow_origins="*", expose_headers=EXPOSE_HEADERS),
+        middleware=[AccessLog(),
+                    falcon.CORSMiddleware(allow_origins="*", expose_headers=EXPOSE_HEADERS),
                     Lifespan(ctx)],
     )
     app.req_options.auto_parse_qs_csv = False

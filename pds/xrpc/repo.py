@@ -243,14 +243,14 @@ async def upload_blob(call: Call):
     try:
         async for chunk in call.req.stream:
             upload.write(chunk, limit)
+        if upload.size == 0:
+            raise invalid_request("Blob is empty")
         cid, meta = await asyncio.to_thread(upload.finish, mime)
     except BlobTooLarge:
         raise XrpcError(413, "PayloadTooLarge", "request entity too large") from None
     except BaseException:
         upload.abort()
         raise
-    if upload.size == 0:
-        raise invalid_request("Blob is empty")
     return {"blob": {"$type": "blob", "ref": {"$link": cid.encode()},
                      "mimeType": meta["mimeType"], "size": meta["size"]}}
 

@@ -218,8 +218,11 @@ async def get_blob(call: Call):
     if call.ctx.settings.behind_nginx:
         # nginx sends the file (sendfile, Range) from its internal location; it adds the
         # same security headers there.
+        # nginx keeps Content-Type (and would keep Content-Disposition/Cache-Control) from
+        # this answer; its internal location adds the security headers, so send only
+        # what it cannot know.
         rel = os.path.relpath(store.path(cid), call.ctx.data.accounts)
-        return Raw(b"", mime, {**headers, "X-Accel-Redirect": "/_blobs/" + rel})
+        return Raw(b"", mime, {"X-Accel-Redirect": "/_blobs/" + rel})
     return _stream_file(call, store.path(cid), meta["size"], mime, headers)
 
 

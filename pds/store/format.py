@@ -1,0 +1,57 @@
+"""The data dir's format version: `FORMAT` holds an integer.
+
+`pds serve` migrates an older data dir in place and refuses a newer one, so an upgrade
+is "install the new version and restart", and a downgrade fails loudly instead of
+misreading files.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .files import read_file, write_file
+
+CURRENT = 1
+
+
+class FormatError(Exception):
+    pass
+
+
+def read_format(root: Path) -> int:
+    data = read_file(root / "FORMAT")
+    if data is None:
+        return 0  # made before versions were recorded
+    try:
+        return int(data.decode().strip())
+    except ValueError:
+        raise FormatError(f"{root / 'FORMAT'} is not a number") from None
+
+
+def _migrate_0_to_1(root: Path) -> None:
+    # Version 0 had no event-log or well-known directories made up front.
+    for d in ("accounts", "handles", "emails", "invites", "seq", "tmp", "well-known"):
+        (root / d).mkdir(exist_ok=True)
+
+
+MIGRATIONS = {0: _migrate_0_to_1}
+
+
+def ensure_current(root: Path) -> int:
+    """Bring a data dir to the current format; returns the version it had."""
+    found = read_format(root)
+    if found > CURRENT:
+        raise FormatError(
+            f"{root} is in data format {found}, newer than this pds understands "
+            f"({CURRENT}); install a newer pds (refusing to touch it)")
+    version = found
+    while version < CURRENT:
+        MIGRATIONS[version](root)
+        version += 1
+        write_file(root / "FORMAT", f"{version}\n".encode(), root / "tmp")
+    return found
+
+
+def stamp(root: Path) -> None:
+    """Record the current format in a new data dir."""
+    write_file(root / "FORMAT", f"{CURRENT}\n".encode(), root / "tmp")

@@ -1,0 +1,203 @@
+"""`pds verify DIR`: check a data dir offline, reading only files.
+
+For every account: HEAD names a commit that parses and whose signature verifies with the
+account's key; the MST is well-formed and complete; every block hashes to its name; every
+blob a record references is present, and every blob file matches its CID. For the event
+log: seqs strictly increase, every event parses, every #commit event's slice is complete
+and its commit's blocks are in the repo, and each account's last #commit is its HEAD.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cbrrr import CID
+
+from ..repo import events as ev
+from ..repo.car import read_car_blocks
+from ..repo.codec import InvalidData, decode, find_blob_refs
+from ..repo.commit import parse_commit
+from ..repo.keys import load_private_key
+from ..repo.mst import MST, NodeLoader
+from .blobs import BlobStore
+from .layout import DataDir
+from .repo import Repo
+from .seqlog import EventLog
+
+
+@dataclass
+class Report:
+    """What a verification found."""
+
+    problems: list[str] = field(default_factory=list)
+    accounts: int = 0
+    blocks: int = 0
+    records: int = 0
+    blobs: int = 0
+    events: int = 0
+
+    def add(self, problem: str) -> None:
+        self.problems.append(problem)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def _hash_ok(cid_text: str, data: bytes) -> bool:
+    try:
+        cid = CID.decode(cid_text)
+    except ValueError:
+        return False
+    b = cid.cid_bytes
+    return len(b) == 36 and b[2:4] == b"\x12\x20" and hashlib.sha256(data).digest() == b[4:]
+
+
+def verify_account(data: DataDir, did: str, report: Report) -> str | None:
+    """Check one account; returns its HEAD commit CID (text) when readable."""
+    root = data.account(did)
+    repo = Repo(root, data.tmp, did)
+    # Every stored block must hash to its name.
+    for name in repo.blocks.iter_cids():
+        report.blocks += 1
+        try:
+            content = (repo.blocks.root / name[-2:] / name).read_bytes()
+        except OSError:
+            content = b""
+        if not _hash_ok(name, content):
+            report.add(f"{did}: block {name} does not match its hash")
+    try:
+        head = repo.head()
+    except Exception as e:  # noqa: BLE001 - every failure is a finding
+        report.add(f"{did}: HEAD unreadable: {e}")
+        return None
+    if head is None:
+        acct_status = _status(root)
+        if acct_status != "deactivated":
+            report.add(f"{did}: no HEAD")
+        return None
+    try:
+        commit = parse_commit(repo.blocks.get(head.cid))
+    except KeyError:
+        report.add(f"{did}: HEAD points at missing commit {head.cid.encode()}")
+        return None
+    except InvalidData as e:
+        report.add(f"{did}: HEAD commit invalid: {e}")
+        return None
+    if commit.did != did:
+        report.add(f"{did}: HEAD commit is for {commit.did}")
+    if commit.rev is not None and commit.rev != head.rev:
+        report.add(f"{did}: HEAD rev {head.rev} differs from its commit's {commit.rev}")
+    key_data = (root / "signing.key").read_bytes() if (root / "signing.key").exists() else None
+    if key_data is not None and commit.version == 3:
+        if not commit.verify(load_private_key(key_data).public_key()):
+            report.add(f"{did}: HEAD commit signature does not verify")
+    tree = MST(NodeLoader(repo.blocks.get), commit.data)
+    blobs = BlobStore(root / "blobs", data.tmp)
+    try:
+        tree.validate()
+        for _path, cid in tree.items():
+            report.records += 1
+            try:
+                value = decode(repo.blocks.get(cid))
+            except KeyError:
+                report.add(f"{did}: record block {cid.encode()} missing")
+                continue
+            for ref in find_blob_refs(value):
+                if not blobs.has(ref.cid):
+                    report.add(f"{did}: blob {ref.cid.encode()} referenced by {_path} missing")
+    except KeyError as e:
+        report.add(f"{did}: MST node missing: {e}")
+    except InvalidData as e:
+        report.add(f"{did}: MST invalid: {e}")
+    for cid_text, _meta in blobs.iter_meta():
+        report.blobs += 1
+        path = blobs.path(cid_text)
+        try:
+            content = path.read_bytes()
+        except OSError:
+            report.add(f"{did}: blob {cid_text} has metadata but no file")
+            continue
+        if not _hash_ok(cid_text, content):
+            report.add(f"{did}: blob {cid_text} does not match its hash")
+    return head.cid.encode()
+
+
+def _status(root: Path) -> str | None:
+    import json
+    try:
+        return json.loads((root / "account.json").read_bytes()).get("status")
+    except (OSError, ValueError):
+        return None
+
+
+def verify_events(data: DataDir, heads: dict[str, str], report: Report) -> None:
+    log = EventLog(data.root / "seq", data.tmp)
+    last_seq = 0
+    last_commit: dict[str, str] = {}
+    for seq in log.seqs():
+        report.events += 1
+        if seq <= last_seq:
+            report.add(f"event log: seq {seq} after {last_seq}")
+        last_seq = seq
+        raw = log.read(seq)
+        try:
+            header, payload = ev.split_frame(raw or b"")
+            if payload.get("seq") != seq:
+                report.add(f"event {seq}: payload seq {payload.get('seq')} differs")
+        except (ValueError, InvalidData) as e:
+            report.add(f"event {seq}: unreadable ({e})")
+            continue
+        if header.get("t") != "#commit":
+            continue
+        did = payload.get("repo")
+        try:
+            root, blocks = read_car_blocks(payload["blocks"])
+            commit = parse_commit(blocks[root])
+        except (KeyError, ValueError, InvalidData) as e:
+            report.add(f"event {seq}: bad #commit blocks ({e})")
+            continue
+        if root != payload.get("commit") or commit.rev != payload.get("rev"):
+            report.add(f"event {seq}: #commit fields disagree with its commit block")
+        last_commit[did] = root.encode()
+        acct = data.account(did) if isinstance(did, str) else None
+        if acct is not None and acct.is_dir():
+            repo_blocks = Repo(acct, data.tmp, did).blocks
+            if not repo_blocks.has(root):
+                report.add(f"event {seq}: commit {root.encode()} of {did} missing from the repo")
+    for did, cid in last_commit.items():
+        if did in heads and heads[did] != cid:
+            # A later commit may legitimately have happened without an event (an import
+            # of an inactive account); only flag a HEAD that no event or journal explains.
+            repo = Repo(data.account(did), data.tmp, did)
+            revs = (repo.root / "revs").read_text() if (repo.root / "revs").exists() else ""
+            if heads[did] not in revs:
+                report.add(f"{did}: HEAD {heads[did]} is not the last #commit ({cid})")
+
+
+def verify_data_dir(root: str | os.PathLike) -> Report:
+    """Check a whole data dir; the report lists every problem found."""
+    data = DataDir(root)
+    report = Report()
+    heads: dict[str, str] = {}
+    if not data.accounts.is_dir():
+        report.add(f"{data.root}: not a data dir (no accounts/)")
+        return report
+    for did in sorted(_dids(data)):
+        report.accounts += 1
+        head = verify_account(data, did, report)
+        if head is not None:
+            heads[did] = head
+    verify_events(data, heads, report)
+    return report
+
+
+def _dids(data: DataDir) -> Iterator[str]:
+    for name in os.listdir(data.accounts):
+        if (data.accounts / name / "account.json").exists():
+            yield name
+
