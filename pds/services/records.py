@@ -25,18 +25,18 @@ def blobs(ctx: AppContext, did: str) -> BlobStore:
 def parse_record(collection: str, record: Any) -> Any:
     """A record from JSON: a map whose `$type` is its collection, within the size limit."""
     if not isinstance(record, dict):
-        raise invalid_request("Record must be an object", "InvalidRecord")
+        raise invalid_request("Record must be an object", "InvalidRequest")
     rtype = record.get("$type")
     if rtype is None:
-        raise invalid_request("Record/$type must be a string", "InvalidRecord")
+        raise invalid_request("Record/$type must be a string", "InvalidRequest")
     if rtype != collection:
         raise invalid_request(f"Invalid $type: expected {collection}, got {rtype}",
-                              "InvalidRecord")
+                              "InvalidRequest")
     try:
         value = json_to_value(record)
         size = len(encode(value))
     except InvalidData as e:
-        raise invalid_request(f"Invalid record: {e}", "InvalidRecord") from None
+        raise invalid_request(f"Invalid record: {e}", "InvalidRequest") from None
     if size > MAX_RECORD_BYTES:
         raise invalid_request("Record is too large", "RecordTooBig")
     return value

@@ -9,7 +9,7 @@ from ..services import records as svc
 from ..store.blobs import BlobTooLarge
 from ..store.repo import ANY, Write
 from .app import Call
-from .errors import XrpcError, forbidden, invalid_request
+from .errors import XrpcError, invalid_request
 from .registry import ACCESS, ACCESS_OR_SERVICE, procedure, query
 
 NS = "com.atproto.repo."
@@ -19,7 +19,8 @@ def _own_repo(call: Call, repo: object) -> str:
     """The DID named by `repo` (handle or DID), which must be the caller's."""
     did = resolve_repo_param(call, repo)
     if did != call.auth.did:
-        raise forbidden("Not authorized to write to this repo", "InvalidRequest")
+        # As the reference PDS answers: the credentials don't cover this repo.
+        raise XrpcError(401, "AuthenticationRequired", "Not authorized to write to this repo")
     return did
 
 
