@@ -109,6 +109,10 @@ async def create_account(ctx: AppContext, body: dict, service_auth: A.AuthInfo |
             raise invalid_request("Account already exists", "AlreadyExists")
     elif ctx.settings.did_method == "web":
         did = "did:web:" + handle
+        if ctx.accounts.get(did) is not None:
+            # The handle was this account's before it changed handles: its DID (and
+            # signing key, and DID document) still carry the name.
+            raise invalid_request("Handle already taken: " + handle, "HandleNotAvailable")
     else:
         # The DID follows from the signed genesis op, so it is known before the PLC hears
         # of it: claim the handle first, then publish.

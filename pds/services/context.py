@@ -85,12 +85,38 @@ class AppContext:
 
         from .firehose import checkpoint
         retention = self.settings.firehose_retention_hours * 3600
+        rounds = 0
         while True:
             await asyncio.sleep(2.0)
+            rounds += 1
             try:
                 await asyncio.to_thread(checkpoint, self, retention)
+                if rounds % 300 == 1:  # every ~10 minutes
+                    await asyncio.to_thread(self.collect_blobs)
             except Exception:  # noqa: BLE001 - try again next round
-                logging.getLogger("pds").exception("checkpoint failed")
+                logging.getLogger("pds").exception("maintenance failed")
+
+    def collect_blobs(self) -> int:
+        """Remove unreferenced uploads past their grace period (one worker at a time)."""
+        import fcntl
+        import os
+
+        from ..store.blobs import BlobStore
+        fd = os.open(self.data.root / "tmp" / "BLOBGC.LOCK", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return 0
+            removed = 0
+            for did in self.accounts.list_dids():
+                store = BlobStore(self.data.account(did) / "blobs", self.data.tmp)
+                # Under the repo lock: a commit adding a reference can't race the removal.
+                with self.repo(did).lock():
+                    removed += store.gc()
+            return removed
+        finally:
+            os.close(fd)
 
     async def shutdown(self) -> None:
         task = getattr(self, "_checkpointer", None)

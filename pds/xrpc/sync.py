@@ -263,10 +263,14 @@ def _read_range(path, start: int, length: int):
 async def subscribe_repos(ctx, req, ws):
     from ..services.firehose import serve_subscriber
     raw = req.params.get("cursor")
+    if isinstance(raw, list):
+        raw = raw[-1]
     cursor = None
-    if raw is not None:
+    # An empty value means no cursor, as in the reference (xrpc-server decodeQueryParam):
+    # @atproto/sync's Firehose sends `?cursor=` when it has none.
+    if raw is not None and raw != "":
         try:
-            cursor = int(raw if isinstance(raw, str) else raw[-1])
+            cursor = int(raw)
             if cursor < 0:
                 raise ValueError
         except ValueError:
