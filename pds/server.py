@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 import threading
+from collections.abc import Callable
 
 import falcon.asgi
 from gunicorn.app.base import BaseApplication
@@ -20,6 +22,9 @@ from .services.context import AppContext
 
 log = logging.getLogger("pds")
 
+# Called in a worker, on its event loop, when SIGTERM starts its graceful shutdown.
+_on_term: list[Callable[[], None]] = []
+
 
 def build_app(settings: Settings) -> falcon.asgi.App:
     """The ASGI app of one worker: its own AppContext and every XRPC module registered."""
@@ -28,7 +33,28 @@ def build_app(settings: Settings) -> falcon.asgi.App:
     from .xrpc.wellknown import add_routes
 
     ctx = AppContext(settings)
+    _on_term.append(ctx.broadcaster.shutdown)
     return create_app(ctx, lambda app: add_routes(app, ctx))
+
+
+def _post_worker_init(worker) -> None:
+    """gunicorn hook: on SIGTERM, close firehose subscribers at once. gunicorn's ASGI
+    worker waits for open connections until the graceful timeout, and subscriptions never
+    end by themselves, so without this every shutdown (and reload) would take the whole
+    timeout and end them with SIGKILL instead of a close frame."""
+    loop, handler = getattr(worker, "loop", None), getattr(worker, "handle_exit_signal", None)
+    if loop is None or handler is None:
+        return
+
+    def on_term() -> None:
+        handler()
+        for fn in _on_term:
+            try:
+                fn()
+            except Exception:  # noqa: BLE001 - the shutdown goes on regardless
+                log.exception("SIGTERM handler failed")
+
+    loop.add_signal_handler(signal.SIGTERM, on_term)
 
 
 def recover(settings: Settings) -> int:
@@ -65,6 +91,7 @@ class PdsApplication(BaseApplication):
             "graceful_timeout": 10,
             "keepalive": 75,
             "proc_name": "pds",
+            "post_worker_init": _post_worker_init,
             # Requests are logged by the app (with request ids), not by gunicorn.
             "accesslog": None,
             "errorlog": "-",

@@ -14,6 +14,7 @@ even when the wall clock does.
 
 from __future__ import annotations
 
+import os
 import secrets
 import threading
 import time
@@ -136,6 +137,20 @@ class TidClock:
 
 
 _default_clock = TidClock()
+
+
+def _new_clock_after_fork() -> None:
+    # gunicorn forks its workers from a master that has already imported this module: each
+    # needs a clock id of its own, or two workers issue the same TID (e.g. the rkey of two
+    # createRecords) in the same microsecond. The lock is new too: a thread of the parent
+    # may have held it at the fork.
+    global _default_clock
+    clock = TidClock()
+    clock._last = _default_clock._last
+    _default_clock = clock
+
+
+os.register_at_fork(after_in_child=_new_clock_after_fork)
 
 
 def next_tid(prev: str | None = None) -> str:

@@ -122,7 +122,7 @@ async def create_account(ctx: AppContext, body: dict, service_auth: A.AuthInfo |
 
     # Claims first (O_EXCL), so a racing sign-up in another worker loses cleanly.
     try:
-        ctx.accounts.claim_handle(handle, did)
+        ctx.accounts.claim_handle(handle, did, exclusive=True)
     except Taken:
         raise invalid_request("Handle already taken: " + handle, "HandleNotAvailable") from None
     claimed_email = False

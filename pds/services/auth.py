@@ -243,6 +243,9 @@ class Auth:
         if kind == registry.OPTIONAL:
             if not header:
                 return None
+            if header.startswith("Basic "):
+                # The admin may read what the public can't (e.g. a taken-down repo).
+                return self._admin(header)
             return self._bearer(header, refresh=False, nsid=call.nsid)
         if kind in (registry.ACCESS_OR_SERVICE, registry.SERVICE_OPTIONAL):
             token = self._token(header, required=kind == registry.ACCESS_OR_SERVICE)
@@ -319,7 +322,7 @@ class Auth:
         """Check an inter-service JWT: signed by the `iss` DID's #atproto key, for us."""
         try:
             header, payload, signing_input, sig = parse_unverified(token)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: deep JSON
             raise XrpcError(401, "BadJwt", "Malformed JWT") from None
         if header.get("typ") in ("at+jwt", "refresh+jwt", "dpop+jwt"):
             raise XrpcError(401, "BadJwtType", "Invalid jwt type")

@@ -96,6 +96,21 @@ class Sequencer(WriteAhead):
     def log_event(self, make_frame) -> int:
         return self.seqlog.append(make_frame)
 
+    def redo(self, repo: Repo) -> None:
+        """Roll forward a #commit of `repo` that a dead writer logged but never applied:
+        it is after the checkpoint (which never passes a commit its repo lacks)."""
+        did = repo.did.encode()
+        for seq, data in self.seqlog.events(after=self.seqlog.checkpoint()):
+            if did not in data:
+                continue
+            try:
+                found = _commit_of(data)
+            except ValueError:
+                log.error("unreadable event %d skipped", seq)
+                continue
+            if found is not None and found[0] == repo.did:
+                _apply_commit(repo, found[1], found[2])
+
 
 # --- recovery and checkpoints -------------------------------------------------------------
 
@@ -105,6 +120,18 @@ def _commit_of(data: bytes) -> tuple[str, str, dict] | None:
     if header.get("t") != "#commit":
         return None
     return payload["repo"], payload["rev"], payload
+
+
+def _apply_commit(repo: Repo, rev: str, payload: dict) -> None:
+    """Under the repo lock: (re)write a logged commit's blocks (a power cut may have left
+    them empty) and move HEAD to it when it is ahead."""
+    _root, blocks = read_car_blocks(payload["blocks"])
+    repo.blocks.put_many(blocks.items(), overwrite=True)
+    head = repo.head()
+    if head is None or rev > head.rev:
+        with open(repo.root / "revs", "a") as f:
+            f.write(f"{rev} {payload['commit'].encode()}\n")
+        repo._set_head(payload["commit"], rev)
 
 
 def recover(ctx: Any) -> int:
@@ -126,14 +153,8 @@ def recover(ctx: Any) -> int:
         repo = Repo(ctx.data.account(did), ctx.data.tmp, did)
         if not repo.root.is_dir():
             continue  # the account was deleted since
-        _root, blocks = read_car_blocks(payload["blocks"])
         with repo.lock():
-            repo.blocks.put_many(blocks.items(), overwrite=True)
-            head = repo.head()
-            if head is None or rev > head.rev:
-                with open(repo.root / "revs", "a") as f:
-                    f.write(f"{rev} {payload['commit'].encode()}\n")
-                repo._set_head(payload["commit"], rev)
+            _apply_commit(repo, rev, payload)
         replayed += 1
     if last > log_.checkpoint():
         syncfs(ctx.data.root)
@@ -178,13 +199,27 @@ def checkpoint(ctx: Any, retention_s: float | None = None) -> int | None:
 # --- delivery -------------------------------------------------------------------------------
 
 
+class _End:
+    """Queued last: the sender closes the WebSocket with `code` (None: the client left)."""
+
+    def __init__(self, code: int | None) -> None:
+        self.code = code
+
+
 class Subscriber:
     """One WebSocket consumer: a bounded queue of frames and a sender draining it."""
 
     def __init__(self, ws: Any) -> None:
         self.ws = ws
-        self.queue: asyncio.Queue[bytes] = asyncio.Queue(maxsize=QUEUE_LIMIT + 1)
+        self.queue: asyncio.Queue[bytes | _End] = asyncio.Queue(maxsize=QUEUE_LIMIT + 1)
         self.closing = False
+
+    def end(self, code: int | None) -> None:
+        """Stop sending: what is queued is dropped, then the sender closes with `code`."""
+        self.closing = True
+        while not self.queue.empty():
+            self.queue.get_nowait()
+        self.queue.put_nowait(_End(code))
 
     def offer(self, data: bytes) -> None:
         if self.closing:
@@ -209,7 +244,10 @@ class Broadcaster:
         self.last = self.log.head()
         self.ring: deque[tuple[int, bytes]] = deque(maxlen=RING)
         self.live: set[Subscriber] = set()
+        self.subs: set[Subscriber] = set()  # live and replaying
+        self.stopping = False
         self.wake = asyncio.Event()
+        self.wake_pending = False
         self.loop: asyncio.AbstractEventLoop | None = None
         self.observer: Any = None
         self.task: asyncio.Task | None = None
@@ -220,33 +258,57 @@ class Broadcaster:
 
         self.loop = asyncio.get_running_loop()
         self.log.root.mkdir(parents=True, exist_ok=True)
-        loop, wake = self.loop, self.wake
+        loop, bc = self.loop, self
 
         class Handler(FileSystemEventHandler):
             def on_any_event(self, event: Any) -> None:
-                loop.call_soon_threadsafe(wake.set)
+                # Only a new seq/HEAD (replaced by rename, after its event) is news. Reads
+                # (opened, closed_no_write) must not wake us: `pump` reads HEAD itself, so
+                # that would spin forever. One wake-up pending at a time: every
+                # call_soon_threadsafe writes a byte to the loop's self-pipe, which is
+                # also its signal wakeup fd, and a full pipe loses signals (SIGTERM).
+                if event.event_type in ("opened", "closed_no_write"):
+                    return
+                names = (os.path.basename(event.src_path),
+                         os.path.basename(getattr(event, "dest_path", "") or ""))
+                if "HEAD" in names and not bc.wake_pending:
+                    bc.wake_pending = True
+                    loop.call_soon_threadsafe(bc._woken)
 
         self.observer = Observer()
-        self.observer.schedule(Handler(), str(self.log.root), recursive=True)
+        self.observer.schedule(Handler(), str(self.log.root), recursive=False)
         self.observer.daemon = True
         self.observer.start()
         self.last = self.log.head()
         self.task = self.loop.create_task(self._run())
 
+    def shutdown(self) -> None:
+        """The worker is stopping (SIGTERM): every subscriber is closed with 1001 (going
+        away) now, not when the graceful timeout runs out."""
+        self.stopping = True
+        for sub in list(self.subs):
+            sub.end(1001)
+
     async def stop(self) -> None:
+        self.shutdown()
         if self.observer is not None:
             self.observer.stop()
         if self.task is not None:
             self.task.cancel()
-        for sub in list(self.live):
-            sub.closing = True
-            with contextlib.suppress(Exception):
-                await sub.ws.close(1001)
-        self.live.clear()
+        # Let the senders finish their closing handshakes (briefly).
+        deadline = time.monotonic() + 2.0
+        while self.subs and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+
+    def _woken(self) -> None:
+        self.wake_pending = False
+        self.wake.set()
 
     async def _run(self) -> None:
         while True:
-            await self.wake.wait()
+            # inotify is the signal; a look at HEAD every second is the safety net.
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), 1.0)
             self.wake.clear()
             try:
                 await self.pump()
@@ -285,11 +347,39 @@ class Broadcaster:
         return [(s, d) for s, d in self.ring if s > after]
 
 
+async def _watch_disconnect(ws: Any, sub: Subscriber) -> None:
+    """Subscribers send nothing we use, but reading is how a disconnect is noticed: a
+    sender idle on its queue would otherwise hold the connection until the next event."""
+    while True:
+        try:
+            await ws.receive_data()
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # noqa: BLE001 - a disconnect, or a text message (ignored)
+            if ws.closed:
+                break
+    sub.end(None)
+
+
 async def serve_subscriber(ctx: Any, ws: Any, cursor: int | None) -> None:
     """com.atproto.sync.subscribeRepos over an accepted WebSocket."""
     bc: Broadcaster = ctx.broadcaster
     sub = Subscriber(ws)
-    log_ = bc.log
+    if bc.stopping:
+        await ws.close(1001)
+        return
+    bc.subs.add(sub)
+    watcher = asyncio.ensure_future(_watch_disconnect(ws, sub))
+    try:
+        await _serve(bc, sub, cursor)
+    finally:
+        watcher.cancel()
+        bc.subs.discard(sub)
+        bc.live.discard(sub)
+
+
+async def _serve(bc: Broadcaster, sub: Subscriber, cursor: int | None) -> None:
+    ws, log_ = sub.ws, bc.log
     if cursor is not None:
         head = log_.head()
         if cursor > head:
@@ -305,7 +395,7 @@ async def serve_subscriber(ctx: Any, ws: Any, cursor: int | None) -> None:
             pos = oldest - 1
         # Replay from memory or disk until level with the broadcaster, then go live with
         # no await in between: no gap, no duplicate at the switch.
-        while pos < bc.last:
+        while pos < bc.last and not sub.closing:
             target = bc.last
             frames = bc.recent(pos)
             if frames is None:
@@ -314,20 +404,21 @@ async def serve_subscriber(ctx: Any, ws: Any, cursor: int | None) -> None:
             else:
                 end = target
             for seq, data in frames:
-                if seq > end:
+                if seq > end or sub.closing:
                     break
                 await ws.send_data(data)
             pos = end
     bc.live.add(sub)
-    try:
-        while True:
-            data = await sub.queue.get()
-            await ws.send_data(data)
-            if sub.closing and sub.queue.empty():
-                await ws.close(1008)
-                return
-    finally:
-        bc.live.discard(sub)
+    while True:
+        data = await sub.queue.get()
+        if isinstance(data, _End):
+            if data.code is not None:
+                await ws.close(data.code)
+            return
+        await ws.send_data(data)
+        if sub.closing and sub.queue.empty():
+            await ws.close(1008)  # that was ConsumerTooSlow
+            return
 
 
 # --- crawlers ---------------------------------------------------------------------------

@@ -645,7 +645,8 @@ class Identity:
                 doc = await self._fetch_web_doc(did)
             else:
                 return None
-        except (httpx.HTTPError, IdentityError, OSError, ValueError, TimeoutError):
+        except (httpx.HTTPError, IdentityError, OSError, ValueError, TimeoutError,
+                RecursionError):  # RecursionError: a document nested too deeply
             return None
         if doc is None or doc.get("id") != did:
             return None

@@ -96,12 +96,12 @@ class AccountStore:
 
     # --- handle and email claims ------------------------------------------------------
 
-    def _claim(self, index: Path, name: str, did: str) -> None:
+    def _claim(self, index: Path, name: str, did: str, exclusive: bool = False) -> None:
         path = index / name
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         except FileExistsError:
-            if (read_file(path) or b"").decode().strip() == did:
+            if not exclusive and (read_file(path) or b"").decode().strip() == did:
                 return
             raise Taken(name) from None
         try:
@@ -123,11 +123,13 @@ class AccountStore:
             except FileNotFoundError:
                 pass
 
-    def claim_handle(self, handle: str, did: str) -> None:
-        """Take a handle for `did`; raises Taken if another account has it."""
+    def claim_handle(self, handle: str, did: str, exclusive: bool = False) -> None:
+        """Take a handle for `did`; raises Taken if another account has it. With
+        `exclusive` (sign-up), also if `did` already has it: two sign-ups racing for one
+        handle derive the same did:web, and only the first may go on."""
         if not is_valid_handle(handle):
             raise ValueError(f"invalid handle {handle!r}")
-        self._claim(self.handles, handle.lower(), did)
+        self._claim(self.handles, handle.lower(), did, exclusive)
 
     def did_for_handle(self, handle: str) -> str | None:
         return self._lookup(self.handles, handle.lower())

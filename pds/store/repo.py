@@ -99,6 +99,10 @@ class WriteAhead:
         """Make `result` durable; False to leave it to the repo's own journal."""
         return False
 
+    def redo(self, repo: Repo) -> None:
+        """Under the repo lock: roll forward a commit that was logged but whose writer died
+        before HEAD moved (blocks written, HEAD set; nothing when there is none)."""
+
 
 class CommitHooks:
     """Work that must happen under the repo lock around a commit (e.g. blob references)."""
@@ -251,6 +255,7 @@ class Repo:
         may refuse the commit by raising); `hooks.finish(result)` runs after.
         """
         with self.lock():
+            self._redo_locked()
             head = self.head()
             if head is None:
                 raise RepoNotFound(f"no repository for {self.did}")
@@ -323,7 +328,15 @@ class Repo:
 
     def _persist(self, result: CommitResult) -> None:
         """Write-ahead record (durable), then block files, rev log and HEAD (flushed by a
-        later checkpoint)."""
+        later checkpoint).
+
+        `PENDING` brackets the commit: a writer killed between its durable record and
+        HEAD leaves it behind, and the next writer of this repo (any worker) rolls that
+        commit forward before its own (`_redo_locked`), so no commit is ever built on
+        the stale HEAD: the record was published on the firehose and must stay in the
+        chain."""
+        pending = self.root / "PENDING"
+        pending.write_bytes(f"{result.rev} {result.cid.encode()}\n".encode())
         if self.wal is None or not self.wal.log(self, result):
             self.journal.append(result.rev, result.cid, result.blocks)
             self._since_checkpoint += 1
@@ -331,8 +344,21 @@ class Repo:
         with open(self.root / "revs", "a") as f:
             f.write(f"{result.rev} {result.cid.encode()}\n")
         self._set_head(result.cid, result.rev)
+        os.unlink(pending)
         if self._since_checkpoint >= CHECKPOINT_EVERY:
             self._checkpoint_locked()
+
+    def _redo_locked(self) -> None:
+        """After a writer died mid-commit (`PENDING` left behind): its durable record, in
+        the repo's journal or in the write-ahead log, becomes HEAD before anything else."""
+        pending = self.root / "PENDING"
+        if not pending.exists():
+            return
+        if self.journal.revs():
+            self._recover_locked()
+        if self.wal is not None:
+            self.wal.redo(self)
+        os.unlink(pending)
 
     # --- durability -----------------------------------------------------------------
 
@@ -355,21 +381,24 @@ class Repo:
         complete entry whose rev is ahead of it.
         """
         with self.lock():
-            head = self.head()
-            replayed = 0
-            for rev in self.journal.revs():
-                entry = self.journal.read(rev)
-                if entry is None:  # torn: its commit was never acknowledged
-                    os.unlink(self.journal.root / f"{rev}.car")
-                    continue
-                commit_cid, blocks = entry
-                self.blocks.put_many(blocks.items(), overwrite=True)
-                if head is None or rev > head.rev:
-                    self._set_head(commit_cid, rev)
-                    head = Head(commit_cid, rev)
-                replayed += 1
-            self._checkpoint_locked()
-            return replayed
+            return self._recover_locked()
+
+    def _recover_locked(self) -> int:
+        head = self.head()
+        replayed = 0
+        for rev in self.journal.revs():
+            entry = self.journal.read(rev)
+            if entry is None:  # torn: its commit was never acknowledged
+                os.unlink(self.journal.root / f"{rev}.car")
+                continue
+            commit_cid, blocks = entry
+            self.blocks.put_many(blocks.items(), overwrite=True)
+            if head is None or rev > head.rev:
+                self._set_head(commit_cid, rev)
+                head = Head(commit_cid, rev)
+            replayed += 1
+        self._checkpoint_locked()
+        return replayed
 
     # --- export / import ------------------------------------------------------------
 
@@ -450,6 +479,7 @@ class Repo:
         for d in (self.root, self.root / "blocks"):
             d.mkdir(parents=True, exist_ok=True)
         with self.lock():
+            self._redo_locked()
             head = self.head()
             prev_data = self.commit(head).data if head else None
             if resign:

@@ -184,7 +184,7 @@ async def _read_json(req: falcon.asgi.Request) -> Any:
         raise invalid_request(f"Wrong request encoding (Content-Type): {ctype}")
     try:
         return json.loads(data)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: deep nesting
         raise invalid_request("Request body is not valid JSON") from None
 
 
