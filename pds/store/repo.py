@@ -394,6 +394,8 @@ class Repo:
             commit_cid, blocks = entry
             self.blocks.put_many(blocks.items(), overwrite=True)
             if head is None or rev > head.rev:
+                with open(self.root / "revs", "a") as f:
+                    f.write(f"{rev} {commit_cid.encode()}\n")
                 self._set_head(commit_cid, rev)
                 head = Head(commit_cid, rev)
             replayed += 1
