@@ -62,6 +62,7 @@ def recover(settings: Settings) -> int:
     from .services.firehose import recover as recover_events
     from .store.repo import Repo
 
+    clean_tmp(settings.data_dir / "tmp")
     ctx = AppContext(settings)
     replayed = recover_events(ctx)
     for did in ctx.accounts.list_dids():
@@ -69,6 +70,33 @@ def recover(settings: Settings) -> int:
         if (repo_dir / "journal").is_dir():
             replayed += Repo(repo_dir, ctx.data.tmp, did).recover()
     return replayed
+
+
+def clean_tmp(tmp) -> int:
+    """Remove staging files left by killed writers (their process is gone)."""
+    import re
+    removed = 0
+    try:
+        names = os.listdir(tmp)
+    except FileNotFoundError:
+        return 0
+    for name in names:
+        m = re.match(r"^(?:\.|blob-)(\d+)[.-]", name)
+        if m is None:
+            continue
+        try:
+            os.kill(int(m.group(1)), 0)
+            continue  # its writer still runs (e.g. a `pds backup` beside the server)
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue
+        try:
+            os.unlink(os.path.join(tmp, name))
+            removed += 1
+        except OSError:
+            pass
+    return removed
 
 
 class PdsApplication(BaseApplication):
