@@ -1,0 +1,263 @@
+"""Helpers shared by the operations tests (`test_ops_*.py`): the `pds` command line, nginx
+in front of a real `pds serve`, waiting for conditions, and reading the data dir.
+
+Every wait is a wait-for-condition with a generous limit: the machine is small and other
+test runs share it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import cbrrr
+import httpx
+from harness import free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+NGINX_EXAMPLE = ROOT / "nginx.conf.example"
+UNIT_FILE = ROOT / "systemd" / "pds.service"
+CLI_TIMEOUT = 180  # seconds for one `pds` command (a backup of a small dir takes ~1 s)
+
+
+def wait_for(cond: Callable[[], object], timeout: float, what: str,
+             interval: float = 0.05) -> object:
+    """Poll `cond` until it is truthy (and return it); fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = cond()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def pds_command() -> list[str]:
+    """The installed `pds` console script of this interpreter (else `python -m pds.cli`)."""
+    script = Path(sys.executable).parent / "pds"
+    if script.exists() and os.access(script, os.X_OK):
+        return [str(script)]
+    return [sys.executable, "-m", "pds.cli"]
+
+
+def clean_env(extra: dict | None = None) -> dict:
+    """The environment for a `pds` subprocess: no stray PDS_* settings of the caller."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PDS_")}
+    return {**env, "PDS_RATE_LIMITS": "false", **(extra or {})}
+
+
+def run_pds(*args: str, env: dict | None = None, check: bool = True,
+            timeout: float = CLI_TIMEOUT) -> subprocess.CompletedProcess:
+    """Run `pds ARGS...` to completion; with `check`, fail (showing its output) unless 0."""
+    res = subprocess.run([*pds_command(), *args], capture_output=True, text=True,
+                         env=clean_env(env), timeout=timeout)
+    if check:
+        assert res.returncode == 0, (
+            f"pds {' '.join(args)} exited {res.returncode}\n"
+            f"stdout:\n{res.stdout[-3000:]}\nstderr:\n{res.stderr[-3000:]}")
+    return res
+
+
+def init_dir(data: Path, hostname: str, did_method: str = "web",
+             handle_domains: str = ".test") -> None:
+    """`pds init` a development data dir (did:web accounts, `.test` handles)."""
+    run_pds("init", "--data-dir", str(data), "--hostname", hostname, "--dev",
+            "--handle-domains", handle_domains, "--did-method", did_method)
+
+
+def decode_frame(data: bytes) -> tuple[dict, dict]:
+    """(header, payload) of a firehose frame."""
+    items = list(cbrrr.decode_multi_dag_cbor_in_violation_of_the_spec(data))
+    assert len(items) == 2, f"a frame is two DAG-CBOR items, got {len(items)}"
+    return items[0], items[1]
+
+
+def seq_events(data: Path) -> list[tuple[int, dict, dict]]:
+    """Every event in `DATA/seq/` as (seq, header, payload), in seq order."""
+    from pds.store.seqlog import EventLog
+    log = EventLog(data / "seq", data / "tmp")
+    return [(seq, *decode_frame(raw)) for seq, raw in log.events()]
+
+
+def account_events(data: Path, did: str) -> list[dict]:
+    """The `#account` payloads of one DID in the event log, in order."""
+    return [p for _s, h, p in seq_events(data) if h.get("t") == "#account" and p["did"] == did]
+
+
+# --- nginx ----------------------------------------------------------------------------------
+
+
+def nginx_binary() -> str | None:
+    return shutil.which("nginx") or next(
+        (p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if os.access(p, os.X_OK)), None)
+
+
+def _drop_block(lines: list[str], marker: str) -> list[str]:
+    """Remove the top-level `server { ... }` block that contains the line `marker` (and
+    the comment lines right above it)."""
+    out: list[str] = []
+    i = 0
+    dropped = False
+    while i < len(lines):
+        if lines[i].strip() == "server {":
+            depth, j = 0, i
+            while True:
+                depth += lines[j].count("{") - lines[j].count("}")
+                if depth == 0:
+                    break
+                j += 1
+            block = lines[i:j + 1]
+            if any(line.strip() == marker for line in block):
+                while out and out[-1].lstrip().startswith("#"):
+                    out.pop()
+                i, dropped = j + 1, True
+                continue
+        out.append(lines[i])
+        i += 1
+    assert dropped, f"no server block with {marker!r} in {NGINX_EXAMPLE}"
+    return out
+
+
+def site_config(example: str, port: int, data_dir: Path, upstream: str,
+                hostname: str = "localhost") -> str:
+    """The test's site config, made FROM nginx.conf.example as README ("nginx") says:
+
+    - drop the plain-HTTP server (port 80, the redirect to HTTPS);
+    - `listen 443 ssl http2;` -> `listen 127.0.0.1:<port>;`; drop `listen [::]:443 ...`
+      and the `ssl_certificate*` lines: TLS becomes plain HTTP on loopback;
+    - substitute the data dir, the upstream address and the hostname.
+    Each substitution must hit, so a changed example fails here instead of being
+    silently tested as something else.
+    """
+    lines = _drop_block(example.splitlines(), "listen 80;")
+    out = []
+    hits = {"listen443": 0, "listen6": 0, "ssl": 0}
+    for line in lines:
+        s = line.strip()
+        if s == "listen 443 ssl http2;":
+            out.append(line.replace(s, f"listen 127.0.0.1:{port};"))
+            hits["listen443"] += 1
+        elif s.startswith("listen [::]:443"):
+            hits["listen6"] += 1
+        elif s.startswith("ssl_certificate"):
+            hits["ssl"] += 1
+        else:
+            out.append(line)
+    assert hits == {"listen443": 1, "listen6": 1, "ssl": 2}, hits
+    text = "\n".join(out) + "\n"
+    for old, new in (("/var/lib/pds", str(data_dir)), ("127.0.0.1:2583", upstream),
+                     ("pds.example.com", hostname)):
+        assert old in text, f"{old!r} not in {NGINX_EXAMPLE}"
+        text = text.replace(old, new)
+    leftover = re.findall(r"^\s*(?:ssl\w*|listen\s.*ssl.*);", text, re.M)
+    assert not leftover, f"TLS directives left in the test config: {leftover}"
+    return text
+
+
+def main_config(site_path: Path, work: Path) -> str:
+    """A minimal top-level nginx.conf around the site config: foreground, every path in
+    `work`, and an access log that records what the upstream (the app) sent."""
+    user = "user root;\n" if os.geteuid() == 0 else ""
+    temps = "".join(f"    {name}_temp_path {work / name};\n"
+                    for name in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+    return (
+        "daemon off;\n"
+        "master_process on;\n"
+        "worker_processes 1;\n"
+        f"{user}"
+        f"pid {work / 'nginx.pid'};\n"
+        f"error_log {work / 'error.log'} info;\n"
+        "events { worker_connections 256; }\n"
+        "http {\n"
+        "    include /etc/nginx/mime.types;\n"
+        "    default_type application/octet-stream;\n"
+        # sent = bytes nginx sent the client; up = body bytes the app sent nginx.
+        "    log_format ops '$request_id \"$request\" $status sent=$body_bytes_sent "
+        "up=$upstream_response_length upstatus=$upstream_status';\n"
+        f"    access_log {work / 'access.log'} ops;\n"
+        f"{temps}"
+        f"    include {site_path};\n"
+        "}\n"
+    )
+
+
+@dataclass
+class Nginx:
+    proc: subprocess.Popen
+    port: int
+    work: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def access_log(self) -> list[str]:
+        p = self.work / "access.log"
+        return p.read_text(errors="replace").splitlines() if p.exists() else []
+
+    def error_log(self) -> str:
+        p = self.work / "error.log"
+        return p.read_text(errors="replace") if p.exists() else ""
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGQUIT)  # graceful
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(20)
+
+
+def start_nginx(work: Path, data_dir: Path, upstream: str, wait: float = 30.0) -> Nginx:
+    """nginx (from nginx.conf.example) on a free loopback port, in front of `upstream`."""
+    binary = nginx_binary()
+    assert binary is not None
+    work.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    site = work / "pds-site.conf"
+    site.write_text(site_config(NGINX_EXAMPLE.read_text(), port, data_dir, upstream))
+    conf = work / "nginx.conf"
+    conf.write_text(main_config(site, work))
+    test = subprocess.run([binary, "-t", "-c", str(conf), "-p", str(work)],
+                          capture_output=True, text=True, timeout=60)
+    assert test.returncode == 0, f"nginx -t failed:\n{test.stderr}\n{site.read_text()}"
+    out = open(work / "stderr.log", "ab")
+    proc = subprocess.Popen([binary, "-c", str(conf), "-p", str(work)],
+                            stdout=out, stderr=subprocess.STDOUT)
+    out.close()
+    nginx = Nginx(proc, port, work)
+
+    def ready() -> bool:
+        if proc.poll() is not None:
+            raise AssertionError("nginx exited:\n" + nginx.error_log()
+                                 + (work / "stderr.log").read_text(errors="replace"))
+        try:
+            return httpx.get(nginx.url + "/xrpc/_health", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    try:
+        wait_for(ready, wait, "nginx to proxy /xrpc/_health", interval=0.1)
+    except BaseException:
+        nginx.stop()
+        raise
+    return nginx
+
+
+def parse_ops_line(line: str) -> dict:
+    """A line of the `ops` access log format as a dict."""
+    m = re.match(r'^(\S+) "(\S+) (\S+) [^"]*" (\d+) sent=(\d+) up=(\S+) upstatus=(\S+)$', line)
+    assert m, line
+    rid, method, uri, status, sent, up, upstatus = m.groups()
+    return {"rid": rid, "method": method, "uri": uri, "status": int(status),
+            "sent": int(sent), "up": up, "upstatus": upstatus}

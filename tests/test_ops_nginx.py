@@ -1,0 +1,374 @@
+"""nginx.conf.example in front of a real `pds serve --workers 2` (PDS_BEHIND_NGINX=true).
+
+The test config is made FROM the example the way README ("nginx") says: the port-80
+redirect server dropped, `listen 443 ssl http2` turned into plain HTTP on a loopback port,
+the certificate lines dropped, and the data dir, upstream and hostname substituted. Through
+that nginx: sign-up and login, posting, uploadBlob, getBlob (security headers, the stored
+Content-Type, Range) sent by nginx from disk and not by the app, the firehose over a
+WebSocket (replay and live), the well-known files served from disk with the app stopped,
+and a taken-down account's blobs refused. Skips only when nginx is not installed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from harness import Server, free_port, start_server
+from ops_util import (
+    Nginx,
+    decode_frame,
+    init_dir,
+    nginx_binary,
+    parse_ops_line,
+    start_nginx,
+    wait_for,
+)
+from server_util import PASSWORD, Api, ok
+from websockets.sync.client import connect
+
+pytestmark = pytest.mark.skipif(nginx_binary() is None,
+                                reason="nginx is not installed (looked on PATH and in /usr/sbin)")
+
+SUBSCRIBE = "/xrpc/com.atproto.sync.subscribeRepos"
+PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 1200  # ~300 KB, not a real image
+NOW = "2026-01-01T00:00:00.000Z"
+
+
+class Stack:
+    """`pds serve` (behind_nginx) and nginx in front of it, on one data dir whose public
+    hostname is `localhost` (as nginx sees it: `$host` never carries a port)."""
+
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        self.data = base / "data"
+        init_dir(self.data, "localhost")
+        self.app_port = free_port()
+        self.app: Server = start_server(
+            self.data, self.app_port, workers=2,
+            env={"PDS_BEHIND_NGINX": "true", "PDS_ACCESS_LOG": "1"}, wait=60)
+        try:
+            self.nginx: Nginx = start_nginx(base / "nginx", self.data,
+                                            f"127.0.0.1:{self.app_port}")
+        except BaseException:
+            self.app.stop()
+            raise
+        self.http = httpx.Client(base_url=self.nginx.url, timeout=60)
+        # server_util.Api, pointed at nginx (admin password from the data dir).
+        self.api = Api(Server(self.nginx.url, self.data, self.app.proc, self.app.env,
+                              self.app.log_path))
+
+    def close(self) -> None:
+        self.http.close()
+        self.api.close()
+        self.nginx.stop()
+        self.app.stop()
+        log = self.app.log()
+        assert "Traceback" not in log, log[-4000:]
+
+    def sign_up(self, name: str) -> dict:
+        r = self.http.post("/xrpc/com.atproto.server.createAccount",
+                           json={"handle": f"{name}.test", "email": f"{name}@example.com",
+                                 "password": PASSWORD})
+        return ok(r)
+
+    def login(self, handle: str) -> dict:
+        return ok(self.http.post("/xrpc/com.atproto.server.createSession",
+                                 json={"identifier": handle, "password": PASSWORD}))
+
+    def upload(self, token: str, data: bytes, mime: str) -> dict:
+        r = self.http.post("/xrpc/com.atproto.repo.uploadBlob", content=data,
+                           headers={"Authorization": f"Bearer {token}", "Content-Type": mime})
+        return ok(r)["blob"]
+
+    def post(self, did: str, token: str, text: str, blob: dict | None = None) -> dict:
+        record = {"$type": "app.bsky.feed.post", "text": text, "createdAt": NOW}
+        if blob is not None:
+            record["embed"] = {"$type": "app.bsky.embed.images",
+                               "images": [{"alt": "", "image": blob}]}
+        r = self.http.post("/xrpc/com.atproto.repo.createRecord",
+                           json={"repo": did, "collection": "app.bsky.feed.post",
+                                 "record": record},
+                           headers={"Authorization": f"Bearer {token}"})
+        return ok(r)
+
+    def get_blob(self, did: str, cid: str, headers: dict | None = None) -> httpx.Response:
+        return self.http.get("/xrpc/com.atproto.sync.getBlob", params={"did": did, "cid": cid},
+                             headers=headers or {})
+
+    def nginx_line(self, pred: Callable[[dict], bool]) -> dict:
+        """The first nginx access-log entry matching `pred` (waits for it to be written)."""
+        def find():
+            return next((e for e in map(parse_ops_line, self.nginx.access_log()) if pred(e)),
+                        None)
+        return wait_for(find, 30, "an nginx access-log line")
+
+    def app_line(self, rid: str) -> str:
+        """The app's own access-log line for request id `rid` (nginx passes X-Request-Id)."""
+        def find():
+            return next((ln for ln in self.app.log().splitlines() if ln.startswith(rid + " ")),
+                        None)
+        return wait_for(find, 30, f"the app's access-log line of request {rid}")
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    s = Stack(tmp_path_factory.mktemp("nginx"))
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+def blob_cid(blob: dict) -> str:
+    return blob["ref"]["$link"]
+
+
+def blob_file(data: Path, did: str, cid: str) -> Path:
+    return data / "accounts" / did / "blobs" / cid[-2:] / cid
+
+
+# --- tests -----------------------------------------------------------------------------------
+
+
+def test_test_config_is_the_example_made_plain_http(stack: Stack) -> None:
+    site = (stack.nginx.work / "pds-site.conf").read_text()
+    assert f"listen 127.0.0.1:{stack.nginx.port};" in site
+    assert "listen 80" not in site and "ssl" not in site.replace("ssl_", "SSL")
+    assert "return 301" not in site
+    assert f"alias {stack.data}/accounts/;" in site
+    assert f"server 127.0.0.1:{stack.app_port};" in site
+    assert "server_name localhost *.localhost;" in site
+    # The app is really behind it: nginx answers, the app's health comes through.
+    r = stack.http.get("/xrpc/_health")
+    assert r.status_code == 200 and r.headers["server"].startswith("nginx")
+
+
+def test_login_post_upload_and_blob_sent_by_nginx(stack: Stack) -> None:
+    acct = stack.sign_up("alice")
+    did = acct["did"]
+    session = stack.login("alice.test")
+    assert session["did"] == did
+    token = session["accessJwt"]
+
+    blob = stack.upload(token, PNG, "image/png")
+    assert blob["size"] == len(PNG) and blob["mimeType"] == "image/png"
+    cid = blob_cid(blob)
+    created = stack.post(did, token, "a picture", blob)
+    got = ok(stack.http.get("/xrpc/com.atproto.repo.getRecord",
+                            params={"repo": did, "collection": "app.bsky.feed.post",
+                                    "rkey": created["uri"].rsplit("/", 1)[1]}))
+    assert got["cid"] == created["cid"]
+    assert got["value"]["embed"]["images"][0]["image"]["ref"]["$link"] == cid
+
+    # The whole blob: bytes, stored type, and the three security headers.
+    r = stack.get_blob(did, cid)
+    assert r.status_code == 200, r.text
+    assert r.content == PNG
+    assert r.headers["content-type"] == "image/png"
+    assert r.headers["content-security-policy"] == "default-src 'none'; sandbox"
+    assert r.headers["x-content-type-options"] == "nosniff"
+    assert r.headers["content-disposition"].startswith("attachment")
+    assert len(r.headers.get_list("content-disposition")) == 1
+
+    # Proof that nginx sent the file and the app did not:
+    # 1. static-file headers the app never sends;
+    assert r.headers["server"].startswith("nginx")
+    assert r.headers.get("etag") and r.headers.get("last-modified"), r.headers
+    assert r.headers.get("accept-ranges") == "bytes"
+    # 2. nginx's log: it sent the whole blob while the app's answer had an empty body;
+    line = stack.nginx_line(lambda ln: ln["uri"].startswith("/xrpc/com.atproto.sync.getBlob")
+                            and cid in ln["uri"] and ln["status"] == 200)
+    rid = line["rid"]
+    assert line["sent"] == len(PNG) and line["up"] == "0" and line["upstatus"] == "200", line
+    # 3. the app did see the request (it checked the account and the blob) and logged it
+    #    under the same request id nginx gave it;
+    assert '"GET /xrpc/com.atproto.sync.getBlob' in stack.app_line(rid)
+    # 4. asked directly, the app answers with the redirect and no body.
+    direct = httpx.get(f"{stack.app.url}/xrpc/com.atproto.sync.getBlob",
+                       params={"did": did, "cid": cid}, timeout=60)
+    assert direct.status_code == 200 and direct.content == b""
+    redirect = direct.headers["x-accel-redirect"]
+    assert redirect == f"/_blobs/{did}/blobs/{cid[-2:]}/{cid}"
+    assert direct.headers["content-type"] == "image/png"
+
+    # A Range request is answered by nginx from the file.
+    r = stack.get_blob(did, cid, {"Range": "bytes=1000-1999"})
+    assert r.status_code == 206, r.text
+    assert r.content == PNG[1000:2000]
+    assert r.headers["content-range"] == f"bytes 1000-1999/{len(PNG)}"
+    assert r.headers["content-security-policy"] == "default-src 'none'; sandbox"
+    r = stack.get_blob(did, cid, {"Range": "bytes=-10"})
+    assert r.status_code == 206 and r.content == PNG[-10:]
+
+    # A blob nobody references (a fresh upload) and an unknown CID are not served.
+    loose = stack.upload(token, b"not referenced yet " + os.urandom(16), "text/plain")
+    r = stack.get_blob(did, blob_cid(loose))
+    assert r.status_code == 400 and r.json()["error"] == "BlobNotFound"
+    assert b"not referenced yet" not in r.content
+
+
+def test_firehose_over_websocket_through_nginx(stack: Stack) -> None:
+    acct = stack.sign_up("carol")
+    did, token = acct["did"], acct["accessJwt"]
+    first = stack.post(did, token, "before subscribing")
+    url = f"ws://127.0.0.1:{stack.nginx.port}{SUBSCRIBE}?cursor=0"
+    frames: list[tuple[dict, dict]] = []
+    lock = threading.Lock()
+    done = threading.Event()
+    errors: list[BaseException] = []
+
+    with connect(url, max_size=None, open_timeout=30, close_timeout=10) as ws:
+        def reader() -> None:
+            try:
+                while not done.is_set():
+                    try:
+                        data = ws.recv(timeout=0.2)
+                    except TimeoutError:
+                        continue
+                    with lock:
+                        frames.append(decode_frame(data))
+            except BaseException as e:  # noqa: BLE001 - reported below
+                if not done.is_set():
+                    errors.append(e)
+
+        t = threading.Thread(target=reader, daemon=True)
+        t.start()
+
+        def commits_with(path: str):
+            with lock:
+                return [b for h, b in frames if h.get("t") == "#commit" and b["repo"] == did
+                        and any(op["path"] == path for op in b["ops"])]
+
+        # Replay from cursor 0 carries the commit made before subscribing.
+        first_path = "app.bsky.feed.post/" + first["uri"].rsplit("/", 1)[1]
+        wait_for(lambda: commits_with(first_path), 60, "the replayed #commit")
+        # A new post arrives live, through nginx's WebSocket proxying.
+        live = stack.post(did, token, "after subscribing")
+        live_path = "app.bsky.feed.post/" + live["uri"].rsplit("/", 1)[1]
+        got = wait_for(lambda: commits_with(live_path), 60, "the live #commit")
+        assert got[0]["commit"].encode() == live["commit"]["cid"]
+        done.set()
+        t.join(15)
+    assert not errors, errors
+    with lock:
+        seqs = [b["seq"] for h, b in frames if h.get("op") == 1]
+    assert seqs == sorted(seqs) and len(seqs) == len(set(seqs)), seqs
+
+
+def test_taken_down_blob_refused_and_internal_path_hidden(stack: Stack) -> None:
+    acct = stack.sign_up("dave")
+    did, token = acct["did"], acct["accessJwt"]
+    secret = b"dave's picture " + os.urandom(64)
+    blob = stack.upload(token, secret, "image/jpeg")
+    cid = blob_cid(blob)
+    stack.post(did, token, "mine", blob)
+    assert stack.get_blob(did, cid).content == secret
+    path = blob_file(stack.data, did, cid)
+    assert path.read_bytes() == secret  # the file nginx would send is there...
+
+    # ...but its internal location can't be asked for from outside, taken down or not.
+    internal = f"/_blobs/{did}/blobs/{cid[-2:]}/{cid}"
+    r = stack.http.get(internal)
+    assert r.status_code == 404 and secret not in r.content
+
+    # Takedown through nginx with HTTP Basic admin credentials.
+    admin = stack.api.admin_headers()
+    r = stack.http.post("/xrpc/com.atproto.admin.updateSubjectStatus", headers=admin,
+                        json={"subject": {"$type": "com.atproto.admin.defs#repoRef",
+                                          "did": did},
+                              "takedown": {"applied": True, "ref": "ops-test"}})
+    ok(r)
+    r = stack.get_blob(did, cid)
+    assert r.status_code == 400, r.status_code
+    assert r.json()["error"] == "RepoTakendown"
+    assert secret not in r.content and "etag" not in r.headers
+    r = stack.get_blob(did, cid, {"Range": "bytes=0-9"})
+    assert r.status_code == 400 and secret[:10] not in r.content
+    r = stack.http.get(internal)
+    assert r.status_code == 404 and secret not in r.content
+    # Wrong admin password: refused by the app, through nginx.
+    r = stack.http.post("/xrpc/com.atproto.admin.updateSubjectStatus",
+                        headers=stack.api.admin_headers("wrong"),
+                        json={"subject": {"$type": "com.atproto.admin.defs#repoRef",
+                                          "did": did}, "takedown": {"applied": False}})
+    assert r.status_code == 401
+
+    # Reversed: served again.
+    ok(stack.http.post("/xrpc/com.atproto.admin.updateSubjectStatus", headers=admin,
+                       json={"subject": {"$type": "com.atproto.admin.defs#repoRef",
+                                         "did": did},
+                             "takedown": {"applied": False}}))
+    r = stack.get_blob(did, cid)
+    assert r.status_code == 200 and r.content == secret
+
+
+def test_well_known_files_served_from_disk_with_the_app_stopped(
+        tmp_path: Path) -> None:
+    s = Stack(tmp_path)
+    try:
+        acct = s.sign_up("erin")
+        did = acct["did"]
+        assert did == "did:web:erin.test"
+        # Stop the app; nginx alone answers from the data dir.
+        s.app.stop(signal.SIGTERM)
+        assert s.app.proc.poll() is not None
+        wait_for(lambda: s.http.get("/xrpc/_health").status_code == 502, 30,
+                 "nginx to find the app gone")
+
+        r = s.http.get("/.well-known/atproto-did", headers={"Host": "erin.test"})
+        assert r.status_code == 200, r.text
+        assert r.text.strip() == did
+        assert r.headers["content-type"].startswith("text/plain")
+        assert r.headers["access-control-allow-origin"] == "*"
+
+        r = s.http.get("/.well-known/did.json", headers={"Host": "erin.test"})
+        assert r.status_code == 200, r.text
+        assert r.headers["content-type"].startswith("application/json")
+        doc = json.loads(r.content)
+        assert doc["id"] == did and "at://erin.test" in doc["alsoKnownAs"]
+        pds = [sv for sv in doc["service"] if sv["id"].endswith("#atproto_pds")]
+        assert pds and pds[0]["serviceEndpoint"] == "http://localhost"
+
+        r = s.http.get("/.well-known/did.json", headers={"Host": "localhost"})
+        assert r.status_code == 200, r.text
+        assert json.loads(r.content)["id"] == "did:web:localhost"
+
+        # A host the PDS doesn't serve: nothing (nginx's 404, no file).
+        r = s.http.get("/.well-known/atproto-did", headers={"Host": "nobody.test"})
+        assert r.status_code == 404
+        # Nothing above reached the app (it is down); the 502 proves where it would go.
+        lines = [parse_ops_line(ln) for ln in s.nginx.access_log()]
+        wk = [ln for ln in lines if ln["uri"].startswith("/.well-known/")]
+        assert wk and all(ln["upstatus"] == "-" for ln in wk), wk
+    finally:
+        s.close()
+
+
+def test_upload_bigger_than_client_max_body_size_refused_by_nginx(stack: Stack) -> None:
+    """client_max_body_size (100m in the example) stops an oversized upload at nginx from
+    its Content-Length alone, before the app reads anything."""
+    token = stack.sign_up("frank")["accessJwt"]
+    with socket.create_connection(("127.0.0.1", stack.nginx.port), timeout=60) as sock:
+        sock.sendall(("POST /xrpc/com.atproto.repo.uploadBlob HTTP/1.1\r\n"
+                      f"Host: localhost\r\nAuthorization: Bearer {token}\r\n"
+                      "Content-Type: image/png\r\n"
+                      f"Content-Length: {200 * 1024 * 1024}\r\n\r\n").encode())
+        head = b""
+        while b"\r\n" not in head:
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            head += chunk
+    assert head.split(b"\r\n", 1)[0].split()[1] == b"413", head[:200]
+    line = wait_for(lambda: next((parse_ops_line(ln) for ln in stack.nginx.access_log()
+                                  if "uploadBlob" in ln and " 413 " in ln), None),
+                    30, "nginx's log line of the refused upload")
+    assert line["upstatus"] == "-", line  # never passed to the app
