@@ -318,6 +318,10 @@ class AccessLog:
     returned in the response so a client's report can be matched to the log.
     """
 
+    def __init__(self, trust_real_ip: bool = False) -> None:
+        # Behind nginx every connection comes from it: the client is in X-Real-IP.
+        self.trust_real_ip = trust_real_ip
+
     async def process_request(self, req: falcon.asgi.Request,
                               resp: falcon.asgi.Response) -> None:
         req.context.t0 = time.perf_counter()
@@ -331,7 +335,8 @@ class AccessLog:
             return
         ms = (time.perf_counter() - req.context.t0) * 1000
         access_log.info("%s %s \"%s %s\" %s %.1fms", req.context.rid,
-                        req.remote_addr or "-", req.method, req.relative_uri[:300],
+                        (self.trust_real_ip and req.get_header("X-Real-IP"))
+                        or req.remote_addr or "-", req.method, req.relative_uri[:300],
                         resp.status[:3] if isinstance(resp.status, str) else resp.status, ms)
 
 
@@ -356,7 +361,8 @@ def create_app(ctx: Any, extra_routes: Callable[[falcon.asgi.App], None] | None 
                ) -> falcon.asgi.App:
     """The ASGI app for one worker process."""
     app = falcon.asgi.App(
-        middleware=[AccessLog(),
+        middleware=[AccessLog(bool(getattr(getattr(ctx, "settings", None), "behind_nginx",
+                                               False))),
                     falcon.CORSMiddleware(allow_origins="*", expose_headers=EXPOSE_HEADERS),
                     Lifespan(ctx)],
     )
