@@ -244,3 +244,12 @@ def test_two_processes_one_repo_linear_history(repo, key, tmp_path):
     assert len(items) == 60
     revs = [line.split()[0] for line in (repo.root / "revs").read_text().splitlines()]
     assert revs == sorted(revs) and len(set(revs)) == len(revs) == 61
+
+
+def test_put_creates_then_updates_under_the_lock(repo):
+    first = repo.apply_writes([Write("put", POST, "p", post("one"))])
+    assert first.ops[0].action == "create" and first.ops[0].prev is None
+    second = repo.apply_writes([Write("put", POST, "p", post("two"))])
+    assert second.ops[0].action == "update" and second.ops[0].prev == first.ops[0].cid
+    with pytest.raises(InvalidSwap):
+        repo.apply_writes([Write("put", POST, "p", post("three"), swap=None)])

@@ -68,7 +68,7 @@ class Write:
     """One record change. `swap` is the CID the record must have now (None: must not
     exist; ANY: no check)."""
 
-    action: str  # "create" | "update" | "delete"
+    action: str  # "create" | "update" | "delete" | "put" (create or update)
     collection: str
     rkey: str
     record: Any = None
@@ -279,17 +279,20 @@ class Repo:
                 raise RepoError(f"more than one write to {path}")
             seen.add(path)
             cur = tree.get(path)
+            action = w.action
+            if action == "put":  # create or update, decided here under the lock
+                action = "update" if cur is not None else "create"
             if w.swap is not ANY and w.swap != cur:
                 raise InvalidSwap(f"record {path} is at {cur.encode() if cur else 'nothing'}")
-            if w.action == "create" and cur is not None:
+            if action == "create" and cur is not None:
                 raise RecordExists(f"record {path} already exists")
-            if w.action in ("update", "delete") and cur is None:
+            if action in ("update", "delete") and cur is None:
                 raise RecordNotFound(f"record {path} not found")
-            if w.action == "delete":
+            if action == "delete":
                 tree = tree.delete(path)
                 ops.append(Op("delete", path, None, cur))
                 continue
-            if w.action not in ("create", "update"):
+            if action not in ("create", "update"):
                 raise RepoError(f"unknown write action {w.action!r}")
             try:
                 data = encode(w.record)
@@ -298,7 +301,7 @@ class Repo:
             cid = cid_for(data)
             records[cid] = data
             tree = tree.put(path, cid)
-            ops.append(Op(w.action, path, cid, cur))
+            ops.append(Op(action, path, cid, cur))
         rev = next_tid(head.rev if head else None)
         _commit, commit_block, commit_cid = sign_commit(self.did, rev, tree.cid, self.key)
         new_nodes = list(tree.new_nodes())

@@ -51,6 +51,16 @@ def _validation_status(call: Call) -> str:
     return "unknown"
 
 
+async def _write_one(call: Call, did: str, write: Write) -> dict:
+    """Commit one record write; the answer of createRecord and putRecord."""
+    swap_commit = _swap(call.field("swapCommit", required=False), "swapCommit")
+    status = _validation_status(call)
+    result = await asyncio.to_thread(svc.apply_writes, call.ctx, did, [write], swap_commit)
+    op = result.ops[0]
+    return {"uri": f"at://{did}/{op.path}", "cid": op.cid.encode(),
+            "commit": svc.commit_result_view(result), "validationStatus": status}
+
+
 @procedure(NS + "createRecord", auth=ACCESS)
 async def create_record(call: Call):
     did = _own_repo(call, call.field("repo"))
@@ -58,13 +68,7 @@ async def create_record(call: Call):
     rkey = call.field("rkey", required=False)
     rkey = svc.check_rkey(rkey) if rkey is not None else svc.new_rkey()
     record = svc.parse_record(collection, call.field("record", kind=dict))
-    swap_commit = _swap(call.field("swapCommit", required=False), "swapCommit")
-    status = _validation_status(call)
-    result = await asyncio.to_thread(svc.apply_writes, call.ctx, did,
-                                     [Write("create", collection, rkey, record)], swap_commit)
-    op = result.ops[0]
-    return {"uri": f"at://{did}/{op.path}", "cid": op.cid.encode(),
-            "commit": svc.commit_result_view(result), "validationStatus": status}
+    return await _write_one(call, did, Write("create", collection, rkey, record))
 
 
 @procedure(NS + "putRecord", auth=ACCESS)
@@ -73,27 +77,14 @@ async def put_record(call: Call):
     collection = svc.check_collection(call.field("collection"))
     rkey = svc.check_rkey(call.field("rkey"))
     record = svc.parse_record(collection, call.field("record", kind=dict))
-    swap_commit = _swap(call.field("swapCommit", required=False), "swapCommit")
-    body = call.body
     # swapRecord: absent = no check; null = must not exist; a CID = must be that.
-    if "swapRecord" not in body:
+    if "swapRecord" not in call.body:
         swap = ANY
-    elif body["swapRecord"] is None:
+    elif call.body["swapRecord"] is None:
         swap = None
     else:
-        swap = svc.parse_cid_field(body["swapRecord"], "swapRecord")
-    status = _validation_status(call)
-
-    def run():
-        exists = call.ctx.repo(did).tree().get(f"{collection}/{rkey}") is not None
-        action = "update" if exists else "create"
-        return svc.apply_writes(call.ctx, did, [Write(action, collection, rkey, record, swap)],
-                                swap_commit)
-
-    result = await asyncio.to_thread(run)
-    op = result.ops[0]
-    return {"uri": f"at://{did}/{op.path}", "cid": op.cid.encode(),
-            "commit": svc.commit_result_view(result), "validationStatus": status}
+        swap = svc.parse_cid_field(call.body["swapRecord"], "swapRecord")
+    return await _write_one(call, did, Write("put", collection, rkey, record, swap))
 
 
 @procedure(NS + "deleteRecord", auth=ACCESS)
@@ -103,15 +94,14 @@ async def delete_record(call: Call):
     rkey = svc.check_rkey(call.field("rkey"))
     swap_commit = _swap(call.field("swapCommit", required=False), "swapCommit")
     swap_record = _swap(call.field("swapRecord", required=False), "swapRecord")
-
-    def run():
-        if swap_record is ANY and call.ctx.repo(did).tree().get(f"{collection}/{rkey}") is None:
-            return None  # deleting what isn't there: nothing to commit
-        return svc.apply_writes(call.ctx, did, [Write("delete", collection, rkey, None,
-                                                      swap_record)], swap_commit)
-
-    result = await asyncio.to_thread(run)
-    return {} if result is None else {"commit": svc.commit_result_view(result)}
+    write = Write("delete", collection, rkey, None, swap_record)
+    try:
+        result = await asyncio.to_thread(svc.apply_writes, call.ctx, did, [write], swap_commit)
+    except XrpcError as e:
+        if e.error == "RecordNotFound" and swap_record is ANY:
+            return {}  # deleting what isn't there (as the reference): nothing to commit
+        raise
+    return {"commit": svc.commit_result_view(result)}
 
 
 _WRITE_TYPES = {
