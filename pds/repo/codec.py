@@ -84,6 +84,23 @@ def decode_json(data: bytes) -> Any:
     return value_to_json(decode(data))
 
 
+_CID_TEXT: dict[bytes, str] = {}
+_CID_TEXT_MAX = 65536
+
+
+def cid_str(cid: CID) -> str:
+    """A CID's base32 text, cached: the conversion is pure Python and CIDs recur (paths
+    of blocks, JSON answers)."""
+    b = cid.cid_bytes
+    text = _CID_TEXT.get(b)
+    if text is None:
+        text = cid.encode()
+        if len(_CID_TEXT) >= _CID_TEXT_MAX:
+            _CID_TEXT.clear()
+        _CID_TEXT[b] = text
+    return text
+
+
 def cid_for(data: bytes) -> CID:
     """The CIDv1 (dag-cbor, sha2-256) of encoded bytes."""
     return CID(_DAG_CBOR_PREFIX + hashlib.sha256(data).digest())

@@ -6,7 +6,15 @@ from typing import Any
 
 from cbrrr import CID
 
-from ..repo.codec import InvalidData, decode, decode_json, encode, find_blob_refs, json_to_value
+from ..repo.codec import (
+    InvalidData,
+    cid_str,
+    decode,
+    decode_json,
+    encode,
+    find_blob_refs,
+    json_to_value,
+)
 from ..repo.syntax import is_valid_nsid, is_valid_record_key
 from ..repo.tid import next_tid
 from ..store.blobs import BlobStore
@@ -144,5 +152,5 @@ def get_record_json(ctx: AppContext, did: str, collection: str, rkey: str,
     found = ctx.repo(did).get_record(f"{collection}/{rkey}")
     if found is None or (cid is not None and found[0] != cid):
         return None
-    return {"uri": f"at://{did}/{collection}/{rkey}", "cid": found[0].encode(),
+    return {"uri": f"at://{did}/{collection}/{rkey}", "cid": cid_str(found[0]),
             "value": decode_json(found[1])}

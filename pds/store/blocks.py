@@ -9,12 +9,42 @@ part of one.
 from __future__ import annotations
 
 import os
+from collections import OrderedDict
 from collections.abc import Iterable
 from pathlib import Path
 
 from cbrrr import CID
 
+from ..repo.codec import cid_str
 from .files import write_file
+
+
+class _BlockCache:
+    """A bounded LRU of small block bytes, shared by every repo in the process."""
+
+    def __init__(self, max_bytes: int, max_block: int = 16384) -> None:
+        self.max_bytes = max_bytes
+        self.max_block = max_block
+        self.size = 0
+        self.items: OrderedDict[bytes, bytes] = OrderedDict()
+
+    def get(self, key: bytes) -> bytes | None:
+        data = self.items.get(key)
+        if data is not None:
+            self.items.move_to_end(key)
+        return data
+
+    def put(self, key: bytes, data: bytes) -> None:
+        if len(data) > self.max_block or key in self.items:
+            return
+        self.items[key] = data
+        self.size += len(data)
+        while self.size > self.max_bytes:
+            _k, old = self.items.popitem(last=False)
+            self.size -= len(old)
+
+
+_CACHE = _BlockCache(16 * 1024 * 1024)
 
 
 def shard_path(root: Path, cid: str) -> Path:
@@ -30,15 +60,21 @@ class BlockStore:
         self.tmp = tmp
 
     def path(self, cid: CID) -> Path:
-        return shard_path(self.root, cid.encode())
+        return shard_path(self.root, cid_str(cid))
 
     def get(self, cid: CID) -> bytes:
-        """A block's bytes; KeyError when absent."""
+        """A block's bytes; KeyError when absent. Small blocks are cached per process: a
+        block never changes, so a cached one is always right."""
+        data = _CACHE.get(cid.cid_bytes)
+        if data is not None:
+            return data
         try:
             with open(self.path(cid), "rb") as f:
-                return f.read()
+                data = f.read()
         except FileNotFoundError:
             raise KeyError(cid) from None
+        _CACHE.put(cid.cid_bytes, data)
+        return data
 
     def has(self, cid: CID) -> bool:
         return self.path(cid).exists()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from ..repo.codec import decode_json
+from ..repo.codec import cid_str, decode_json
 from ..services import records as svc
 from ..store.blobs import BlobTooLarge
 from ..store.repo import ANY, Write
@@ -181,7 +181,7 @@ async def list_records(call: Call):
     reverse = call.param_bool("reverse")
     _check_readable(call, did)
     rows = call.ctx.repo(did).list_records(collection, limit, cursor, reverse)
-    out = {"records": [{"uri": f"at://{did}/{collection}/{rkey}", "cid": cid.encode(),
+    out = {"records": [{"uri": f"at://{did}/{collection}/{rkey}", "cid": cid_str(cid),
                         "value": decode_json(data)} for rkey, cid, data in rows]}
     if len(rows) == limit:
         out["cursor"] = rows[-1][0]
