@@ -833,8 +833,10 @@ def summarize(res: dict, names: list[str], args: argparse.Namespace) -> list[dic
             ok: bool | None = None, ratio: bool = True) -> None:
         a, b = vals.get("ours"), vals.get("ref")
         r = None
-        if ratio and isinstance(a, (int, float)) and isinstance(b, (int, float)) \
-                and not isinstance(a, bool) and b and not math.isnan(a) and not math.isnan(b):
+        # A ratio only of positive numbers (latency from the response can be negative:
+        # the frame may arrive before the answer).
+        if ratio and all(isinstance(x, (int, float)) and not isinstance(x, bool)
+                         and not math.isnan(x) and x > 0 for x in (a, b)):
             r = a / b
         rows.append({"label": label, "unit": unit, "ours": a, "ref": b, "ratio": r,
                      "target": target, "ok": ok})
@@ -860,7 +862,8 @@ def summarize(res: dict, names: list[str], args: argparse.Namespace) -> list[dic
         add("  events missed (all subscribers)", "n",
             {nm: sum(r["missing"] for r in rs) for nm, rs in runs.items()}, ratio=False)
         add("  delivery lag after the last write", "ms",
-            {nm: 1e3 * max(r["lag_s"] or 0.0 for r in rs) for nm, rs in runs.items()})
+            {nm: 1e3 * max(r["lag_s"] or 0.0 for r in rs) for nm, rs in runs.items()},
+            ratio=False)
         add("  commit-to-delivery p50 at this load", "ms",
             {nm: statistics.median(r["load_lat_resp_p50"] for r in rs)
              for nm, rs in runs.items()})

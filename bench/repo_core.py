@@ -41,6 +41,7 @@ import pstats
 import random
 import resource
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -389,8 +390,29 @@ def run_lookups(repo: Repo, paths: list[str]) -> dict[str, Any]:
             "loader_cache_nodes": len(repo.loader.cache)}
 
 
+def export_once(repo_dir: Path) -> dict[str, Any]:
+    """One whole-repository export by a fresh Repo; bytes and seconds."""
+    repo = Repo(repo_dir / "repo", repo_dir / "tmp", DID)
+    t0 = time.perf_counter()
+    data = b"".join(repo.export_car())
+    t1 = time.perf_counter()
+    return {"bytes": len(data), "seconds": t1 - t0}
+
+
+def run_export_cold(repo_dir: Path) -> dict[str, Any]:
+    """One export in a new process: whatever the library caches in-process (decoded
+    nodes, block bytes) starts empty; the OS page cache stays warm."""
+    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()),
+                           "--export-child", str(repo_dir)],
+                          capture_output=True, text=True, check=True)
+    r = json.loads(proc.stdout)
+    return {"bytes": r["bytes"], "mb": r["bytes"] / 1e6, "seconds": r["seconds"],
+            "mbps": r["bytes"] / 1e6 / r["seconds"]}
+
+
 def run_export(repo: Repo, runs: int) -> dict[str, Any]:
-    """Whole-repository CAR export: `runs` times, MB/s of each (1 MB = 10^6 bytes)."""
+    """Whole-repository CAR export in this process: `runs` times, MB/s of each (1 MB =
+    10^6 bytes). Repeats run with whatever the library cached from the runs before."""
     times: list[float] = []
     size = 0
     for _ in range(runs):
@@ -500,10 +522,11 @@ def run_all(args: argparse.Namespace, cache: Path, switch: FsyncSwitch,
         sub.result["commit_fsync"] = sub.fsync.result()
     for sub in subjects:
         n = sub.n
-        log(f"[{n}] lookups of {args.lookups} random existing records; CAR export "
-            f"x{EXPORT_RUNS} ...")
+        log(f"[{n}] lookups of {args.lookups} random existing records; CAR export once "
+            f"in a new process, then x{EXPORT_RUNS} here ...")
         sample = random.Random(n).sample(sub.rkeys, min(args.lookups, len(sub.rkeys)))
         sub.result["lookup"] = run_lookups(sub.repo, [f"{COLLECTION}/{rk}" for rk in sample])
+        sub.result["export_cold"] = run_export_cold(sub.dir)
         sub.result["export"] = run_export(sub.repo, EXPORT_RUNS)
         if args.profile == n:
             log(f"[{n}] profiling {args.commits} commits (fsync off) ...")
@@ -553,9 +576,11 @@ def evaluate_targets(results: list[dict[str, Any]]) -> dict[str, Any]:
         out["commit_cpu_at_10k"] = {"value_ms": cpu, "target_ms": TARGET_COMMIT_CPU_MS_AT_10K,
                                     "quietest_batch_ms": c["cpu_ms_best_batch_p50"],
                                     "ok": cpu <= TARGET_COMMIT_CPU_MS_AT_10K}
+    # Judged on the cold export (a new process): a server rarely exports one repo twice.
     out["export"] = {
-        size_label(r["records"]): {"mbps": r["export"]["mbps_median"],
-                                   "ok": r["export"]["mbps_median"] >= TARGET_EXPORT_MBPS}
+        size_label(r["records"]): {"mbps": r["export_cold"]["mbps"],
+                                   "mbps_repeat": r["export"]["mbps_median"],
+                                   "ok": r["export_cold"]["mbps"] >= TARGET_EXPORT_MBPS}
         for r in results
     }
     out["export_target_mbps"] = TARGET_EXPORT_MBPS
@@ -633,8 +658,10 @@ def print_table(info: dict[str, Any], results: list[dict[str, Any]],
          for r in results])
     print("  CAR export (b''.join(repo.export_car()))")
     row("size (MB)", [f"{r['export']['mb']:.2f}" for r in results])
-    row("MB/s median / best", [pair(r["export"]["mbps_median"], r["export"]["mbps_best"],
-                                    "{:.1f}") for r in results])
+    row("MB/s, new process (caches cold)", [f"{r['export_cold']['mbps']:.1f}" for r in results])
+    row("MB/s, repeated: median / best", [pair(r["export"]["mbps_median"],
+                                               r["export"]["mbps_best"], "{:.1f}")
+                                          for r in results])
     print("  build (one Repo.create commit of n writes)")
     row("Repo.create time (s)",
         [f"{r['build']['create_s']:.1f}" + (" (cached)" if r["cached_build"] else "")
@@ -649,8 +676,9 @@ def print_table(info: dict[str, Any], results: list[dict[str, Any]],
               f"[{ok[t['ok']]}]")
     else:
         print("  commit CPU at 10k records <= 1 ms: (10k not in --sizes)")
-    ex = ", ".join(f"{k}: {v['mbps']:.1f} [{ok[v['ok']]}]" for k, v in targets["export"].items())
-    print(f"  export >= {targets['export_target_mbps']:.0f} MB/s: {ex}")
+    ex = ", ".join(f"{k}: {v['mbps']:.1f} (repeated {v['mbps_repeat']:.1f}) [{ok[v['ok']]}]"
+                   for k, v in targets["export"].items())
+    print(f"  export >= {targets['export_target_mbps']:.0f} MB/s, new process: {ex}")
     if "growth" in targets:
         g = targets["growth"]
         print(f"  growth no faster than log n: CPU p50 ratio {size_label(g['to'])}/"
@@ -692,6 +720,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--profile", type=int, default=None, metavar="SIZE",
                     help="also cProfile the commits at this size (fsync off)")
     ap.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    ap.add_argument("--export-child", type=Path, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.sizes:
         args.size_list = [int(s) for s in args.sizes.split(",") if s.strip()]
@@ -724,6 +753,9 @@ def cache_lock(cache: Path) -> Iterator[None]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.export_child is not None:  # the cold-export subprocess
+        print(json.dumps(export_once(args.export_child)))
+        return 0
     cache: Path = args.cache or Path(tempfile.gettempdir()) / "pds-bench-repo-core"
     cache.mkdir(parents=True, exist_ok=True)
     info = machine_info(cache)
