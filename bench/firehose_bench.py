@@ -855,6 +855,12 @@ def summarize(res: dict, names: list[str], args: argparse.Namespace) -> list[dic
             {nm: statistics.mean(r["writes_per_s"] for r in rs) for nm, rs in runs.items()})
         if n == 0:
             continue
+        if 0 in fan:
+            base = {nm: statistics.mean(r["writes_per_s"] for r in fan[0][nm])
+                    for nm in names if fan[0].get(nm)}
+            add("  writes/s, share of no subscribers", "x",
+                {nm: statistics.mean(r["writes_per_s"] for r in rs) / base[nm]
+                 for nm, rs in runs.items() if base.get(nm)}, ratio=False)
         add("  delivered/s per subscriber, min", "/s",
             {nm: min(r["per_sub_min"] for r in rs) for nm, rs in runs.items()})
         add("  delivered/s, all subscribers", "/s",
