@@ -76,24 +76,16 @@ class Lifecycle:
 
     def status_report(self, did: str) -> dict:
         """checkAccountStatus: what is imported, what is missing."""
-        from .records import blobs
+        from .records import record_blob_refs
         repo = self.ctx.repo(did)
         head = repo.head()
         acct = self.ctx.accounts.get(did)
         blocks = sum(1 for _ in repo.blocks.iter_cids())
         records = expected = imported = 0
         if head is not None:
-            from ..repo.codec import decode, find_blob_refs
-            store = blobs(self.ctx, did)
-            seen: set[str] = set()
-            for _path, cid in repo.tree().items():
-                records += 1
-                for ref in find_blob_refs(decode(repo.blocks.get(cid))):
-                    c = ref.cid.encode()
-                    if c not in seen:
-                        seen.add(c)
-                        expected += 1
-                        imported += store.has(c)
+            records = sum(1 for _ in repo.tree().items())
+            present = {c: ok for _path, c, ok in record_blob_refs(self.ctx, did)}
+            expected, imported = len(present), sum(present.values())
         out = {"activated": acct.get("status") is None, "validDid": True,
                "repoBlocks": blocks, "indexedRecords": records, "privateStateValues": 0,
                "expectedBlobs": expected, "importedBlobs": imported}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 from cbrrr import CID
@@ -116,6 +117,17 @@ class BlobHooks(CommitHooks):
 
 class BlobMissing(RepoError):
     name = "BlobNotFound"
+
+
+def record_blob_refs(ctx: AppContext, did: str) -> Iterator[tuple[str, str, bool]]:
+    """(record path, blob CID, stored here?) for every blob ref of every record, in record
+    order (blocking: a walk of the whole repo)."""
+    repo = ctx.repo(did)
+    store = blobs(ctx, did)
+    for path, cid in repo.tree().items():
+        for ref in find_blob_refs(decode(repo.blocks.get(cid))):
+            c = cid_str(ref.cid)
+            yield path, c, store.has(c)
 
 
 def commit_result_view(result: CommitResult) -> dict:

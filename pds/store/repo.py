@@ -231,6 +231,17 @@ class Repo:
                 break
         return out
 
+    def collections(self) -> list[str]:
+        """The collections holding records, in order: hops from one collection to the
+        next instead of walking every record."""
+        tree = self.tree()
+        out: list[str] = []
+        key = ""
+        while (nxt := next(tree.items(key), None)) is not None:
+            out.append(nxt[0].split("/")[0])
+            key = out[-1] + "0"  # "0" follows "/": just past "<collection>/..."
+        return out
+
     # --- writes ---------------------------------------------------------------------
 
     def lock(self):

@@ -194,17 +194,7 @@ async def describe_repo(call: Call):
     _check_readable(call, did)
     acct = call.ctx.accounts.get(did)
     handle = acct["handle"]
-    tree = call.ctx.repo(did).tree()
-    collections = []
-    key = ""
-    # Hop from collection to collection instead of walking every record.
-    while True:
-        nxt = next(tree.items(key), None)
-        if nxt is None:
-            break
-        col = nxt[0].split("/")[0]
-        collections.append(col)
-        key = col + "0"  # just past "<col>/..."
+    collections = call.ctx.repo(did).collections()
     doc = None
     try:
         from ..services.accounts import did_doc
@@ -253,15 +243,10 @@ async def list_missing_blobs(call: Call):
     cursor = call.param("cursor")
 
     def run():
-        from ..repo.codec import decode, find_blob_refs
-        repo = call.ctx.repo(did)
-        store = svc.blobs(call.ctx, did)
         missing: dict[str, str] = {}
-        for path, cid in repo.tree().items():
-            for ref in find_blob_refs(decode(repo.blocks.get(cid))):
-                c = ref.cid.encode()
-                if not store.has(c):
-                    missing.setdefault(c, f"at://{did}/{path}")
+        for path, c, present in svc.record_blob_refs(call.ctx, did):
+            if not present:
+                missing.setdefault(c, f"at://{did}/{path}")
         rows = sorted(missing.items())
         if cursor:
             rows = [r for r in rows if r[0] > cursor]
