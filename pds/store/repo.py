@@ -231,6 +231,21 @@ class Repo:
                 break
         return out
 
+    def record_proof_car(self, path: str) -> bytes:
+        """A CAR proving a record's presence or absence: the commit, the MST path to the
+        key, and the record when present."""
+        head = self.head()
+        if head is None:
+            raise RepoNotFound(f"no repository for {self.did}")
+        commit_block = self.blocks.get(head.cid)
+        tree = self.tree(parse_commit(commit_block))
+        blocks = [(head.cid, commit_block)]
+        blocks += [(n.cid, n.serialised) for n in tree.path(path)]
+        found = tree.get(path)
+        if found is not None:
+            blocks.append((found, self.blocks.get(found)))
+        return car.car_bytes([head.cid], blocks)
+
     def collections(self) -> list[str]:
         """The collections holding records, in order: hops from one collection to the
         next instead of walking every record."""

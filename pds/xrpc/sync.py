@@ -10,7 +10,6 @@ import falcon
 
 from ..repo import car
 from ..repo.codec import InvalidData, parse_cid
-from ..repo.commit import parse_commit
 from ..repo.syntax import is_valid_did, is_valid_tid
 from ..services import records as rsvc
 from .app import Call, Raw
@@ -68,20 +67,9 @@ async def get_record(call: Call):
     rkey = rsvc.check_rkey(call.param("rkey", required=True))
     _hosted(call, did)
 
-    def run() -> bytes:
-        repo = call.ctx.repo(did)
-        head = repo.head()
-        commit_block = repo.blocks.get(head.cid)
-        tree = repo.tree(parse_commit(commit_block))
-        path = f"{collection}/{rkey}"
-        blocks = [(head.cid, commit_block)]
-        blocks += [(n.cid, n.serialised) for n in tree.path(path)]
-        found = tree.get(path)
-        if found is not None:
-            blocks.append((found, repo.blocks.get(found)))
-        return car.car_bytes([head.cid], blocks)
-
-    return Raw(await asyncio.to_thread(run), CAR_TYPE)
+    proof = await asyncio.to_thread(call.ctx.repo(did).record_proof_car,
+                                    f"{collection}/{rkey}")
+    return Raw(proof, CAR_TYPE)
 
 
 @query(NS + "getBlocks", auth=OPTIONAL)
