@@ -9,7 +9,10 @@ For each repository size (default 1k, 10k and 100k records) it measures:
   (b) with real fsync on the real disk (wall time: what a client waits for);
 - lookup: `Repo.get_record` (reads HEAD and the commit, then the tree) and `MST.get` on a
   tree already in hand, for random existing keys;
-- CAR export: `b"".join(repo.export_car())`, in MB/s.
+- CAR export: `b"".join(repo.export_car())`, in MB/s, each in a new process: the first
+  export (no export snapshot yet: built from the block files), after the run's commits
+  (the snapshot is rebuilt from the old one and what changed), and again (the snapshot is
+  current: streamed as is); then repeated in this process.
 
 Commits are measured in small batches rotating over the sizes, so that load from other
 work on the machine falls on every size alike. Repositories are built once per size with
@@ -62,7 +65,7 @@ from pds.repo.tid import next_tid, tid_timestamp_micros  # noqa: E402
 from pds.store import journal as journal_mod  # noqa: E402
 from pds.store import repo as repo_mod  # noqa: E402
 from pds.store.files import write_file  # noqa: E402
-from pds.store.repo import Head, Repo, Write  # noqa: E402
+from pds.store.repo import SNAPSHOT, Head, Repo, Write  # noqa: E402
 
 COLLECTION = "app.bsky.feed.post"
 DID = "did:plc:benchrepocore2k4xq7mzl3vh"
@@ -290,6 +293,8 @@ def reset_repo(dest: Path, meta: dict[str, Any], keep: set[str] | None = None) -
         keep = built_block_names(dest, meta)
     write_file(root / "HEAD", meta["head"].encode(), dest / "tmp", durable=False)
     (root / "revs").write_text(meta["revs"])
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(root / SNAPSHOT)  # of a commit the reset discards
     journal = root / "journal"
     if journal.is_dir():
         for name in os.listdir(journal):
@@ -446,7 +451,7 @@ def profile_commits(repo: Repo, count: int, rng: random.Random, switch: FsyncSwi
         switch.durable = True
     out = io.StringIO()
     stats = pstats.Stats(prof, stream=out)
-    stats.sort_stats("cumulative").print_stats(top)
+    stats.sort_stats(os.environ.get("PROFILE_SORT", "cumulative")).print_stats(top)
     return out.getvalue()
 
 
@@ -509,6 +514,12 @@ def run_all(args: argparse.Namespace, cache: Path, switch: FsyncSwitch,
     """Measure every size; `subjects` collects them as they are opened (to be reset)."""
     for n in args.size_list:
         subjects.append(Subject(n, args, cache))
+    for sub in subjects:
+        # The first export ever: no snapshot yet, so it is built from the block files.
+        log(f"[{sub.n}] first CAR export (new process, no snapshot yet) ...")
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(sub.dir / "repo" / SNAPSHOT)
+        sub.result["export_first"] = run_export_cold(sub.dir)
     os.sync()
     commit_phase(subjects, args, switch, durable=False)
     # Start the durable phase clean: flush what the no-fsync phase left dirty.
@@ -526,7 +537,9 @@ def run_all(args: argparse.Namespace, cache: Path, switch: FsyncSwitch,
             f"in a new process, then x{EXPORT_RUNS} here ...")
         sample = random.Random(n).sample(sub.rkeys, min(args.lookups, len(sub.rkeys)))
         sub.result["lookup"] = run_lookups(sub.repo, [f"{COLLECTION}/{rk}" for rk in sample])
+        # The snapshot is now behind by every commit of this run.
         sub.result["export_cold"] = run_export_cold(sub.dir)
+        sub.result["export_current"] = run_export_cold(sub.dir)
         sub.result["export"] = run_export(sub.repo, EXPORT_RUNS)
         if args.profile == n:
             log(f"[{n}] profiling {args.commits} commits (fsync off) ...")
@@ -576,7 +589,8 @@ def evaluate_targets(results: list[dict[str, Any]]) -> dict[str, Any]:
         out["commit_cpu_at_10k"] = {"value_ms": cpu, "target_ms": TARGET_COMMIT_CPU_MS_AT_10K,
                                     "quietest_batch_ms": c["cpu_ms_best_batch_p50"],
                                     "ok": cpu <= TARGET_COMMIT_CPU_MS_AT_10K}
-    # Judged on the cold export (a new process): a server rarely exports one repo twice.
+    # Judged on a new process exporting a repository changed since its last export (the
+    # snapshot behind by the run's commits): the usual case for a server.
     out["export"] = {
         size_label(r["records"]): {"mbps": r["export_cold"]["mbps"],
                                    "mbps_repeat": r["export"]["mbps_median"],
@@ -658,7 +672,12 @@ def print_table(info: dict[str, Any], results: list[dict[str, Any]],
          for r in results])
     print("  CAR export (b''.join(repo.export_car()))")
     row("size (MB)", [f"{r['export']['mb']:.2f}" for r in results])
-    row("MB/s, new process (caches cold)", [f"{r['export_cold']['mbps']:.1f}" for r in results])
+    row("MB/s, new process, first (no snapshot)",
+        [f"{r['export_first']['mbps']:.1f}" for r in results])
+    row("MB/s, new process, snapshot behind",
+        [f"{r['export_cold']['mbps']:.1f}" for r in results])
+    row("MB/s, new process, snapshot current",
+        [f"{r['export_current']['mbps']:.1f}" for r in results])
     row("MB/s, repeated: median / best", [pair(r["export"]["mbps_median"],
                                                r["export"]["mbps_best"], "{:.1f}")
                                           for r in results])

@@ -258,3 +258,21 @@ def test_any_commit_inverts_with_its_slice(keys, data):
     for k in dels:
         inv = inv.put(k, LEAF)
     assert inv.cid == before.cid
+
+
+@given(st.sets(KEYS, min_size=1, max_size=150))
+def test_trusted_parse_of_stored_nodes_equals_the_checked_parse(keys):
+    """The store's fast parse (no checks) reads every node as the checked parse does."""
+    t, store = build(sorted(keys))
+    persist(t, store)
+    for cid, data in store.items():
+        fast, checked = Node.from_stored(data, cid), Node.from_bytes(data, cid)
+        assert (fast.keys, fast.vals, fast.subs) == (checked.keys, checked.vals, checked.subs)
+        assert fast.cid == cid and fast.serialised == data
+    trusted = MST(NodeLoader(store.__getitem__, trusted=True), t.cid)
+    assert list(trusted.items()) == list(t.items())
+
+
+def test_trusted_parse_reports_a_broken_block_as_invalid_data():
+    with pytest.raises(InvalidData):
+        Node.from_stored(b"\xa1ax\x01", cid_for(b"\xa1ax\x01"))

@@ -1,9 +1,17 @@
 """A content-addressed block store: one file per block, named by its CID.
 
 `blocks/<xx>/<cid>` where `xx` is the CID's last two characters (256 shards, uniform over
-the hash, like git's `objects/ab/`). A file that exists is already right, so writes are
-idempotent; a block is written under a temporary name and renamed, so a reader never sees
-part of one.
+the hash, like git's `objects/ab/`).
+
+A new block is written in place, created with O_EXCL: a file that exists is already right
+(or, after a crash, is rewritten by recovery), so writes are idempotent, and there is no
+temporary file to rename. That is safe because a block file is only ever created after the
+write-ahead record that carries the same bytes is durable (the repo journal or the firehose
+event): a crash that leaves a block file short also leaves the record that recovery (and
+the next writer's roll-forward) replays with `overwrite`, which does go through a temporary
+file and a rename. Until its commit moves HEAD nothing reachable names a block being
+written, so readers that start from HEAD never see one in part; a reader of arbitrary CIDs
+(`getBlocks`) uses `get_checked`.
 """
 
 from __future__ import annotations
@@ -15,7 +23,7 @@ from pathlib import Path
 
 from cbrrr import CID
 
-from ..repo.codec import cid_str
+from ..repo.codec import cid_for, cid_str
 from .files import write_file
 
 
@@ -52,15 +60,40 @@ def shard_path(root: Path, cid: str) -> Path:
     return root / cid[-2:] / cid
 
 
+def read_whole(path: str) -> bytes:
+    """A file's bytes, through plain descriptors (no buffered file object: blocks are
+    small and many). FileNotFoundError when absent."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        data = os.read(fd, _READ_SIZE)
+        if len(data) == _READ_SIZE:
+            parts = [data]
+            while chunk := os.read(fd, 1 << 20):
+                parts.append(chunk)
+            data = b"".join(parts)
+        return data
+    finally:
+        os.close(fd)
+
+
+_READ_SIZE = 65536
+_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+
+
 class BlockStore:
     """Blocks of one account, under `root`, staged through `tmp`."""
 
     def __init__(self, root: Path, tmp: Path) -> None:
         self.root = root
         self.tmp = tmp
+        self._prefix = str(root) + os.sep  # paths as strings: blocks are the hot path
+
+    def _path(self, cid: CID) -> str:
+        name = cid_str(cid)
+        return f"{self._prefix}{name[-2:]}/{name}"
 
     def path(self, cid: CID) -> Path:
-        return shard_path(self.root, cid_str(cid))
+        return Path(self._path(cid))
 
     def get(self, cid: CID) -> bytes:
         """A block's bytes; KeyError when absent. Small blocks are cached per process: a
@@ -69,35 +102,74 @@ class BlockStore:
         if data is not None:
             return data
         try:
-            with open(self.path(cid), "rb") as f:
-                data = f.read()
+            data = read_whole(self._path(cid))
         except FileNotFoundError:
             raise KeyError(cid) from None
         _CACHE.put(cid.cid_bytes, data)
         return data
 
-    def has(self, cid: CID) -> bool:
-        return self.path(cid).exists()
+    def get_checked(self, cid: CID) -> bytes:
+        """A block's bytes, hashed against its CID: for readers of arbitrary CIDs, which
+        may name a block whose commit is still being written (KeyError until it is)."""
+        data = _CACHE.get(cid.cid_bytes)
+        if data is not None:
+            return data
+        try:
+            data = read_whole(self._path(cid))
+        except FileNotFoundError:
+            raise KeyError(cid) from None
+        if cid_for(data) != cid:
+            raise KeyError(cid)
+        _CACHE.put(cid.cid_bytes, data)
+        return data
 
-    def put_many(self, blocks: Iterable[tuple[CID, bytes]], overwrite: bool = False) -> list[Path]:
-        """Write blocks that are not there yet (all of them with `overwrite`), without
-        fsync: the caller's journal makes them durable. Returns the paths written."""
-        written = []
+    def has(self, cid: CID) -> bool:
+        return os.path.exists(self._path(cid))
+
+    def put_many(self, blocks: Iterable[tuple[CID, bytes]], overwrite: bool = False) -> int:
+        """Write blocks that are not there yet, without fsync: the caller's write-ahead
+        record already holds them (see the module docstring). With `overwrite` (recovery)
+        every block is replaced atomically, mending any a crash left short. Returns how
+        many files were written."""
+        written = 0
         for cid, data in blocks:
-            path = self.path(cid)
-            if not overwrite and path.exists():
-                continue
-            try:
-                write_file(path, data, self.tmp, durable=False)
-            except FileNotFoundError:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                write_file(path, data, self.tmp, durable=False)
-            written.append(path)
+            path = self._path(cid)
+            if overwrite:
+                self._replace(path, data)
+                written += 1
+            elif self._create(path, data):
+                written += 1
         return written
+
+    def _create(self, path: str, data: bytes) -> bool:
+        try:
+            fd = os.open(path, _NEW, 0o644)
+        except FileExistsError:
+            return False
+        except FileNotFoundError:  # a new shard directory
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            try:
+                fd = os.open(path, _NEW, 0o644)
+            except FileExistsError:
+                return False
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+        finally:
+            os.close(fd)
+        return True
+
+    def _replace(self, path: str, data: bytes) -> None:
+        try:
+            write_file(path, data, self.tmp, durable=False)
+        except FileNotFoundError:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            write_file(path, data, self.tmp, durable=False)
 
     def delete(self, cid: CID) -> None:
         try:
-            os.unlink(self.path(cid))
+            os.unlink(self._path(cid))
         except FileNotFoundError:
             pass
 

@@ -12,6 +12,7 @@ replaced by rename, so it always names a commit whose blocks are all on disk.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ from typing import Any
 from cbrrr import CID
 
 from ..repo import car
-from ..repo.codec import InvalidData, cid_for, encode
+from ..repo.codec import InvalidData, cid_for, cid_str, encode
 from ..repo.commit import Commit, parse_commit, sign_commit
 from ..repo.keys import PrivateKey, PublicKey
 from ..repo.mst import MST, NodeLoader, diff
@@ -30,11 +31,14 @@ from ..repo.tid import next_tid
 from .blocks import BlockStore
 from .files import flock, read_file, write_file
 from .journal import Journal, syncfs
+from .snapshot import Snapshot
+from .snapshot import build as build_snapshot
 
 # A swap value meaning "no check" (None means "must not exist").
 ANY: Any = object()
 CHECKPOINT_EVERY = 64
 ZERO_REV = "2222222222222"
+SNAPSHOT = "export.car"  # the export snapshot, in the repo directory
 
 
 class RepoError(Exception):
@@ -166,8 +170,9 @@ class Repo:
         # Where a commit becomes durable first: the repo's own journal, or (in the
         # server) the firehose event log, whose #commit event carries the same blocks.
         self.wal = wal
-        self.loader = NodeLoader(self.blocks.get)
+        self.loader = NodeLoader(self.blocks.get, trusted=True)
         self._since_checkpoint = 0
+        self._lock_fd: int | None = None
 
     # --- HEAD -----------------------------------------------------------------------
 
@@ -259,9 +264,19 @@ class Repo:
 
     # --- writes ---------------------------------------------------------------------
 
-    def lock(self):
-        """The repo's writer lock (flock on LOCK), shared by all worker processes."""
-        return flock(self.root / "LOCK")
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[int]:
+        """The repo's writer lock (flock on LOCK), shared by all worker processes.
+
+        The LOCK file's content is the pending-commit marker (see `_persist`): kept in the
+        file already open for the lock, it costs a write and a truncate per commit rather
+        than creating and removing a file."""
+        with flock(self.root / "LOCK") as fd:
+            self._lock_fd = fd
+            try:
+                yield fd
+            finally:
+                self._lock_fd = None
 
     def create(self, key: PrivateKey, writes: Iterable[Write] = ()) -> CommitResult:
         """Start a new repository: an empty tree (plus `writes`) and its first commit."""
@@ -359,13 +374,14 @@ class Repo:
         """Write-ahead record (durable), then block files, rev log and HEAD (flushed by a
         later checkpoint).
 
-        `PENDING` brackets the commit: a writer killed between its durable record and
-        HEAD leaves it behind, and the next writer of this repo (any worker) rolls that
+        A pending marker brackets the commit (the LOCK file's content, written through
+        the lock's descriptor): a writer killed between its durable record and HEAD
+        leaves it behind, and the next writer of this repo (any worker) rolls that
         commit forward before its own (`_redo_locked`), so no commit is ever built on
         the stale HEAD: the record was published on the firehose and must stay in the
         chain."""
-        pending = self.root / "PENDING"
-        pending.write_bytes(f"{result.rev} {result.cid.encode()}\n".encode())
+        lock_fd = self._lock_fd
+        os.pwrite(lock_fd, f"{result.rev} {cid_str(result.cid)}\n".encode(), 0)
         if self.wal is None or not self.wal.log(self, result):
             self.journal.append(result.rev, result.cid, result.blocks)
             self._since_checkpoint += 1
@@ -373,21 +389,21 @@ class Repo:
         with open(self.root / "revs", "a") as f:
             f.write(f"{result.rev} {result.cid.encode()}\n")
         self._set_head(result.cid, result.rev)
-        os.unlink(pending)
+        os.ftruncate(lock_fd, 0)
         if self._since_checkpoint >= CHECKPOINT_EVERY:
             self._checkpoint_locked()
 
     def _redo_locked(self) -> None:
-        """After a writer died mid-commit (`PENDING` left behind): its durable record, in
-        the repo's journal or in the write-ahead log, becomes HEAD before anything else."""
-        pending = self.root / "PENDING"
-        if not pending.exists():
+        """After a writer died mid-commit (a pending marker left in LOCK): its durable
+        record, in the repo's journal or in the write-ahead log, becomes HEAD before
+        anything else."""
+        if os.fstat(self._lock_fd).st_size == 0:
             return
         if self.journal.revs():
             self._recover_locked()
         if self.wal is not None:
             self.wal.redo(self)
-        os.unlink(pending)
+        os.ftruncate(self._lock_fd, 0)
 
     # --- durability -----------------------------------------------------------------
 
@@ -447,9 +463,32 @@ class Repo:
         if old is not None:
             blocks = self._diff_blocks(MST(self.loader, parse_commit(self.blocks.get(old)).data),
                                        tree)
+            yield from car.write_car([head.cid], _chain([(head.cid, commit_block)], blocks))
+            return
+        try:
+            snap = self.snapshot(head.cid, commit_block, commit.data)
+        except OSError:  # no room or a read-only copy: stream from the block files
+            snap = None
+        if snap is not None:
+            yield from snap.chunks()
         else:
-            blocks = self._walk_blocks(tree)
-        yield from car.write_car([head.cid], _chain([(head.cid, commit_block)], blocks))
+            yield from car.write_car([head.cid], _chain([(head.cid, commit_block)],
+                                                        self._walk_blocks(tree)))
+
+    def snapshot(self, commit_cid: CID, commit_block: bytes, data: CID) -> Snapshot:
+        """The export snapshot of the given commit (see `snapshot.py`), open: the one on
+        disk when it is that commit's, else a new one built from it."""
+        path = self.root / SNAPSHOT
+        old = Snapshot.open(path)
+        if old is not None and old.root == commit_cid:
+            return old
+        try:
+            return build_snapshot(path, self.tmp, commit_cid, commit_block, data,
+                                  NodeLoader(self.blocks.get, trusted=True),
+                                  self.blocks.get, old)
+        finally:
+            if old is not None:
+                old.close()
 
     def _walk_blocks(self, tree: MST) -> Iterator[tuple[CID, bytes]]:
         for node in tree.walk_nodes():

@@ -86,7 +86,7 @@ async def get_blocks(call: Call):
     found, missing = [], []
     for cid in cids:
         try:
-            found.append((cid, repo.blocks.get(cid)))
+            found.append((cid, repo.blocks.get_checked(cid)))
         except KeyError:
             missing.append(cid.encode())
     if missing:
