@@ -145,3 +145,18 @@ def test_head_pointing_at_a_block_that_is_no_commit(built: Built, copy: Path) ->
 def test_missing_record_block(built: Built, copy: Path) -> None:
     block_path(copy, built.did, built.record_cid).unlink()
     assert_found(copy, built.did, built.record_cid, "missing")
+
+
+def test_damaged_export_snapshot(built: Built, copy: Path) -> None:
+    from pds.store.repo import SNAPSHOT, Repo
+
+    acct = copy / "accounts" / built.did
+    repo = Repo(acct, copy / "tmp", built.did)
+    b"".join(repo.export_car())  # writes the snapshot
+    code, problems, out = verify(copy)
+    assert code == 0 and not problems, out
+    path = acct / SNAPSHOT
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 3] ^= 0x01  # inside the CAR part: a record or node byte
+    path.write_bytes(bytes(raw))
+    assert_found(copy, built.did, "export snapshot", "damaged")

@@ -25,7 +25,8 @@ from ..repo.keys import load_private_key
 from ..repo.mst import MST, NodeLoader
 from .blobs import BlobStore
 from .layout import DataDir
-from .repo import Repo
+from .repo import SNAPSHOT, Repo
+from .snapshot import Snapshot
 from .seqlog import EventLog
 
 
@@ -124,7 +125,21 @@ def verify_account(data: DataDir, did: str, report: Report) -> str | None:
             continue
         if not _hash_ok(cid_text, content):
             report.add(f"{did}: blob {cid_text} does not match its hash")
+    _check_snapshot(repo, report)
     return head.cid.encode()
+
+
+def _check_snapshot(repo: Repo, report: Report) -> None:
+    """An export snapshot is served as the repository: each of its blocks must hash to
+    its CID. (One that is unreadable or of another commit is never served as it is.)"""
+    snap = Snapshot.open(repo.root / SNAPSHOT)
+    if snap is None:
+        return
+    try:
+        read_car_blocks(b"".join(snap.chunks()))
+    except (InvalidData, OSError) as e:
+        report.add(f"{repo.did}: export snapshot {SNAPSHOT} is damaged ({e}); delete it, "
+                   "the next export rebuilds it")
 
 
 def _status(root: Path) -> str | None:
