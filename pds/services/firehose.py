@@ -127,10 +127,9 @@ def _apply_commit(repo: Repo, rev: str, payload: dict) -> None:
     them empty) and move HEAD to it when it is ahead."""
     _root, blocks = read_car_blocks(payload["blocks"])
     repo.blocks.put_many(blocks.items(), overwrite=True)
-    head = repo.head()
+    head = repo.recovery_head()
     if head is None or rev > head.rev:
-        with open(repo.root / "revs", "a") as f:
-            f.write(f"{rev} {payload['commit'].encode()}\n")
+        repo.append_rev(rev, payload["commit"])
         repo._set_head(payload["commit"], rev)
 
 

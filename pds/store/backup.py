@@ -114,7 +114,8 @@ def _copy_events(src: Path, dest: Path) -> None:
     (dest / "seq").mkdir(parents=True, exist_ok=True)
     if (src / "seq" / "HEAD").exists():
         _copy_file(src / "seq" / "HEAD", dest / "seq" / "HEAD")
-    _copy_tree(src / "seq", dest / "seq", skip={"CHECKPOINT", "CHECKPOINT.LOCK", "HEAD"},
+    _copy_tree(src / "seq", dest / "seq",
+               skip={"CHECKPOINT", "CHECKPOINT.LOCK", "HEAD", "HEAD.next"},
                immutable=True)
 
 

@@ -7,6 +7,9 @@ the target, fsync the directory. Readers see the old or the new file, never a mi
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
+import errno
 import fcntl
 import os
 import secrets
@@ -47,6 +50,47 @@ def write_file(path: str | os.PathLike, data: bytes, tmp_dir: str | os.PathLike,
         raise
     if durable:
         fsync_dir(os.path.dirname(path) or ".")
+
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+_renameat2 = getattr(_libc, "renameat2", None)
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2
+_exchange_works = _renameat2 is not None
+
+
+def exchange(a: str, b: str) -> bool:
+    """Swap two existing files' names in one atomic step (renameat2 RENAME_EXCHANGE):
+    like a rename, readers of `b` see the old or the new file, but no inode is freed.
+    False (nothing done) where the kernel or filesystem can't; OSError otherwise."""
+    global _exchange_works
+    if not _exchange_works:
+        return False
+    if _renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        _exchange_works = False
+        return False
+    raise OSError(err, os.strerror(err), b)
+
+
+def replace_in_place(path: str, spare: str, data: bytes, tmp_dir: str | os.PathLike) -> None:
+    """Replace small file `path` atomically (not durably) by writing `data` over `spare`
+    and exchanging the two: the old content becomes the spare, to be overwritten next
+    time. Creating a file and freeing the old one per update costs far more (and on
+    ext4 without a journal, freed inodes slow every later create); `write_file` is the
+    fallback where exchange is unsupported. Callers serialise updates of `path`."""
+    if _exchange_works and os.path.exists(path):
+        fd = os.open(spare, os.O_WRONLY | os.O_CREAT, 0o644)
+        try:
+            os.pwrite(fd, data, 0)
+            os.ftruncate(fd, len(data))
+        finally:
+            os.close(fd)
+        if exchange(spare, path):
+            return
+    write_file(path, data, tmp_dir, durable=False)
 
 
 def read_file(path: str | os.PathLike) -> bytes | None:

@@ -5,9 +5,14 @@ Every write (create, update, delete, a batch of them, an import) is applied by
 any worker process are serialised per repository, while different repositories commit in
 parallel.
 
-Durability: the commit's new blocks go to the journal in one fsynced file, then the block
-files and HEAD are written without fsync; `checkpoint()` flushes them later. HEAD is
-replaced by rename, so it always names a commit whose blocks are all on disk.
+Durability: the commit's new blocks go to the write-ahead record first (the repo's
+journal, or the server's event log) with one flush, then the block files and HEAD are
+written without fsync; `checkpoint()` flushes them later. HEAD is replaced atomically
+(exchanged with `HEAD.next`, or renamed), so it always names a commit whose blocks are all
+on disk.
+
+Per commit the write path creates one file per new block and frees none: the pending
+marker lives in LOCK, the journal is one appended file, HEAD is exchanged with a spare.
 """
 
 from __future__ import annotations
@@ -28,8 +33,8 @@ from ..repo.keys import PrivateKey, PublicKey
 from ..repo.mst import MST, NodeLoader, diff
 from ..repo.syntax import InvalidSyntax, ensure_valid_nsid, ensure_valid_record_key
 from ..repo.tid import next_tid
-from .blocks import BlockStore
-from .files import flock, read_file, write_file
+from .blocks import BlockStore, read_whole
+from .files import flock, read_file, replace_in_place, write_file
 from .journal import Journal, syncfs
 from .snapshot import Snapshot
 from .snapshot import build as build_snapshot
@@ -157,7 +162,8 @@ def record_path_parts(path: str) -> tuple[str, str]:
 
 
 class Repo:
-    """An account's repository directory: `HEAD`, `LOCK`, `blocks/`, `journal/`, `revs`."""
+    """An account's repository directory: `HEAD`, `LOCK`, `blocks/`, `journal.log`, `revs`,
+    `export.car`."""
 
     def __init__(self, root: Path, tmp: Path, did: str, key: PrivateKey | None = None,
                  wal: WriteAhead | None = None) -> None:
@@ -166,13 +172,18 @@ class Repo:
         self.did = did
         self.key = key
         self.blocks = BlockStore(root / "blocks", tmp)
-        self.journal = Journal(root / "journal", tmp)
+        self.journal = Journal(root)
         # Where a commit becomes durable first: the repo's own journal, or (in the
         # server) the firehose event log, whose #commit event carries the same blocks.
         self.wal = wal
         self.loader = NodeLoader(self.blocks.get, trusted=True)
         self._since_checkpoint = 0
         self._lock_fd: int | None = None
+        self._head_file = str(root / "HEAD")
+        self._revs_file = str(root / "revs")
+        # The last HEAD read and commit parsed (reads check HEAD on every call).
+        self._last_head: tuple[bytes, Head] | None = None
+        self._last_commit: tuple[CID, Commit] | None = None
 
     # --- HEAD -----------------------------------------------------------------------
 
@@ -182,24 +193,65 @@ class Repo:
 
     def head(self) -> Head | None:
         """The current commit (CID and rev), read from disk; None before the first."""
-        data = read_file(self.head_path)
-        if data is None:
+        try:
+            data = read_whole(self._head_file)
+        except FileNotFoundError:
             return None
+        last = self._last_head
+        if last is not None and last[0] == data:
+            return last[1]  # unchanged since the last read: skip parsing the CID again
         try:
             cid_s, rev = data.decode().split()
-            return Head(CID.decode(cid_s), rev)
+            head = Head(CID.decode(cid_s), rev)
         except (ValueError, UnicodeDecodeError) as e:
             raise CorruptRepo(f"unreadable HEAD for {self.did}") from e
+        self._last_head = (data, head)
+        return head
+
+    def recovery_head(self) -> Head | None:
+        """HEAD for recovery: after a power cut HEAD itself may be empty or torn (it is
+        written without fsync between checkpoints); then the newest commit of the `revs`
+        log whose block is present stands in, and replay moves on from there."""
+        try:
+            return self.head()
+        except CorruptRepo:
+            pass
+        for line in reversed((read_file(self._revs_file) or b"").splitlines()):
+            try:
+                rev, cid_s = line.decode().split()
+                cid = CID.decode(cid_s)
+                self.blocks.get(cid)
+            except (ValueError, UnicodeDecodeError, KeyError):
+                continue
+            return Head(cid, rev)
+        return None
 
     def _set_head(self, cid: CID, rev: str, durable: bool = False) -> None:
-        write_file(self.head_path, f"{cid.encode()} {rev}\n".encode(), self.tmp, durable=durable)
+        data = f"{cid_str(cid)} {rev}\n".encode()
+        if durable:
+            write_file(self._head_file, data, self.tmp, durable=True)
+        else:  # flushed by the next checkpoint; the write-ahead record covers it until then
+            replace_in_place(self._head_file, self._head_file + ".next", data, self.tmp)
+
+    def append_rev(self, rev: str, cid: CID) -> None:
+        """Add a commit to the `revs` log (what `export_car(since)` looks revs up in)."""
+        fd = os.open(self._revs_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, f"{rev} {cid_str(cid)}\n".encode())
+        finally:
+            os.close(fd)
 
     def commit(self, head: Head | None = None) -> Commit:
         """The current (or given) commit object."""
         head = head or self.head()
         if head is None:
             raise RepoNotFound(f"no repository for {self.did}")
-        return parse_commit(self.blocks.get(head.cid))
+        last = self._last_commit
+        if last is not None and last[0] == head.cid:
+            return last[1]
+        commit = parse_commit(self.blocks.get(head.cid))
+        self._last_commit = (head.cid, commit)
+        return commit
 
     def tree(self, commit: Commit | None = None) -> MST:
         """The MST of the current (or given) commit."""
@@ -386,8 +438,7 @@ class Repo:
             self.journal.append(result.rev, result.cid, result.blocks)
             self._since_checkpoint += 1
         self.blocks.put_many(result.blocks.items())
-        with open(self.root / "revs", "a") as f:
-            f.write(f"{result.rev} {result.cid.encode()}\n")
+        self.append_rev(result.rev, result.cid)
         self._set_head(result.cid, result.rev)
         os.ftruncate(lock_fd, 0)
         if self._since_checkpoint >= CHECKPOINT_EVERY:
@@ -399,7 +450,7 @@ class Repo:
         anything else."""
         if os.fstat(self._lock_fd).st_size == 0:
             return
-        if self.journal.revs():
+        if self.journal.pending():
             self._recover_locked()
         if self.wal is not None:
             self.wal.redo(self)
@@ -413,10 +464,9 @@ class Repo:
             self._checkpoint_locked()
 
     def _checkpoint_locked(self) -> None:
-        revs = self.journal.revs()
-        if revs:
+        if self.journal.pending():
             syncfs(self.root)
-            self.journal.drop(revs)
+            self.journal.clear()
         self._since_checkpoint = 0
 
     def recover(self) -> int:
@@ -429,18 +479,12 @@ class Repo:
             return self._recover_locked()
 
     def _recover_locked(self) -> int:
-        head = self.head()
+        head = self.recovery_head()
         replayed = 0
-        for rev in self.journal.revs():
-            entry = self.journal.read(rev)
-            if entry is None:  # torn: its commit was never acknowledged
-                os.unlink(self.journal.root / f"{rev}.car")
-                continue
-            commit_cid, blocks = entry
+        for rev, commit_cid, blocks in self.journal.entries():
             self.blocks.put_many(blocks.items(), overwrite=True)
             if head is None or rev > head.rev:
-                with open(self.root / "revs", "a") as f:
-                    f.write(f"{rev} {commit_cid.encode()}\n")
+                self.append_rev(rev, commit_cid)
                 self._set_head(commit_cid, rev)
                 head = Head(commit_cid, rev)
             replayed += 1

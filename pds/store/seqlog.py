@@ -16,7 +16,7 @@ import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from .files import ensure_dir, flock, fsync_dir, read_file, write_file
+from .files import ensure_dir, flock, fsync_dir, read_file, replace_in_place, write_file
 
 SHARD = 100_000
 
@@ -47,7 +47,8 @@ class EventLog:
                 path.parent.mkdir()
                 fsync_dir(self.root)
             write_file(path, data, self.tmp, durable=True)
-            write_file(self.root / "HEAD", str(seq).encode(), self.tmp, durable=False)
+            head = str(self.root / "HEAD")
+            replace_in_place(head, head + ".next", str(seq).encode(), self.tmp)
             return seq
 
     def _head_locked(self) -> int:

@@ -26,8 +26,8 @@ from ..repo.mst import MST, NodeLoader
 from .blobs import BlobStore
 from .layout import DataDir
 from .repo import SNAPSHOT, Repo
-from .snapshot import Snapshot
 from .seqlog import EventLog
+from .snapshot import Snapshot
 
 
 @dataclass
