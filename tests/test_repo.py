@@ -217,10 +217,52 @@ def test_journal_replay_after_lost_files(repo):
 
 def test_torn_journal_entry_is_dropped(repo):
     head = repo.head()
-    (repo.journal.root).mkdir(exist_ok=True)
-    (repo.journal.root / "3zzzzzzzzzzzz.car").write_bytes(b"\x0a\xa2garbage")
+    # A torn entry of the older one-file-per-entry layout, and a torn appended entry.
+    repo.journal.legacy.mkdir(exist_ok=True)
+    (repo.journal.legacy / "3zzzzzzzzzzzz.car").write_bytes(b"\x0a\xa2garbage")
+    with open(repo.journal.path, "ab") as f:
+        f.write(b"PJ1\n\x40\x00\x00\x00\x00\x00\x00\x003zzzzzzzzzzzz\n\x0a")
+    assert repo.journal.pending()
     repo.recover()
     assert repo.head() == head and repo.journal.revs() == []
+    assert not repo.journal.pending()
+    assert os.listdir(repo.journal.legacy) == []
+
+
+def test_recovery_mends_short_blocks_and_an_empty_head(repo):
+    """A power cut can leave files written without fsync empty or short: block files of
+    the last commits (created in place) and HEAD. Recovery rewrites them from the journal;
+    an empty HEAD falls back to the revs log, then moves forward."""
+    first = repo.apply_writes([Write("create", POST, "s1", post("one"))])
+    repo.checkpoint()
+    res = repo.apply_writes([Write("create", POST, "s2", post("two"))])
+    rec_cid = res.ops[0].cid
+    for cid in res.blocks:
+        with open(repo.blocks.path(cid), "r+b") as f:
+            f.truncate(3)
+    with pytest.raises(KeyError):
+        repo.blocks.get_checked(rec_cid)  # what getBlocks uses: a short block is not served
+    (repo.root / "HEAD").write_bytes(b"")
+    with repo.lock():
+        assert repo.recovery_head().cid == res.cid  # from the revs log: its block exists
+    assert repo.head().cid == res.cid  # and HEAD is written again
+    assert repo.recover() == 1
+    assert repo.head().cid == res.cid and repo.head().rev == res.rev
+    for cid, data in res.blocks.items():
+        assert repo.blocks.path(cid).read_bytes() == data
+    assert repo.blocks.get_checked(rec_cid) == encode(post("two"))
+    assert repo.get_record(f"{POST}/s1")[0] == first.ops[0].cid
+
+
+def test_head_replacement_keeps_its_inodes(repo):
+    """HEAD is exchanged with HEAD.next: commits allocate no inode for it (and free none)."""
+    repo.apply_writes([Write("create", POST, "h0", post("zero"))])
+    inodes = {os.stat(repo.root / "HEAD").st_ino, os.stat(repo.root / "HEAD.next").st_ino}
+    for i in range(1, 4):
+        res = repo.apply_writes([Write("create", POST, f"h{i}", post(str(i)))])
+        assert repo.head().cid == res.cid
+        assert {os.stat(repo.root / "HEAD").st_ino,
+                os.stat(repo.root / "HEAD.next").st_ino} == inodes
 
 
 def _writer(root, tmp, keybytes, tag, n):

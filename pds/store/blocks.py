@@ -42,6 +42,11 @@ class _BlockCache:
             self.items.move_to_end(key)
         return data
 
+    def drop(self, key: bytes) -> None:
+        data = self.items.pop(key, None)
+        if data is not None:
+            self.size -= len(data)
+
     def put(self, key: bytes, data: bytes) -> None:
         if len(data) > self.max_block or key in self.items:
             return
@@ -136,6 +141,7 @@ class BlockStore:
             path = self._path(cid)
             if overwrite:
                 self._replace(path, data)
+                _CACHE.drop(cid.cid_bytes)  # in case a short copy was read before
                 written += 1
             elif self._create(path, data):
                 written += 1

@@ -209,9 +209,10 @@ class Repo:
         return head
 
     def recovery_head(self) -> Head | None:
-        """HEAD for recovery: after a power cut HEAD itself may be empty or torn (it is
-        written without fsync between checkpoints); then the newest commit of the `revs`
-        log whose block is present stands in, and replay moves on from there."""
+        """HEAD for recovery, under the lock: after a power cut HEAD itself may be empty
+        or torn (it is written without fsync between checkpoints); then it is rewritten
+        to the newest commit of the `revs` log whose block is present, and replay moves
+        on from there."""
         try:
             return self.head()
         except CorruptRepo:
@@ -220,9 +221,11 @@ class Repo:
             try:
                 rev, cid_s = line.decode().split()
                 cid = CID.decode(cid_s)
-                self.blocks.get(cid)
-            except (ValueError, UnicodeDecodeError, KeyError):
+            except (ValueError, UnicodeDecodeError):
                 continue
+            if not self.blocks.has(cid):
+                continue
+            self._set_head(cid, rev)
             return Head(cid, rev)
         return None
 
