@@ -158,3 +158,43 @@ def test_export_streams_from_blocks_when_no_snapshot_can_be_written(repo, tmp_pa
     os.rmdir(tmp_path / "tmp")  # the snapshot's temporary file has nowhere to go
     assert export(repo) == walk_export(repo)
     assert not (repo.root / SNAPSHOT).exists()
+
+
+def test_refresh_rewrites_only_an_old_snapshot_behind_head(repo):
+    path = repo.root / SNAPSHOT
+    assert repo.refresh_snapshot(max_age=3600)  # none yet: built
+    assert not repo.refresh_snapshot(max_age=0)  # at HEAD already
+    res = repo.apply_writes([Write("create", COLLECTIONS[0], "3kzzzzzzzzzzy",
+                                   record(COLLECTIONS[0], 5))])
+    assert not repo.refresh_snapshot(max_age=3600)  # behind, but young
+    with Snapshot.open(path) as snap:
+        assert snap.root != res.cid
+    assert repo.refresh_snapshot(max_age=0)
+    with Snapshot.open(path) as snap:
+        assert snap.root == res.cid
+    assert export(repo) == walk_export(repo)
+
+
+def test_maintenance_refreshes_every_account(tmp_path):
+    """AppContext.refresh_snapshots (the server's minute task) over real accounts."""
+    import asyncio
+
+    from pds.config import Settings
+    from pds.services import accounts as svc
+    from pds.services.context import AppContext
+
+    (tmp_path / "tmp").mkdir()
+    settings = Settings(data_dir=tmp_path, hostname="localhost:1", handle_domains=[".test"],
+                        did_method="web", dev=True, jwt_secret="s" * 32, rate_limits=False)
+    ctx = AppContext(settings)
+    ctx.data.ensure()
+    ctx.accounts.ensure()
+    dids = [asyncio.run(svc.create_account(ctx, {"handle": f"snap{i}.test", "password": "pw-1",
+                                                 "email": f"s{i}@example.com"}, None))["did"]
+            for i in range(2)]
+    assert ctx.refresh_snapshots(max_age=0) == 2
+    assert ctx.refresh_snapshots(max_age=0) == 0
+    for did in dids:
+        repo = ctx.repo(did)
+        with Snapshot.open(repo.root / SNAPSHOT) as snap:
+            assert snap.root == repo.head().cid

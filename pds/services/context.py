@@ -14,6 +14,8 @@ from ..store.files import read_file
 from ..store.layout import DataDir
 from ..store.repo import Repo
 
+SNAPSHOT_MAX_AGE = 300.0  # seconds an export snapshot may lag a changing repo
+
 
 class AppContext:
     """Everything a handler reaches through `call.ctx`."""
@@ -93,6 +95,8 @@ class AppContext:
                 await asyncio.to_thread(checkpoint, self, retention)
                 if rounds % 300 == 1:  # every ~10 minutes
                     await asyncio.to_thread(self.collect_blobs)
+                if rounds % 30 == 15:  # every minute
+                    await asyncio.to_thread(self.refresh_snapshots)
             except Exception:  # noqa: BLE001 - try again next round
                 logging.getLogger("pds").exception("maintenance failed")
 
@@ -115,6 +119,30 @@ class AppContext:
                 with self.repo(did).lock():
                     removed += store.gc()
             return removed
+        finally:
+            os.close(fd)
+
+    def refresh_snapshots(self, max_age: float = SNAPSHOT_MAX_AGE) -> int:
+        """Bring export snapshots older than `max_age` seconds up to their repo's HEAD (one
+        worker at a time), so that a whole-repo export copies at most a few minutes of
+        changes rather than walking block files. Returns how many were rewritten."""
+        import fcntl
+        import logging
+        import os
+
+        fd = os.open(self.data.root / "tmp" / "SNAPSHOT.LOCK", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return 0
+            done = 0
+            for did in self.accounts.list_dids():
+                try:
+                    done += self.repo(did).refresh_snapshot(max_age)
+                except Exception:  # noqa: BLE001 - one damaged repo must not stop the rest
+                    logging.getLogger("pds").exception("export snapshot of %s failed", did)
+            return done
         finally:
             os.close(fd)
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -521,6 +522,25 @@ class Repo:
         else:
             yield from car.write_car([head.cid], _chain([(head.cid, commit_block)],
                                                         self._walk_blocks(tree)))
+
+    def refresh_snapshot(self, max_age: float) -> bool:
+        """Rewrite the export snapshot if it is older than `max_age` seconds and HEAD has
+        moved since (or there is none); True when it was rewritten."""
+        try:
+            age = time.time() - os.stat(self.root / SNAPSHOT).st_mtime
+        except FileNotFoundError:
+            age = float("inf")
+        head = self.head()
+        if age < max_age or head is None:
+            return False
+        commit_block = self.blocks.get(head.cid)
+        old = Snapshot.open(self.root / SNAPSHOT)
+        if old is not None:
+            old.close()
+            if old.root == head.cid:
+                return False
+        self.snapshot(head.cid, commit_block, parse_commit(commit_block).data).close()
+        return True
 
     def snapshot(self, commit_cid: CID, commit_block: bytes, data: CID) -> Snapshot:
         """The export snapshot of the given commit (see `snapshot.py`), open: the one on
