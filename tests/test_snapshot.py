@@ -55,13 +55,14 @@ class CountingReads:
 
     def __init__(self, repo: Repo, monkeypatch) -> None:
         self.n = 0
-        real = repo.blocks.get
+        for name in ("get", "read"):
+            monkeypatch.setattr(repo.blocks, name, self.counting(getattr(repo.blocks, name)))
 
-        def get(cid):
+    def counting(self, real):
+        def reader(cid):
             self.n += 1
             return real(cid)
-
-        monkeypatch.setattr(repo.blocks, "get", get)
+        return reader
 
 
 def test_first_export_writes_a_snapshot_equal_to_the_walk(repo):
@@ -94,7 +95,7 @@ def test_stale_snapshot_is_rebuilt_from_what_changed(repo, monkeypatch):
     monkeypatch.undo()
     assert data == walk_export(repo)
     # Only the paths to the three changed keys were read, not the whole repository.
-    assert 0 < reads < n_blocks // 10
+    assert 1 < reads < n_blocks // 10
 
 
 @settings(max_examples=15, deadline=None,

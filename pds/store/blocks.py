@@ -113,6 +113,14 @@ class BlockStore:
         _CACHE.put(cid.cid_bytes, data)
         return data
 
+    def read(self, cid: CID) -> bytes:
+        """A block's bytes from its file, bypassing the cache (for whole-repo walks that
+        would only evict what other reads need); KeyError when absent."""
+        try:
+            return read_whole(self._path(cid))
+        except FileNotFoundError:
+            raise KeyError(cid) from None
+
     def get_checked(self, cid: CID) -> bytes:
         """A block's bytes, hashed against its CID: for readers of arbitrary CIDs, which
         may name a block whose commit is still being written (KeyError until it is)."""

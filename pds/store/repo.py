@@ -551,8 +551,8 @@ class Repo:
             return old
         try:
             return build_snapshot(path, self.tmp, commit_cid, commit_block, data,
-                                  NodeLoader(self.blocks.get, trusted=True),
-                                  self.blocks.get, old)
+                                  NodeLoader(self.blocks.read, trusted=True),
+                                  self.blocks.read, old)
         finally:
             if old is not None:
                 old.close()
