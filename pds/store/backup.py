@@ -83,7 +83,9 @@ def backup(src_root: str | os.PathLike, dest_root: str | os.PathLike) -> dict:
         a_src, a_dst = src / "accounts" / did, dest / "accounts" / did
         _copy_tree(a_src / "blocks", a_dst / "blocks", immutable=True)
         _copy_tree(a_src / "blobs", a_dst / "blobs", immutable=True)
-        _copy_tree(a_src, a_dst, skip={"blocks", "blobs", *_ACCOUNT_FIRST})
+        # The export snapshot is derived (rebuilt on the first export), HEAD.next a spare.
+        _copy_tree(a_src, a_dst, skip={"blocks", "blobs", "export.car", "HEAD.next",
+                                       *_ACCOUNT_FIRST})
     for d in _TOP_DIRS:
         _copy_tree(src / d, dest / d)
     _copy_file(src / "pds.env", dest / "pds.env")
