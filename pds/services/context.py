@@ -10,7 +10,7 @@ import httpx
 from ..config import Settings
 from ..repo.keys import PrivateKey, load_private_key
 from ..store.accounts import AccountStore
-from ..store.files import read_file
+from ..store.files import read_file, try_flock
 from ..store.layout import DataDir
 from ..store.repo import Repo
 
@@ -102,15 +102,9 @@ class AppContext:
 
     def collect_blobs(self) -> int:
         """Remove unreferenced uploads past their grace period (one worker at a time)."""
-        import fcntl
-        import os
-
         from ..store.blobs import BlobStore
-        fd = os.open(self.data.root / "tmp" / "BLOBGC.LOCK", os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
+        with try_flock(self.data.tmp / "BLOBGC.LOCK") as held:
+            if not held:
                 return 0
             removed = 0
             for did in self.accounts.list_dids():
@@ -119,22 +113,15 @@ class AppContext:
                 with self.repo(did).lock():
                     removed += store.gc()
             return removed
-        finally:
-            os.close(fd)
 
     def refresh_snapshots(self, max_age: float = SNAPSHOT_MAX_AGE) -> int:
         """Bring export snapshots older than `max_age` seconds up to their repo's HEAD (one
         worker at a time), so that a whole-repo export copies at most a few minutes of
         changes rather than walking block files. Returns how many were rewritten."""
-        import fcntl
         import logging
-        import os
 
-        fd = os.open(self.data.root / "tmp" / "SNAPSHOT.LOCK", os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
+        with try_flock(self.data.tmp / "SNAPSHOT.LOCK") as held:
+            if not held:
                 return 0
             done = 0
             for did in self.accounts.list_dids():
@@ -143,8 +130,6 @@ class AppContext:
                 except Exception:  # noqa: BLE001 - one damaged repo must not stop the rest
                     logging.getLogger("pds").exception("export snapshot of %s failed", did)
             return done
-        finally:
-            os.close(fd)
 
     async def shutdown(self) -> None:
         task = getattr(self, "_checkpointer", None)

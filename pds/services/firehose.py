@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import logging
 import os
 import time
@@ -24,7 +23,7 @@ from typing import Any
 
 from ..repo import events as ev
 from ..repo.car import read_car_blocks
-from ..store.files import read_file, write_file
+from ..store.files import read_file, try_flock, write_file
 from ..store.journal import syncfs
 from ..store.repo import CommitResult, Repo, RepoError, WriteAhead
 from ..store.seqlog import EventLog
@@ -165,12 +164,8 @@ def checkpoint(ctx: Any, retention_s: float | None = None) -> int | None:
     """Advance CHECKPOINT over events whose repo files are all written, after a syncfs;
     prune events older than the retention. One worker at a time (others skip)."""
     log_ = EventLog(ctx.data.root / "seq", ctx.data.tmp)
-    lock_path = log_.root / "CHECKPOINT.LOCK"
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+    with try_flock(log_.root / "CHECKPOINT.LOCK") as held:
+        if not held:
             return None
         cp, head = log_.checkpoint(), log_.head()
         upto = cp
@@ -191,8 +186,6 @@ def checkpoint(ctx: Any, retention_s: float | None = None) -> int | None:
         if retention_s is not None:
             log_.prune(time.time() - retention_s, keep_after=upto)
         return upto
-    finally:
-        os.close(fd)
 
 
 # --- delivery -------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from cbrrr import CID
 
 from ..repo.codec import raw_cid_for
 from .blocks import shard_path
-from .files import ensure_dir, fsync_dir, read_file, write_file
+from .files import ensure_dir, fsync_dir, read_file, write_all, write_file
 
 TEMP_GRACE = 3600  # seconds an unreferenced upload is kept
 
@@ -147,9 +147,7 @@ class Upload:
             self.abort()
             raise BlobTooLarge()
         self.hash.update(chunk)
-        view = memoryview(chunk)
-        while view:
-            view = view[os.write(self.fd, view):]
+        write_all(self.fd, chunk)
 
     def finish(self, mime: str) -> tuple[CID, dict]:
         """fsync, move into place, and record the metadata; returns (cid, metadata)."""

@@ -24,7 +24,7 @@ from pathlib import Path
 from cbrrr import CID
 
 from ..repo.codec import cid_for, cid_str
-from .files import write_file
+from .files import read_whole, write_all, write_file
 
 
 class _BlockCache:
@@ -65,23 +65,6 @@ def shard_path(root: Path, cid: str) -> Path:
     return root / cid[-2:] / cid
 
 
-def read_whole(path: str) -> bytes:
-    """A file's bytes, through plain descriptors (no buffered file object: blocks are
-    small and many). FileNotFoundError when absent."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        data = os.read(fd, _READ_SIZE)
-        if len(data) == _READ_SIZE:
-            parts = [data]
-            while chunk := os.read(fd, 1 << 20):
-                parts.append(chunk)
-            data = b"".join(parts)
-        return data
-    finally:
-        os.close(fd)
-
-
-_READ_SIZE = 65536
 _NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL
 
 
@@ -104,13 +87,9 @@ class BlockStore:
         """A block's bytes; KeyError when absent. Small blocks are cached per process: a
         block never changes, so a cached one is always right."""
         data = _CACHE.get(cid.cid_bytes)
-        if data is not None:
-            return data
-        try:
-            data = read_whole(self._path(cid))
-        except FileNotFoundError:
-            raise KeyError(cid) from None
-        _CACHE.put(cid.cid_bytes, data)
+        if data is None:
+            data = self.read(cid)
+            _CACHE.put(cid.cid_bytes, data)
         return data
 
     def read(self, cid: CID) -> bytes:
@@ -125,15 +104,11 @@ class BlockStore:
         """A block's bytes, hashed against its CID: for readers of arbitrary CIDs, which
         may name a block whose commit is still being written (KeyError until it is)."""
         data = _CACHE.get(cid.cid_bytes)
-        if data is not None:
-            return data
-        try:
-            data = read_whole(self._path(cid))
-        except FileNotFoundError:
-            raise KeyError(cid) from None
-        if cid_for(data) != cid:
-            raise KeyError(cid)
-        _CACHE.put(cid.cid_bytes, data)
+        if data is None:
+            data = self.read(cid)
+            if cid_for(data) != cid:
+                raise KeyError(cid)
+            _CACHE.put(cid.cid_bytes, data)
         return data
 
     def has(self, cid: CID) -> bool:
@@ -167,9 +142,7 @@ class BlockStore:
             except FileExistsError:
                 return False
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
+            write_all(fd, data)
         finally:
             os.close(fd)
         return True

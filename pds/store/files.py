@@ -26,15 +26,39 @@ def fsync_dir(path: str | os.PathLike) -> None:
         os.close(fd)
 
 
+def write_all(fd: int, data: bytes) -> None:
+    """Write all of `data` to `fd` (os.write may write less than asked)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def read_whole(path: str | os.PathLike) -> bytes:
+    """A file's bytes through plain descriptors (no buffered file object: the store reads
+    many small files). FileNotFoundError when absent."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        data = os.read(fd, _READ_SIZE)
+        if len(data) == _READ_SIZE:
+            parts = [data]
+            while chunk := os.read(fd, 1 << 20):
+                parts.append(chunk)
+            data = b"".join(parts)
+        return data
+    finally:
+        os.close(fd)
+
+
+_READ_SIZE = 65536
+
+
 def write_file(path: str | os.PathLike, data: bytes, tmp_dir: str | os.PathLike,
                durable: bool = True, mode: int = 0o644) -> None:
     """Replace `path` with `data` atomically; with `durable`, fsync file and directory."""
     tmp = os.path.join(tmp_dir, f".{os.getpid()}.{secrets.token_hex(8)}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
+        write_all(fd, data)
         if durable:
             os.fdatasync(fd)
     except BaseException:
@@ -52,8 +76,8 @@ def write_file(path: str | os.PathLike, data: bytes, tmp_dir: str | os.PathLike,
         fsync_dir(os.path.dirname(path) or ".")
 
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-_renameat2 = getattr(_libc, "renameat2", None)
+libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+_renameat2 = getattr(libc, "renameat2", None)
 _AT_FDCWD = -100
 _RENAME_EXCHANGE = 2
 _exchange_works = _renameat2 is not None
@@ -96,8 +120,7 @@ def replace_in_place(path: str, spare: str, data: bytes, tmp_dir: str | os.PathL
 def read_file(path: str | os.PathLike) -> bytes | None:
     """A file's bytes, or None when it does not exist."""
     try:
-        with open(path, "rb") as f:
-            return f.read()
+        return read_whole(path)
     except FileNotFoundError:
         return None
 
@@ -125,6 +148,22 @@ def flock(path: str | os.PathLike, shared: bool = False) -> Iterator[int]:
     try:
         fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
         yield fd
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def try_flock(path: str | os.PathLike) -> Iterator[bool]:
+    """Hold an exclusive lock on `path` if no one else does: yields True when held, False
+    (at once) when another process has it. For jobs one worker at a time runs."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+        else:
+            yield True
     finally:
         os.close(fd)
 

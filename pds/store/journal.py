@@ -20,8 +20,6 @@ removed, for data dirs written by earlier versions.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import os
 import struct
 import zlib
@@ -32,9 +30,7 @@ from cbrrr import CID
 
 from ..repo.car import car_bytes, read_car_blocks
 from ..repo.codec import InvalidData
-from .files import fsync_dir
-
-_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+from .files import fsync_dir, libc, write_all
 
 MAGIC = b"PJ1\n"
 _HEAD = struct.Struct("<4sII")
@@ -47,7 +43,7 @@ def syncfs(path: Path) -> None:
     file); falls back to a global sync where syncfs is missing."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        if getattr(_libc, "syncfs", None) is None or _libc.syncfs(fd) != 0:
+        if getattr(libc, "syncfs", None) is None or libc.syncfs(fd) != 0:
             os.sync()
     finally:
         os.close(fd)
@@ -75,9 +71,7 @@ class Journal:
             fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
             created = True
         try:
-            view = memoryview(entry)
-            while view:
-                view = view[os.write(fd, view):]
+            write_all(fd, entry)
             os.fdatasync(fd)
         finally:
             os.close(fd)

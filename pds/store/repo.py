@@ -34,8 +34,8 @@ from ..repo.keys import PrivateKey, PublicKey
 from ..repo.mst import MST, NodeLoader, diff
 from ..repo.syntax import InvalidSyntax, ensure_valid_nsid, ensure_valid_record_key
 from ..repo.tid import next_tid
-from .blocks import BlockStore, read_whole
-from .files import flock, read_file, replace_in_place, write_file
+from .blocks import BlockStore
+from .files import flock, read_file, read_whole, replace_in_place, write_file
 from .journal import Journal, syncfs
 from .snapshot import Snapshot
 from .snapshot import build as build_snapshot
@@ -187,10 +187,6 @@ class Repo:
         self._last_commit: tuple[CID, Commit] | None = None
 
     # --- HEAD -----------------------------------------------------------------------
-
-    @property
-    def head_path(self) -> Path:
-        return self.root / "HEAD"
 
     def head(self) -> Head | None:
         """The current commit (CID and rev), read from disk; None before the first."""
@@ -505,8 +501,7 @@ class Repo:
         if head is None:
             raise RepoNotFound(f"no repository for {self.did}")
         commit_block = self.blocks.get(head.cid)
-        commit = parse_commit(commit_block)
-        tree = MST(self.loader, commit.data)
+        tree = MST(self.loader, self.commit(head).data)
         old = self._commit_at(since) if since else None
         if old is not None:
             blocks = self._diff_blocks(MST(self.loader, parse_commit(self.blocks.get(old)).data),
@@ -514,7 +509,7 @@ class Repo:
             yield from car.write_car([head.cid], _chain([(head.cid, commit_block)], blocks))
             return
         try:
-            snap = self.snapshot(head.cid, commit_block, commit.data)
+            snap, _built = self.snapshot(head)
         except OSError:  # no room or a read-only copy: stream from the block files
             snap = None
         if snap is not None:
@@ -533,26 +528,23 @@ class Repo:
         head = self.head()
         if age < max_age or head is None:
             return False
-        commit_block = self.blocks.get(head.cid)
-        old = Snapshot.open(self.root / SNAPSHOT)
-        if old is not None:
-            old.close()
-            if old.root == head.cid:
-                return False
-        self.snapshot(head.cid, commit_block, parse_commit(commit_block).data).close()
-        return True
+        snap, built = self.snapshot(head)
+        snap.close()
+        return built
 
-    def snapshot(self, commit_cid: CID, commit_block: bytes, data: CID) -> Snapshot:
-        """The export snapshot of the given commit (see `snapshot.py`), open: the one on
-        disk when it is that commit's, else a new one built from it."""
+    def snapshot(self, head: Head) -> tuple[Snapshot, bool]:
+        """The export snapshot of commit `head` (see `snapshot.py`), open, and whether it
+        was built now: the one on disk when it is that commit's, else a new one built
+        from it."""
         path = self.root / SNAPSHOT
         old = Snapshot.open(path)
-        if old is not None and old.root == commit_cid:
-            return old
+        if old is not None and old.root == head.cid:
+            return old, False
         try:
-            return build_snapshot(path, self.tmp, commit_cid, commit_block, data,
+            return build_snapshot(path, self.tmp, head.cid, self.blocks.get(head.cid),
+                                  self.commit(head).data,
                                   NodeLoader(self.blocks.read, trusted=True),
-                                  self.blocks.read, old)
+                                  self.blocks.read, old), True
         finally:
             if old is not None:
                 old.close()

@@ -31,8 +31,9 @@ from pathlib import Path
 from cbrrr import CID
 
 from ..repo import car
-from ..repo.codec import InvalidData, decode
+from ..repo.codec import InvalidData
 from ..repo.mst import NodeLoader, Ref
+from .files import write_all
 
 MAGIC = b"PDSXCAR1"
 _TRAILER = struct.Struct("<QQ8s")
@@ -122,20 +123,9 @@ class _Index:
 
 
 def _car_root(head: bytes) -> CID:
-    """The single root of a CAR from its first bytes."""
-    n, shift, i = 0, 0, 0
-    while True:
-        if i >= len(head) or i > 9:
-            raise ValueError("bad CAR header length")
-        b = head[i]
-        n |= (b & 0x7F) << shift
-        shift += 7
-        i += 1
-        if b < 0x80:
-            break
-    header = decode(head[i:i + n])
-    roots = header.get("roots") if isinstance(header, dict) else None
-    if not roots or not isinstance(roots[0], CID):
+    """The first root of a CAR from its first bytes (the header)."""
+    roots, _blocks = car.read_car(head)
+    if not roots:
         raise ValueError("CAR header without a root")
     return roots[0]
 
@@ -157,7 +147,7 @@ class _Writer:
     def flush(self) -> None:
         data = bytes(self.buf)
         self.buf.clear()
-        _write_all(self.fd, data)
+        write_all(self.fd, data)
 
     def copy(self, src: int, offset: int, length: int) -> None:
         self.flush()
@@ -171,16 +161,10 @@ class _Writer:
                 data = os.pread(src, min(length - done, _FLUSH), offset + done)
                 if not data:
                     raise OSError("old snapshot ended early")
-                _write_all(self.fd, data)
+                write_all(self.fd, data)
                 n = len(data)
             done += n
         self.pos += length
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
 
 
 def build(path: Path, tmp: Path, commit_cid: CID, commit_block: bytes, data: Ref,
