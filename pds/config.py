@@ -98,15 +98,13 @@ def check_bind(value: str) -> str:
     return value
 
 
-def check_url(value: str, dev: bool) -> str:
-    """An absolute http(s) URL, without its trailing slash; plain http needs PDS_DEV."""
+def check_url(value: str) -> str:
+    """An absolute http(s) URL, without its trailing slash."""
     if len(value) > 2048:
         raise SettingsError("is too long")
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise SettingsError(f"{value!r} is not an http(s) URL such as https://plc.directory")
-    if parts.scheme == "http" and not dev:
-        raise SettingsError(f"{value!r} is plain http, which needs PDS_DEV=true")
     return value.rstrip("/")
 
 
@@ -237,12 +235,12 @@ class _Loader:
             hostname=hostname,
             bind=self.get("BIND", DEFAULT_BIND, check_bind),
             workers=self.get("WORKERS", "2", _number(int, 1, 64)),
-            plc_url=self.get("PLC_URL", "https://plc.directory", lambda v: check_url(v, dev)),
+            plc_url=self.get("PLC_URL", "https://plc.directory", check_url),
             handle_domains=domains or ["." + hostname.split(":")[0]],
             invite_required=self.get("INVITE_REQUIRED", "false", parse_bool),
             admin_password=self.get("ADMIN_PASSWORD", "", str),
             crawlers=self.get("CRAWLERS", "",
-                              lambda v: [check_url(u, dev) for u in _list(v)]),
+                              lambda v: [check_url(u) for u in _list(v)]),
             blob_limit=self.get("BLOB_LIMIT", str(100 * 1024 * 1024),
                                 _number(int, 1, 2**40)),
             dev=dev,
@@ -253,7 +251,7 @@ class _Loader:
                                               _number(float, 0.01, 24 * 365 * 10)),
             behind_nginx=self.get("BEHIND_NGINX", "false", parse_bool),
             appview_url=self.get("APPVIEW_URL", "",
-                                 lambda v: check_url(v, dev) if v else ""),
+                                 lambda v: check_url(v) if v else ""),
             appview_did=self.get("APPVIEW_DID", "", str),
             rate_limits=self.get("RATE_LIMITS", "true", parse_bool),
             log_level=self.get("LOG_LEVEL", "info", _choice(*LOG_LEVELS)),
