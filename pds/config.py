@@ -248,7 +248,7 @@ class _Loader:
             plc_rotation_key=self.get("PLC_ROTATION_KEY", "", str),
             did_method=self.get("DID_METHOD", "plc", _choice("plc", "web")),
             firehose_retention_hours=self.get("FIREHOSE_RETENTION", "72",
-                                              _number(float, 0.01, 24 * 365 * 10)),
+                                              _number(float, 1e-6, 24 * 365 * 10)),
             behind_nginx=self.get("BEHIND_NGINX", "false", parse_bool),
             appview_url=self.get("APPVIEW_URL", "",
                                  lambda v: check_url(v) if v else ""),
