@@ -17,6 +17,12 @@ if TYPE_CHECKING:
     from ..services.context import AppContext
 
 
+def _account(data_dir: Path, who: str) -> tuple[AppContext, str]:
+    """The services of the data dir, and the DID of the account named."""
+    ctx = load_context(data_dir)
+    return ctx, _did_of(ctx, who)
+
+
 def _did_of(ctx: AppContext, who: str) -> str:
     """The DID of an account named by its DID or handle."""
     from ..repo.syntax import is_valid_did, is_valid_handle
@@ -71,8 +77,7 @@ def account_create(handle: str, email: str, password: str | None, data_dir: Path
 @data_dir_option
 def account_delete(who: str, yes: bool, data_dir: Path) -> None:
     """Delete an account: its repo, blobs, handle and sessions. Cannot be undone."""
-    ctx = load_context(data_dir)
-    did = _did_of(ctx, who)
+    ctx, did = _account(data_dir, who)
     handle = (ctx.accounts.get(did) or {}).get("handle", "?")
     if not yes:
         if not sys.stdin.isatty():
@@ -91,8 +96,7 @@ def account_takedown(who: str, ref: str | None, data_dir: Path) -> None:
     """Take an account down.
 
     Its sessions end, its repo and blobs are no longer served, and the network is told."""
-    ctx = load_context(data_dir)
-    did = _did_of(ctx, who)
+    ctx, did = _account(data_dir, who)
     ctx.lifecycle.takedown(did, True, ref)
     click.echo(f"takedown: {did}", err=True)
 
@@ -102,8 +106,7 @@ def account_takedown(who: str, ref: str | None, data_dir: Path) -> None:
 @data_dir_option
 def account_untakedown(who: str, data_dir: Path) -> None:
     """Reverse a takedown."""
-    ctx = load_context(data_dir)
-    did = _did_of(ctx, who)
+    ctx, did = _account(data_dir, who)
     ctx.lifecycle.takedown(did, False)
     click.echo(f"untakedown: {did}", err=True)
 
@@ -114,8 +117,7 @@ def account_untakedown(who: str, data_dir: Path) -> None:
 @data_dir_option
 def account_reset_password(who: str, password: str | None, data_dir: Path) -> None:
     """Set a new password; every session of the account ends."""
-    ctx = load_context(data_dir)
-    did = _did_of(ctx, who)
+    ctx, did = _account(data_dir, who)
     chosen = password or new_password()
     ctx.lifecycle.set_password(did, chosen)
     if not password:

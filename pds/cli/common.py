@@ -100,6 +100,12 @@ class Progress:
         self.stream.flush()
         self._drawn = True
 
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def close(self) -> None:
         """Erase the line, so what follows starts clean."""
         if self._drawn:

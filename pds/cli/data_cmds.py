@@ -21,11 +21,8 @@ def verify(data_dir: Path) -> None:
     """
     from ..store.verify import verify_data_dir
     root = require_data_dir(data_dir)
-    progress = Progress()
-    try:
+    with Progress() as progress:
         report = verify_data_dir(root, progress=progress)
-    finally:
-        progress.close()
     for p in report.problems:
         click.echo(f"PROBLEM {p}")
     counts = ", ".join(plural(n, w) for n, w in (
@@ -46,11 +43,8 @@ def backup(dest: Path, data_dir: Path) -> None:
     backup of the same PDS (then only what changed is copied)."""
     from ..store.backup import backup as run
     root = require_data_dir(data_dir)
-    progress = Progress()
-    try:
+    with Progress() as progress:
         out = run(root, dest, progress=progress)
-    finally:
-        progress.close()
     click.echo(f"backed up {plural(out['accounts'], 'account')} to {dest} "
                f"({plural(out['replayed'], 'recent commit')} replayed into the copy)")
 
@@ -69,10 +63,7 @@ def restore(backup_dir: Path, data_dir: Path) -> None:
     if (data_dir / "pds.env").exists():
         raise CliError(f"{data_dir.resolve()} holds a PDS: move it away first "
                        "(restore never overwrites a data dir)")
-    progress = Progress()
-    try:
+    with Progress() as progress:
         out = run(backup_dir, data_dir, progress=progress)
-    finally:
-        progress.close()
     click.echo(f"restored {plural(out['accounts'], 'account')} from {backup_dir} "
                f"into {data_dir.resolve()}")
