@@ -2,17 +2,37 @@
 
 `pds.env` is written by `pds init` (0600: it holds the JWT secret, the admin password and
 the PLC rotation key) in the `KEY=value` form systemd's `EnvironmentFile=` reads.
+
+Every value is checked once, here, when the settings are loaded: a mistake stops the
+command that loads them with a `SettingsError` naming the variable, where it came from and
+what a good value looks like, instead of surfacing later as a wrong DID document.
 """
 
 from __future__ import annotations
 
 import os
+import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
+from urllib.parse import urlsplit
 
 DEFAULT_DATA_DIR = "./data"
 DEFAULT_BIND = "127.0.0.1:2583"
+DEFAULT_HOSTNAME = "localhost:2583"
 ENV_FILE = "pds.env"
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+# One DNS label: letters, digits and inner hyphens, at most 63 characters.
+_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off", "")
+T = TypeVar("T")
+
+
+class SettingsError(ValueError):
+    """A setting that cannot be used; the message says which and how to fix it."""
 
 
 def parse_env_file(path: Path) -> dict[str, str]:
@@ -34,12 +54,100 @@ def parse_env_file(path: Path) -> dict[str, str]:
     return out
 
 
-def _bool(v: str | None) -> bool:
-    return (v or "").strip().lower() in ("1", "true", "yes", "on")
+def is_domain(name: str) -> bool:
+    """A DNS name of at least one label (no scheme, port, path or trailing dot)."""
+    if not name or len(name) > 253:
+        return False
+    return all(_LABEL.fullmatch(label) for label in name.split("."))
 
 
-def _list(v: str | None) -> list[str]:
-    return [x.strip() for x in (v or "").split(",") if x.strip()]
+def check_hostname(value: str, dev: bool) -> str:
+    """The public host name, optionally with a port (development only). Raises
+    `SettingsError` with a message a person can act on."""
+    example = "a bare host name such as pds.example.com"
+    if len(value) > 253 + 6:
+        raise SettingsError(f"is too long; use {example}")
+    if "://" in value or "/" in value:
+        raise SettingsError(f"{value!r} is a URL; use {example} (no scheme, path or slash)")
+    host, sep, port = value.partition(":")
+    if value != value.lower():
+        raise SettingsError(f"{value!r} has capital letters; use {value.lower()!r}")
+    if not is_domain(host):
+        raise SettingsError(f"{value!r} is not a host name; use {example}")
+    if sep:
+        if not port.isdigit() or not 0 < int(port) < 65536:
+            raise SettingsError(f"{value!r} has a bad port")
+        if not dev and host != "localhost":
+            raise SettingsError(
+                f"{value!r} carries a port, which only development setups can use (set "
+                "PDS_DEV=true, or `pds init --dev`); in production nginx serves the PDS "
+                "on 443 and the host name has no port")
+    return value
+
+
+def check_bind(value: str) -> str:
+    """`HOST:PORT`, `[V6]:PORT` or `unix:PATH`."""
+    if value.startswith("unix:"):
+        if len(value) > 5 + 100 or not value[5:].startswith("/"):
+            raise SettingsError(f"{value!r}: a unix socket needs an absolute path (unix:/...)")
+        return value
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise SettingsError(f"{value!r} is not HOST:PORT (such as 127.0.0.1:2583) "
+                            "or unix:/path/to.sock")
+    return value
+
+
+def check_url(value: str) -> str:
+    """An absolute http(s) URL, without its trailing slash."""
+    if len(value) > 2048:
+        raise SettingsError("is too long")
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise SettingsError(f"{value!r} is not an http(s) URL such as https://plc.directory")
+    return value.rstrip("/")
+
+
+def check_handle_domain(value: str) -> str:
+    """A handle suffix: `.example.com` (the leading dot is added when missing)."""
+    domain = value if value.startswith(".") else "." + value
+    if not is_domain(domain[1:].lower()):
+        raise SettingsError(f"{value!r} is not a domain suffix such as .example.com")
+    return domain.lower()
+
+
+def parse_bool(value: str) -> bool:
+    """true/false, yes/no, on/off, 1/0 (any case); anything else is a mistake."""
+    v = value.strip().lower()
+    if v in _TRUE:
+        return True
+    if v in _FALSE:
+        return False
+    raise SettingsError(f"{value!r} is not true or false")
+
+
+def _number(kind: Callable[[str], T], lo: float, hi: float) -> Callable[[str], T]:
+    def check(value: str) -> T:
+        try:
+            n = kind(value.strip())
+        except ValueError:
+            raise SettingsError(f"{value!r} is not a number") from None
+        if not lo <= n <= hi:  # type: ignore[operator]
+            raise SettingsError(f"{value!r} is out of range ({lo:g} to {hi:g})")
+        return n
+    return check
+
+
+def _choice(*allowed: str) -> Callable[[str], str]:
+    def check(value: str) -> str:
+        if value.lower() not in allowed:
+            raise SettingsError(f"{value!r} is not one of {', '.join(allowed)}")
+        return value.lower()
+    return check
+
+
+def _list(v: str) -> list[str]:
+    return [x.strip() for x in v.split(",") if x.strip()]
 
 
 @dataclass
@@ -65,6 +173,8 @@ class Settings:
     appview_url: str = ""
     appview_did: str = ""
     rate_limits: bool = True
+    log_level: str = "info"
+    access_log: bool = True
 
     @property
     def public_url(self) -> str:
@@ -81,38 +191,69 @@ class Settings:
         """The hostname without a port."""
         return self.hostname.split(":")[0]
 
+    @property
+    def port(self) -> int | None:
+        """The port in the hostname, if it has one."""
+        _, sep, port = self.hostname.partition(":")
+        return int(port) if sep else None
+
     @classmethod
     def load(cls, data_dir: str | os.PathLike | None = None,
              env: dict[str, str] | None = None) -> Settings:
-        """Settings for a data dir: the process environment overrides `pds.env`."""
+        """Settings for a data dir: the process environment overrides `pds.env`.
+        Raises `SettingsError` naming the first bad value."""
         environ = dict(os.environ if env is None else env)
         root = Path(data_dir or environ.get("PDS_DATA_DIR") or DEFAULT_DATA_DIR).resolve()
-        values = {**parse_env_file(root / ENV_FILE),
-                  **{k: v for k, v in environ.items() if k.startswith("PDS_")}}
+        from_file = parse_env_file(root / ENV_FILE)
+        values = {**from_file, **{k: v for k, v in environ.items() if k.startswith("PDS_")}}
+        return _Loader(values, from_file, root).settings()
 
-        def get(name: str, default: str = "") -> str:
-            return values.get("PDS_" + name, default)
 
-        hostname = get("HOSTNAME", "localhost:2583")
-        domains = _list(get("HANDLE_DOMAINS")) or ["." + hostname.split(":")[0]]
-        return cls(
-            data_dir=root,
+class _Loader:
+    """Reads each value once, checks it, and says where a bad one came from."""
+
+    def __init__(self, values: dict[str, str], from_file: dict[str, str], root: Path) -> None:
+        self.values, self.from_file, self.root = values, from_file, root
+
+    def get(self, name: str, default: str, check: Callable[[str], T]) -> T:
+        key = "PDS_" + name
+        raw = self.values.get(key, default)
+        try:
+            return check(raw)
+        except SettingsError as e:
+            where = (f"in {self.root / ENV_FILE}" if self.from_file.get(key) == raw
+                     and key in self.from_file else "in the environment")
+            raise SettingsError(f"{key} {where}: {e}") from None
+
+    def settings(self) -> Settings:
+        dev = self.get("DEV", "false", parse_bool)
+        hostname = self.get("HOSTNAME", DEFAULT_HOSTNAME, lambda v: check_hostname(v, dev))
+        domains = self.get("HANDLE_DOMAINS", "",
+                           lambda v: [check_handle_domain(d) for d in _list(v)])
+        return Settings(
+            data_dir=self.root,
             hostname=hostname,
-            bind=get("BIND", DEFAULT_BIND),
-            workers=int(get("WORKERS", "2")),
-            plc_url=get("PLC_URL", "https://plc.directory").rstrip("/"),
-            handle_domains=[d if d.startswith(".") else "." + d for d in domains],
-            invite_required=_bool(get("INVITE_REQUIRED")),
-            admin_password=get("ADMIN_PASSWORD"),
-            crawlers=_list(get("CRAWLERS")),
-            blob_limit=int(get("BLOB_LIMIT", str(100 * 1024 * 1024))),
-            dev=_bool(get("DEV")),
-            jwt_secret=get("JWT_SECRET"),
-            plc_rotation_key=get("PLC_ROTATION_KEY"),
-            did_method=get("DID_METHOD", "plc"),
-            firehose_retention_hours=float(get("FIREHOSE_RETENTION", "72")),
-            behind_nginx=_bool(get("BEHIND_NGINX")),
-            appview_url=get("APPVIEW_URL").rstrip("/"),
-            appview_did=get("APPVIEW_DID"),
-            rate_limits=get("RATE_LIMITS", "true").lower() not in ("0", "false", "no", "off"),
+            bind=self.get("BIND", DEFAULT_BIND, check_bind),
+            workers=self.get("WORKERS", "2", _number(int, 1, 64)),
+            plc_url=self.get("PLC_URL", "https://plc.directory", check_url),
+            handle_domains=domains or ["." + hostname.split(":")[0]],
+            invite_required=self.get("INVITE_REQUIRED", "false", parse_bool),
+            admin_password=self.get("ADMIN_PASSWORD", "", str),
+            crawlers=self.get("CRAWLERS", "",
+                              lambda v: [check_url(u) for u in _list(v)]),
+            blob_limit=self.get("BLOB_LIMIT", str(100 * 1024 * 1024),
+                                _number(int, 1, 2**40)),
+            dev=dev,
+            jwt_secret=self.get("JWT_SECRET", "", str),
+            plc_rotation_key=self.get("PLC_ROTATION_KEY", "", str),
+            did_method=self.get("DID_METHOD", "plc", _choice("plc", "web")),
+            firehose_retention_hours=self.get("FIREHOSE_RETENTION", "72",
+                                              _number(float, 1e-6, 24 * 365 * 10)),
+            behind_nginx=self.get("BEHIND_NGINX", "false", parse_bool),
+            appview_url=self.get("APPVIEW_URL", "",
+                                 lambda v: check_url(v) if v else ""),
+            appview_did=self.get("APPVIEW_DID", "", str),
+            rate_limits=self.get("RATE_LIMITS", "true", parse_bool),
+            log_level=self.get("LOG_LEVEL", "info", _choice(*LOG_LEVELS)),
+            access_log=self.get("ACCESS_LOG", "true", parse_bool),
         )

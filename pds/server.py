@@ -123,7 +123,7 @@ class PdsApplication(BaseApplication):
             # Requests are logged by the app (with request ids), not by gunicorn.
             "accesslog": None,
             "errorlog": "-",
-            "loglevel": os.environ.get("PDS_LOG_LEVEL", "info"),
+            "loglevel": s.log_level,
             **self.extra,
         }
         for k, v in cfg.items():
@@ -131,11 +131,11 @@ class PdsApplication(BaseApplication):
                 self.cfg.set(k, v)
 
     def load(self) -> falcon.asgi.App:
-        _setup_logging()
+        _setup_logging(self.settings)
         return build_app(self.settings)
 
 
-def _setup_logging() -> None:
+def _setup_logging(settings: Settings) -> None:
     """Access lines to stdout, everything else (with tracebacks) to stderr."""
     access = logging.getLogger("pds.access")
     access.propagate = False
@@ -143,8 +143,7 @@ def _setup_logging() -> None:
         h = logging.StreamHandler(sys.stdout)
         h.setFormatter(logging.Formatter("%(message)s"))
         access.addHandler(h)
-    access.setLevel(logging.INFO if os.environ.get("PDS_ACCESS_LOG", "1") != "0"
-                    else logging.WARNING)
+    access.setLevel(logging.INFO if settings.access_log else logging.WARNING)
     root = logging.getLogger("pds")
     if not root.handlers:
         h = logging.StreamHandler(sys.stderr)

@@ -149,7 +149,7 @@ def test_cli_account_create_list_takedown_reset_delete(server: Server, api: Api)
     err(login(api, did, new), 401)
     ok(login(api, did, "chosen one 1"))
 
-    pds(server, "account", "delete", did)
+    pds(server, "account", "delete", did, "--yes")
     assert did not in cli_accounts(server)
     err(api.get("com.atproto.sync.getRepo", did=did), 400, "RepoNotFound")
     err(login(api, "clia.test", "chosen one 1"), 401)

@@ -195,7 +195,7 @@ def test_backup_during_write_storm_restores_every_acknowledged_write(tmp_path: P
         api.close()
 
         # The backup is a consistent data dir.
-        res = run_pds("verify", str(dest), check=False)
+        res = run_pds("verify", "--data-dir", str(dest), check=False)
         assert res.returncode == 0, f"pds verify of the backup failed:\n{res.stdout}"
         assert ", 0 problems" not in res.stdout and res.stdout.strip().endswith("OK")
 
@@ -281,7 +281,7 @@ def test_backup_of_a_stopped_dir_is_repeatable_and_verifies(tmp_path: Path) -> N
     finally:
         server.stop()
     run_pds("backup", str(dest), "--data-dir", str(data))
-    res = run_pds("verify", str(dest), check=False)
+    res = run_pds("verify", "--data-dir", str(dest), check=False)
     assert res.returncode == 0, res.stdout
     rport = free_port()
     restored = start_server(dest, rport, workers=1, wait=60)

@@ -68,7 +68,7 @@ def copy(built: Built, tmp_path: Path) -> Path:
 
 
 def verify(path: Path) -> tuple[int, list[str], str]:
-    res = run_pds("verify", str(path), check=False)
+    res = run_pds("verify", "--data-dir", str(path), check=False)
     problems = [ln[len("PROBLEM "):] for ln in res.stdout.splitlines()
                 if ln.startswith("PROBLEM ")]
     return res.returncode, problems, res.stdout

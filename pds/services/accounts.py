@@ -340,6 +340,19 @@ def create_invites(ctx: AppContext, use_count: int, count: int = 1,
     return out
 
 
+def disable_invites(ctx: AppContext, codes: list[str] | None = None,
+                    accounts: list[str] | None = None) -> int:
+    """Disable the invite codes named, and every code made for the accounts named;
+    returns how many were disabled."""
+    wanted, owners, n = set(codes or ()), set(accounts or ()), 0
+    for invite in ctx.accounts.list_invites():
+        if invite["code"] in wanted or invite.get("forAccount") in owners:
+            invite["disabled"] = True
+            ctx.accounts.put_invite(invite)
+            n += 1
+    return n
+
+
 def invite_view(invite: dict) -> dict:
     return {k: invite[k] for k in ("code", "available", "disabled", "forAccount", "createdBy",
                                    "createdAt", "uses")}

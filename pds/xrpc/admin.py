@@ -163,11 +163,8 @@ async def get_invite_codes(call: Call):
 @procedure(NS + "disableInviteCodes", auth=ADMIN)
 async def disable_invite_codes(call: Call):
     codes = call.field("codes", required=False, kind=list) or []
-    accounts = set(call.field("accounts", required=False, kind=list) or [])
-    for invite in call.ctx.accounts.list_invites():
-        if invite["code"] in codes or invite.get("forAccount") in accounts:
-            invite["disabled"] = True
-            call.ctx.accounts.put_invite(invite)
+    accounts = call.field("accounts", required=False, kind=list) or []
+    svc.disable_invites(call.ctx, codes=codes, accounts=accounts)
 
 
 @procedure(NS + "disableAccountInvites", auth=ADMIN)

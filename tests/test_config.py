@@ -1,0 +1,56 @@
+"""Settings are checked once, when loaded: good values load, and each bad one is refused
+with the variable and its source named."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pds.config import Settings, SettingsError, check_hostname, parse_bool
+
+
+@pytest.mark.parametrize("value, dev", [
+    ("pds.example.com", False), ("localhost", False), ("localhost:2583", False),
+    ("localhost:2583", True), ("my-pds.example.co.uk", False), ("pds.example.com:8443", True),
+])
+def test_good_hostnames(value: str, dev: bool) -> None:
+    assert check_hostname(value, dev) == value
+
+
+@pytest.mark.parametrize("value", [
+    "https://pds.example.com", "pds.example.com/", "pds.example.com:443", "-pds.example.com",
+    "pds_example.com", "", "a" * 300, "pds.example.com.", "Pds.Example.Com", "pds.ex ample.com",
+])
+def test_bad_hostnames(value: str) -> None:
+    with pytest.raises(SettingsError):
+        check_hostname(value, dev=False)
+
+
+def test_bools_are_strict() -> None:
+    assert parse_bool("TRUE") and parse_bool("on") and not parse_bool("0")
+    assert not parse_bool("")
+    with pytest.raises(SettingsError):
+        parse_bool("ture")
+
+
+def test_load_names_the_variable_and_its_source(tmp_path: Path) -> None:
+    (tmp_path / "pds.env").write_text("PDS_HOSTNAME=pds.example.com\nPDS_WORKERS=0\n")
+    with pytest.raises(SettingsError, match=r"PDS_WORKERS in .*pds\.env: '0' is out of range"):
+        Settings.load(tmp_path, env={})
+    s = Settings.load(tmp_path, env={"PDS_WORKERS": "3"})
+    assert s.workers == 3 and s.handle_domains == [".pds.example.com"]
+    with pytest.raises(SettingsError, match="PDS_WORKERS in the environment"):
+        Settings.load(tmp_path, env={"PDS_WORKERS": "x"})
+
+
+def test_load_normalises_what_it_may(tmp_path: Path) -> None:
+    s = Settings.load(tmp_path, env={
+        "PDS_HOSTNAME": "localhost:2583", "PDS_DEV": "yes",
+        "PDS_HANDLE_DOMAINS": "test, .Example.org",
+        "PDS_PLC_URL": "http://127.0.0.1:9/", "PDS_CRAWLERS": "https://bsky.network/",
+        "PDS_LOG_LEVEL": "WARNING", "PDS_ACCESS_LOG": "0"})
+    assert s.handle_domains == [".test", ".example.org"]
+    assert s.plc_url == "http://127.0.0.1:9" and s.crawlers == ["https://bsky.network"]
+    assert s.log_level == "warning" and s.access_log is False
+    assert s.public_url == "http://localhost:2583"
