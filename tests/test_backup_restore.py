@@ -208,6 +208,19 @@ def test_a_restored_pds_backs_up_into_its_old_backup(history: History, tmp_path:
     assert backup(restored, dest)["incremental"]
 
 
+def test_a_restored_pds_does_not_back_up_into_a_newer_backup(history: History,
+                                                            tmp_path: Path) -> None:
+    """Restored from the first backup, the PDS is behind a backup made later: that one
+    holds events the restored PDS will number again, so it is refused."""
+    newer = tmp_path / "newer"
+    backup(history.data, newer)
+    restored = tmp_path / "restored"
+    restore(history.first, restored)
+    with pytest.raises(BackupError, match="restored from an older backup"):
+        backup(restored, newer)
+    assert json.loads((newer / MARKER).read_text())["finished"]
+
+
 def test_restore_keeps_everything_but_sessions(history: History, tmp_path: Path) -> None:
     restored = tmp_path / "restored"
     restore(history.first, restored)

@@ -282,6 +282,22 @@ def check_apart(src: Path, dest: Path, what: str) -> None:
                           "directory outside it")
 
 
+def last_seq(seq_dir: Path) -> int:
+    """The highest seq an event log holds or has published (0 when none): its HEAD, or
+    the last event file where that is ahead."""
+    from .seqlog import EventLog
+    log = EventLog(seq_dir, seq_dir)
+    try:
+        head = log.head()
+    except ValueError:
+        head = 0
+    for shard in reversed(log.shards()):
+        names = [int(n) for n in os.listdir(seq_dir / f"{shard:08d}") if n.isdigit()]
+        if names:
+            return max(head, *names)
+    return head
+
+
 def _check_destination(src: Path, dest: Path, ident: dict) -> bool:
     """Refuse a destination backup() must not write to; True when it is a previous
     backup of this PDS (an incremental backup), False when it is new or empty."""
@@ -294,6 +310,14 @@ def _check_destination(src: Path, dest: Path, ident: dict) -> bool:
     if marker is not None:
         if marker.get("service") == ident["service"] and \
                 marker.get("fingerprint") == ident["fingerprint"]:
+            theirs, ours = last_seq(dest / "seq"), last_seq(src / "seq")
+            if theirs > ours:
+                # This PDS went back in time (restored from an older backup): its new
+                # events would take the seqs, and file names, of events in DEST.
+                raise BackupError(
+                    f"{dest} holds events up to seq {theirs}, beyond this data dir's last "
+                    f"({ours}): it was made before this PDS was restored from an older "
+                    "backup; back up into a new directory")
             return True
         if not marker:
             raise BackupError(f"{dest} has an unreadable {MARKER} file, so it can't be told "
