@@ -404,19 +404,11 @@ def test_restore_refuses(small: Path, tmp_path: Path) -> None:
 
 
 def test_a_failed_restore_leaves_nothing(small: Path, tmp_path: Path) -> None:
-    """A backup with an entry that can't be read (a socket) fails mid-copy; a restore
-    interrupted (Ctrl-C, from its progress callback) stops mid-copy: either way neither
-    the destination nor a staging directory is left."""
+    """A restore interrupted mid-copy (Ctrl-C, raised from its progress callback), or
+    whose destination is taken while it runs, leaves neither a restored data dir nor a
+    staging directory behind."""
     bk = tmp_path / "bk"
     backup(small, bk)
-    sock = socket.socket(socket.AF_UNIX)
-    try:
-        sock.bind(str(bk / "well-known" / "zz-socket"))
-        with pytest.raises(OSError):
-            restore(bk, tmp_path / "restored")
-    finally:
-        sock.close()
-        os.unlink(bk / "well-known" / "zz-socket")
 
     def interrupt(stage: str, done: int, total: int | None) -> None:
         if stage == "files":
@@ -425,6 +417,34 @@ def test_a_failed_restore_leaves_nothing(small: Path, tmp_path: Path) -> None:
     with pytest.raises(KeyboardInterrupt):
         restore(bk, tmp_path / "restored", progress=interrupt)
     assert sorted(os.listdir(tmp_path)) == ["bk"]
+
+    dest = tmp_path / "dest"
+    dest.mkdir()
+
+    def intrude(stage: str, done: int, total: int | None) -> None:
+        if stage == "replay":
+            (dest / "someone-else").write_text("x")
+
+    with pytest.raises(BackupError, match="changed while the restore ran"):
+        restore(bk, dest, progress=intrude)
+    assert os.listdir(dest) == ["someone-else"]
+    assert sorted(os.listdir(tmp_path)) == ["bk", "dest"]
+
+
+def test_sockets_and_fifos_in_a_data_dir_are_left_out(small: Path, tmp_path: Path) -> None:
+    """A unix socket bound in the data dir (PDS_BIND=unix:...) or a FIFO is no data: the
+    backup neither fails on it nor waits for a writer."""
+    data = copy_of(small, tmp_path / "data")
+    os.mkfifo(data / "well-known" / "fifo")
+    sock = socket.socket(socket.AF_UNIX)
+    try:
+        sock.bind(str(data / "pds.sock"))
+        backup(data, tmp_path / "bk")
+    finally:
+        sock.close()
+    assert not (tmp_path / "bk" / "well-known" / "fifo").exists()
+    assert not (tmp_path / "bk" / "pds.sock").exists()
+    restore(tmp_path / "bk", tmp_path / "restored")
 
 
 # --- progress -------------------------------------------------------------------------------

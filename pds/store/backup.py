@@ -104,7 +104,9 @@ def _remove(path: Path) -> None:
 
 def copy_file(src: Path, dst: Path, if_same_size: bool = False) -> bool:
     """Copy `src` over `dst` atomically, with its permission bits and times (a symlink as
-    a symlink); False when `src` is gone (removed meanwhile). With `if_same_size`, a
+    a symlink); False when `src` is gone (removed meanwhile) or is no regular file (a
+    socket someone bound in the data dir, a FIFO: nothing to copy, and opening a FIFO
+    for reading would wait for a writer). With `if_same_size`, a
     `dst` of the same size is taken as the same file (content-addressed files never
     change) and only its permission bits are corrected. The copy is never readable by
     more people than the source file, not even while it is being written."""
@@ -120,16 +122,20 @@ def copy_file(src: Path, dst: Path, if_same_size: bool = False) -> bool:
                     os.chmod(dst, stat.S_IMODE(st.st_mode))
                 return True
     try:
-        fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW)
+        fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except FileNotFoundError:
         return False
     except OSError as e:
+        if e.errno == errno.ENXIO:  # a socket
+            return False
         if e.errno != errno.ELOOP:
             raise
         return _copy_symlink(src, dst)
     tmp = dst.with_name(dst.name + _TMP_SUFFIX)
     try:
         st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return False
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
