@@ -173,7 +173,7 @@ def _copy_symlink(src: Path, dst: Path) -> bool:
 
 
 def copy_dir(src: Path, dst: Path, *, skip: tuple[str, ...] = (), if_same_size: bool = False,
-             mirror: bool = False, ticker: Ticker | None = None,
+             mirror: bool = False, ticker: Ticker | None = None, stage: str = "files",
              dropped: dict[str, int] | None = None) -> None:
     """Copy the tree `src` into `dst` (directories with the source's permission bits).
 
@@ -181,6 +181,7 @@ def copy_dir(src: Path, dst: Path, *, skip: tuple[str, ...] = (), if_same_size: 
     `if_same_size`: see `copy_file` (metadata `*.json` files are always copied).
     `mirror`: what is in `dst` but not (or no longer) in `src` is removed.
     `dropped`: names of directories left out at any depth, counting their files there.
+    `ticker` counts the files under `stage`.
     """
     try:
         st = os.stat(src)
@@ -201,14 +202,14 @@ def copy_dir(src: Path, dst: Path, *, skip: tuple[str, ...] = (), if_same_size: 
         seen.add(name)
         if entry.is_dir(follow_symlinks=False):
             copy_dir(Path(entry.path), dst / name, if_same_size=if_same_size, mirror=mirror,
-                     ticker=ticker, dropped=dropped)
+                     ticker=ticker, stage=stage, dropped=dropped)
             continue
         copied = copy_file(Path(entry.path), dst / name,
                            if_same_size=if_same_size and not name.endswith(".json"))
         if not copied and mirror:
             _remove(dst / name)
         if ticker is not None:
-            ticker.tick("files")
+            ticker.tick(stage)
     if mirror:
         for name in os.listdir(dst):
             if name not in seen and name not in skip and not is_transient(name):
@@ -216,9 +217,11 @@ def copy_dir(src: Path, dst: Path, *, skip: tuple[str, ...] = (), if_same_size: 
 
 
 def _copy_tree(src: Path, dst: Path, skip: tuple[str, ...] = (), immutable: bool = False,
-               mirror: bool = False, ticker: Ticker | None = None) -> None:
+               mirror: bool = False, ticker: Ticker | None = None,
+               stage: str = "files") -> None:
     """One of the backup's copy steps (a hook for tests to act between steps)."""
-    copy_dir(src, dst, skip=skip, if_same_size=immutable, mirror=mirror, ticker=ticker)
+    copy_dir(src, dst, skip=skip, if_same_size=immutable, mirror=mirror, ticker=ticker,
+             stage=stage)
 
 
 @contextlib.contextmanager
@@ -359,9 +362,7 @@ def backup(src_root: str | os.PathLike, dest_root: str | os.PathLike,
     src_mode = os.stat(src).st_mode
     if not dest.exists():
         dest.parent.mkdir(parents=True, exist_ok=True)
-        make_dir(dest, private_mode(src_mode))
-    else:
-        make_dir(dest, stat.S_IMODE(os.stat(dest).st_mode))  # an existing top: as it is
+        make_dir(dest, private_mode(src_mode))  # an existing top keeps its mode
     make_dir(dest / "tmp", os.stat(src / "tmp").st_mode if (src / "tmp").is_dir() else 0o750)
     # The marker first: an interrupted backup is recognised (and resumed) next time, and
     # a restore refuses it until a backup into it finishes.
@@ -381,7 +382,8 @@ def backup(src_root: str | os.PathLike, dest_root: str | os.PathLike,
             continue
         make_dir(dest / "accounts" / did, os.stat(a_src).st_mode)
         for name in _ACCOUNT_FIRST:
-            copy_file(a_src / name, dest / "accounts" / did / name)
+            if not copy_file(a_src / name, dest / "accounts" / did / name):
+                _remove(dest / "accounts" / did / name)  # mirrored, like the rest
         ticker.step("heads", i + 1, len(accounts))
     # Step 3: everything else of each account; blocks and blobs incrementally, the rest
     # mirrored.
@@ -445,19 +447,7 @@ def _copy_events(src: Path, dest: Path, ticker: Ticker | None = None) -> None:
     copy_file(src / "seq" / "HEAD", dest / "seq" / "HEAD")
     _copy_tree(src / "seq", dest / "seq",
                skip=("CHECKPOINT", "CHECKPOINT.LOCK", "HEAD", "HEAD.next"),
-               immutable=True, ticker=_EventTicker(ticker))
-
-
-class _EventTicker(Ticker):
-    """Counts the event log's files as "events"."""
-
-    def __init__(self, inner: Ticker | None) -> None:
-        super().__init__(None)
-        self.inner = inner
-
-    def tick(self, stage: str, n: int = 1) -> None:
-        if self.inner is not None:
-            self.inner.tick("events", n)
+               immutable=True, ticker=ticker, stage="events")
 
 
 def _copy_replayed_blobs(src: Path, dest: Path, after: int) -> bool:
