@@ -58,16 +58,19 @@ def init_data_dir(data_dir: Path, port: int, plc_url: str | None = None,
 
 
 def start_server(data_dir: Path, port: int, workers: int = 2, env: dict | None = None,
-                 wait: float = 30.0) -> Server:
-    """Start `pds serve` and wait until /xrpc/_health answers."""
+                 wait: float = 30.0, command: list[str] | None = None,
+                 cwd: Path | None = None) -> Server:
+    """Start `pds serve` and wait until /xrpc/_health answers. `command` is the `pds`
+    program to run (default: this interpreter's `python -m pds.cli`), `cwd` its working
+    directory."""
     full_env = {**os.environ, "PDS_RATE_LIMITS": "false", "PDS_ACCESS_LOG": "0",
                 **(env or {})}
     log_path = data_dir.parent / f"server-{port}.log"
     log = open(log_path, "ab")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pds.cli", "serve", "--data-dir", str(data_dir),
-         "--bind", f"127.0.0.1:{port}", "--workers", str(workers)],
-        stdout=log, stderr=subprocess.STDOUT, env=full_env)
+        [*(command or [sys.executable, "-m", "pds.cli"]), "serve", "--data-dir",
+         str(data_dir), "--bind", f"127.0.0.1:{port}", "--workers", str(workers)],
+        stdout=log, stderr=subprocess.STDOUT, env=full_env, cwd=cwd)
     server = Server(f"http://127.0.0.1:{port}", data_dir, proc, full_env, log_path)
     deadline = time.time() + wait
     while time.time() < deadline:

@@ -56,10 +56,12 @@ def clean_env(extra: dict | None = None) -> dict:
 
 
 def run_pds(*args: str, env: dict | None = None, check: bool = True,
-            timeout: float = CLI_TIMEOUT) -> subprocess.CompletedProcess:
-    """Run `pds ARGS...` to completion; with `check`, fail (showing its output) unless 0."""
-    res = subprocess.run([*pds_command(), *args], capture_output=True, text=True,
-                         env=clean_env(env), timeout=timeout)
+            timeout: float = CLI_TIMEOUT, command: list[str] | None = None,
+            cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Run `pds ARGS...` to completion; with `check`, fail (showing its output) unless 0.
+    `command` is the `pds` program (default: `pds_command()`), `cwd` its working dir."""
+    res = subprocess.run([*(command or pds_command()), *args], capture_output=True,
+                         text=True, env=clean_env(env), timeout=timeout, cwd=cwd)
     if check:
         assert res.returncode == 0, (
             f"pds {' '.join(args)} exited {res.returncode}\n"
@@ -91,6 +93,34 @@ def seq_events(data: Path) -> list[tuple[int, dict, dict]]:
 def account_events(data: Path, did: str) -> list[dict]:
     """The `#account` payloads of one DID in the event log, in order."""
     return [p for _s, h, p in seq_events(data) if h.get("t") == "#account" and p["did"] == did]
+
+
+# --- the program as a wheel -------------------------------------------------------------------
+
+WHEEL_TIMEOUT = 300
+
+
+def build_wheel(work: Path) -> Path:
+    """A wheel of this checkout, as `pip wheel /path/to/pds` makes it: from a copy of the
+    checkout's top-level files and its `pds` package (a setuptools build writes build/ and
+    pds.egg-info/ where it runs: the copy keeps them out of the checkout and lets two test
+    runs build at once), without build isolation and with no index, so no network: this
+    interpreter's setuptools and wheel build it."""
+    src = work / "src"
+    src.mkdir(parents=True)
+    for entry in ROOT.iterdir():
+        if entry.is_file():
+            shutil.copy2(entry, src / entry.name)
+    shutil.copytree(ROOT / "pds", src / "pds",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    out = work / "dist"
+    res = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps",
+                          "--no-build-isolation", "--no-index", "-w", str(out), str(src)],
+                         capture_output=True, text=True, cwd=work, timeout=WHEEL_TIMEOUT)
+    assert res.returncode == 0, f"pip wheel failed:\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
+    wheels = sorted(out.glob("pds-*.whl"))
+    assert len(wheels) == 1, wheels
+    return wheels[0]
 
 
 # --- nginx ----------------------------------------------------------------------------------

@@ -14,8 +14,8 @@ from .files import read_file, write_file
 CURRENT = 1
 
 
-class FormatError(Exception):
-    pass
+class FormatError(ValueError):
+    """A data dir this program must not read or change; the message says what to do."""
 
 
 def read_format(root: Path) -> int:
@@ -50,6 +50,23 @@ def ensure_current(root: Path) -> int:
         version += 1
         write_file(root / "FORMAT", f"{version}\n".encode(), root / "tmp")
     return found
+
+
+def require_current(root: Path) -> None:
+    """Refuse, before reading anything else, a directory that is not a data dir or whose
+    format is newer than this program understands. For the tools that read a data dir
+    without migrating it (backup, verify, account administration): an older format is
+    fine to read, a newer one may mean anything."""
+    root = Path(root)
+    if not (root / "pds.env").is_file():
+        what = "does not exist" if not root.exists() else "has no pds.env"
+        raise FormatError(f"{root} is not a PDS data dir (it {what}); give the right "
+                          "--data-dir (or PDS_DATA_DIR), or create one with `pds init`")
+    found = read_format(root)
+    if found > CURRENT:
+        raise FormatError(
+            f"{root} is in data format {found}, newer than this pds understands "
+            f"({CURRENT}); use the pds version that wrote it, or a newer one")
 
 
 def stamp(root: Path) -> None:

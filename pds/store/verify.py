@@ -25,6 +25,7 @@ from ..repo.keys import load_private_key
 from ..repo.mst import MST, NodeLoader
 from .blobs import BlobStore
 from .layout import DataDir
+from .progress import Progress, Ticker
 from .repo import SNAPSHOT, Repo
 from .seqlog import EventLog
 from .snapshot import Snapshot
@@ -58,13 +59,16 @@ def _hash_ok(cid_text: str, data: bytes) -> bool:
     return len(b) == 36 and b[2:4] == b"\x12\x20" and hashlib.sha256(data).digest() == b[4:]
 
 
-def verify_account(data: DataDir, did: str, report: Report) -> str | None:
+def verify_account(data: DataDir, did: str, report: Report,
+                   ticker: Ticker | None = None) -> str | None:
     """Check one account; returns its HEAD commit CID (text) when readable."""
     root = data.account(did)
     repo = Repo(root, data.tmp, did)
     # Every stored block must hash to its name.
     for name in repo.blocks.iter_cids():
         report.blocks += 1
+        if ticker is not None:
+            ticker.tick("blocks")
         try:
             content = (repo.blocks.root / name[-2:] / name).read_bytes()
         except OSError:
@@ -150,12 +154,15 @@ def _status(root: Path) -> str | None:
         return None
 
 
-def verify_events(data: DataDir, heads: dict[str, str], report: Report) -> None:
+def verify_events(data: DataDir, heads: dict[str, str], report: Report,
+                  ticker: Ticker | None = None) -> None:
     log = EventLog(data.root / "seq", data.tmp)
     last_seq = 0
     last_commit: dict[str, str] = {}
     for seq in log.seqs():
         report.events += 1
+        if ticker is not None:
+            ticker.tick("events")
         if seq <= last_seq:
             report.add(f"event log: seq {seq} after {last_seq}")
         last_seq = seq
@@ -194,20 +201,26 @@ def verify_events(data: DataDir, heads: dict[str, str], report: Report) -> None:
                 report.add(f"{did}: HEAD {heads[did]} is not the last #commit ({cid})")
 
 
-def verify_data_dir(root: str | os.PathLike) -> Report:
-    """Check a whole data dir; the report lists every problem found."""
+def verify_data_dir(root: str | os.PathLike, progress: Progress | None = None) -> Report:
+    """Check a whole data dir; the report lists every problem found. `progress` is told
+    of each account ("accounts", done, total) and of every thousand blocks and events."""
     data = DataDir(root)
     report = Report()
     heads: dict[str, str] = {}
     if not data.accounts.is_dir():
         report.add(f"{data.root}: not a data dir (no accounts/)")
         return report
-    for did in sorted(_dids(data)):
+    ticker = Ticker(progress)
+    dids = sorted(_dids(data))
+    for i, did in enumerate(dids):
         report.accounts += 1
-        head = verify_account(data, did, report)
+        head = verify_account(data, did, report, ticker)
         if head is not None:
             heads[did] = head
-    verify_events(data, heads, report)
+        ticker.step("accounts", i + 1, len(dids))
+    ticker.end("blocks")
+    verify_events(data, heads, report, ticker)
+    ticker.end("events")
     return report
 
 

@@ -1,0 +1,1 @@
+"""Services: accounts, auth, identity, repo writes, blobs, firehose, lifecycle."""

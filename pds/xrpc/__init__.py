@@ -1,0 +1,1 @@
+"""The falcon app: one module per NSID namespace, thin handlers, XRPC errors."""
