@@ -291,7 +291,8 @@ def test_verify_shows_progress_only_on_a_terminal(tmp_path: Path) -> None:
         try:
             acct = api.create_account("vic")
             for i in range(30):
-                api.create_record(acct, {"text": f"n{i}"}, "com.example.note")
+                record = api.create_record(acct, {"text": f"n{i}"}, "com.example.note")
+            record_cid = record.json()["cid"]
         finally:
             api.close()
     data = server.data_dir
@@ -300,8 +301,8 @@ def test_verify_shows_progress_only_on_a_terminal(tmp_path: Path) -> None:
     assert piped.stdout.startswith("1 account, ") and piped.stdout.strip().endswith(": OK")
     shown = run_in_pty(["verify", "--data-dir", str(data)])
     assert "\r\x1b[K" in shown, repr(shown[:500])
-    # One damaged block: "1 problem", not "1 problems".
-    victim = next(p for p in (data / "accounts" / acct.did / "blocks").rglob("*") if p.is_file())
-    victim.write_bytes(victim.read_bytes() + b"x")
+    # One missing record block: "1 problem", not "1 problems".
+    victim = data / "accounts" / acct.did / "blocks" / record_cid[-2:] / record_cid
+    victim.unlink()
     res = run_pds("verify", "--data-dir", str(data), check=False)
     assert res.returncode == 1 and res.stdout.strip().endswith(": 1 problem"), res.stdout
