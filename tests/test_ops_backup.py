@@ -302,6 +302,7 @@ def test_backup_with_writes_landing_between_its_steps(tmp_path: Path, monkeypatc
     copied but before the event log is copied, and a record with a blob deleted right
     after the event log is copied. The copy must still verify and serve every blob its
     records reference."""
+    from pds.server import recover
     from pds.store import backup as backup_mod
     from pds.store.verify import verify_data_dir
 
@@ -339,7 +340,7 @@ def test_backup_with_writes_landing_between_its_steps(tmp_path: Path, monkeypatc
 
         monkeypatch.setattr(backup_mod, "_copy_tree", copy_tree)
         dest = tmp_path / "backup"
-        backup_mod.backup(data, dest)
+        backup_mod.backup(data, dest, recover=recover)
         assert "after-blobs" in late and "after-seq" in late
     finally:
         api.close()

@@ -44,11 +44,12 @@ def backup(dest: Path, data_dir: Path) -> None:
 
     The copy, in DEST, is itself a data dir. DEST must be new, empty, or an earlier
     backup of the same PDS (then only what changed is copied)."""
+    from ..server import recover
     from ..store.backup import backup as run
     root = require_data_dir(data_dir)
     progress = Progress()
     try:
-        out = run(root, dest, progress=progress)
+        out = run(root, dest, progress=progress, recover=recover)
     finally:
         progress.close()
     click.echo(f"backed up {plural(out['accounts'], 'account')} to {dest} "

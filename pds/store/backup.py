@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from .blocks import shard_path
 from .files import read_file
@@ -64,8 +66,12 @@ def _copy_tree(src: Path, dst: Path, skip: set[str] = frozenset(),
                        if_changed=immutable and not name.endswith(".json"))
 
 
-def backup(src_root: str | os.PathLike, dest_root: str | os.PathLike) -> dict:
-    """Copy a data dir (live or not) to DEST so that DEST is itself a valid data dir."""
+def backup(src_root: str | os.PathLike, dest_root: str | os.PathLike, *,
+           recover: Callable[[Any], int]) -> dict:
+    """Copy a data dir (live or not) to DEST so that DEST is itself a valid data dir.
+
+    `recover(settings)` replays a data dir's event log and journals and returns how many
+    commits it replayed (`pds.server.recover`, which sits above the store)."""
     src, dest = Path(src_root).resolve(), Path(dest_root).resolve()
     if not (src / "pds.env").exists():
         raise ValueError(f"{src} is not a PDS data dir")
@@ -94,7 +100,6 @@ def backup(src_root: str | os.PathLike, dest_root: str | os.PathLike) -> dict:
     _copy_events(src, dest)
     (dest / "seq" / "CHECKPOINT").write_text(checkpoint)
     from ..config import Settings
-    from ..server import recover
     settings = Settings.load(dest, env={})
     replayed = recover(settings)
     # Step 5: the blobs of the replayed commits.
