@@ -185,7 +185,7 @@ def apply_writes(ctx: AppContext, did: str, writes: list[Write],
         raise InvalidInput("Could not find repo: " + did, "RepoNotFound")
     if acct.get("status") is not None:
         raise InvalidInput(f"Account is {acct['status']}", "AccountDeactivated"
-                              if acct["status"] == "deactivated" else "AccountTakedown")
+                           if acct["status"] == "deactivated" else "AccountTakedown")
     repo = ctx.repo(did)
     hooks = BlobHooks(blobs(ctx, did), repo.blocks.get, ctx.after_commit)
     try:
