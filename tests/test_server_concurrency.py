@@ -157,9 +157,9 @@ def test_sign_up_race_for_one_did_web_loses_cleanly(tmp_path):
     reaches the claim for the same did:web. It must fail there, not take the winner's
     account over: same key, same document, same email index."""
     from pds.config import Settings
+    from pds.errors import PdsError
     from pds.services import accounts as svc
     from pds.services.context import AppContext
-    from pds.xrpc.errors import XrpcError
 
     (tmp_path / "tmp").mkdir()
     settings = Settings(data_dir=tmp_path, hostname="localhost:1", handle_domains=[".test"],
@@ -178,7 +178,7 @@ def test_sign_up_race_for_one_did_web_loses_cleanly(tmp_path):
     real_get = ctx.accounts.get
     ctx.accounts.get = lambda d: None if d == did else real_get(d)
     second = {"handle": "raced.test", "email": "second@example.com", "password": "pw-2"}
-    with pytest.raises(XrpcError) as info:
+    with pytest.raises(PdsError) as info:
         asyncio.run(svc.create_account(ctx, second, None))
     assert info.value.error == "HandleNotAvailable"
     assert (tmp_path / "accounts" / did / "signing.key").read_bytes() == key

@@ -45,7 +45,8 @@ def _known_errors() -> tuple[type[BaseException], ...]:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `pds` console script; returns the exit status."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    from ..xrpc.errors import XrpcError
+    from ..errors import PdsError
+    from ..xrpc.errors import error_name
     try:
         rv = cli.main(args=argv, prog_name="pds", standalone_mode=False)
     except click.exceptions.Exit as e:
@@ -56,8 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     except click.ClickException as e:
         e.show()
         return e.exit_code
-    except XrpcError as e:
-        click.echo(f"error: {e.error}: {e.message}", err=True)
+    except PdsError as e:
+        click.echo(f"error: {error_name(e)}: {e.message}", err=True)
         return 1
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)

@@ -9,12 +9,12 @@ import shutil
 import time
 from typing import Any
 
+from ..errors import AuthFailed, InvalidInput
 from ..repo.keys import export_private_key, generate_signing_key
 from ..repo.syntax import is_disallowed_handle_tld, is_valid_did, is_valid_handle
 from ..store.accounts import Taken, now_iso
 from ..store.files import write_file
 from ..store.repo import Repo
-from ..xrpc.errors import XrpcError, invalid_request
 from . import auth as A
 from .context import AppContext
 from .identity import plc_did_for_genesis
@@ -29,35 +29,35 @@ def normalize_handle_input(ctx: AppContext, handle: Any, external_ok: bool = Fal
     """Check a requested handle: syntax, reserved TLDs, and (unless external handles are
     allowed) one of this PDS's domains with a 3-18 character name in front."""
     if not isinstance(handle, str) or not is_valid_handle(handle):
-        raise invalid_request("Handle invalid", "InvalidHandle")
+        raise InvalidInput("Handle invalid", "InvalidHandle")
     handle = handle.lower()
     if is_disallowed_handle_tld(handle):
-        raise invalid_request("Handle TLD is invalid or disallowed", "InvalidHandle")
+        raise InvalidInput("Handle TLD is invalid or disallowed", "InvalidHandle")
     domain = next((d for d in ctx.settings.handle_domains if handle.endswith(d)), None)
     if domain is None:
         if external_ok:
             return handle
-        raise invalid_request("Not a supported handle domain", "UnsupportedDomain")
+        raise InvalidInput("Not a supported handle domain", "UnsupportedDomain")
     front = handle[: -len(domain)]
     if "." in front:
-        raise invalid_request("Invalid characters in handle", "InvalidHandle")
+        raise InvalidInput("Invalid characters in handle", "InvalidHandle")
     if not 3 <= len(front) <= 18:
-        raise invalid_request("Handle too short or too long", "InvalidHandle")
+        raise InvalidInput("Handle too short or too long", "InvalidHandle")
     return handle
 
 
 def check_email(email: Any) -> str:
     if not isinstance(email, str) or not EMAIL_RE.match(email) or len(email) > 254:
-        raise invalid_request("This email address is not supported, please use a different email.",
-                              "InvalidEmail")
+        raise InvalidInput("This email address is not supported, please use a different email.",
+                           "InvalidEmail")
     return email.strip()
 
 
 def _check_password(password: Any) -> str:
     if not isinstance(password, str) or not password:
-        raise invalid_request("Password is required")
+        raise InvalidInput("Password is required")
     if len(password) > 256:
-        raise invalid_request("Password too long")
+        raise InvalidInput("Password too long")
     return password
 
 
@@ -78,10 +78,9 @@ async def create_account(ctx: AppContext, body: dict, service_auth: A.AuthInfo |
     migrating = requested_did is not None
     if migrating:
         if not isinstance(requested_did, str) or not is_valid_did(requested_did):
-            raise invalid_request("Invalid DID", "InvalidDid")
+            raise InvalidInput("Invalid DID", "InvalidDid")
         if service_auth is None or service_auth.did != requested_did:
-            raise XrpcError(401, "AuthenticationRequired",
-                            "Service auth by the DID being migrated is required")
+            raise AuthFailed("Service auth by the DID being migrated is required")
     handle = normalize_handle_input(ctx, body.get("handle"), external_ok=migrating)
     email = body.get("email")
     if email is not None or not migrating:
@@ -92,27 +91,27 @@ async def create_account(ctx: AppContext, body: dict, service_auth: A.AuthInfo |
     invite = body.get("inviteCode")
     if ctx.settings.invite_required and not migrating:
         if not isinstance(invite, str) or not invite:
-            raise invalid_request("No invite code provided", "InvalidInviteCode")
+            raise InvalidInput("No invite code provided", "InvalidInviteCode")
         existing = ctx.accounts.get_invite(invite)
         if existing is None or existing.get("disabled") or \
                 len(existing.get("uses", [])) >= existing.get("available", 1):
-            raise invalid_request("Provided invite code not available", "InvalidInviteCode")
+            raise InvalidInput("Provided invite code not available", "InvalidInviteCode")
     if ctx.accounts.did_for_handle(handle) is not None:
-        raise invalid_request("Handle already taken: " + handle, "HandleNotAvailable")
+        raise InvalidInput("Handle already taken: " + handle, "HandleNotAvailable")
     if email and ctx.accounts.did_for_email(email) is not None:
-        raise invalid_request("Email already taken: " + email, "InvalidEmail")
+        raise InvalidInput("Email already taken: " + email, "InvalidEmail")
 
     key = generate_signing_key()
     if migrating:
         did = requested_did
         if ctx.accounts.get(did) is not None:
-            raise invalid_request("Account already exists", "AlreadyExists")
+            raise InvalidInput("Account already exists", "AlreadyExists")
     elif ctx.settings.did_method == "web":
         did = "did:web:" + handle
         if ctx.accounts.get(did) is not None:
             # The handle was this account's before it changed handles: its DID (and
             # signing key, and DID document) still carry the name.
-            raise invalid_request("Handle already taken: " + handle, "HandleNotAvailable")
+            raise InvalidInput("Handle already taken: " + handle, "HandleNotAvailable")
     else:
         # The DID follows from the signed genesis op, so it is known before the PLC hears
         # of it: claim the handle first, then publish.
@@ -124,7 +123,7 @@ async def create_account(ctx: AppContext, body: dict, service_auth: A.AuthInfo |
     try:
         ctx.accounts.claim_handle(handle, did, exclusive=True)
     except Taken:
-        raise invalid_request("Handle already taken: " + handle, "HandleNotAvailable") from None
+        raise InvalidInput("Handle already taken: " + handle, "HandleNotAvailable") from None
     claimed_email = False
     try:
         if email:
@@ -132,12 +131,12 @@ async def create_account(ctx: AppContext, body: dict, service_auth: A.AuthInfo |
                 ctx.accounts.claim_email(email, did)
                 claimed_email = True
             except Taken:
-                raise invalid_request("Email already taken: " + email, "InvalidEmail") from None
+                raise InvalidInput("Email already taken: " + email, "InvalidEmail") from None
         if invite and ctx.settings.invite_required and not migrating:
             try:
                 ctx.accounts.use_invite(invite, did)
             except ValueError as e:
-                raise invalid_request(str(e), "InvalidInviteCode") from None
+                raise InvalidInput(str(e), "InvalidInviteCode") from None
         if not migrating:
             if did.startswith("did:web:"):
                 ctx.identity.create_web_did(handle, key.public_key())
@@ -208,7 +207,7 @@ def login(ctx: AppContext, identifier: Any, password: Any, ip: str,
           allow_takendown: bool = False) -> dict:
     """com.atproto.server.createSession: password or app password."""
     if not isinstance(identifier, str) or not identifier or not isinstance(password, str):
-        raise invalid_request("Invalid identifier or password")
+        raise InvalidInput("Invalid identifier or password")
     ctx.auth.limiter.hit("login-ip:" + ip, 100, 300)
     ctx.auth.limiter.hit("login-id:" + identifier.lower(), 30, 300)
     ctx.auth.limiter.hit("login-id-day:" + identifier.lower(), 300, 86400)
@@ -216,17 +215,17 @@ def login(ctx: AppContext, identifier: Any, password: Any, ip: str,
     if acct is None:
         # Spend the same effort as a real check, so timing doesn't reveal accounts.
         A.verify_password(password, _DUMMY_HASH)
-        raise XrpcError(401, "AuthenticationRequired", "Invalid identifier or password")
+        raise AuthFailed("Invalid identifier or password")
     scope, app_password = A.SCOPE_ACCESS, None
     if not (acct.get("passwordHash") and A.verify_password(password, acct["passwordHash"])):
         app_password = _match_app_password(ctx, acct["did"], password)
         if app_password is None:
-            raise XrpcError(401, "AuthenticationRequired", "Invalid identifier or password")
+            raise AuthFailed("Invalid identifier or password")
         scope = A.SCOPE_APP_PASS_PRIVILEGED if app_password[1] else A.SCOPE_APP_PASS
         app_password = app_password[0]
     if acct.get("status") == "takendown":
         if not allow_takendown:
-            raise XrpcError(401, "AccountTakedown", "Account has been taken down")
+            raise AuthFailed("Account has been taken down", "AccountTakedown")
         scope = A.SCOPE_TAKENDOWN
     tokens = ctx.auth.issue_session(acct["did"], scope, app_password)
     return {**tokens, **session_view(ctx, acct, scope)}
@@ -263,7 +262,7 @@ def session_view(ctx: AppContext, acct: dict, scope: str | None) -> dict:
 def refresh(ctx: AppContext, info: A.AuthInfo) -> dict:
     acct = ctx.accounts.get(info.did)
     if acct is None or acct.get("status") == "deleted":
-        raise XrpcError(400, "AccountNotFound", "Account not found")
+        raise InvalidInput("Account not found", "AccountNotFound")
     tokens = ctx.auth.rotate(info)
     return {**tokens, **session_view(ctx, acct, A.SCOPE_ACCESS)}
 
@@ -284,14 +283,14 @@ def revoke_all_sessions(ctx: AppContext, did: str, app_password: str | None = No
 
 def create_app_password(ctx: AppContext, did: str, name: Any, privileged: bool) -> dict:
     if not isinstance(name, str) or not name.strip() or len(name) > 100:
-        raise invalid_request("Invalid app password name")
+        raise InvalidInput("Invalid app password name")
     name = name.strip()
     current = ctx.accounts.read_doc(did, "app_passwords.json", {})
     if name in current:
-        raise invalid_request("App password with this name already exists",
-                              "DuplicateAppPassword")
+        raise InvalidInput("App password with this name already exists",
+                           "DuplicateAppPassword")
     if len(current) >= MAX_APP_PASSWORDS:
-        raise invalid_request("Too many app passwords")
+        raise InvalidInput("Too many app passwords")
     password = A.new_app_password()
     created = now_iso()
     current[name] = {"hash": A.hash_password(password), "privileged": privileged,
@@ -310,7 +309,7 @@ def list_app_passwords(ctx: AppContext, did: str) -> dict:
 
 def revoke_app_password(ctx: AppContext, did: str, name: Any) -> None:
     if not isinstance(name, str):
-        raise invalid_request("Invalid app password name")
+        raise InvalidInput("Invalid app password name")
     current = ctx.accounts.read_doc(did, "app_passwords.json", {})
     if current.pop(name, None) is not None:
         ctx.accounts.write_doc(did, "app_passwords.json", current)
@@ -369,7 +368,7 @@ def delete_account(ctx: AppContext, did: str) -> None:
     """Remove an account and everything of it from the data dir."""
     acct = ctx.accounts.get(did)
     if acct is None:
-        raise invalid_request("Account not found", "AccountNotFound")
+        raise InvalidInput("Account not found", "AccountNotFound")
     ctx.accounts.release_handle(acct["handle"], did)
     if acct.get("email"):
         ctx.accounts.release_email(acct["email"], did)

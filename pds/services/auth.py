@@ -15,17 +15,17 @@ import json
 import secrets
 import time
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 import jwt
 import nacl.exceptions
 import nacl.pwhash
 
+from ..errors import AuthFailed, AuthRequired, InvalidInput, RateLimited
 from ..repo.keys import PrivateKey, PublicKey
 from ..repo.syntax import is_valid_did, is_valid_nsid
 from ..store.files import ensure_dir, flock, read_file, write_file
-from ..xrpc import registry
-from ..xrpc.errors import XrpcError, auth_required, invalid_request
 
 ACCESS_TTL = 2 * 3600
 REFRESH_TTL = 90 * 24 * 3600
@@ -37,6 +37,19 @@ SCOPE_APP_PASS_PRIVILEGED = "com.atproto.appPassPrivileged"
 SCOPE_REFRESH = "com.atproto.refresh"
 SCOPE_TAKENDOWN = "com.atproto.takendown"
 ACCESS_SCOPES = {SCOPE_ACCESS, SCOPE_APP_PASS, SCOPE_APP_PASS_PRIVILEGED}
+
+
+class AuthKind(StrEnum):
+    """What a method asks of its caller (each XRPC method registers one)."""
+
+    NONE = "none"            # public
+    OPTIONAL = "optional"    # public, but a valid access token is read if sent
+    ACCESS = "access"        # access token (password session or app password)
+    ACCESS_FULL = "full"     # access token of a password session (no app passwords)
+    REFRESH = "refresh"      # refresh token
+    ADMIN = "admin"          # HTTP Basic admin
+    ACCESS_OR_SERVICE = "access_or_service"  # access token, or a service-auth JWT
+    SERVICE_OPTIONAL = "service_optional"    # anonymous, or a service-auth JWT
 
 # Methods a taken-down session (login with allowTakendown) may call: enough to migrate out.
 TAKENDOWN_METHODS = {
@@ -158,7 +171,7 @@ class RateLimiter:
                     start, count = int(s), int(c)
             if count >= limit:
                 reset = start + window
-                raise XrpcError(429, "RateLimitExceeded", "Rate Limit Exceeded", {
+                raise RateLimited("Rate Limit Exceeded", headers={
                     "Retry-After": str(max(1, reset - now)),
                     "RateLimit-Limit": str(limit), "RateLimit-Remaining": "0",
                     "RateLimit-Reset": str(reset), "RateLimit-Policy": f"{limit};w={window}",
@@ -212,7 +225,7 @@ class Auth:
         with flock(self.ctx.data.account(did) / "SESSIONS.LOCK"):
             session = accounts.get_session(did, jti)
             if session is None:
-                raise XrpcError(400, "ExpiredToken", "Token has been revoked")
+                raise InvalidInput("Token has been revoked", "ExpiredToken")
             now = int(time.time())
             nxt = session.get("next")
             if nxt is not None:
@@ -220,7 +233,7 @@ class Auth:
                         accounts.get_session(did, nxt) is None or \
                         accounts.get_session(did, nxt).get("next") is not None:
                     accounts.delete_session(did, jti)
-                    raise XrpcError(400, "ExpiredToken", "Token has been revoked")
+                    raise InvalidInput("Token has been revoked", "ExpiredToken")
                 return {"accessJwt": self._access(did, session["scope"], now),
                         "refreshJwt": self._refresh(did, nxt, now)}
             new_jti = secrets.token_urlsafe(24)
@@ -233,55 +246,55 @@ class Auth:
 
     # --- verify -------------------------------------------------------------------------
 
-    async def check(self, kind: str, call: Any) -> AuthInfo | None:
-        """Authenticate a call as its method requires; raises an XRPC error if it can't."""
-        header = call.req.get_header("Authorization") or ""
-        if kind == registry.NONE:
+    async def check(self, kind: AuthKind, header: str, nsid: str) -> AuthInfo | None:
+        """Authenticate a call of method `nsid` whose `Authorization` header is `header`
+        ("" when absent) as the method requires; raises a PdsError if it can't."""
+        if kind == AuthKind.NONE:
             return None
-        if kind == registry.ADMIN:
+        if kind == AuthKind.ADMIN:
             return self._admin(header)
-        if kind == registry.REFRESH:
+        if kind == AuthKind.REFRESH:
             return self._bearer(header, refresh=True)
-        if kind == registry.OPTIONAL:
+        if kind == AuthKind.OPTIONAL:
             if not header:
                 return None
             if header.startswith("Basic "):
                 # The admin may read what the public can't (e.g. a taken-down repo).
                 return self._admin(header)
-            return self._bearer(header, refresh=False, nsid=call.nsid)
-        if kind in (registry.ACCESS_OR_SERVICE, registry.SERVICE_OPTIONAL):
-            token = self._token(header, required=kind == registry.ACCESS_OR_SERVICE)
+            return self._bearer(header, refresh=False, nsid=nsid)
+        if kind in (AuthKind.ACCESS_OR_SERVICE, AuthKind.SERVICE_OPTIONAL):
+            token = self._token(header, required=kind == AuthKind.ACCESS_OR_SERVICE)
             if token is None:
                 return None
             if _jwt_alg(token) == "HS256":
-                return self._bearer(header, refresh=False, nsid=call.nsid)
-            return await self.verify_service_jwt(token, call.nsid)
-        info = self._bearer(header, refresh=False, nsid=call.nsid)
-        if kind == registry.ACCESS_FULL and info.scope != SCOPE_ACCESS:
-            raise XrpcError(400, "InvalidToken", "Bad token scope")
+                return self._bearer(header, refresh=False, nsid=nsid)
+            return await self.verify_service_jwt(token, nsid)
+        info = self._bearer(header, refresh=False, nsid=nsid)
+        if kind == AuthKind.ACCESS_FULL and info.scope != SCOPE_ACCESS:
+            raise InvalidInput("Bad token scope", "InvalidToken")
         return info
 
     def _admin(self, header: str) -> AuthInfo:
         if not header.startswith("Basic "):
-            raise auth_required()
+            raise AuthRequired("Authentication Required")
         try:
             user, _, password = base64.b64decode(header[6:]).decode().partition(":")
         except (ValueError, UnicodeDecodeError):
-            raise auth_required("Invalid authorization header") from None
+            raise AuthRequired("Invalid authorization header") from None
         expected = self.settings.admin_password
         if not expected or user != "admin" or not hmac.compare_digest(password, expected):
-            raise auth_required("Invalid admin credentials", "AuthenticationRequired")
+            raise AuthRequired("Invalid admin credentials")
         return AuthInfo(kind="admin")
 
     @staticmethod
     def _token(header: str, required: bool = True) -> str | None:
         if not header:
             if required:
-                raise auth_required()
+                raise AuthRequired("Authentication Required")
             return None
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token:
-            raise auth_required("Unexpected authorization type", "InvalidToken")
+            raise AuthRequired("Unexpected authorization type", "InvalidToken")
         return token.strip()
 
     def _bearer(self, header: str, refresh: bool, nsid: str | None = None) -> AuthInfo:
@@ -293,31 +306,31 @@ class Auth:
                                  audience=self.service_did,
                                  options={"require": ["exp", "sub", "scope"]})
         except jwt.ExpiredSignatureError:
-            raise XrpcError(400, "ExpiredToken", "Token has expired") from None
+            raise InvalidInput("Token has expired", "ExpiredToken") from None
         except jwt.PyJWTError:
-            raise XrpcError(401, "InvalidToken", "Token could not be verified") from None
+            raise AuthFailed("Token could not be verified", "InvalidToken") from None
         if jwt_header.get("typ") != typ:
-            raise XrpcError(400, "InvalidToken", "Invalid token type")
+            raise InvalidInput("Invalid token type", "InvalidToken")
         did, scope = payload["sub"], payload["scope"]
         if not isinstance(did, str) or not is_valid_did(did):
-            raise XrpcError(401, "InvalidToken", "Token could not be verified")
+            raise AuthFailed("Token could not be verified", "InvalidToken")
         if refresh:
             jti = payload.get("jti")
             if scope != SCOPE_REFRESH or not isinstance(jti, str):
-                raise XrpcError(400, "InvalidToken", "Invalid token type")
+                raise InvalidInput("Invalid token type", "InvalidToken")
             if self.ctx.accounts.get_session(did, jti) is None:
-                raise XrpcError(400, "ExpiredToken", "Token has been revoked")
+                raise InvalidInput("Token has been revoked", "ExpiredToken")
             return AuthInfo(kind="refresh", did=did, scope=scope, jti=jti, token=token)
         if scope == SCOPE_TAKENDOWN:
             if nsid not in TAKENDOWN_METHODS:
-                raise XrpcError(400, "InvalidToken", "Bad token scope")
+                raise InvalidInput("Bad token scope", "InvalidToken")
         elif scope not in ACCESS_SCOPES:
-            raise XrpcError(400, "InvalidToken", "Bad token scope")
+            raise InvalidInput("Bad token scope", "InvalidToken")
         acct = self.ctx.accounts.get(did)
         if acct is None or acct.get("status") == "deleted":
-            raise XrpcError(401, "AccountNotFound", "Account not found")
+            raise AuthFailed("Account not found", "AccountNotFound")
         if acct.get("status") == "takendown" and scope != SCOPE_TAKENDOWN:
-            raise XrpcError(401, "AccountTakedown", "Account has been taken down")
+            raise AuthFailed("Account has been taken down", "AccountTakedown")
         return AuthInfo(kind="access", did=did, scope=scope, token=token, payload=payload)
 
     async def verify_service_jwt(self, token: str, nsid: str | None) -> AuthInfo:
@@ -325,29 +338,27 @@ class Auth:
         try:
             header, payload, signing_input, sig = parse_unverified(token)
         except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: deep JSON
-            raise XrpcError(401, "BadJwt", "Malformed JWT") from None
+            raise AuthFailed("Malformed JWT", "BadJwt") from None
         if header.get("typ") in ("at+jwt", "refresh+jwt", "dpop+jwt"):
-            raise XrpcError(401, "BadJwtType", "Invalid jwt type")
+            raise AuthFailed("Invalid jwt type", "BadJwtType")
         iss, aud, exp = payload.get("iss"), payload.get("aud"), payload.get("exp")
         if not isinstance(iss, str) or not is_valid_did(iss.split("#")[0]):
-            raise XrpcError(401, "BadJwtIssuer", "Invalid issuer")
+            raise AuthFailed("Invalid issuer", "BadJwtIssuer")
         if not isinstance(exp, int) or exp < time.time():
-            raise XrpcError(401, "JwtExpired", "jwt expired")
+            raise AuthFailed("jwt expired", "JwtExpired")
         if aud not in (self.service_did, self.service_did + "#atproto_pds"):
-            raise XrpcError(401, "BadJwtAudience", "jwt audience does not match service did")
+            raise AuthFailed("jwt audience does not match service did", "BadJwtAudience")
         lxm = payload.get("lxm")
         if nsid is not None and lxm != nsid:
-            raise XrpcError(401, "BadJwtLexiconMethod",
-                            "missing jwt lexicon method (\"lxm\")" if lxm is None
-                            else "bad jwt lexicon method (\"lxm\")")
+            raise AuthFailed("missing jwt lexicon method (\"lxm\")" if lxm is None
+                             else "bad jwt lexicon method (\"lxm\")", "BadJwtLexiconMethod")
         did = iss.split("#")[0]
         key = await self._service_key(did, force=False)
         if key is None or not key.verify(signing_input, sig):
             # The key may have rotated: look again once, bypassing the cache.
             key = await self._service_key(did, force=True)
             if key is None or not key.verify(signing_input, sig):
-                raise XrpcError(401, "BadJwtSignature",
-                                "jwt signature does not match jwt issuer")
+                raise AuthFailed("jwt signature does not match jwt issuer", "BadJwtSignature")
         return AuthInfo(kind="service", did=did, token=token, payload=payload)
 
     async def _service_key(self, did: str, force: bool) -> PublicKey | None:
@@ -359,7 +370,7 @@ class Auth:
 
     def check_lxm(self, lxm: str | None) -> None:
         if lxm is not None and not is_valid_nsid(lxm):
-            raise invalid_request("lxm must be an NSID")
+            raise InvalidInput("lxm must be an NSID")
 
 
 def _jwt_alg(token: str) -> str | None:

@@ -36,7 +36,7 @@ CRAWL_QUIET = 20 * 60    # a write after this much quiet re-announces us to rela
 
 
 class TooBig(RepoError):
-    name = "InvalidRequest"
+    """A commit too large for one firehose event."""
 
 
 class Sequencer(WriteAhead):

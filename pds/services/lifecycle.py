@@ -13,8 +13,8 @@ import secrets
 import time
 from typing import Any
 
+from ..errors import AuthFailed, InvalidInput
 from ..store.files import read_file, write_file
-from ..xrpc.errors import XrpcError, invalid_request
 from . import accounts as acc
 from .auth import verify_password
 from .context import AppContext
@@ -29,11 +29,11 @@ class Lifecycle:
     async def activate(self, did: str) -> None:
         acct = self.ctx.accounts.get(did)
         if acct.get("status") == "takendown":
-            raise invalid_request("Account has been taken down", "AccountTakedown")
+            raise InvalidInput("Account has been taken down", "AccountTakedown")
         if acct.get("status") is None:
             return
         if self.ctx.repo(did).head() is None:
-            raise invalid_request("Repo has not been imported yet", "RepoNotFound")
+            raise InvalidInput("Repo has not been imported yet", "RepoNotFound")
         self.ctx.accounts.update(did, status=None, deactivatedAt=None, deleteAfter=None)
         self.ctx.events.account(did)
         self.ctx.events.identity(did)
@@ -42,7 +42,7 @@ class Lifecycle:
     async def deactivate(self, did: str, delete_after: Any = None) -> None:
         acct = self.ctx.accounts.get(did)
         if acct.get("status") == "takendown":
-            raise invalid_request("Account has been taken down", "AccountTakedown")
+            raise InvalidInput("Account has been taken down", "AccountTakedown")
         self.ctx.accounts.update(did, status="deactivated", deactivatedAt=int(time.time()),
                                  deleteAfter=delete_after if isinstance(delete_after, str)
                                  else None)
@@ -58,15 +58,15 @@ class Lifecycle:
         self.ctx.auth.limiter.hit("delete-ip:" + ip, 50, 3600)
         acct = self.ctx.accounts.get(did)
         if acct is None:
-            raise invalid_request("Account not found", "AccountNotFound")
+            raise InvalidInput("Account not found", "AccountNotFound")
         if not (acct.get("passwordHash") and verify_password(password, acct["passwordHash"])):
-            raise XrpcError(401, "AuthenticationRequired", "Invalid did or password")
+            raise AuthFailed("Invalid did or password")
         path = self.ctx.data.account(did) / "delete_token"
         stored = read_file(path)
         info = json.loads(stored) if stored else None
         if not info or info["expiresAt"] < time.time() or \
                 not hmac.compare_digest(info["token"], token.strip().upper()):
-            raise invalid_request("Token is invalid", "InvalidToken")
+            raise InvalidInput("Token is invalid", "InvalidToken")
         os.unlink(path)
         await self.delete(did)
 
@@ -100,18 +100,18 @@ class Lifecycle:
         acct = ctx.accounts.get(did)
         owner = ctx.accounts.did_for_handle(handle)
         if owner is not None and owner != did:
-            raise invalid_request(f"Handle already taken: {handle}", "HandleNotAvailable")
+            raise InvalidInput(f"Handle already taken: {handle}", "HandleNotAvailable")
         hosted = any(handle.endswith(d) for d in ctx.settings.handle_domains)
         if not hosted and await ctx.identity.resolve_handle(handle) != did:
-            raise invalid_request("External handle did not resolve to DID",
-                                  "InvalidHandle")
+            raise InvalidInput("External handle did not resolve to DID",
+                               "InvalidHandle")
         old = acct["handle"]
         if hosted:
             try:
                 ctx.accounts.claim_handle(handle, did)
             except acc.Taken:
-                raise invalid_request(f"Handle already taken: {handle}",
-                                      "HandleNotAvailable") from None
+                raise InvalidInput(f"Handle already taken: {handle}",
+                                   "HandleNotAvailable") from None
         try:
             if did.startswith("did:plc:"):
                 await ctx.identity.update_plc(did, handle=handle)
@@ -134,7 +134,7 @@ class Lifecycle:
         """Take an account down (or restore it): nothing of it is served while down."""
         acct = self.ctx.accounts.get(did)
         if acct is None:
-            raise invalid_request("Account not found", "AccountNotFound")
+            raise InvalidInput("Account not found", "AccountNotFound")
         if applied:
             self.ctx.accounts.update(did, status="takendown", takedownRef=ref or "takedown")
             # Sessions die with the takedown; a new login needs allowTakendown.
@@ -156,7 +156,7 @@ class Lifecycle:
         try:
             self.ctx.accounts.claim_email(email, did)
         except acc.Taken:
-            raise invalid_request("Email already taken", "InvalidEmail") from None
+            raise InvalidInput("Email already taken", "InvalidEmail") from None
         if acct.get("email") and acct["email"].lower() != email.lower():
             self.ctx.accounts.release_email(acct["email"], did)
         self.ctx.accounts.update(did, email=email, emailConfirmedAt=None)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+from collections.abc import AsyncIterable, Iterator
 from typing import Any
 
 from cbrrr import CID
 
+from ..errors import InvalidInput, PayloadTooLarge
 from ..repo.codec import (
     InvalidData,
     cid_str,
@@ -18,9 +20,18 @@ from ..repo.codec import (
 )
 from ..repo.syntax import is_valid_nsid, is_valid_record_key
 from ..repo.tid import next_tid
-from ..store.blobs import BlobStore
-from ..store.repo import ANY, CommitHooks, CommitResult, Op, RepoError, Write
-from ..xrpc.errors import XrpcError, invalid_request
+from ..store.blobs import BlobStore, BlobTooLarge
+from ..store.repo import (
+    ANY,
+    CommitHooks,
+    CommitResult,
+    InvalidSwap,
+    Op,
+    RecordNotFound,
+    RepoError,
+    RepoNotFound,
+    Write,
+)
 from .context import AppContext
 
 MAX_RECORD_BYTES = 1_000_000
@@ -34,32 +45,31 @@ def blobs(ctx: AppContext, did: str) -> BlobStore:
 def parse_record(collection: str, record: Any) -> Any:
     """A record from JSON: a map whose `$type` is its collection, within the size limit."""
     if not isinstance(record, dict):
-        raise invalid_request("Record must be an object", "InvalidRequest")
+        raise InvalidInput("Record must be an object")
     rtype = record.get("$type")
     if rtype is None:
-        raise invalid_request("Record/$type must be a string", "InvalidRequest")
+        raise InvalidInput("Record/$type must be a string")
     if rtype != collection:
-        raise invalid_request(f"Invalid $type: expected {collection}, got {rtype}",
-                              "InvalidRequest")
+        raise InvalidInput(f"Invalid $type: expected {collection}, got {rtype}")
     try:
         value = json_to_value(record)
         size = len(encode(value))
     except InvalidData as e:
-        raise invalid_request(f"Invalid record: {e}", "InvalidRequest") from None
+        raise InvalidInput(f"Invalid record: {e}") from None
     if size > MAX_RECORD_BYTES:
-        raise invalid_request("Record is too large", "RecordTooBig")
+        raise InvalidInput("Record is too large", "RecordTooBig")
     return value
 
 
 def check_collection(collection: Any) -> str:
     if not isinstance(collection, str) or not is_valid_nsid(collection):
-        raise invalid_request("Invalid collection: must be an NSID")
+        raise InvalidInput("Invalid collection: must be an NSID")
     return collection
 
 
 def check_rkey(rkey: Any) -> str:
     if not isinstance(rkey, str) or not is_valid_record_key(rkey):
-        raise invalid_request("Invalid record key")
+        raise InvalidInput("Invalid record key")
     return rkey
 
 
@@ -68,7 +78,7 @@ def parse_cid_field(value: Any, name: str) -> CID:
     try:
         return parse_cid(value)
     except (InvalidData, TypeError):
-        raise invalid_request(f"Invalid {name}: must be a CID") from None
+        raise InvalidInput(f"Invalid {name}: must be a CID") from None
 
 
 class BlobHooks(CommitHooks):
@@ -116,7 +126,38 @@ class BlobHooks(CommitHooks):
 
 
 class BlobMissing(RepoError):
-    name = "BlobNotFound"
+    """A record refers to a blob that was never uploaded."""
+
+
+# The lexicons' names for what the repository refuses; any other refusal is InvalidRequest.
+_REFUSALS: dict[type[RepoError], str] = {
+    RecordNotFound: "RecordNotFound", InvalidSwap: "InvalidSwap",
+    RepoNotFound: "RepoNotFound", BlobMissing: "BlobNotFound",
+}
+
+
+def _refused(e: RepoError) -> InvalidInput:
+    name = next((n for cls, n in _REFUSALS.items() if isinstance(e, cls)), None)
+    return InvalidInput(str(e), name)
+
+
+async def receive_blob(ctx: AppContext, did: str, chunks: AsyncIterable[bytes], mime: str,
+                       limit: int) -> tuple[CID, dict]:
+    """Store an uploaded blob as its bytes arrive, refusing it past `limit` bytes; returns
+    (cid, metadata). It stays a temporary upload until a record refers to it."""
+    store = blobs(ctx, did)
+    upload = await asyncio.to_thread(store.start_upload)
+    try:
+        async for chunk in chunks:
+            upload.write(chunk, limit)
+        if upload.size == 0:
+            raise InvalidInput("Blob is empty")
+        return await asyncio.to_thread(upload.finish, mime)
+    except BlobTooLarge:
+        raise PayloadTooLarge("request entity too large") from None
+    except BaseException:
+        upload.abort()
+        raise
 
 
 def record_blob_refs(ctx: AppContext, did: str) -> Iterator[tuple[str, str, bool]]:
@@ -138,20 +179,19 @@ def apply_writes(ctx: AppContext, did: str, writes: list[Write],
                  swap_commit: Any = ANY) -> CommitResult:
     """The write path of every record endpoint (blocking: call it from a thread)."""
     if len(writes) > MAX_OPS:
-        raise invalid_request(f"Too many writes. Max: {MAX_OPS}")
+        raise InvalidInput(f"Too many writes. Max: {MAX_OPS}")
     acct = ctx.accounts.get(did)
     if acct is None:
-        raise invalid_request("Could not find repo: " + did, "RepoNotFound")
+        raise InvalidInput("Could not find repo: " + did, "RepoNotFound")
     if acct.get("status") is not None:
-        raise invalid_request(f"Account is {acct['status']}", "AccountDeactivated"
-                              if acct["status"] == "deactivated" else "AccountTakedown")
+        raise InvalidInput(f"Account is {acct['status']}", "AccountDeactivated"
+                           if acct["status"] == "deactivated" else "AccountTakedown")
     repo = ctx.repo(did)
     hooks = BlobHooks(blobs(ctx, did), repo.blocks.get, ctx.after_commit)
     try:
         return repo.apply_writes(writes, swap_commit=swap_commit, hooks=hooks)
     except RepoError as e:
-        raise XrpcError(400, e.name if e.name != "InternalServerError" else "InvalidRequest",
-                        str(e)) from None
+        raise _refused(e) from None
 
 
 def new_rkey() -> str:

@@ -48,29 +48,27 @@ SNAPSHOT = "export.car"  # the export snapshot, in the repo directory
 
 
 class RepoError(Exception):
-    """A write the repository refuses; `name` is the XRPC error name."""
-
-    name = "InvalidRequest"
+    """A write (or read) the repository refuses."""
 
 
 class RecordExists(RepoError):
-    name = "InvalidRequest"
+    """A create of a record that is already there."""
 
 
 class RecordNotFound(RepoError):
-    name = "RecordNotFound"
+    """An update or delete of a record that isn't there."""
 
 
 class InvalidSwap(RepoError):
-    name = "InvalidSwap"
+    """The commit or record is not at the CID the write expected."""
 
 
 class RepoNotFound(RepoError):
-    name = "RepoNotFound"
+    """No repository (no HEAD) for the account."""
 
 
 class CorruptRepo(RepoError):
-    name = "InternalServerError"
+    """The repository's own files are unreadable."""
 
 
 @dataclass

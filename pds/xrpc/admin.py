@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import asyncio
 
+from ..errors import InvalidInput
 from ..repo.syntax import is_valid_did
 from ..services import accounts as svc
+from ..services.auth import AuthKind
 from .app import Call
-from .errors import invalid_request
-from .registry import ADMIN, procedure, query
-
-NS = "com.atproto.admin."
+from .registry import procedure, query
 
 
 def _did(value: object) -> str:
     if not isinstance(value, str) or not is_valid_did(value):
-        raise invalid_request("Invalid did")
+        raise InvalidInput("Invalid did")
     return value
 
 
@@ -38,17 +37,17 @@ def account_view(ctx, acct: dict) -> dict:
 def _account(call: Call, did: str) -> dict:
     acct = call.ctx.accounts.get(did)
     if acct is None:
-        raise invalid_request("Account not found", "AccountNotFound")
+        raise InvalidInput("Account not found", "AccountNotFound")
     return acct
 
 
-@query(NS + "getAccountInfo", auth=ADMIN)
+@query("com.atproto.admin.getAccountInfo", auth=AuthKind.ADMIN)
 async def get_account_info(call: Call):
     did = _did(call.param("did", required=True))
     return account_view(call.ctx, _account(call, did))
 
 
-@query(NS + "getAccountInfos", auth=ADMIN)
+@query("com.atproto.admin.getAccountInfos", auth=AuthKind.ADMIN)
 async def get_account_infos(call: Call):
     infos = []
     for did in call.param_list("dids"):
@@ -58,7 +57,7 @@ async def get_account_infos(call: Call):
     return {"infos": infos}
 
 
-@query(NS + "searchAccounts", auth=ADMIN)
+@query("com.atproto.admin.searchAccounts", auth=AuthKind.ADMIN)
 async def search_accounts(call: Call):
     email = (call.param("email") or "").lower()
     limit = call.param_int("limit", 50, 1, 100)
@@ -80,13 +79,13 @@ async def search_accounts(call: Call):
 
 def _subject_did(subject: object) -> str:
     if not isinstance(subject, dict):
-        raise invalid_request("Invalid subject")
+        raise InvalidInput("Invalid subject")
     if subject.get("$type") != "com.atproto.admin.defs#repoRef":
-        raise invalid_request("Only repo subjects (com.atproto.admin.defs#repoRef) are supported")
+        raise InvalidInput("Only repo subjects (com.atproto.admin.defs#repoRef) are supported")
     return _did(subject.get("did"))
 
 
-@query(NS + "getSubjectStatus", auth=ADMIN)
+@query("com.atproto.admin.getSubjectStatus", auth=AuthKind.ADMIN)
 async def get_subject_status(call: Call):
     did = _did(call.param("did", required=True))
     acct = _account(call, did)
@@ -97,7 +96,7 @@ async def get_subject_status(call: Call):
             "takedown": takedown}
 
 
-@procedure(NS + "updateSubjectStatus", auth=ADMIN)
+@procedure("com.atproto.admin.updateSubjectStatus", auth=AuthKind.ADMIN)
 async def update_subject_status(call: Call):
     subject = call.field("subject", kind=dict)
     did = _subject_did(subject)
@@ -106,19 +105,19 @@ async def update_subject_status(call: Call):
     if takedown is not None:
         applied = takedown.get("applied")
         if not isinstance(applied, bool):
-            raise invalid_request("takedown.applied must be a boolean")
+            raise InvalidInput("takedown.applied must be a boolean")
         await asyncio.to_thread(call.ctx.lifecycle.takedown, did, applied, takedown.get("ref"))
     return {"subject": subject, "takedown": takedown or {"applied": False}}
 
 
-@procedure(NS + "deleteAccount", auth=ADMIN)
+@procedure("com.atproto.admin.deleteAccount", auth=AuthKind.ADMIN)
 async def delete_account(call: Call):
     did = _did(call.field("did"))
     _account(call, did)
     await call.ctx.lifecycle.delete(did)
 
 
-@procedure(NS + "updateAccountHandle", auth=ADMIN)
+@procedure("com.atproto.admin.updateAccountHandle", auth=AuthKind.ADMIN)
 async def update_account_handle(call: Call):
     did = _did(call.field("did"))
     _account(call, did)
@@ -126,27 +125,27 @@ async def update_account_handle(call: Call):
     await call.ctx.lifecycle.update_handle(did, handle)
 
 
-@procedure(NS + "updateAccountEmail", auth=ADMIN)
+@procedure("com.atproto.admin.updateAccountEmail", auth=AuthKind.ADMIN)
 async def update_account_email(call: Call):
     account = call.field("account")
     did = account if account.startswith("did:") else call.ctx.accounts.did_for_handle(account)
     if did is None:
-        raise invalid_request("Account not found", "AccountNotFound")
+        raise InvalidInput("Account not found", "AccountNotFound")
     _account(call, did)
     await asyncio.to_thread(call.ctx.lifecycle.set_email, did, call.field("email"))
 
 
-@procedure(NS + "updateAccountPassword", auth=ADMIN)
+@procedure("com.atproto.admin.updateAccountPassword", auth=AuthKind.ADMIN)
 async def update_account_password(call: Call):
     did = _did(call.field("did"))
     _account(call, did)
     password = call.field("password")
     if not password or len(password) > 256:
-        raise invalid_request("Invalid password")
+        raise InvalidInput("Invalid password")
     await asyncio.to_thread(call.ctx.lifecycle.set_password, did, password)
 
 
-@query(NS + "getInviteCodes", auth=ADMIN)
+@query("com.atproto.admin.getInviteCodes", auth=AuthKind.ADMIN)
 async def get_invite_codes(call: Call):
     limit = call.param_int("limit", 100, 1, 500)
     cursor = call.param("cursor")
@@ -160,21 +159,21 @@ async def get_invite_codes(call: Call):
     return out
 
 
-@procedure(NS + "disableInviteCodes", auth=ADMIN)
+@procedure("com.atproto.admin.disableInviteCodes", auth=AuthKind.ADMIN)
 async def disable_invite_codes(call: Call):
     codes = call.field("codes", required=False, kind=list) or []
     accounts = call.field("accounts", required=False, kind=list) or []
     svc.disable_invites(call.ctx, codes=codes, accounts=accounts)
 
 
-@procedure(NS + "disableAccountInvites", auth=ADMIN)
+@procedure("com.atproto.admin.disableAccountInvites", auth=AuthKind.ADMIN)
 async def disable_account_invites(call: Call):
     did = _did(call.field("account"))
     _account(call, did)
     call.ctx.accounts.update(did, invitesDisabled=True)
 
 
-@procedure(NS + "enableAccountInvites", auth=ADMIN)
+@procedure("com.atproto.admin.enableAccountInvites", auth=AuthKind.ADMIN)
 async def enable_account_invites(call: Call):
     did = _did(call.field("account"))
     _account(call, did)

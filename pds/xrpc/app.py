@@ -14,9 +14,10 @@ import falcon
 import falcon.asgi
 
 from .. import __version__
+from ..errors import InvalidInput, NotSupported, PayloadTooLarge, PdsError
 from ..repo.syntax import is_valid_nsid
 from . import registry
-from .errors import XrpcError, invalid_request
+from .errors import INTERNAL, MethodNotAllowed, UpgradeRequired, answer_for, render
 
 log = logging.getLogger("pds.xrpc")
 
@@ -66,7 +67,7 @@ class Call:
             v = v[-1]
         if v is None or v == "":
             if required:
-                raise invalid_request(f"Error: Params must have the property \"{name}\"")
+                raise InvalidInput(f"Error: Params must have the property \"{name}\"")
             return default
         return v
 
@@ -77,9 +78,9 @@ class Call:
         try:
             n = int(v)
         except ValueError:
-            raise invalid_request(f"Error: {name} must be an integer") from None
+            raise InvalidInput(f"Error: {name} must be an integer") from None
         if not lo <= n <= hi:
-            raise invalid_request(f"Error: {name} must be between {lo} and {hi}")
+            raise InvalidInput(f"Error: {name} must be between {lo} and {hi}")
         return n
 
     def param_bool(self, name: str, default: bool = False) -> bool:
@@ -87,7 +88,7 @@ class Call:
         if v is None:
             return default
         if v not in ("true", "false"):
-            raise invalid_request(f"Error: {name} must be a boolean")
+            raise InvalidInput(f"Error: {name} must be a boolean")
         return v == "true"
 
     def param_list(self, name: str) -> list[str]:
@@ -104,10 +105,10 @@ class Call:
         v = body.get(name)
         if v is None:
             if required:
-                raise invalid_request(f"Input must have the property \"{name}\"")
+                raise InvalidInput(f"Input must have the property \"{name}\"")
             return None
         if kind is not None and not isinstance(v, kind) or (kind is int and isinstance(v, bool)):
-            raise invalid_request(f"Input/{name} must be a {getattr(kind, '__name__', kind)}")
+            raise InvalidInput(f"Input/{name} must be a {getattr(kind, '__name__', kind)}")
         return v
 
     @property
@@ -150,20 +151,21 @@ class XrpcResource:
         method = registry.METHODS.get(nsid)
         if method is None and nsid in registry.SUBSCRIPTIONS:
             if kind != "query":
-                raise XrpcError(405, "InvalidRequest", "subscriptions are GET only")
-            raise XrpcError(426, "InvalidRequest", "Upgrade Required: use a WebSocket")
+                raise MethodNotAllowed("subscriptions are GET only")
+            raise UpgradeRequired("Upgrade Required: use a WebSocket")
         if method is None:
             fallback = getattr(self.ctx, "fallback", None)
             if fallback is not None and is_valid_nsid(nsid):
                 await fallback(req, resp, nsid)
                 return
-            raise XrpcError(501, "MethodNotImplemented", "Method Not Implemented")
+            raise NotSupported("Method Not Implemented")
         if method.kind != kind:
-            raise invalid_request(
+            raise InvalidInput(
                 f"Incorrect HTTP method ({req.method}) expected "
                 f"{'GET' if method.kind == 'query' else 'POST'}")
         call = Call(self.ctx, req, resp, nsid)
-        call.auth = await self.ctx.auth.check(method.auth, call)
+        call.auth = await self.ctx.auth.check(method.auth, req.get_header("Authorization") or "",
+                                              nsid)
         if kind == "procedure" and method.body == "json":
             call.body = await _read_json(req)
         result = await method.handler(call)
@@ -173,19 +175,19 @@ class XrpcResource:
 async def _read_json(req: falcon.asgi.Request) -> Any:
     length = req.content_length
     if length is not None and length > JSON_LIMIT:
-        raise XrpcError(413, "PayloadTooLarge", "request entity too large")
+        raise PayloadTooLarge("request entity too large")
     data = await req.stream.read(JSON_LIMIT + 1) if length is None else await req.stream.read()
     if len(data) > JSON_LIMIT:
-        raise XrpcError(413, "PayloadTooLarge", "request entity too large")
+        raise PayloadTooLarge("request entity too large")
     if not data:
         return None
     ctype = (req.content_type or "").split(";")[0].strip().lower()
     if ctype and ctype != "application/json":
-        raise invalid_request(f"Wrong request encoding (Content-Type): {ctype}")
+        raise InvalidInput(f"Wrong request encoding (Content-Type): {ctype}")
     try:
         return json.loads(data)
     except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: deep nesting
-        raise invalid_request("Request body is not valid JSON") from None
+        raise InvalidInput("Request body is not valid JSON") from None
 
 
 def write_result(resp: falcon.asgi.Response, result: Any) -> None:
@@ -247,13 +249,18 @@ async def _settle_body(req: falcon.asgi.Request, resp: falcon.asgi.Response) -> 
     resp.set_header("Connection", "close")
 
 
-async def _xrpc_error(req: falcon.asgi.Request, resp: falcon.asgi.Response,
-                      ex: XrpcError, params: dict) -> None:
-    resp.status = ex.status
+async def _pds_error(req: falcon.asgi.Request, resp: falcon.asgi.Response,
+                     ex: PdsError, params: dict) -> None:
+    """Any domain error, answered as the table in `errors` says."""
+    if answer_for(type(ex)) is INTERNAL:  # a PdsError of no kind: a bug, answered as one
+        await _unexpected(req, resp, ex, params)
+        return
+    status, name, message, headers = render(ex)
+    resp.status = status
     resp.content_type = "application/json; charset=utf-8"
-    for k, v in ex.headers.items():
+    for k, v in headers.items():
         resp.set_header(k, v)
-    resp.data = dumps({"error": ex.error, "message": ex.message})
+    resp.data = dumps({"error": name, "message": message})
     await _settle_body(req, resp)
 
 
@@ -380,5 +387,5 @@ def create_app(ctx: Any, extra_routes: Callable[[falcon.asgi.App], None] | None 
         extra_routes(app)
     app.add_error_handler(Exception, _unexpected)
     app.add_error_handler(falcon.HTTPError, _http_error)
-    app.add_error_handler(XrpcError, _xrpc_error)
+    app.add_error_handler(PdsError, _pds_error)
     return app

@@ -1,32 +1,81 @@
-"""XRPC errors: `{"error": Name, "message": text}` with the status the lexicon gives."""
+"""XRPC errors: `{"error": Name, "message": text}` with the status the lexicon gives.
+
+Every failure a client is told about is a `pds.errors.PdsError`; `ERRORS` is the one
+table of how each kind is answered: its HTTP status, the error name it gets when it names
+none itself, and headers it always carries.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 
-class XrpcError(Exception):
-    """An error answered to the client as XRPC JSON."""
+from ..errors import (
+    AuthFailed,
+    AuthRequired,
+    Forbidden,
+    InvalidInput,
+    NotSupported,
+    PayloadTooLarge,
+    PdsError,
+    RateLimited,
+)
 
-    def __init__(self, status: int, error: str, message: str = "",
-                 headers: dict[str, str] | None = None) -> None:
-        super().__init__(message or error)
-        self.status = status
-        self.error = error
-        self.message = message or error
-        self.headers = headers or {}
-
-
-def invalid_request(message: str, error: str = "InvalidRequest") -> XrpcError:
-    return XrpcError(400, error, message)
-
-
-def auth_required(message: str = "Authentication Required",
-                  error: str = "AuthenticationRequired") -> XrpcError:
-    return XrpcError(401, error, message, {"WWW-Authenticate": 'Bearer realm="pds"'})
+# --- kinds only the XRPC layer itself raises ------------------------------------------
 
 
-def forbidden(message: str = "Forbidden", error: str = "Forbidden") -> XrpcError:
-    return XrpcError(403, error, message)
+class MethodNotAllowed(PdsError):
+    """The method exists but not with this HTTP verb (e.g. a POST to a subscription)."""
 
 
-def not_found(message: str, error: str = "NotFound") -> XrpcError:
-    return XrpcError(404, error, message)
+class UpgradeRequired(PdsError):
+    """A subscription asked for over plain HTTP: it needs a WebSocket."""
+
+
+# --- the table --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    error: str  # the XRPC error name, unless the exception names its own
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+ERRORS: dict[type[PdsError], Answer] = {
+    InvalidInput: Answer(400, "InvalidRequest"),
+    AuthRequired: Answer(401, "AuthenticationRequired",
+                         {"WWW-Authenticate": 'Bearer realm="pds"'}),
+    AuthFailed: Answer(401, "AuthenticationRequired"),
+    Forbidden: Answer(403, "Forbidden"),
+    MethodNotAllowed: Answer(405, "InvalidRequest"),
+    PayloadTooLarge: Answer(413, "PayloadTooLarge"),
+    UpgradeRequired: Answer(426, "InvalidRequest"),
+    RateLimited: Answer(429, "RateLimitExceeded"),
+    NotSupported: Answer(501, "MethodNotImplemented"),
+}
+
+INTERNAL = Answer(500, "InternalServerError")
+
+
+def answer_for(kind: type[PdsError]) -> Answer:
+    """The table's row for an error class (its nearest listed ancestor); a bare PdsError,
+    which names no kind, is an internal error."""
+    for cls in kind.__mro__:
+        row = ERRORS.get(cls)  # type: ignore[arg-type]
+        if row is not None:
+            return row
+    return INTERNAL
+
+
+def render(ex: PdsError) -> tuple[int, str, str, dict[str, str]]:
+    """(status, error name, message, headers) of the answer to `ex`."""
+    row = answer_for(type(ex))
+    if row is INTERNAL:
+        return 500, INTERNAL.error, "Internal Server Error", {}
+    name = ex.error or row.error
+    return row.status, name, ex.message or name, {**row.headers, **ex.headers}
+
+
+def error_name(ex: PdsError) -> str:
+    """The XRPC error name `ex` is answered with."""
+    return render(ex)[1]

@@ -2,33 +2,32 @@
 
 from __future__ import annotations
 
+from ..errors import InvalidInput
 from ..repo.syntax import is_valid_handle
 from ..services import accounts as svc
+from ..services.auth import AuthKind
 from .app import Call
-from .errors import invalid_request
-from .registry import ACCESS, procedure, query
-
-NS = "com.atproto.identity."
+from .registry import procedure, query
 
 
-@query(NS + "resolveHandle")
+@query("com.atproto.identity.resolveHandle")
 async def resolve_handle(call: Call):
     handle = call.param("handle", required=True)
     if not is_valid_handle(handle):
-        raise invalid_request("Invalid handle")
+        raise InvalidInput("Invalid handle")
     did = await call.ctx.identity.resolve_handle(handle.lower())
     if did is None:
-        raise invalid_request("Unable to resolve handle", "HandleNotFound")
+        raise InvalidInput("Unable to resolve handle", "HandleNotFound")
     return {"did": did}
 
 
-@procedure(NS + "updateHandle", auth=ACCESS)
+@procedure("com.atproto.identity.updateHandle", auth=AuthKind.ACCESS)
 async def update_handle(call: Call):
     handle = svc.normalize_handle_input(call.ctx, call.field("handle"), external_ok=True)
     await call.ctx.lifecycle.update_handle(call.auth.did, handle)
 
 
-@query(NS + "getRecommendedDidCredentials", auth=ACCESS)
+@query("com.atproto.identity.getRecommendedDidCredentials", auth=AuthKind.ACCESS)
 async def get_recommended_did_credentials(call: Call):
     ctx = call.ctx
     acct = ctx.accounts.get(call.auth.did)

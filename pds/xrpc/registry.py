@@ -1,4 +1,7 @@
-"""The XRPC method table: handlers register by NSID with their kind and auth needs."""
+"""The XRPC method table: handlers register by NSID with their kind and auth needs.
+
+Each registration spells its full NSID as one literal (`@query("com.atproto.sync.getRepo")`),
+so a grep for the NSID lands on its handler."""
 
 from __future__ import annotations
 
@@ -6,15 +9,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-# Auth kinds a method can ask for.
-NONE = "none"            # public
-OPTIONAL = "optional"    # public, but a valid access token is read if sent
-ACCESS = "access"        # access token (password session or app password)
-ACCESS_FULL = "full"     # access token of a password session (no app passwords)
-REFRESH = "refresh"      # refresh token
-ADMIN = "admin"          # HTTP Basic admin
-ACCESS_OR_SERVICE = "access_or_service"  # access token, or a service-auth JWT
-SERVICE_OPTIONAL = "service_optional"    # anonymous, or a service-auth JWT
+from ..services.auth import AuthKind
 
 
 @dataclass
@@ -22,7 +17,7 @@ class Method:
     nsid: str
     kind: str  # "query" | "procedure"
     handler: Callable[..., Awaitable[Any]]
-    auth: str = NONE
+    auth: AuthKind = AuthKind.NONE
     # For procedures: how the body is taken ("json", "raw" = streamed, "none").
     body: str = "json"
 
@@ -40,7 +35,7 @@ def subscription(nsid: str) -> Callable:
     return deco
 
 
-def query(nsid: str, auth: str = NONE) -> Callable:
+def query(nsid: str, auth: AuthKind = AuthKind.NONE) -> Callable:
     """Register an XRPC query (GET)."""
     def deco(fn: Callable) -> Callable:
         METHODS[nsid] = Method(nsid, "query", fn, auth)
@@ -48,7 +43,7 @@ def query(nsid: str, auth: str = NONE) -> Callable:
     return deco
 
 
-def procedure(nsid: str, auth: str = NONE, body: str = "json") -> Callable:
+def procedure(nsid: str, auth: AuthKind = AuthKind.NONE, body: str = "json") -> Callable:
     """Register an XRPC procedure (POST)."""
     def deco(fn: Callable) -> Callable:
         METHODS[nsid] = Method(nsid, "procedure", fn, auth, body)

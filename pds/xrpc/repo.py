@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import asyncio
 
+from ..errors import AuthFailed, InvalidInput, NotSupported, PayloadTooLarge
 from ..repo.codec import cid_str, decode_json
 from ..services import records as svc
-from ..store.blobs import BlobTooLarge
-from ..store.repo import ANY, Write
+from ..services.auth import AuthKind
+from ..services.records import ANY, Write
 from .app import Call
-from .errors import XrpcError, invalid_request
-from .registry import ACCESS, ACCESS_OR_SERVICE, procedure, query
-
-NS = "com.atproto.repo."
+from .registry import procedure, query
 
 
 def _own_repo(call: Call, repo: object) -> str:
@@ -20,20 +18,20 @@ def _own_repo(call: Call, repo: object) -> str:
     did = resolve_repo_param(call, repo)
     if did != call.auth.did:
         # As the reference PDS answers: the credentials don't cover this repo.
-        raise XrpcError(401, "AuthenticationRequired", "Not authorized to write to this repo")
+        raise AuthFailed("Not authorized to write to this repo")
     return did
 
 
 def resolve_repo_param(call: Call, repo: object) -> str:
     """A hosted account's DID from a `repo` parameter (DID or handle)."""
     if not isinstance(repo, str) or not repo:
-        raise invalid_request("Input must have the property \"repo\"")
+        raise InvalidInput("Input must have the property \"repo\"")
     if repo.startswith("did:"):
         did = repo
     else:
         did = call.ctx.accounts.did_for_handle(repo.lower())
     if did is None or call.ctx.accounts.get(did) is None:
-        raise invalid_request(f"Could not find repo: {repo}", "RepoNotFound")
+        raise InvalidInput(f"Could not find repo: {repo}", "RepoNotFound")
     return did
 
 
@@ -47,7 +45,7 @@ def _validation_status(call: Call) -> str:
     validate = call.body.get("validate") if isinstance(call.body, dict) else None
     if validate is True:
         # We hold no lexicons to validate against: refuse rather than pretend.
-        raise invalid_request("Lexicon validation is not supported; omit validate or use false")
+        raise InvalidInput("Lexicon validation is not supported; omit validate or use false")
     return "unknown"
 
 
@@ -61,7 +59,7 @@ async def _write_one(call: Call, did: str, write: Write) -> dict:
             "commit": svc.commit_result_view(result), "validationStatus": status}
 
 
-@procedure(NS + "createRecord", auth=ACCESS)
+@procedure("com.atproto.repo.createRecord", auth=AuthKind.ACCESS)
 async def create_record(call: Call):
     did = _own_repo(call, call.field("repo"))
     collection = svc.check_collection(call.field("collection"))
@@ -71,7 +69,7 @@ async def create_record(call: Call):
     return await _write_one(call, did, Write("create", collection, rkey, record))
 
 
-@procedure(NS + "putRecord", auth=ACCESS)
+@procedure("com.atproto.repo.putRecord", auth=AuthKind.ACCESS)
 async def put_record(call: Call):
     did = _own_repo(call, call.field("repo"))
     collection = svc.check_collection(call.field("collection"))
@@ -87,7 +85,7 @@ async def put_record(call: Call):
     return await _write_one(call, did, Write("put", collection, rkey, record, swap))
 
 
-@procedure(NS + "deleteRecord", auth=ACCESS)
+@procedure("com.atproto.repo.deleteRecord", auth=AuthKind.ACCESS)
 async def delete_record(call: Call):
     did = _own_repo(call, call.field("repo"))
     collection = svc.check_collection(call.field("collection"))
@@ -97,7 +95,7 @@ async def delete_record(call: Call):
     write = Write("delete", collection, rkey, None, swap_record)
     try:
         result = await asyncio.to_thread(svc.apply_writes, call.ctx, did, [write], swap_commit)
-    except XrpcError as e:
+    except InvalidInput as e:
         if e.error == "RecordNotFound" and swap_record is ANY:
             return {}  # deleting what isn't there (as the reference): nothing to commit
         raise
@@ -111,18 +109,18 @@ _WRITE_TYPES = {
 }
 
 
-@procedure(NS + "applyWrites", auth=ACCESS)
+@procedure("com.atproto.repo.applyWrites", auth=AuthKind.ACCESS)
 async def apply_writes(call: Call):
     did = _own_repo(call, call.field("repo"))
     items = call.field("writes", kind=list)
     if len(items) > svc.MAX_OPS:
-        raise invalid_request(f"Too many writes. Max: {svc.MAX_OPS}")
+        raise InvalidInput(f"Too many writes. Max: {svc.MAX_OPS}")
     swap_commit = _swap(call.field("swapCommit", required=False), "swapCommit")
     status = _validation_status(call)
     writes = []
     for item in items:
         if not isinstance(item, dict) or item.get("$type") not in _WRITE_TYPES:
-            raise invalid_request("Invalid write: unknown $type")
+            raise InvalidInput("Invalid write: unknown $type")
         action = _WRITE_TYPES[item["$type"]]
         collection = svc.check_collection(item.get("collection"))
         if action == "create":
@@ -146,7 +144,7 @@ async def apply_writes(call: Call):
     return {"commit": svc.commit_result_view(result), "results": results}
 
 
-@query(NS + "getRecord")
+@query("com.atproto.repo.getRecord")
 async def get_record(call: Call):
     did = resolve_repo_param(call, call.param("repo", required=True))
     collection = svc.check_collection(call.param("collection", required=True))
@@ -156,8 +154,8 @@ async def get_record(call: Call):
     _check_readable(call, did)
     rec = svc.get_record_json(call.ctx, did, collection, rkey, cid)
     if rec is None:
-        raise invalid_request(f"Could not locate record: at://{did}/{collection}/{rkey}",
-                              "RecordNotFound")
+        raise InvalidInput(f"Could not locate record: at://{did}/{collection}/{rkey}",
+                           "RecordNotFound")
     return rec
 
 
@@ -165,12 +163,12 @@ def _check_readable(call: Call, did: str) -> None:
     acct = call.ctx.accounts.get(did)
     status = acct.get("status") if acct else None
     if status == "takendown":
-        raise invalid_request(f"Repo has been takendown: {did}", "RepoTakendown")
+        raise InvalidInput(f"Repo has been takendown: {did}", "RepoTakendown")
     if status == "deactivated":
-        raise invalid_request(f"Repo has been deactivated: {did}", "RepoDeactivated")
+        raise InvalidInput(f"Repo has been deactivated: {did}", "RepoDeactivated")
 
 
-@query(NS + "listRecords")
+@query("com.atproto.repo.listRecords")
 async def list_records(call: Call):
     did = resolve_repo_param(call, call.param("repo", required=True))
     collection = svc.check_collection(call.param("collection", required=True))
@@ -188,7 +186,7 @@ async def list_records(call: Call):
     return out
 
 
-@query(NS + "describeRepo")
+@query("com.atproto.repo.describeRepo")
 async def describe_repo(call: Call):
     did = resolve_repo_param(call, call.param("repo", required=True))
     _check_readable(call, did)
@@ -206,37 +204,25 @@ async def describe_repo(call: Call):
             "handleIsCorrect": handle_ok}
 
 
-@procedure(NS + "uploadBlob", auth=ACCESS_OR_SERVICE, body="raw")
+@procedure("com.atproto.repo.uploadBlob", auth=AuthKind.ACCESS_OR_SERVICE, body="raw")
 async def upload_blob(call: Call):
     did = call.auth.did
     acct = call.ctx.accounts.get(did)
     if acct is None:
-        raise invalid_request("Account not found", "AccountNotFound")
+        raise InvalidInput("Account not found", "AccountNotFound")
     limit = call.ctx.settings.blob_limit
     length = call.req.content_length
     if length is not None and length > limit:
-        raise XrpcError(413, "PayloadTooLarge", "request entity too large")
+        raise PayloadTooLarge("request entity too large")
     mime = (call.req.content_type or "application/octet-stream").split(";")[0].strip().lower()
     if not mime or "/" not in mime:
         mime = "application/octet-stream"
-    store = svc.blobs(call.ctx, did)
-    upload = await asyncio.to_thread(store.start_upload)
-    try:
-        async for chunk in call.req.stream:
-            upload.write(chunk, limit)
-        if upload.size == 0:
-            raise invalid_request("Blob is empty")
-        cid, meta = await asyncio.to_thread(upload.finish, mime)
-    except BlobTooLarge:
-        raise XrpcError(413, "PayloadTooLarge", "request entity too large") from None
-    except BaseException:
-        upload.abort()
-        raise
+    cid, meta = await svc.receive_blob(call.ctx, did, call.req.stream, mime, limit)
     return {"blob": {"$type": "blob", "ref": {"$link": cid.encode()},
                      "mimeType": meta["mimeType"], "size": meta["size"]}}
 
 
-@query(NS + "listMissingBlobs", auth=ACCESS)
+@query("com.atproto.repo.listMissingBlobs", auth=AuthKind.ACCESS)
 async def list_missing_blobs(call: Call):
     did = call.auth.did
     limit = call.param_int("limit", 500, 1, 1000)
@@ -259,7 +245,7 @@ async def list_missing_blobs(call: Call):
     return out
 
 
-@procedure(NS + "importRepo", auth=ACCESS_OR_SERVICE, body="raw")
+@procedure("com.atproto.repo.importRepo", auth=AuthKind.ACCESS_OR_SERVICE, body="raw")
 async def import_repo(call: Call):
-    raise XrpcError(501, "MethodNotImplemented", "importRepo is not supported yet")
+    raise NotSupported("importRepo is not supported yet")
 

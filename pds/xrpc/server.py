@@ -5,22 +5,12 @@ from __future__ import annotations
 import asyncio
 import time
 
+from ..errors import Forbidden, InvalidInput, NotSupported
 from ..repo.syntax import is_valid_did, is_valid_nsid
 from ..services import accounts as svc
 from ..services import auth as A
-from .errors import XrpcError, invalid_request
-from .registry import (
-    ACCESS,
-    ACCESS_FULL,
-    ADMIN,
-    NONE,
-    REFRESH,
-    SERVICE_OPTIONAL,
-    procedure,
-    query,
-)
-
-NS = "com.atproto.server."
+from ..services.auth import AuthKind
+from .registry import procedure, query
 
 # Never minted for other services: account management stays between the user and us.
 PROTECTED_METHODS = {
@@ -35,7 +25,7 @@ PROTECTED_METHODS = {
 }
 
 
-@query(NS + "describeServer")
+@query("com.atproto.server.describeServer")
 async def describe_server(call):
     s = call.ctx.settings
     return {"did": s.service_did, "availableUserDomains": s.handle_domains,
@@ -43,15 +33,15 @@ async def describe_server(call):
             "links": {}, "contact": {}}
 
 
-@procedure(NS + "createAccount", auth=SERVICE_OPTIONAL)
+@procedure("com.atproto.server.createAccount", auth=AuthKind.SERVICE_OPTIONAL)
 async def create_account(call):
     if not isinstance(call.body, dict):
-        raise invalid_request("Request body must be a JSON object")
+        raise InvalidInput("Request body must be a JSON object")
     call.ctx.auth.limiter.hit("signup-ip:" + call.ip, 100, 300)
     return await svc.create_account(call.ctx, call.body, call.auth)
 
 
-@procedure(NS + "createSession")
+@procedure("com.atproto.server.createSession")
 async def create_session(call):
     identifier = call.field("identifier")
     password = call.field("password")
@@ -60,23 +50,23 @@ async def create_session(call):
                                    allow_takendown)
 
 
-@procedure(NS + "refreshSession", auth=REFRESH)
+@procedure("com.atproto.server.refreshSession", auth=AuthKind.REFRESH)
 async def refresh_session(call):
     return svc.refresh(call.ctx, call.auth)
 
 
-@query(NS + "getSession", auth=ACCESS)
+@query("com.atproto.server.getSession", auth=AuthKind.ACCESS)
 async def get_session(call):
     acct = call.ctx.accounts.get(call.auth.did)
     return svc.session_view(call.ctx, acct, call.auth.scope)
 
 
-@procedure(NS + "deleteSession", auth=REFRESH)
+@procedure("com.atproto.server.deleteSession", auth=AuthKind.REFRESH)
 async def delete_session(call):
     svc.logout(call.ctx, call.auth)
 
 
-@procedure(NS + "createAppPassword", auth=ACCESS_FULL)
+@procedure("com.atproto.server.createAppPassword", auth=AuthKind.ACCESS_FULL)
 async def create_app_password(call):
     name = call.field("name")
     privileged = bool(call.field("privileged", required=False, kind=bool))
@@ -84,42 +74,42 @@ async def create_app_password(call):
                                    privileged)
 
 
-@query(NS + "listAppPasswords", auth=ACCESS_FULL)
+@query("com.atproto.server.listAppPasswords", auth=AuthKind.ACCESS_FULL)
 async def list_app_passwords(call):
     return svc.list_app_passwords(call.ctx, call.auth.did)
 
 
-@procedure(NS + "revokeAppPassword", auth=ACCESS_FULL)
+@procedure("com.atproto.server.revokeAppPassword", auth=AuthKind.ACCESS_FULL)
 async def revoke_app_password(call):
     svc.revoke_app_password(call.ctx, call.auth.did, call.field("name"))
 
 
-@procedure(NS + "createInviteCode", auth=ADMIN)
+@procedure("com.atproto.server.createInviteCode", auth=AuthKind.ADMIN)
 async def create_invite_code(call):
     use_count = call.field("useCount", kind=int)
     if use_count < 1:
-        raise invalid_request("useCount must be at least 1")
+        raise InvalidInput("useCount must be at least 1")
     for_account = call.field("forAccount", required=False)
     if for_account is not None and not is_valid_did(for_account):
-        raise invalid_request("forAccount must be a DID")
+        raise InvalidInput("forAccount must be a DID")
     out = svc.create_invites(call.ctx, use_count, 1, [for_account] if for_account else None)
     return {"code": out[0]["codes"][0]}
 
 
-@procedure(NS + "createInviteCodes", auth=ADMIN)
+@procedure("com.atproto.server.createInviteCodes", auth=AuthKind.ADMIN)
 async def create_invite_codes(call):
     use_count = call.field("useCount", kind=int)
     count = call.field("codeCount", required=False, kind=int) or 1
     if use_count < 1 or not 1 <= count <= 100:
-        raise invalid_request("useCount must be >= 1 and codeCount 1..100")
+        raise InvalidInput("useCount must be >= 1 and codeCount 1..100")
     for_accounts = call.field("forAccounts", required=False, kind=list)
     if for_accounts is not None and not all(isinstance(d, str) and is_valid_did(d)
                                             for d in for_accounts):
-        raise invalid_request("forAccounts must be DIDs")
+        raise InvalidInput("forAccounts must be DIDs")
     return {"codes": svc.create_invites(call.ctx, use_count, count, for_accounts)}
 
 
-@query(NS + "getAccountInviteCodes", auth=ACCESS_FULL)
+@query("com.atproto.server.getAccountInviteCodes", auth=AuthKind.ACCESS_FULL)
 async def get_account_invite_codes(call):
     did = call.auth.did
     codes = [svc.invite_view(i) for i in call.ctx.accounts.list_invites()
@@ -127,25 +117,25 @@ async def get_account_invite_codes(call):
     return {"codes": codes}
 
 
-@procedure(NS + "activateAccount", auth=ACCESS_FULL)
+@procedure("com.atproto.server.activateAccount", auth=AuthKind.ACCESS_FULL)
 async def activate_account(call):
     await call.ctx.lifecycle.activate(call.auth.did)
 
 
-@procedure(NS + "deactivateAccount", auth=ACCESS_FULL)
+@procedure("com.atproto.server.deactivateAccount", auth=AuthKind.ACCESS_FULL)
 async def deactivate_account(call):
     delete_after = call.field("deleteAfter", required=False)
     await call.ctx.lifecycle.deactivate(call.auth.did, delete_after)
 
 
-@procedure(NS + "requestAccountDelete", auth=ACCESS_FULL)
+@procedure("com.atproto.server.requestAccountDelete", auth=AuthKind.ACCESS_FULL)
 async def request_account_delete(call):
     # No mail transport: the token is written to the account's own directory, where the
     # operator (or a mail hook) can find it.
     call.ctx.lifecycle.request_delete_token(call.auth.did)
 
 
-@procedure(NS + "deleteAccount")
+@procedure("com.atproto.server.deleteAccount")
 async def delete_account(call):
     did = call.field("did")
     password = call.field("password")
@@ -153,44 +143,44 @@ async def delete_account(call):
     await call.ctx.lifecycle.delete_with_token(did, password, token, call.ip)
 
 
-@query(NS + "checkAccountStatus", auth=ACCESS)
+@query("com.atproto.server.checkAccountStatus", auth=AuthKind.ACCESS)
 async def check_account_status(call):
     return await asyncio.to_thread(call.ctx.lifecycle.status_report, call.auth.did)
 
 
-@query(NS + "getServiceAuth", auth=ACCESS)
+@query("com.atproto.server.getServiceAuth", auth=AuthKind.ACCESS)
 async def get_service_auth(call):
     aud = call.param("aud", required=True)
     if not is_valid_did(aud.split("#")[0]):
-        raise invalid_request("aud must be a DID")
+        raise InvalidInput("aud must be a DID")
     lxm = call.param("lxm")
     if lxm is not None and not is_valid_nsid(lxm):
-        raise invalid_request("lxm must be an NSID")
+        raise InvalidInput("lxm must be an NSID")
     now = int(time.time())
     exp_param = call.param("exp")
     if exp_param is not None:
         try:
             exp = int(exp_param)
         except ValueError:
-            raise invalid_request("exp must be an integer") from None
+            raise InvalidInput("exp must be an integer") from None
         if exp - now > 3600:
-            raise invalid_request("expiration is too far in the future", "BadExpiration")
+            raise InvalidInput("expiration is too far in the future", "BadExpiration")
         if lxm is None and exp - now > 60:
-            raise invalid_request("cannot request a token without lxm for over 60 seconds",
-                                  "BadExpiration")
+            raise InvalidInput("cannot request a token without lxm for over 60 seconds",
+                               "BadExpiration")
         if exp < now:
-            raise invalid_request("expiration is in the past", "BadExpiration")
+            raise InvalidInput("expiration is in the past", "BadExpiration")
     else:
         exp = now + 60
     if lxm in PROTECTED_METHODS:
-        raise invalid_request(f"cannot request a service token for the method {lxm}")
+        raise InvalidInput(f"cannot request a service token for the method {lxm}")
     if call.auth.is_app_password and lxm is not None and lxm.startswith("chat.bsky.") \
             and call.auth.scope != A.SCOPE_APP_PASS_PRIVILEGED:
-        raise XrpcError(403, "InvalidToken", "insufficient access for this method")
+        raise Forbidden("insufficient access for this method", "InvalidToken")
     key = call.ctx.local_signing_key(call.auth.did)
     return {"token": A.sign_service_jwt(key, call.auth.did, aud, lxm, exp)}
 
 
-@procedure(NS + "reserveSigningKey", auth=NONE)
+@procedure("com.atproto.server.reserveSigningKey", auth=AuthKind.NONE)
 async def reserve_signing_key(call):
-    raise XrpcError(501, "MethodNotImplemented", "reserveSigningKey is not supported")
+    raise NotSupported("reserveSigningKey is not supported")

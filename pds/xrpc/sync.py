@@ -8,22 +8,22 @@ import re
 
 import falcon
 
+from ..errors import InvalidInput
 from ..repo import car
 from ..repo.codec import InvalidData, parse_cid
 from ..repo.syntax import is_valid_did, is_valid_tid
 from ..services import records as rsvc
+from ..services.auth import AuthKind
 from .app import Call, Raw
-from .errors import invalid_request
-from .registry import OPTIONAL, query, subscription
+from .registry import query, subscription
 
-NS = "com.atproto.sync."
 CAR_TYPE = "application/vnd.ipld.car"
 
 
 def _did_param(call: Call) -> str:
     did = call.param("did", required=True)
     if not is_valid_did(did):
-        raise invalid_request("Invalid did")
+        raise InvalidInput("Invalid did")
     return did
 
 
@@ -31,36 +31,36 @@ def _hosted(call: Call, did: str, allow_inactive: bool = False) -> dict:
     """A hosted account readable through sync, with the lexicon's errors when not."""
     acct = call.ctx.accounts.get(did)
     if acct is None or acct.get("status") == "deleted":
-        raise invalid_request(f"Could not find repo for DID: {did}", "RepoNotFound")
+        raise InvalidInput(f"Could not find repo for DID: {did}", "RepoNotFound")
     status = acct.get("status")
     # Admins and the account itself may still read an inactive repo (e.g. to migrate out).
     privileged = call.auth is not None and (call.auth.kind == "admin" or call.auth.did == did)
     if status and not allow_inactive and not privileged:
         name = {"takendown": "RepoTakendown", "suspended": "RepoSuspended",
                 "deactivated": "RepoDeactivated"}.get(status, "RepoNotFound")
-        raise invalid_request(f"Repo has been {status}: {did}", name)
+        raise InvalidInput(f"Repo has been {status}: {did}", name)
     return acct
 
 
-@query(NS + "getRepo", auth=OPTIONAL)
+@query("com.atproto.sync.getRepo", auth=AuthKind.OPTIONAL)
 async def get_repo(call: Call):
     did = _did_param(call)
     since = call.param("since")
     if since is not None and not is_valid_tid(since):
-        raise invalid_request("since must be a TID")
+        raise InvalidInput("since must be a TID")
     _hosted(call, did)
     repo = call.ctx.repo(did)
     return Raw(repo.export_car(since), CAR_TYPE)
 
 
-@query(NS + "getCheckout", auth=OPTIONAL)
+@query("com.atproto.sync.getCheckout", auth=AuthKind.OPTIONAL)
 async def get_checkout(call: Call):
     did = _did_param(call)
     _hosted(call, did)
     return Raw(call.ctx.repo(did).export_car(), CAR_TYPE)
 
 
-@query(NS + "getRecord", auth=OPTIONAL)
+@query("com.atproto.sync.getRecord", auth=AuthKind.OPTIONAL)
 async def get_record(call: Call):
     did = _did_param(call)
     collection = rsvc.check_collection(call.param("collection", required=True))
@@ -72,7 +72,7 @@ async def get_record(call: Call):
     return Raw(proof, CAR_TYPE)
 
 
-@query(NS + "getBlocks", auth=OPTIONAL)
+@query("com.atproto.sync.getBlocks", auth=AuthKind.OPTIONAL)
 async def get_blocks(call: Call):
     did = _did_param(call)
     cids = []
@@ -80,7 +80,7 @@ async def get_blocks(call: Call):
         try:
             cids.append(parse_cid(c))
         except InvalidData:
-            raise invalid_request(f"Invalid CID: {c}") from None
+            raise InvalidInput(f"Invalid CID: {c}") from None
     _hosted(call, did)
     repo = call.ctx.repo(did)
     found, missing = [], []
@@ -90,31 +90,31 @@ async def get_blocks(call: Call):
         except KeyError:
             missing.append(cid.encode())
     if missing:
-        raise invalid_request(f"Could not find blocks: {', '.join(missing)}", "BlockNotFound")
+        raise InvalidInput(f"Could not find blocks: {', '.join(missing)}", "BlockNotFound")
     return Raw(car.car_bytes([], found), CAR_TYPE)
 
 
-@query(NS + "getLatestCommit", auth=OPTIONAL)
+@query("com.atproto.sync.getLatestCommit", auth=AuthKind.OPTIONAL)
 async def get_latest_commit(call: Call):
     did = _did_param(call)
     _hosted(call, did)
     head = call.ctx.repo(did).head()
     if head is None:
-        raise invalid_request(f"Could not find root for DID: {did}", "RepoNotFound")
+        raise InvalidInput(f"Could not find root for DID: {did}", "RepoNotFound")
     return {"cid": head.cid.encode(), "rev": head.rev}
 
 
-@query(NS + "getHead", auth=OPTIONAL)
+@query("com.atproto.sync.getHead", auth=AuthKind.OPTIONAL)
 async def get_head(call: Call):
     did = _did_param(call)
     _hosted(call, did)
     head = call.ctx.repo(did).head()
     if head is None:
-        raise invalid_request(f"Could not find root for DID: {did}", "HeadNotFound")
+        raise InvalidInput(f"Could not find root for DID: {did}", "HeadNotFound")
     return {"root": head.cid.encode()}
 
 
-@query(NS + "getRepoStatus")
+@query("com.atproto.sync.getRepoStatus")
 async def get_repo_status(call: Call):
     did = _did_param(call)
     acct = _hosted(call, did, allow_inactive=True)
@@ -129,7 +129,7 @@ async def get_repo_status(call: Call):
     return out
 
 
-@query(NS + "listRepos")
+@query("com.atproto.sync.listRepos")
 async def list_repos(call: Call):
     limit = call.param_int("limit", 500, 1, 1000)
     cursor = call.param("cursor")
@@ -155,14 +155,14 @@ async def list_repos(call: Call):
     return out
 
 
-@query(NS + "listBlobs", auth=OPTIONAL)
+@query("com.atproto.sync.listBlobs", auth=AuthKind.OPTIONAL)
 async def list_blobs(call: Call):
     did = _did_param(call)
     limit = call.param_int("limit", 500, 1, 1000)
     cursor = call.param("cursor")
     since = call.param("since")
     if since is not None and not is_valid_tid(since):
-        raise invalid_request("since must be a TID")
+        raise InvalidInput("since must be a TID")
     _hosted(call, did)
 
     def run():
@@ -183,19 +183,19 @@ async def list_blobs(call: Call):
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
 
-@query(NS + "getBlob", auth=OPTIONAL)
+@query("com.atproto.sync.getBlob", auth=AuthKind.OPTIONAL)
 async def get_blob(call: Call):
     did = _did_param(call)
     cid_text = call.param("cid", required=True)
     try:
         cid = parse_cid(cid_text)
     except InvalidData:
-        raise invalid_request("Invalid cid") from None
+        raise InvalidInput("Invalid cid") from None
     _hosted(call, did)
     store = rsvc.blobs(call.ctx, did)
     meta = store.meta(cid)
     if meta is None or not meta["refs"] or not store.path(cid).exists():
-        raise invalid_request("Blob not found", "BlobNotFound")
+        raise InvalidInput("Blob not found", "BlobNotFound")
     headers = {
         "Content-Security-Policy": "default-src 'none'; sandbox",
         "X-Content-Type-Options": "nosniff",
@@ -247,7 +247,7 @@ def _read_range(path, start: int, length: int):
 
 
 
-@subscription(NS + "subscribeRepos")
+@subscription("com.atproto.sync.subscribeRepos")
 async def subscribe_repos(ctx, req, ws):
     from ..services.firehose import serve_subscriber
     raw = req.params.get("cursor")

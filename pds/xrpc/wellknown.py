@@ -3,22 +3,12 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import falcon
 import falcon.asgi
 
-from ..store.files import read_file
-
-_HOST = re.compile(r"^[a-z0-9.-]+(:[0-9]{1,5})?$")
-
-
-def _host_dir(ctx: Any, req: falcon.asgi.Request):
-    host = (req.get_header("Host") or "").lower()
-    if not _HOST.match(host) or ".." in host:
-        return None
-    return ctx.data.root / "well-known" / host
+from ..services.wellknown import read_document
 
 
 class WellKnownFile:
@@ -28,8 +18,7 @@ class WellKnownFile:
         self.content_type = content_type
 
     async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
-        d = _host_dir(self.ctx, req)
-        data = read_file(d / self.name) if d is not None else None
+        data = read_document(self.ctx, (req.get_header("Host") or "").lower(), self.name)
         if data is None:
             # A handle hosted here but served on another name (e.g. through a proxy).
             raise falcon.HTTPNotFound(description="no such document for this host")

@@ -1,0 +1,52 @@
+"""Domain errors: what the services and the store refuse, by kind.
+
+A leaf module (it imports nothing from pds), so every layer can raise these. The kind
+says what went wrong; `error` optionally names the protocol's error for it where a
+lexicon gives one (`AccountNotFound`, `RecordNotFound`, `HandleNotAvailable`,
+`ExpiredToken`...). How a kind is answered over HTTP (status, default error name, default
+headers) is the XRPC layer's business: one table in `pds.xrpc.errors`.
+"""
+
+from __future__ import annotations
+
+
+class PdsError(Exception):
+    """A failure a client (or an operator at the command line) is told about.
+
+    Raise a subclass: the kind decides the answer's status.
+    """
+
+    def __init__(self, message: str, error: str | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.error = error
+        self.headers = headers or {}
+
+
+class InvalidInput(PdsError):
+    """The request can't be done as asked: bad input, or a state it conflicts with."""
+
+
+class AuthRequired(PdsError):
+    """No usable credentials were presented (the answer invites the client to send some)."""
+
+
+class AuthFailed(AuthRequired):
+    """Credentials were presented and refused (wrong password, bad or unknown token)."""
+
+
+class Forbidden(PdsError):
+    """The caller is known but may not do this."""
+
+
+class PayloadTooLarge(PdsError):
+    """The request body is over a limit."""
+
+
+class RateLimited(PdsError):
+    """Too many attempts; `headers` say when to try again."""
+
+
+class NotSupported(PdsError):
+    """A method (or a use of one) this PDS does not implement."""
