@@ -17,25 +17,22 @@ import httpx
 import pytest
 
 from pds.config import Settings
+from pds.repo.did import (
+    IdentityError,
+    did_web_host,
+    handle_from_doc,
+    key_from_doc,
+    service_endpoint_from_doc,
+)
 from pds.repo.keys import (
     K256PrivateKey,
     P256PrivateKey,
     PrivateKey,
     b58encode,
 )
+from pds.repo.plc import plc_did_for_genesis, plc_op_cid, verify_plc_signature
 from pds.services.context import AppContext
-from pds.services.identity import (
-    IdentityError,
-    UnsafeTarget,
-    did_web_host,
-    handle_from_doc,
-    is_public_address,
-    key_from_doc,
-    plc_did_for_genesis,
-    plc_op_cid,
-    service_endpoint_from_doc,
-    verify_plc_signature,
-)
+from pds.services.fetch import UnsafeTarget, is_public_address
 
 PUBLIC_URL = "http://localhost:2583"  # PDS_HOSTNAME=localhost:2583 with PDS_DEV=true
 

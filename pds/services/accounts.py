@@ -11,13 +11,13 @@ from typing import Any
 
 from ..errors import AuthFailed, InvalidInput
 from ..repo.keys import export_private_key, generate_signing_key
+from ..repo.plc import plc_did_for_genesis
 from ..repo.syntax import is_disallowed_handle_tld, is_valid_did, is_valid_handle
 from ..store.accounts import Taken, now_iso
 from ..store.files import write_file
 from ..store.repo import Repo
 from . import auth as A
 from .context import AppContext
-from .identity import plc_did_for_genesis
 
 # No "/" or control characters, no leading ".": the address names a file under emails/.
 EMAIL_RE = re.compile(r"^[^@\s/.\x00-\x1f\x7f][^@\s/\x00-\x1f\x7f]*"

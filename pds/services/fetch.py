@@ -1,0 +1,229 @@
+"""Outbound GETs to URLs a user named, guarded against SSRF.
+
+A DID document of a did:web, a handle's `/.well-known/atproto-did`, an OAuth client's
+metadata, a service to proxy to: the host comes from someone else, so fetching it must
+not become a way to reach this machine's private network. Outside development
+(`dev=False`), :func:`check_target` allows https only, on the default port only; the
+host must resolve to public addresses only (:func:`is_public_address`), and the request
+is pinned to the address that was checked (so a DNS answer that changes between check and
+connect cannot redirect us to an internal service), with `Host` and TLS SNI naming the
+host so its certificate is still checked against the name. With `dev=True`, http and any
+host or port are allowed (local test networks), and nothing is pinned.
+
+:func:`guarded_get` does one GET: every redirect hop is checked again (or refused, with
+`redirects=0`), and the body is read up to a size cap. URLs from configuration (the PLC
+directory) may be fetched with `guard=False`: same caps, no checks.
+
+Usage::
+
+    status, body = await guarded_get(ctx.http, url, limit=64 * 1024, timeout=5.0,
+                                     dev=ctx.settings.dev)
+
+Errors: :class:`UnsafeTarget` (refused URL or redirect), :class:`ResponseTooLarge`, both
+:class:`FetchError`; transport failures are httpx's own (`httpx.HTTPError`), and
+`TimeoutError` when a deadline passes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+from typing import Any, NamedTuple
+from urllib.parse import urljoin, urlsplit
+
+import httpx
+
+__all__ = [
+    "RESOLVE_TIMEOUT",
+    "FetchError",
+    "PinnedTarget",
+    "ResponseTooLarge",
+    "UnsafeTarget",
+    "check_target",
+    "guarded_get",
+    "is_ip_literal",
+    "is_public_address",
+    "read_capped",
+    "split_host_port",
+    "web_url",
+]
+
+RESOLVE_TIMEOUT = 3.0  # seconds to resolve a user-named host before refusing it
+
+
+class FetchError(Exception):
+    """A guarded fetch was refused or its answer was unacceptable."""
+
+
+class UnsafeTarget(FetchError):
+    """A user-named URL was refused: private address, odd port or scheme, bad host."""
+
+
+class ResponseTooLarge(FetchError):
+    """A response body was over the caller's size limit."""
+
+
+class PinnedTarget(NamedTuple):
+    """What to send for a vetted URL: the URL to request (its host replaced by the checked
+    address when pinned), extra headers, and httpx request extensions (`sni_hostname`)."""
+
+    url: str
+    headers: dict[str, str]
+    extensions: dict[str, Any]
+
+
+# --------------------------------------------------------------------------------------------
+# Addresses and hosts
+# --------------------------------------------------------------------------------------------
+
+
+def is_public_address(addr: str) -> bool:
+    """True if `addr` is a globally routable unicast IP (not loopback, private, link-local,
+    shared, reserved, multicast, unspecified, documentation...)."""
+    try:
+        ip = ipaddress.ip_address(addr.split("%", 1)[0])
+    except ValueError:
+        return False
+    # An IPv4-mapped IPv6 address reaches the IPv4 host it embeds: judge that one.
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_global and not ip.is_multicast
+
+
+def is_ip_literal(host: str) -> bool:
+    """True if `host` is an IPv4 or IPv6 address (brackets allowed), not a name."""
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return True
+
+
+def split_host_port(host: str) -> tuple[str, int | None]:
+    """`host[:port]` -> (host, port or None). No IPv6 literals: did:web and handle hosts
+    are names."""
+    name, sep, port = host.partition(":")
+    return name, int(port) if sep and port.isdigit() else None
+
+
+def web_url(host: str, path: str, *, dev: bool) -> str:
+    """`https://<host><path>` for a did:web or handle host; in development, plain http for
+    localhost, IP literals and hosts with a port (how dev deployments run them)."""
+    bare, port = split_host_port(host)
+    plain = dev and (bare == "localhost" or bare.endswith(".localhost")
+                     or is_ip_literal(bare) or port is not None)
+    return f"{'http' if plain else 'https'}://{host}{path}"
+
+
+# --------------------------------------------------------------------------------------------
+# Vetting a URL
+# --------------------------------------------------------------------------------------------
+
+
+async def _resolve(host: str, timeout: float) -> list[str]:
+    """The addresses `host` resolves to (deduplicated, in order); UnsafeTarget if none."""
+    if is_ip_literal(host):
+        addresses = [host]
+    else:
+        try:
+            infos = await asyncio.wait_for(
+                asyncio.get_running_loop().getaddrinfo(host, 443, type=socket.SOCK_STREAM),
+                timeout)
+        except (OSError, TimeoutError, UnicodeError) as e:
+            raise UnsafeTarget(f"cannot resolve {host!r}: {e}") from None
+        addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
+    if not addresses:
+        raise UnsafeTarget(f"{host!r} has no addresses")
+    return addresses
+
+
+async def check_target(url: str, *, dev: bool,
+                       resolve_timeout: float = RESOLVE_TIMEOUT) -> PinnedTarget:
+    """Vet a user-named URL and pin it to a checked address (see the module docstring).
+
+    Outside dev the URL must be https on the default port, and the host must resolve only
+    to public addresses; the URL is then rewritten to the first of them, with `Host` and
+    TLS SNI set to the name. Raises :class:`UnsafeTarget`.
+    """
+    try:
+        parts = urlsplit(url)
+        host, port = parts.hostname, parts.port  # hostname: lowercased, no brackets
+    except ValueError:
+        raise UnsafeTarget(f"bad URL {url!r}") from None
+    if parts.username is not None or parts.password is not None or not host:
+        raise UnsafeTarget(f"bad URL {url!r}")
+    if dev:
+        if parts.scheme not in ("http", "https"):
+            raise UnsafeTarget(f"scheme not allowed: {url!r}")
+        return PinnedTarget(url, {}, {})
+    if parts.scheme != "https":
+        raise UnsafeTarget(f"only https is allowed: {url!r}")
+    if port is not None and port != 443:
+        raise UnsafeTarget(f"only the default port is allowed: {url!r}")
+    addresses = await _resolve(host, resolve_timeout)
+    bad = [a for a in addresses if not is_public_address(a)]
+    if bad:
+        raise UnsafeTarget(f"{host!r} resolves to non-public address {bad[0]}")
+    if is_ip_literal(host):
+        return PinnedTarget(url, {"Connection": "close"}, {})
+    ip = addresses[0]
+    ip_host = f"[{ip}]" if ":" in ip else ip
+    pinned = parts._replace(netloc=ip_host).geturl()
+    # Connection: close keeps a connection opened with this SNI out of the pool, where
+    # another name on the same address could otherwise reuse it.
+    return PinnedTarget(pinned, {"Host": host, "Connection": "close"},
+                        {"sni_hostname": host})
+
+
+# --------------------------------------------------------------------------------------------
+# Fetching
+# --------------------------------------------------------------------------------------------
+
+
+async def read_capped(resp: httpx.Response, limit: int) -> bytes:
+    """The body of a streamed response, at most `limit` bytes; ResponseTooLarge as soon as
+    the declared or received length passes it."""
+    declared = resp.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise ResponseTooLarge(f"response too large ({declared} bytes, limit {limit})")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in resp.aiter_bytes():
+        size += len(chunk)
+        if size > limit:
+            raise ResponseTooLarge(f"response too large (over {limit} bytes)")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def guarded_get(client: httpx.AsyncClient, url: str, *, limit: int, timeout: float,
+                      dev: bool = False, guard: bool = True, redirects: int = 0,
+                      accept: str = "*/*") -> tuple[int, bytes]:
+    """GET `url` with `client`: (status, body of at most `limit` bytes).
+
+    With `guard`, every hop is vetted by :func:`check_target` (`dev` relaxes it); up to
+    `redirects` redirects are followed, one more raises :class:`UnsafeTarget`. `client`
+    must not follow redirects itself. `timeout` bounds the request and the body read
+    separately.
+    """
+    for hop in range(redirects + 1):
+        target = PinnedTarget(url, {}, {})
+        if guard:
+            target = await check_target(url, dev=dev)
+        headers = {**target.headers, "Accept": accept}
+        request = client.build_request("GET", target.url, headers=headers, timeout=timeout,
+                                       extensions=target.extensions)
+        resp = await asyncio.wait_for(client.send(request, stream=True), timeout + 1)
+        try:
+            location = resp.headers.get("location")
+            if resp.is_redirect and location:
+                if hop >= redirects:
+                    raise UnsafeTarget(f"redirect refused: {url} -> {location}")
+                url = urljoin(url, location)  # relative to the name, not the pinned IP
+                continue
+            body = await asyncio.wait_for(read_capped(resp, limit), timeout + 1)
+            return resp.status_code, body
+        finally:
+            await resp.aclose()
+    raise UnsafeTarget(f"too many redirects from {url}")
