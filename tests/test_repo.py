@@ -9,7 +9,8 @@ from pds.repo.car import read_car_blocks
 from pds.repo.codec import cid_for, encode
 from pds.repo.commit import parse_commit
 from pds.repo.keys import generate_signing_key
-from pds.repo.mst import MST, NodeLoader
+from pds.repo.mst import MST
+from pds.repo.mst_node import NodeLoader
 from pds.repo.syntax import is_valid_tid
 from pds.store.repo import (
     InvalidSwap,

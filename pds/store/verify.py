@@ -22,7 +22,8 @@ from ..repo.car import read_car_blocks
 from ..repo.codec import InvalidData, decode, find_blob_refs
 from ..repo.commit import parse_commit
 from ..repo.keys import load_private_key
-from ..repo.mst import MST, NodeLoader
+from ..repo.mst import MST
+from ..repo.mst_node import NodeLoader
 from .blobs import BlobStore
 from .layout import DataDir
 from .repo import SNAPSHOT, Repo
