@@ -17,12 +17,8 @@ import httpx
 import pytest
 
 from pds.config import Settings
-from pds.repo.keys import (
-    K256PrivateKey,
-    P256PrivateKey,
-    PrivateKey,
-    b58encode,
-)
+from pds.repo.keys import b58encode
+from pds.repo.signing_keys import K256PrivateKey, P256PrivateKey, PrivateKey
 from pds.services.context import AppContext
 from pds.services.identity import (
     IdentityError,

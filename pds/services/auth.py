@@ -21,7 +21,8 @@ import jwt
 import nacl.exceptions
 import nacl.pwhash
 
-from ..repo.keys import PrivateKey, PublicKey
+from ..repo.keys import PublicKey
+from ..repo.signing_keys import PrivateKey
 from ..repo.syntax import is_valid_did, is_valid_nsid
 from ..store.files import ensure_dir, flock, read_file, write_file
 from ..xrpc import registry

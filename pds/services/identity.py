@@ -51,14 +51,8 @@ import dns.rdatatype
 import httpx
 
 from ..repo.codec import cid_for, encode
-from ..repo.keys import (
-    InvalidKey,
-    K256PrivateKey,
-    PrivateKey,
-    PublicKey,
-    parse_did_key,
-    public_key_from_verification_method,
-)
+from ..repo.keys import InvalidKey, PublicKey, parse_did_key, public_key_from_verification_method
+from ..repo.signing_keys import K256PrivateKey, PrivateKey
 from ..repo.syntax import is_valid_did, is_valid_handle
 from ..store.files import ensure_dir, read_file, write_file
 
