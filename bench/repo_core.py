@@ -62,7 +62,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import pds  # noqa: E402
 from pds.repo.codec import encode  # noqa: E402
-from pds.repo.keys import export_private_key, generate_signing_key, load_private_key  # noqa: E402
+from pds.repo.signing_keys import (  # noqa: E402
+    export_private_key,
+    generate_signing_key,
+    load_private_key,
+)
 from pds.repo.tid import next_tid, tid_timestamp_micros  # noqa: E402
 from pds.store import journal as journal_mod  # noqa: E402
 from pds.store import repo as repo_mod  # noqa: E402

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from pds.config import Settings
-from pds.repo.keys import generate_signing_key
+from pds.repo.signing_keys import generate_signing_key
 from pds.services.context import AppContext
 from pds.store.repo import Repo, Write
 

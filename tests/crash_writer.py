@@ -33,7 +33,7 @@ import traceback
 from pathlib import Path
 
 from pds.repo.codec import cid_for, encode
-from pds.repo.keys import PrivateKey, load_private_key
+from pds.repo.signing_keys import PrivateKey, load_private_key
 from pds.store import repo as repo_module
 from pds.store.layout import DataDir
 from pds.store.repo import Repo, Write

@@ -27,8 +27,10 @@ from crash_writer import ACKED_LOG, entry_hash
 
 from pds.repo.codec import cid_for, decode
 from pds.repo.commit import parse_commit
-from pds.repo.keys import PublicKey, export_private_key, generate_signing_key
-from pds.repo.mst import MST, NodeLoader, diff
+from pds.repo.keys import PublicKey
+from pds.repo.mst import MST, diff
+from pds.repo.mst_node import NodeLoader
+from pds.repo.signing_keys import export_private_key, generate_signing_key
 from pds.store.layout import DataDir
 from pds.store.repo import Repo
 

@@ -24,13 +24,9 @@ from pds.repo.did import (
     key_from_doc,
     service_endpoint_from_doc,
 )
-from pds.repo.keys import (
-    K256PrivateKey,
-    P256PrivateKey,
-    PrivateKey,
-    b58encode,
-)
+from pds.repo.keys import b58encode
 from pds.repo.plc import plc_did_for_genesis, plc_op_cid, verify_plc_signature
+from pds.repo.signing_keys import K256PrivateKey, P256PrivateKey, PrivateKey
 from pds.services.context import AppContext
 from pds.services.fetch import UnsafeTarget, is_public_address
 

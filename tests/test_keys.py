@@ -1,4 +1,4 @@
-"""Tests for pds.repo.keys: signing, verification, did:key / multikey parsing, key files."""
+"""Tests for pds.repo.keys and signing_keys: signing, verification, did:key/multikey, key files."""
 
 from __future__ import annotations
 
@@ -21,20 +21,22 @@ from pds.repo.keys import (
     P256_N,
     SECP256K1_N,
     InvalidKey,
-    K256PrivateKey,
     K256PublicKey,
-    P256PrivateKey,
     P256PublicKey,
-    PrivateKey,
     b58decode,
     b58encode,
-    export_private_key,
-    generate_signing_key,
-    load_private_key,
     parse_did_key,
     parse_legacy_multibase,
     parse_multikey,
     public_key_from_verification_method,
+)
+from pds.repo.signing_keys import (
+    K256PrivateKey,
+    P256PrivateKey,
+    PrivateKey,
+    export_private_key,
+    generate_signing_key,
+    load_private_key,
 )
 
 CURVES: list[tuple[type[PrivateKey], int]] = [

@@ -9,7 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pds.repo.codec import InvalidData, cid_for
-from pds.repo.mst import MST, MissingBlock, Node, NodeLoader, common_prefix_len, diff, key_height
+from pds.repo.mst import MST, diff
+from pds.repo.mst_node import MissingBlock, Node, NodeLoader, common_prefix_len, key_height
 
 LEAF = CID.decode("bafyreie5cvv4h45feadgeuwhbcutmh6t2ceseocckahdoe6uat64zmz454")
 

@@ -8,7 +8,8 @@ import pytest
 from pds.repo.car import read_car_blocks
 from pds.repo.codec import CID, cid_for, decode
 from pds.repo.commit import parse_commit
-from pds.repo.mst import MST, MissingBlock, Node, NodeLoader
+from pds.repo.mst import MST
+from pds.repo.mst_node import MissingBlock, Node, NodeLoader
 from pds.store.repo import Repo, RepoError
 
 DID = "did:plc:dpg45vsnuir2vqqqadsn6afg"

@@ -8,8 +8,9 @@ import pytest
 from pds.repo.car import read_car_blocks
 from pds.repo.codec import cid_for, encode
 from pds.repo.commit import parse_commit
-from pds.repo.keys import generate_signing_key
-from pds.repo.mst import MST, NodeLoader
+from pds.repo.mst import MST
+from pds.repo.mst_node import NodeLoader
+from pds.repo.signing_keys import generate_signing_key
 from pds.repo.syntax import is_valid_tid
 from pds.store.repo import (
     InvalidSwap,
@@ -266,14 +267,14 @@ def test_head_replacement_keeps_its_inodes(repo):
 
 
 def _writer(root, tmp, keybytes, tag, n):
-    from pds.repo.keys import load_private_key
+    from pds.repo.signing_keys import load_private_key
     r = Repo(root, tmp, DID, load_private_key(keybytes))
     for i in range(n):
         r.apply_writes([Write("create", POST, f"{tag}{i:03d}", post(tag))])
 
 
 def test_two_processes_one_repo_linear_history(repo, key, tmp_path):
-    from pds.repo.keys import export_private_key
+    from pds.repo.signing_keys import export_private_key
     kb = export_private_key(key)
     ctx = multiprocessing.get_context("fork")
     procs = [ctx.Process(target=_writer, args=(repo.root, repo.tmp, kb, t, 30)) for t in "pq"]

@@ -14,7 +14,7 @@ from server_util import Api, check_response, ok, running_server
 
 from pds.repo.car import read_car_blocks
 from pds.repo.commit import parse_commit
-from pds.repo.keys import load_private_key
+from pds.repo.signing_keys import load_private_key
 
 N = 32
 

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from pds.repo import car
 from pds.repo.car import read_car_blocks
 from pds.repo.commit import parse_commit
-from pds.repo.keys import generate_signing_key
+from pds.repo.signing_keys import generate_signing_key
 from pds.store.repo import SNAPSHOT, Repo, Write
 from pds.store.snapshot import Snapshot
 

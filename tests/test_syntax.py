@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pds.repo import syntax
+from pds.repo import string_formats, syntax
 from pds.repo.syntax import (
     InvalidSyntax,
     is_disallowed_handle_tld,
@@ -19,15 +19,15 @@ from pds.repo.syntax import (
 CHECKS: dict[str, tuple[Callable[[str], bool], Callable[[str], None]]] = {
     "atidentifier": (syntax.is_valid_at_identifier, syntax.ensure_valid_at_identifier),
     "aturi": (syntax.is_valid_at_uri, syntax.ensure_valid_at_uri),
-    "cid": (syntax.is_valid_cid, syntax.ensure_valid_cid),
-    "datetime": (syntax.is_valid_datetime, syntax.ensure_valid_datetime),
+    "cid": (string_formats.is_valid_cid, string_formats.ensure_valid_cid),
+    "datetime": (string_formats.is_valid_datetime, string_formats.ensure_valid_datetime),
     "did": (syntax.is_valid_did, syntax.ensure_valid_did),
     "handle": (syntax.is_valid_handle, syntax.ensure_valid_handle),
-    "language": (syntax.is_valid_language, syntax.ensure_valid_language),
+    "language": (string_formats.is_valid_language, string_formats.ensure_valid_language),
     "nsid": (syntax.is_valid_nsid, syntax.ensure_valid_nsid),
     "recordkey": (syntax.is_valid_record_key, syntax.ensure_valid_record_key),
     "tid": (syntax.is_valid_tid, syntax.ensure_valid_tid),
-    "uri": (syntax.is_valid_uri, syntax.ensure_valid_uri),
+    "uri": (string_formats.is_valid_uri, string_formats.ensure_valid_uri),
 }
 PARSE_INVALID = ("datetime", "language")
 
@@ -143,12 +143,12 @@ def test_disallowed_handle_tlds() -> None:
 
 
 def test_datetime_semantics() -> None:
-    assert syntax.is_valid_datetime("2024-02-29T00:00:00Z")
-    assert not syntax.is_valid_datetime("2023-02-29T00:00:00Z")
-    assert not syntax.is_valid_datetime("1900-02-29T00:00:00Z")
-    assert syntax.is_valid_datetime("2000-02-29T00:00:00Z")
-    assert not syntax.is_valid_datetime("1985-04-31T00:00:00Z")
-    assert not syntax.is_valid_datetime("1985-04-12T23:20:60Z")
-    assert not syntax.is_valid_datetime("1985-04-12T23:20:50+24:00")
-    assert syntax.is_valid_datetime("0000-01-01T00:00:00-01:00")
-    assert syntax.is_valid_datetime("0000-01-01T01:00:00+01:00")
+    assert string_formats.is_valid_datetime("2024-02-29T00:00:00Z")
+    assert not string_formats.is_valid_datetime("2023-02-29T00:00:00Z")
+    assert not string_formats.is_valid_datetime("1900-02-29T00:00:00Z")
+    assert string_formats.is_valid_datetime("2000-02-29T00:00:00Z")
+    assert not string_formats.is_valid_datetime("1985-04-31T00:00:00Z")
+    assert not string_formats.is_valid_datetime("1985-04-12T23:20:60Z")
+    assert not string_formats.is_valid_datetime("1985-04-12T23:20:50+24:00")
+    assert string_formats.is_valid_datetime("0000-01-01T00:00:00-01:00")
+    assert string_formats.is_valid_datetime("0000-01-01T01:00:00+01:00")

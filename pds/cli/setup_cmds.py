@@ -41,7 +41,7 @@ def _check_empty(root: Path) -> None:
 
 def _init_values(hostname: str, handle_domains: str, plc_url: str, did_method: str,
                  dev: bool) -> dict[str, str]:
-    from ..repo.keys import generate_signing_key
+    from ..repo.signing_keys import generate_signing_key
     host_only = hostname.split(":")[0]
     return {
         "PDS_HOSTNAME": hostname,

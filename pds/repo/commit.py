@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from cbrrr import CID
 
 from .codec import InvalidData, cid_for, decode, encode_trusted
-from .keys import PrivateKey, PublicKey
+from .keys import PublicKey
+from .signing_keys import PrivateKey
 from .syntax import is_valid_did, is_valid_tid
 
 

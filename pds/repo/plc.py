@@ -18,7 +18,8 @@ from urllib.parse import quote
 
 from .codec import cid_for, encode
 from .did import PDS_SERVICE_TYPE, IdentityError, at_uri
-from .keys import InvalidKey, PrivateKey, PublicKey, parse_did_key
+from .keys import InvalidKey, PublicKey, parse_did_key
+from .signing_keys import PrivateKey
 
 __all__ = [
     "PLC_OP_MAX_BYTES",

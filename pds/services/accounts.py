@@ -10,8 +10,8 @@ import time
 from typing import Any
 
 from ..errors import AuthFailed, InvalidInput
-from ..repo.keys import export_private_key, generate_signing_key
 from ..repo.plc import plc_did_for_genesis
+from ..repo.signing_keys import export_private_key, generate_signing_key
 from ..repo.syntax import is_disallowed_handle_tld, is_valid_did, is_valid_handle
 from ..store.accounts import Taken, now_iso
 from ..store.files import write_file

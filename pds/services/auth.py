@@ -23,7 +23,8 @@ import nacl.exceptions
 import nacl.pwhash
 
 from ..errors import AuthFailed, AuthRequired, InvalidInput, RateLimited
-from ..repo.keys import PrivateKey, PublicKey
+from ..repo.keys import PublicKey
+from ..repo.signing_keys import PrivateKey
 from ..repo.syntax import is_valid_did, is_valid_nsid
 from ..store.files import ensure_dir, flock, read_file, write_file
 

@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 
 from ..config import Settings
-from ..repo.keys import PrivateKey, load_private_key
+from ..repo.signing_keys import PrivateKey, load_private_key
 from ..store.accounts import AccountStore
 from ..store.files import read_file, try_flock
 from ..store.layout import DataDir

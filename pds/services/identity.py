@@ -53,7 +53,7 @@ from ..repo.did import (
     make_service_did_document,
     service_endpoint_from_doc,
 )
-from ..repo.keys import InvalidKey, K256PrivateKey, PrivateKey, PublicKey
+from ..repo.keys import InvalidKey, PublicKey
 from ..repo.plc import (
     normalize_plc_op,
     plc_did_for_genesis,
@@ -63,6 +63,7 @@ from ..repo.plc import (
     plc_update_op,
     sign_plc_op,
 )
+from ..repo.signing_keys import K256PrivateKey, PrivateKey
 from ..repo.syntax import is_valid_did, is_valid_handle
 from ..store.files import ensure_dir, read_file, write_file
 from . import fetch

@@ -30,8 +30,10 @@ from cbrrr import CID
 from ..repo import car
 from ..repo.codec import InvalidData, cid_for, cid_str, encode
 from ..repo.commit import Commit, parse_commit, sign_commit
-from ..repo.keys import PrivateKey, PublicKey
-from ..repo.mst import MST, NodeLoader, diff
+from ..repo.keys import PublicKey
+from ..repo.mst import MST, diff
+from ..repo.mst_node import NodeLoader
+from ..repo.signing_keys import PrivateKey
 from ..repo.syntax import InvalidSyntax, ensure_valid_nsid, ensure_valid_record_key
 from ..repo.tid import next_tid
 from .blocks import BlockStore

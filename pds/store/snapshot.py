@@ -32,7 +32,7 @@ from cbrrr import CID
 
 from ..repo import car
 from ..repo.codec import InvalidData
-from ..repo.mst import NodeLoader, Ref
+from ..repo.mst_node import NodeLoader, Ref
 from .files import write_all
 
 MAGIC = b"PDSXCAR1"

@@ -21,8 +21,9 @@ from ..repo import events as ev
 from ..repo.car import read_car_blocks
 from ..repo.codec import InvalidData, decode, find_blob_refs
 from ..repo.commit import parse_commit
-from ..repo.keys import load_private_key
-from ..repo.mst import MST, NodeLoader
+from ..repo.mst import MST
+from ..repo.mst_node import NodeLoader
+from ..repo.signing_keys import load_private_key
 from .blobs import BlobStore
 from .layout import DataDir
 from .progress import Progress, Ticker
