@@ -14,11 +14,11 @@ import sys
 import threading
 from collections.abc import Callable
 
-import falcon.asgi
 from gunicorn.app.base import BaseApplication
 
 from .config import Settings
 from .services.context import AppContext
+from .xrpc.body import RequestBody
 
 log = logging.getLogger("pds")
 
@@ -26,7 +26,7 @@ log = logging.getLogger("pds")
 _on_term: list[Callable[[], None]] = []
 
 
-def build_app(settings: Settings) -> falcon.asgi.App:
+def build_app(settings: Settings) -> RequestBody:
     """The ASGI app of one worker: its own AppContext and every XRPC module registered."""
     from .xrpc import actor, admin, identity, repo, server, sync  # noqa: F401  (register)
     from .xrpc.app import create_app
@@ -130,7 +130,7 @@ class PdsApplication(BaseApplication):
             if v is not None:
                 self.cfg.set(k, v)
 
-    def load(self) -> falcon.asgi.App:
+    def load(self) -> RequestBody:
         _setup_logging()
         return build_app(self.settings)
 
