@@ -22,6 +22,8 @@ from .xrpc.body import RequestBody
 
 log = logging.getLogger("pds")
 
+SOCKET_UMASK = 0o117  # a unix socket gets 0660
+
 # Called in a worker, on its event loop, when SIGTERM starts its graceful shutdown.
 _on_term: list[Callable[[], None]] = []
 
@@ -109,9 +111,13 @@ class PdsApplication(BaseApplication):
 
     def load_config(self) -> None:
         s = self.settings
-        bind = s.bind if s.bind.startswith("unix:") else s.bind
         cfg = {
-            "bind": [bind],
+            "bind": [s.bind],
+            # A unix socket (PDS_BIND=unix:PATH) is made 0660: the service's user and
+            # group (nginx's user joins the group) may connect, nobody else. gunicorn's
+            # default umask of 0 made it world-writable, whatever the process's umask.
+            # gunicorn applies this umask only while it binds the socket.
+            "umask": SOCKET_UMASK,
             "workers": s.workers,
             "worker_class": "asgi",
             "control_socket_disable": True,
