@@ -10,8 +10,8 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import subprocess
 import sys
-import threading
 from collections.abc import Callable
 
 from gunicorn.app.base import BaseApplication
@@ -176,16 +176,34 @@ def serve(settings: Settings) -> None:
     if replayed:
         log.warning("recovered %d journal entries", replayed)
     if settings.crawlers:
-        threading.Thread(target=_announce, args=(settings,), daemon=True).start()
+        announce_in_background(settings.host_only, settings.crawlers)
     PdsApplication(settings).run()
 
 
-def _announce(settings: Settings) -> None:
-    """requestCrawl to every configured relay at start-up (in the background)."""
+def announce_in_background(hostname: str, crawlers: list[str]) -> None:
+    """requestCrawl to every configured relay at start-up, from a child process.
+
+    Not from a thread of this (the gunicorn master) process: gunicorn forks its workers
+    while such a thread runs, and each worker got a copy of whatever lock the thread held
+    at that instant, never to be released. The thread was importing httpx, so a worker's
+    first outbound request (the first write's relay announcement) waited forever for
+    httpcore's import lock, and with it the worker's event loop and every request on it.
+    The child is a new interpreter; gunicorn's master reaps it when it exits."""
+    subprocess.Popen([sys.executable, "-m", "pds.server", hostname, *crawlers],
+                     stdin=subprocess.DEVNULL)
+
+
+def _announce(hostname: str, crawlers: list[str]) -> None:
     import httpx
-    for crawler in settings.crawlers:
+    for crawler in crawlers:
         try:
             httpx.post(crawler.rstrip("/") + "/xrpc/com.atproto.sync.requestCrawl",
-                       json={"hostname": settings.host_only}, timeout=10)
+                       json={"hostname": hostname}, timeout=10)
         except httpx.HTTPError as e:
             log.warning("requestCrawl to %s failed: %s", crawler, e)
+
+
+if __name__ == "__main__":  # the start-up announcement (see announce_in_background)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        level=logging.INFO)
+    _announce(sys.argv[1], sys.argv[2:])
