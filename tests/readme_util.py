@@ -20,7 +20,7 @@ README = ROOT / "README.md"
 
 # What each placeholder of the layout matches (within one path component).
 PLACEHOLDERS = {
-    "did": r"did:(?:plc:[a-z2-7]{24}|web:[a-z0-9.%-]+)",
+    "did": r"did:(?:plc:[a-z2-7]{24}|web:[a-zA-Z0-9.%-]+)",
     "handle": r"[a-z0-9][a-z0-9.-]*",
     "email": r"[^/@]+@[^/@]+",
     "host": r"[a-z0-9][a-z0-9.-]*(?::\d+)?",
