@@ -10,23 +10,25 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import subprocess
 import sys
-import threading
 from collections.abc import Callable
 
-import falcon.asgi
 from gunicorn.app.base import BaseApplication
 
 from .config import Settings
 from .services.context import AppContext
+from .xrpc.body import RequestBody
 
 log = logging.getLogger("pds")
+
+SOCKET_UMASK = 0o117  # a unix socket gets 0660
 
 # Called in a worker, on its event loop, when SIGTERM starts its graceful shutdown.
 _on_term: list[Callable[[], None]] = []
 
 
-def build_app(settings: Settings) -> falcon.asgi.App:
+def build_app(settings: Settings) -> RequestBody:
     """The ASGI app of one worker: its own AppContext and every XRPC module registered."""
     from .xrpc import actor, admin, identity, repo, server, sync  # noqa: F401  (register)
     from .xrpc.app import create_app
@@ -109,9 +111,13 @@ class PdsApplication(BaseApplication):
 
     def load_config(self) -> None:
         s = self.settings
-        bind = s.bind if s.bind.startswith("unix:") else s.bind
         cfg = {
-            "bind": [bind],
+            "bind": [s.bind],
+            # A unix socket (PDS_BIND=unix:PATH) is made 0660: the service's user and
+            # group (nginx's user joins the group) may connect, nobody else. gunicorn's
+            # default umask of 0 made it world-writable, whatever the process's umask.
+            # gunicorn applies this umask only while it binds the socket.
+            "umask": SOCKET_UMASK,
             "workers": s.workers,
             "worker_class": "asgi",
             "control_socket_disable": True,
@@ -130,7 +136,7 @@ class PdsApplication(BaseApplication):
             if v is not None:
                 self.cfg.set(k, v)
 
-    def load(self) -> falcon.asgi.App:
+    def load(self) -> RequestBody:
         _setup_logging(self.settings)
         return build_app(self.settings)
 
@@ -169,16 +175,34 @@ def serve(settings: Settings) -> None:
     if replayed:
         log.warning("recovered %d journal entries", replayed)
     if settings.crawlers:
-        threading.Thread(target=_announce, args=(settings,), daemon=True).start()
+        announce_in_background(settings.host_only, settings.crawlers)
     PdsApplication(settings).run()
 
 
-def _announce(settings: Settings) -> None:
-    """requestCrawl to every configured relay at start-up (in the background)."""
+def announce_in_background(hostname: str, crawlers: list[str]) -> None:
+    """requestCrawl to every configured relay at start-up, from a child process.
+
+    Not from a thread of this (the gunicorn master) process: gunicorn forks its workers
+    while such a thread runs, and each worker got a copy of whatever lock the thread held
+    at that instant, never to be released. The thread was importing httpx, so a worker's
+    first outbound request (the first write's relay announcement) waited forever for
+    httpcore's import lock, and with it the worker's event loop and every request on it.
+    The child is a new interpreter; gunicorn's master reaps it when it exits."""
+    subprocess.Popen([sys.executable, "-m", "pds.server", hostname, *crawlers],
+                     stdin=subprocess.DEVNULL)
+
+
+def _announce(hostname: str, crawlers: list[str]) -> None:
     import httpx
-    for crawler in settings.crawlers:
+    for crawler in crawlers:
         try:
             httpx.post(crawler.rstrip("/") + "/xrpc/com.atproto.sync.requestCrawl",
-                       json={"hostname": settings.host_only}, timeout=10)
+                       json={"hostname": hostname}, timeout=10)
         except httpx.HTTPError as e:
             log.warning("requestCrawl to %s failed: %s", crawler, e)
+
+
+if __name__ == "__main__":  # the start-up announcement (see announce_in_background)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        level=logging.INFO)
+    _announce(sys.argv[1], sys.argv[2:])

@@ -1,4 +1,5 @@
-"""Shared fixtures: where the interop vectors live, and a local official PLC directory."""
+"""Shared fixtures: where the interop vectors live, a local official PLC directory, and the
+end-of-run check of every data dir the tests made against README's layout."""
 
 from __future__ import annotations
 
@@ -18,6 +19,29 @@ INTEROP = Path(__file__).resolve().parents[2] / "shared" / "interop"
 NODE_DIR = Path(__file__).resolve().parent / "node"
 NPM_TIMEOUT = 600  # seconds; a cold `npm ci` of the harness takes well under a minute
 PLC_START_TIMEOUT = 60
+
+
+@pytest.fixture(scope="session", autouse=True)
+def data_dirs_follow_readme_layout(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """After the last test: every path of every data dir any test made (a directory of
+    the run's temporary tree holding a `pds.env`: servers' dirs, backups, restored and
+    damaged copies) is an entry of README's data-dir layout. A failure is an error at
+    the last test's teardown, so the run fails. Only this direction: a run of a few test
+    files makes only some kinds of file; test_readme.py checks that every entry is real.
+    """
+    yield
+    from readme_util import data_dirs, layout_entries, unlisted, walk
+
+    entries = layout_entries()
+    found = []
+    for data in data_dirs(tmp_path_factory.getbasetemp()):
+        extra = unlisted(walk(data), entries)
+        if extra:
+            found.append(f"{data}: {', '.join(extra[:10])}"
+                         + (f" (and {len(extra) - 10} more)" if len(extra) > 10 else ""))
+    assert not found, ("paths in data dirs of this run that README's '## The data "
+                       "directory' lacks (add them there, or stop making them):\n"
+                       + "\n".join(found))
 
 
 @pytest.fixture(scope="session")

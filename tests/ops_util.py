@@ -158,13 +158,14 @@ def _drop_block(lines: list[str], marker: str) -> list[str]:
 
 
 def site_config(example: str, port: int, data_dir: Path, upstream: str,
-                hostname: str = "localhost") -> str:
+                access_log: Path, hostname: str = "localhost") -> str:
     """The test's site config, made FROM nginx.conf.example as README ("nginx") says:
 
     - drop the plain-HTTP server (port 80, the redirect to HTTPS);
     - `listen 443 ssl http2;` -> `listen 127.0.0.1:<port>;`; drop `listen [::]:443 ...`
       and the `ssl_certificate*` lines: TLS becomes plain HTTP on loopback;
-    - substitute the data dir, the upstream address and the hostname.
+    - substitute the data dir, the upstream address, the access log's path and the
+      hostname.
     Each substitution must hit, so a changed example fails here instead of being
     silently tested as something else.
     """
@@ -185,6 +186,7 @@ def site_config(example: str, port: int, data_dir: Path, upstream: str,
     assert hits == {"listen443": 1, "listen6": 1, "ssl": 2}, hits
     text = "\n".join(out) + "\n"
     for old, new in (("/var/lib/pds", str(data_dir)), ("127.0.0.1:2583", upstream),
+                     ("/var/log/nginx/pds.access.log", str(access_log)),
                      ("pds.example.com", hostname)):
         assert old in text, f"{old!r} not in {NGINX_EXAMPLE}"
         text = text.replace(old, new)
@@ -195,7 +197,8 @@ def site_config(example: str, port: int, data_dir: Path, upstream: str,
 
 def main_config(site_path: Path, work: Path) -> str:
     """A minimal top-level nginx.conf around the site config: foreground, every path in
-    `work`, and an access log that records what the upstream (the app) sent."""
+    `work`. The access log is the example's own (its `log_format pds_requests`, which
+    also records what the upstream, the app, sent)."""
     user = "user root;\n" if os.geteuid() == 0 else ""
     temps = "".join(f"    {name}_temp_path {work / name};\n"
                     for name in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
@@ -210,10 +213,7 @@ def main_config(site_path: Path, work: Path) -> str:
         "http {\n"
         "    include /etc/nginx/mime.types;\n"
         "    default_type application/octet-stream;\n"
-        # sent = bytes nginx sent the client; up = body bytes the app sent nginx.
-        "    log_format ops '$request_id \"$request\" $status sent=$body_bytes_sent "
-        "up=$upstream_response_length upstatus=$upstream_status';\n"
-        f"    access_log {work / 'access.log'} ops;\n"
+        "    access_log off;\n"  # the site's server has its own
         f"{temps}"
         f"    include {site_path};\n"
         "}\n"
@@ -255,7 +255,8 @@ def start_nginx(work: Path, data_dir: Path, upstream: str, wait: float = 30.0) -
     work.mkdir(parents=True, exist_ok=True)
     port = free_port()
     site = work / "pds-site.conf"
-    site.write_text(site_config(NGINX_EXAMPLE.read_text(), port, data_dir, upstream))
+    site.write_text(site_config(NGINX_EXAMPLE.read_text(), port, data_dir, upstream,
+                                work / "access.log"))
     conf = work / "nginx.conf"
     conf.write_text(main_config(site, work))
     test = subprocess.run([binary, "-t", "-c", str(conf), "-p", str(work)],
@@ -285,9 +286,12 @@ def start_nginx(work: Path, data_dir: Path, upstream: str, wait: float = 30.0) -
 
 
 def parse_ops_line(line: str) -> dict:
-    """A line of the `ops` access log format as a dict."""
-    m = re.match(r'^(\S+) "(\S+) (\S+) [^"]*" (\d+) sent=(\d+) up=(\S+) upstatus=(\S+)$', line)
+    """A line of nginx.conf.example's access log (`log_format pds_requests`) as a dict:
+    sent = body bytes nginx sent the client, up = body bytes the app sent nginx."""
+    m = re.match(r'^(\S+) (\S+) \[[^\]]+\] "(\S+) (\S+) [^"]*" (\d+) sent=(\d+) '
+                 r'up=(\S+) upstatus=(\S+) ([\d.]+) "[^"]*"$', line)
     assert m, line
-    rid, method, uri, status, sent, up, upstatus = m.groups()
-    return {"rid": rid, "method": method, "uri": uri, "status": int(status),
-            "sent": int(sent), "up": up, "upstatus": upstatus}
+    rid, client, method, uri, status, sent, up, upstatus, seconds = m.groups()
+    return {"rid": rid, "client": client, "method": method, "uri": uri,
+            "status": int(status), "sent": int(sent), "up": up, "upstatus": upstatus,
+            "seconds": float(seconds)}

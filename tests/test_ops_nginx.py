@@ -6,13 +6,17 @@ the certificate lines dropped, and the data dir, upstream and hostname substitut
 that nginx: sign-up and login, posting, uploadBlob, getBlob (security headers, the stored
 Content-Type, Range) sent by nginx from disk and not by the app, the firehose over a
 WebSocket (replay and live), the well-known files served from disk with the app stopped,
-and a taken-down account's blobs refused. Skips only when nginx is not installed.
+a taken-down account's blobs refused, and a JSON body over the app's limit answered by
+the app. nginx's access log is the example's own format; one request id is in it, in the
+app's log line and in the response, blobs nginx sends included. Skips only when nginx is
+not installed.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import threading
@@ -146,9 +150,18 @@ def test_test_config_is_the_example_made_plain_http(stack: Stack) -> None:
     assert f"alias {stack.data}/accounts/;" in site
     assert f"server 127.0.0.1:{stack.app_port};" in site
     assert "server_name localhost *.localhost;" in site
+    # The example's own access log, in its own format (a log_format in a site file).
+    assert "log_format pds_requests '$request_id " in site
+    assert f"access_log {stack.nginx.work / 'access.log'} pds_requests;" in site
     # The app is really behind it: nginx answers, the app's health comes through.
     r = stack.http.get("/xrpc/_health")
     assert r.status_code == 200 and r.headers["server"].startswith("nginx")
+    # One request id in nginx's log line, the app's log line and the response.
+    rid = r.headers["x-request-id"]
+    assert re.fullmatch(r"[0-9a-f]{32}", rid), rid  # nginx's $request_id
+    line = stack.nginx_line(lambda ln: ln["rid"] == rid)
+    assert line["uri"] == "/xrpc/_health" and line["upstatus"] == "200", line
+    assert '"GET /xrpc/_health" 200' in stack.app_line(rid)
 
 
 def test_login_post_upload_and_blob_sent_by_nginx(stack: Stack) -> None:
@@ -188,6 +201,9 @@ def test_login_post_upload_and_blob_sent_by_nginx(stack: Stack) -> None:
                             and cid in ln["uri"] and ln["status"] == 200)
     rid = line["rid"]
     assert line["sent"] == len(PNG) and line["up"] == "0" and line["upstatus"] == "200", line
+    # the blob carries the request id nginx logged (and gave the app, below) once.
+    assert re.fullmatch(r"[0-9a-f]{32}", rid), line
+    assert r.headers.get_list("x-request-id") == [rid], r.headers
     # 3. the app did see the request (it checked the account and the blob) and logged it
     #    under the same request id nginx gave it;
     assert '"GET /xrpc/com.atproto.sync.getBlob' in stack.app_line(rid)
@@ -205,6 +221,10 @@ def test_login_post_upload_and_blob_sent_by_nginx(stack: Stack) -> None:
     assert r.content == PNG[1000:2000]
     assert r.headers["content-range"] == f"bytes 1000-1999/{len(PNG)}"
     assert r.headers["content-security-policy"] == "default-src 'none'; sandbox"
+    range_rid = r.headers["x-request-id"]
+    assert range_rid != rid and stack.nginx_line(lambda ln: ln["rid"] == range_rid)["status"] \
+        == 206
+    assert '"GET /xrpc/com.atproto.sync.getBlob' in stack.app_line(range_rid)
     r = stack.get_blob(did, cid, {"Range": "bytes=-10"})
     assert r.status_code == 206 and r.content == PNG[-10:]
 
@@ -328,6 +348,9 @@ def test_well_known_files_served_from_disk_with_the_app_stopped(
         assert r.text.strip() == did
         assert r.headers["content-type"].startswith("text/plain")
         assert r.headers["access-control-allow-origin"] == "*"
+        # nginx alone answered, with its request id, as logged.
+        rid = r.headers["x-request-id"]
+        assert s.nginx_line(lambda ln: ln["rid"] == rid)["uri"] == "/.well-known/atproto-did"
 
         r = s.http.get("/.well-known/did.json", headers={"Host": "erin.test"})
         assert r.status_code == 200, r.text
@@ -372,3 +395,21 @@ def test_upload_bigger_than_client_max_body_size_refused_by_nginx(stack: Stack) 
                                   if "uploadBlob" in ln and " 413 " in ln), None),
                     30, "nginx's log line of the refused upload")
     assert line["upstatus"] == "-", line  # never passed to the app
+
+
+def test_json_body_over_the_apps_limit_answered_by_the_app_through_nginx(stack: Stack) -> None:
+    """Under client_max_body_size but over the app's 5 MiB for JSON: nginx streams the
+    body on (no request buffering) and the app's own JSON 413 reaches the client, not a
+    502 from a connection the app dropped; the request id ties the three together."""
+    token = stack.sign_up("gina")["accessJwt"]
+    for _ in range(3):
+        r = stack.http.post("/xrpc/com.atproto.repo.createRecord",
+                            content=b" " * (8 * 1024 * 1024),
+                            headers={"Authorization": f"Bearer {token}",
+                                     "Content-Type": "application/json"})
+        assert r.status_code == 413, r.text
+        assert r.json()["error"] == "PayloadTooLarge"
+        rid = r.headers["x-request-id"]
+        line = stack.nginx_line(lambda ln, rid=rid: ln["rid"] == rid)
+        assert line["status"] == 413 and line["upstatus"] == "413", line
+        assert '"POST /xrpc/com.atproto.repo.createRecord" 413' in stack.app_line(rid)

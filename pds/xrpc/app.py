@@ -17,6 +17,7 @@ from .. import __version__
 from ..errors import InvalidInput, NotSupported, PayloadTooLarge, PdsError
 from ..repo.syntax import is_valid_nsid
 from . import registry
+from .body import RequestBody
 from .errors import INTERNAL, MethodNotAllowed, UpgradeRequired, answer_for, render
 
 log = logging.getLogger("pds.xrpc")
@@ -227,28 +228,6 @@ async def _async_chunks(it: Iterator[bytes]) -> AsyncIterator[bytes]:
 # --- errors ---------------------------------------------------------------------------
 
 
-DRAIN_LIMIT = 64 * 1024
-
-
-async def _settle_body(req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
-    """A request body an error left unread: gunicorn closes the connection after such a
-    request without announcing it, and a client reusing it fails. Drain a small body so
-    the connection stays usable; announce the close of a large one."""
-    chunked = "chunked" in (req.get_header("Transfer-Encoding") or "").lower()
-    length = req.content_length
-    if not length and not chunked:
-        return
-    try:
-        if req.stream.eof:
-            return
-        if length is not None and length <= DRAIN_LIMIT:
-            await req.stream.exhaust()
-            return
-    except Exception:  # noqa: BLE001 - a broken stream: just close
-        pass
-    resp.set_header("Connection", "close")
-
-
 async def _pds_error(req: falcon.asgi.Request, resp: falcon.asgi.Response,
                      ex: PdsError, params: dict) -> None:
     """Any domain error, answered as the table in `errors` says."""
@@ -261,7 +240,6 @@ async def _pds_error(req: falcon.asgi.Request, resp: falcon.asgi.Response,
     for k, v in headers.items():
         resp.set_header(k, v)
     resp.data = dumps({"error": name, "message": message})
-    await _settle_body(req, resp)
 
 
 _HTTP_NAMES = {400: "InvalidRequest", 401: "AuthenticationRequired", 403: "Forbidden",
@@ -278,7 +256,6 @@ async def _http_error(req: falcon.asgi.Request, resp: falcon.asgi.Response,
         resp.set_header(k, v)
     name = _HTTP_NAMES.get(status, "InternalServerError" if status >= 500 else "InvalidRequest")
     resp.data = dumps({"error": name, "message": ex.description or ex.title or name})
-    await _settle_body(req, resp)
 
 
 async def _unexpected(req: falcon.asgi.Request, resp: falcon.asgi.Response,
@@ -365,8 +342,10 @@ class Lifespan:
 
 
 def create_app(ctx: Any, extra_routes: Callable[[falcon.asgi.App], None] | None = None
-               ) -> falcon.asgi.App:
-    """The ASGI app for one worker process."""
+               ) -> RequestBody:
+    """The ASGI app for one worker process: falcon's, behind `body.RequestBody` (which
+    asks the server for a request body only when a handler reads it, and discards what
+    an early answer left unread; see there)."""
     app = falcon.asgi.App(
         middleware=[AccessLog(bool(getattr(getattr(ctx, "settings", None), "behind_nginx",
                                                False))),
@@ -388,4 +367,4 @@ def create_app(ctx: Any, extra_routes: Callable[[falcon.asgi.App], None] | None 
     app.add_error_handler(Exception, _unexpected)
     app.add_error_handler(falcon.HTTPError, _http_error)
     app.add_error_handler(PdsError, _pds_error)
-    return app
+    return RequestBody(app)
