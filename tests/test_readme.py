@@ -36,8 +36,12 @@ def settings_in_code() -> set[str]:
     environment lookup, a line written to pds.env, a message naming one), and each
     `get("NAME", ...)` of pds/config.py, which adds the `PDS_` prefix."""
     names: set[str] = set()
+    constants: set[str] = set()  # Python names that merely look like settings
     for path in sorted((ROOT / "pds").rglob("*.py")):
-        names.update(re.findall(r"""["'](PDS_[A-Z][A-Z0-9_]*[A-Z0-9])""", path.read_text()))
+        text = path.read_text()
+        names.update(re.findall(r"""["'](PDS_[A-Z][A-Z0-9_]*[A-Z0-9])""", text))
+        constants.update(re.findall(r"^\s*(PDS_[A-Z0-9_]+)\s*[:=]", text, re.M))
+    names -= constants
     config = (ROOT / "pds" / "config.py").read_text()
     for name in re.findall(r"""\bget\(\s*["']([A-Z][A-Z0-9_]*)["']""", config):
         if not name.startswith("PDS_"):
