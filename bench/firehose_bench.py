@@ -219,8 +219,8 @@ def job_build(job: dict) -> dict:
     sys.path.insert(0, job["root"])
     from pds.config import Settings
     from pds.repo.tid import next_tid
-    from pds.services import firehose
     from pds.services.context import AppContext
+    from pds.store.recovery import checkpoint
     from pds.store.repo import Write
 
     ctx = AppContext(Settings.load(job["data_dir"]))
@@ -241,7 +241,7 @@ def job_build(job: dict) -> dict:
     finally:
         os.fsync, os.fdatasync = real
     t1 = time.monotonic()
-    firehose.checkpoint(ctx)
+    checkpoint(ctx.data)
     return {"commit_s": t1 - t0, "checkpoint_s": time.monotonic() - t1,
             "head": ctx.events.seqlog.head()}
 

@@ -71,7 +71,8 @@ from pds.repo.tid import next_tid, tid_timestamp_micros  # noqa: E402
 from pds.store import journal as journal_mod  # noqa: E402
 from pds.store import repo as repo_mod  # noqa: E402
 from pds.store.files import write_file  # noqa: E402
-from pds.store.repo import SNAPSHOT, Head, Repo, Write  # noqa: E402
+from pds.store.layout import SNAPSHOT  # noqa: E402
+from pds.store.repo import Head, Repo, Write  # noqa: E402
 
 COLLECTION = "app.bsky.feed.post"
 DID = "did:plc:benchrepocore2k4xq7mzl3vh"

@@ -18,10 +18,11 @@ from pathlib import Path
 from typing import TypeVar
 from urllib.parse import urlsplit
 
+from .store.envfile import ENV_FILE, parse_env_file
+
 DEFAULT_DATA_DIR = "./data"
 DEFAULT_BIND = "127.0.0.1:2583"
 DEFAULT_HOSTNAME = "localhost:2583"
-ENV_FILE = "pds.env"
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
 # One DNS label: letters, digits and inner hyphens, at most 63 characters.
@@ -33,25 +34,6 @@ T = TypeVar("T")
 
 class SettingsError(ValueError):
     """A setting that cannot be used; the message says which and how to fix it."""
-
-
-def parse_env_file(path: Path) -> dict[str, str]:
-    """Read `KEY=value` lines (blank lines and `#` comments skipped, quotes stripped)."""
-    out: dict[str, str] = {}
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        return out
-    for line in text.splitlines():
-        line = line.strip()
-        if not line or line.startswith("#") or "=" not in line:
-            continue
-        k, _, v = line.partition("=")
-        v = v.strip()
-        if len(v) >= 2 and v[0] == v[-1] and v[0] in "\"'":
-            v = v[1:-1]
-        out[k.strip()] = v
-    return out
 
 
 def is_domain(name: str) -> bool:

@@ -8,7 +8,6 @@ mid-recovery.
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import subprocess
 import sys
@@ -18,6 +17,8 @@ from gunicorn.app.base import BaseApplication
 
 from .config import Settings
 from .services.context import AppContext
+from .store.layout import DataDir
+from .store.recovery import recover as recover_data_dir
 from .xrpc.body import RequestBody
 
 log = logging.getLogger("pds")
@@ -60,45 +61,9 @@ def _post_worker_init(worker) -> None:
 
 
 def recover(settings: Settings) -> int:
-    """Replay every repository's journal (after a crash); returns entries replayed."""
-    from .services.firehose import recover as recover_events
-    from .store.repo import Repo
-
-    clean_tmp(settings.data_dir / "tmp")
-    ctx = AppContext(settings)
-    replayed = recover_events(ctx)
-    for did in ctx.accounts.list_dids():
-        repo_dir = ctx.data.account(did)
-        if (repo_dir / "journal").is_dir():
-            replayed += Repo(repo_dir, ctx.data.tmp, did).recover()
-    return replayed
-
-
-def clean_tmp(tmp) -> int:
-    """Remove staging files left by killed writers (their process is gone)."""
-    import re
-    removed = 0
-    try:
-        names = os.listdir(tmp)
-    except FileNotFoundError:
-        return 0
-    for name in names:
-        m = re.match(r"^(?:\.|blob-)(\d+)[.-]", name)
-        if m is None:
-            continue
-        try:
-            os.kill(int(m.group(1)), 0)
-            continue  # its writer still runs (e.g. a `pds backup` beside the server)
-        except ProcessLookupError:
-            pass
-        except PermissionError:
-            continue
-        try:
-            os.unlink(os.path.join(tmp, name))
-            removed += 1
-        except OSError:
-            pass
-    return removed
+    """Replay what a crash left unfinished (the event log, repo journals); returns
+    commits replayed. The store's recovery (pds/store/recovery.py) on the data dir."""
+    return recover_data_dir(DataDir(settings.data_dir))
 
 
 class PdsApplication(BaseApplication):
@@ -160,7 +125,7 @@ def _setup_logging(settings: Settings) -> None:
 
 def serve(settings: Settings) -> None:
     """Recover, then run gunicorn in the foreground until signalled."""
-    if not (settings.data_dir / "pds.env").exists():
+    if not DataDir(settings.data_dir).env_file.exists():
         sys.exit(f"no PDS data dir at {settings.data_dir} (run `pds init` first)")
     if not settings.jwt_secret:
         sys.exit("PDS_JWT_SECRET is not set (pds.env is incomplete)")

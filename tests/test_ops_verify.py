@@ -149,7 +149,8 @@ def test_missing_record_block(built: Built, copy: Path) -> None:
 
 
 def test_damaged_export_snapshot(built: Built, copy: Path) -> None:
-    from pds.store.repo import SNAPSHOT, Repo
+    from pds.store.layout import SNAPSHOT
+    from pds.store.repo import Repo
 
     acct = copy / "accounts" / built.did
     repo = Repo(acct, copy / "tmp", built.did)

@@ -12,7 +12,8 @@ from pds.repo import car
 from pds.repo.car import read_car_blocks
 from pds.repo.commit import parse_commit
 from pds.repo.signing_keys import generate_signing_key
-from pds.store.repo import SNAPSHOT, Repo, Write
+from pds.store.layout import SNAPSHOT
+from pds.store.repo import Repo, Write
 from pds.store.snapshot import Snapshot
 
 DID = "did:plc:abcdefghijklmnopqrstuvwx"

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from ..store.layout import ENV_FILE
 from .common import CliError, Progress, data_dir_option, plural, require_data_dir
 
 
@@ -60,7 +61,7 @@ def restore(backup_dir: Path, data_dir: Path) -> None:
     the PDS first; start it once the restore is done."""
     from ..store.restore import restore as run
     require_data_dir(backup_dir)
-    if (data_dir / "pds.env").exists():
+    if (data_dir / ENV_FILE).exists():
         raise CliError(f"{data_dir.resolve()} holds a PDS: move it away first "
                        "(restore never overwrites a data dir)")
     with Progress() as progress:

@@ -162,7 +162,7 @@ def _materialise_account(ctx: AppContext, acct: dict, key: Any, migrating: bool)
     did, handle = acct["did"], acct["handle"]
     acct_dir = ctx.data.account(did)
     acct_dir.mkdir(parents=True, exist_ok=True)
-    write_file(acct_dir / "signing.key", export_private_key(key), ctx.data.tmp, mode=0o600)
+    write_file(ctx.data.signing_key(did), export_private_key(key), ctx.data.tmp, mode=0o600)
     ctx.forget(did)
     first_commit = None
     if not migrating:

@@ -188,7 +188,7 @@ class Auth:
         self.settings = ctx.settings
         self.secret = ctx.settings.jwt_secret
         self.service_did = ctx.settings.service_did
-        self.limiter = RateLimiter(ctx.data.root / "ratelimit", ctx.data.tmp,
+        self.limiter = RateLimiter(ctx.data.ratelimit, ctx.data.tmp,
                                    enabled=ctx.settings.rate_limits)
 
     # --- issue --------------------------------------------------------------------------

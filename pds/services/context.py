@@ -11,7 +11,7 @@ from ..config import Settings
 from ..repo.signing_keys import PrivateKey, load_private_key
 from ..store.accounts import AccountStore
 from ..store.files import read_file, try_flock
-from ..store.layout import DataDir
+from ..store.layout import BLOB_GC_LOCK, SNAPSHOT_LOCK, DataDir
 from ..store.repo import Repo
 
 SNAPSHOT_MAX_AGE = 300.0  # seconds an export snapshot may lag a changing repo
@@ -50,7 +50,7 @@ class AppContext:
         key = self._keys.get(did)
         if key is None:
             try:
-                data = read_file(self.data.account(did) / "signing.key")
+                data = read_file(self.data.signing_key(did))
             except ValueError:
                 return None
             if data is None:
@@ -85,14 +85,14 @@ class AppContext:
         import asyncio
         import logging
 
-        from .firehose import checkpoint
+        from ..store.recovery import checkpoint
         retention = self.settings.firehose_retention_hours * 3600
         rounds = 0
         while True:
             await asyncio.sleep(2.0)
             rounds += 1
             try:
-                await asyncio.to_thread(checkpoint, self, retention)
+                await asyncio.to_thread(checkpoint, self.data, retention)
                 if rounds % 300 == 1:  # every ~10 minutes
                     await asyncio.to_thread(self.collect_blobs)
                 if rounds % 30 == 15:  # every minute
@@ -103,12 +103,12 @@ class AppContext:
     def collect_blobs(self) -> int:
         """Remove unreferenced uploads past their grace period (one worker at a time)."""
         from ..store.blobs import BlobStore
-        with try_flock(self.data.tmp / "BLOBGC.LOCK") as held:
+        with try_flock(self.data.tmp / BLOB_GC_LOCK) as held:
             if not held:
                 return 0
             removed = 0
             for did in self.accounts.list_dids():
-                store = BlobStore(self.data.account(did) / "blobs", self.data.tmp)
+                store = BlobStore(self.data.blobs(did), self.data.tmp)
                 # Under the repo lock: a commit adding a reference can't race the removal.
                 with self.repo(did).lock():
                     removed += store.gc()
@@ -120,7 +120,7 @@ class AppContext:
         changes rather than walking block files. Returns how many were rewritten."""
         import logging
 
-        with try_flock(self.data.tmp / "SNAPSHOT.LOCK") as held:
+        with try_flock(self.data.tmp / SNAPSHOT_LOCK) as held:
             if not held:
                 return 0
             done = 0

@@ -1,10 +1,9 @@
-"""The firehose: sequencing events into the log, recovery, checkpoints, and delivery.
+"""The firehose: sequencing events into the log, and delivery.
 
 Writing: `Sequencer` is every server repo's write-ahead record. A `#commit` event holds
 every new block of its commit, so writing it (one fsync) makes the commit durable; the
-block files and HEAD follow without fsync. Recovery replays events newer than the last
-checkpoint; a checkpoint flushes the filesystem (syncfs) and moves `seq/CHECKPOINT` up to
-the last event whose files are all written.
+block files and HEAD follow without fsync. Rolling logged commits forward (recovery, the
+redo of a dead writer's commit) and checkpoints are the store's (pds/store/recovery.py).
 
 Delivery: each worker runs one watchdog observer on `seq/`. When an event lands, the
 worker's `Broadcaster` reads it once and offers the stored bytes to every live subscriber's
@@ -22,10 +21,10 @@ from collections import deque
 from typing import Any
 
 from ..repo import events as ev
-from ..repo.car import read_car_blocks
-from ..store.files import read_file, try_flock, write_file
-from ..store.journal import syncfs
-from ..store.repo import CommitResult, Repo, RepoError, WriteAhead
+from ..store.files import read_file, write_file
+from ..store.layout import LAST_WRITE, SEQ_HEAD
+from ..store.recovery import LogWriteAhead
+from ..store.repo import CommitResult, Repo, RepoError
 from ..store.seqlog import EventLog
 
 log = logging.getLogger("pds.firehose")
@@ -39,12 +38,13 @@ class TooBig(RepoError):
     """A commit too large for one firehose event."""
 
 
-class Sequencer(WriteAhead):
-    """Sequences events into the log; the server's write-ahead record for commits."""
+class Sequencer(LogWriteAhead):
+    """Sequences events into the log; the server's write-ahead record for commits (whose
+    roll-forward, `redo`, is the store's)."""
 
     def __init__(self, ctx: Any) -> None:
+        super().__init__(EventLog(ctx.data.seq, ctx.data.tmp))
         self.ctx = ctx
-        self.seqlog = EventLog(ctx.data.root / "seq", ctx.data.tmp)
 
     # --- WriteAhead -----------------------------------------------------------------------
 
@@ -95,98 +95,6 @@ class Sequencer(WriteAhead):
     def log_event(self, make_frame) -> int:
         return self.seqlog.append(make_frame)
 
-    def redo(self, repo: Repo) -> None:
-        """Roll forward a #commit of `repo` that a dead writer logged but never applied:
-        it is after the checkpoint (which never passes a commit its repo lacks)."""
-        did = repo.did.encode()
-        for seq, data in self.seqlog.events(after=self.seqlog.checkpoint()):
-            if did not in data:
-                continue
-            try:
-                found = _commit_of(data)
-            except ValueError:
-                log.error("unreadable event %d skipped", seq)
-                continue
-            if found is not None and found[0] == repo.did:
-                _apply_commit(repo, found[1], found[2])
-
-
-# --- recovery and checkpoints -------------------------------------------------------------
-
-
-def _commit_of(data: bytes) -> tuple[str, str, dict] | None:
-    header, payload = ev.split_frame(data)
-    if header.get("t") != "#commit":
-        return None
-    return payload["repo"], payload["rev"], payload
-
-
-def _apply_commit(repo: Repo, rev: str, payload: dict) -> None:
-    """Under the repo lock: (re)write a logged commit's blocks (a power cut may have left
-    them empty) and move HEAD to it when it is ahead."""
-    _root, blocks = read_car_blocks(payload["blocks"])
-    repo.blocks.put_many(blocks.items(), overwrite=True)
-    head = repo.recovery_head()
-    if head is None or rev > head.rev:
-        repo.append_rev(rev, payload["commit"])
-        repo._set_head(payload["commit"], rev)
-
-
-def recover(ctx: Any) -> int:
-    """Replay #commit events after the checkpoint: rewrite their blocks (a power cut may
-    have left them empty) and move HEAD forward where it lags. Returns events replayed."""
-    log_ = EventLog(ctx.data.root / "seq", ctx.data.tmp)
-    replayed = 0
-    last = log_.checkpoint()
-    for seq, data in log_.events(after=last):
-        last = seq
-        try:
-            found = _commit_of(data)
-        except ValueError:
-            log.error("unreadable event %d skipped in recovery", seq)
-            continue
-        if found is None:
-            continue
-        did, rev, payload = found
-        repo = Repo(ctx.data.account(did), ctx.data.tmp, did)
-        if not repo.root.is_dir():
-            continue  # the account was deleted since
-        with repo.lock():
-            _apply_commit(repo, rev, payload)
-        replayed += 1
-    if last > log_.checkpoint():
-        syncfs(ctx.data.root)
-        log_.set_checkpoint(last)
-    return replayed
-
-
-def checkpoint(ctx: Any, retention_s: float | None = None) -> int | None:
-    """Advance CHECKPOINT over events whose repo files are all written, after a syncfs;
-    prune events older than the retention. One worker at a time (others skip)."""
-    log_ = EventLog(ctx.data.root / "seq", ctx.data.tmp)
-    with try_flock(log_.root / "CHECKPOINT.LOCK") as held:
-        if not held:
-            return None
-        cp, head = log_.checkpoint(), log_.head()
-        upto = cp
-        heads: dict[str, str] = {}
-        for seq, data in log_.events(cp, head):
-            found = _commit_of(data)
-            if found is not None:
-                did, rev, _ = found
-                if did not in heads:
-                    h = Repo(ctx.data.account(did), ctx.data.tmp, did).head()
-                    heads[did] = h.rev if h else ""
-                if heads[did] < rev:
-                    break  # its writer is still materialising it
-            upto = seq
-        if upto > cp:
-            syncfs(ctx.data.root)
-            log_.set_checkpoint(upto)
-        if retention_s is not None:
-            log_.prune(time.time() - retention_s, keep_after=upto)
-        return upto
-
 
 # --- delivery -------------------------------------------------------------------------------
 
@@ -232,7 +140,7 @@ class Broadcaster:
 
     def __init__(self, ctx: Any) -> None:
         self.ctx = ctx
-        self.log = EventLog(ctx.data.root / "seq", ctx.data.tmp)
+        self.log = EventLog(ctx.data.seq, ctx.data.tmp)
         self.last = self.log.head()
         self.ring: deque[tuple[int, bytes]] = deque(maxlen=RING)
         self.live: set[Subscriber] = set()
@@ -263,7 +171,7 @@ class Broadcaster:
                     return
                 names = (os.path.basename(event.src_path),
                          os.path.basename(getattr(event, "dest_path", "") or ""))
-                if "HEAD" in names and not bc.wake_pending:
+                if SEQ_HEAD in names and not bc.wake_pending:
                     bc.wake_pending = True
                     loop.call_soon_threadsafe(bc._woken)
 
@@ -438,7 +346,7 @@ class Crawlers:
 
     def __init__(self, ctx: Any) -> None:
         self.ctx = ctx
-        self.path = ctx.data.root / "seq" / "LAST_WRITE"
+        self.path = ctx.data.seq / LAST_WRITE
         self.checked = 0.0
 
     def on_write(self) -> bool:

@@ -39,7 +39,7 @@ MAX_OPS = 200
 
 
 def blobs(ctx: AppContext, did: str) -> BlobStore:
-    return BlobStore(ctx.data.account(did) / "blobs", ctx.data.tmp)
+    return BlobStore(ctx.data.blobs(did), ctx.data.tmp)
 
 
 def parse_record(collection: str, record: Any) -> Any:

@@ -22,7 +22,7 @@ from typing import Any
 
 from ..repo.syntax import is_valid_handle
 from .files import ensure_dir, flock, read_file, write_file
-from .layout import DataDir
+from .layout import ACCOUNT_JSON, ACCOUNT_LOCK, LOCK, SESSIONS, DataDir
 
 
 class Taken(Exception):
@@ -38,9 +38,9 @@ class AccountStore:
 
     def __init__(self, data: DataDir) -> None:
         self.data = data
-        self.handles = data.root / "handles"
-        self.emails = data.root / "emails"
-        self.invites = data.root / "invites"
+        self.handles = data.handles
+        self.emails = data.emails
+        self.invites = data.invites
         self._cache: dict[str, tuple[float, dict]] = {}
 
     def ensure(self) -> None:
@@ -50,7 +50,7 @@ class AccountStore:
     # --- account.json -----------------------------------------------------------------
 
     def _path(self, did: str) -> Path:
-        return self.data.account(did) / "account.json"
+        return self.data.account(did) / ACCOUNT_JSON
 
     def get(self, did: str) -> dict | None:
         """The account record, or None (also for malformed DIDs)."""
@@ -78,7 +78,7 @@ class AccountStore:
 
     def update(self, did: str, **changes: Any) -> dict:
         """Change fields of an account record under its lock."""
-        with flock(self.data.account(did) / "ACCOUNT.LOCK"):
+        with flock(self.data.account(did) / ACCOUNT_LOCK):
             self._cache.pop(did, None)
             acct = self.get(did)
             if acct is None:
@@ -90,7 +90,7 @@ class AccountStore:
     def list_dids(self) -> list[str]:
         try:
             return sorted(d for d in os.listdir(self.data.accounts)
-                          if (self.data.accounts / d / "account.json").exists())
+                          if (self.data.accounts / d / ACCOUNT_JSON).exists())
         except FileNotFoundError:
             return []
 
@@ -168,7 +168,7 @@ class AccountStore:
     def _session_path(self, did: str, jti: str) -> Path:
         if not jti.replace("-", "").replace("_", "").isalnum():
             raise ValueError("bad session id")
-        return self.data.account(did) / "sessions" / jti
+        return self.data.account(did) / SESSIONS / jti
 
     def put_session(self, did: str, jti: str, session: dict) -> None:
         path = self._session_path(did, jti)
@@ -189,7 +189,7 @@ class AccountStore:
             pass
 
     def sessions(self, did: str) -> dict[str, dict]:
-        d = self.data.account(did) / "sessions"
+        d = self.data.account(did) / SESSIONS
         out = {}
         try:
             names = os.listdir(d)
@@ -220,7 +220,7 @@ class AccountStore:
 
     def use_invite(self, code: str, did: str) -> None:
         """Spend one use of an invite code, atomically across workers."""
-        with flock(self.invites / "LOCK"):
+        with flock(self.invites / LOCK):
             invite = self.get_invite(code)
             if invite is None or invite.get("disabled"):
                 raise ValueError("invalid invite code")

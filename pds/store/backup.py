@@ -36,184 +36,62 @@ too, and a new DEST is never readable by others.
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import hashlib
 import json
 import os
-import shutil
 import stat
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-from ..config import ENV_FILE, parse_env_file
 from .blocks import shard_path
+from .copying import copy_dir, copy_file, make_dir, make_parents, private_mode, remove, umask_like
+from .envfile import parse_env_file
 from .files import fsync_dir, read_file, write_file
 from .format import require_current
 from .journal import syncfs
+from .layout import (
+    ACCOUNT_JSON,
+    ACCOUNTS,
+    BACKUP_MARKER,
+    BLOBS,
+    BLOCKS,
+    CHECKPOINT,
+    CHECKPOINT_LOCK,
+    EMAILS,
+    ENV_FILE,
+    FORMAT_FILE,
+    HANDLES,
+    HEAD,
+    HEAD_SPARE,
+    INVITES,
+    SEQ,
+    SEQ_HEAD,
+    SEQ_HEAD_SPARE,
+    SIGNING_KEY,
+    SNAPSHOT,
+    TMP,
+    WELL_KNOWN,
+    DataDir,
+)
 from .progress import Progress, Ticker
+from .recovery import recover
+from .seqlog import EventLog
 
-MARKER = "BACKUP"  # at the top of a backup: what it is a backup of, and whether it finished
+MARKER = BACKUP_MARKER  # at the top of a backup: what it is a backup of, and whether it finished
 
 # Per-account files copied with the HEAD snapshot (small, may change).
-_ACCOUNT_FIRST = ("account.json", "signing.key", "HEAD")
+_ACCOUNT_FIRST = (ACCOUNT_JSON, SIGNING_KEY, HEAD)
 # Content-addressed per-account trees: incremental, never mirrored.
-_ACCOUNT_IMMUTABLE = ("blocks", "blobs")
+_ACCOUNT_IMMUTABLE = (BLOCKS, BLOBS)
 # Derived (the export snapshot, rebuilt on the first export) or a spare: left out.
-_ACCOUNT_LEFT_OUT = ("export.car", "HEAD.next")
+_ACCOUNT_LEFT_OUT = (SNAPSHOT, HEAD_SPARE)
 # Top-level trees of small mutable files: mirrored.
-_TOP_DIRS = ("handles", "emails", "invites", "well-known")
+_TOP_DIRS = (HANDLES, EMAILS, INVITES, WELL_KNOWN)
 _SEQ_ROUNDS = 10  # step 5 repeats at most this often (each round is a short window)
-_TMP_SUFFIX = ".backup-tmp"
 
 
 class BackupError(ValueError):
     """A backup or restore refused; the message says why and what to do instead."""
-
-
-# --- copying --------------------------------------------------------------------------------
-
-
-def is_transient(name: str) -> bool:
-    """Lock files and our own half-written copies: never copied, never mirrored away."""
-    return name == "LOCK" or name.endswith((".LOCK", ".lock", _TMP_SUFFIX))
-
-
-def make_dir(path: Path, mode: int) -> None:
-    """`path` as a directory with permission bits `mode` (its parent exists)."""
-    mode = stat.S_IMODE(mode)
-    try:
-        os.mkdir(path, 0o700)
-    except FileExistsError:
-        if stat.S_IMODE(os.stat(path).st_mode) == mode:
-            return
-    os.chmod(path, mode)
-
-
-def _remove(path: Path) -> None:
-    """Remove a file or a whole tree (gone already is fine)."""
-    try:
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        else:
-            os.unlink(path)
-    except FileNotFoundError:
-        pass
-
-
-def copy_file(src: Path, dst: Path, if_same_size: bool = False) -> bool:
-    """Copy `src` over `dst` atomically, with its permission bits and times (a symlink as
-    a symlink); False when `src` is gone (removed meanwhile) or is no regular file (a
-    socket someone bound in the data dir, a FIFO: nothing to copy, and opening a FIFO
-    for reading would wait for a writer). With `if_same_size`, a
-    `dst` of the same size is taken as the same file (content-addressed files never
-    change) and only its permission bits are corrected. The copy is never readable by
-    more people than the source file, not even while it is being written."""
-    if if_same_size:
-        try:
-            have = os.lstat(dst)
-            st = os.lstat(src)
-        except FileNotFoundError:
-            pass
-        else:
-            if have.st_size == st.st_size and stat.S_ISREG(have.st_mode):
-                if stat.S_IMODE(have.st_mode) != stat.S_IMODE(st.st_mode):
-                    os.chmod(dst, stat.S_IMODE(st.st_mode))
-                return True
-    try:
-        fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except FileNotFoundError:
-        return False
-    except OSError as e:
-        if e.errno == errno.ENXIO:  # a socket
-            return False
-        if e.errno != errno.ELOOP:
-            raise
-        return _copy_symlink(src, dst)
-    tmp = dst.with_name(dst.name + _TMP_SUFFIX)
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            return False
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        try:
-            remaining = st.st_size
-            while remaining > 0:
-                sent = os.sendfile(out, fd, None, min(remaining, 1 << 30))
-                if sent == 0:
-                    break  # the file shrank meanwhile: copy what there is
-                remaining -= sent
-            while chunk := os.read(fd, 1 << 20):  # ... or grew
-                os.write(out, chunk)
-            os.fchmod(out, stat.S_IMODE(st.st_mode))
-        finally:
-            os.close(out)
-        os.utime(tmp, ns=(st.st_atime_ns, st.st_mtime_ns))
-        os.replace(tmp, dst)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    finally:
-        os.close(fd)
-    return True
-
-
-def _copy_symlink(src: Path, dst: Path) -> bool:
-    try:
-        target = os.readlink(src)
-    except FileNotFoundError:
-        return False
-    _remove(dst)
-    os.symlink(target, dst)
-    return True
-
-
-def copy_dir(src: Path, dst: Path, *, skip: tuple[str, ...] = (), if_same_size: bool = False,
-             mirror: bool = False, ticker: Ticker | None = None, stage: str = "files",
-             dropped: dict[str, int] | None = None) -> None:
-    """Copy the tree `src` into `dst` (directories with the source's permission bits).
-
-    `skip`: names at the top of `src` neither copied nor, with `mirror`, removed.
-    `if_same_size`: see `copy_file` (metadata `*.json` files are always copied).
-    `mirror`: what is in `dst` but not (or no longer) in `src` is removed.
-    `dropped`: names of directories left out at any depth, counting their files there.
-    `ticker` counts the files under `stage`.
-    """
-    try:
-        st = os.stat(src)
-        entries = list(os.scandir(src))
-    except (FileNotFoundError, NotADirectoryError):
-        if mirror:
-            _remove(dst)
-        return
-    make_dir(dst, st.st_mode)
-    seen: set[str] = set()
-    for entry in entries:
-        name = entry.name
-        if name in skip or is_transient(name):
-            continue
-        if dropped is not None and name in dropped and entry.is_dir(follow_symlinks=False):
-            dropped[name] += sum(len(files) for _d, _s, files in os.walk(entry.path))
-            continue
-        seen.add(name)
-        if entry.is_dir(follow_symlinks=False):
-            copy_dir(Path(entry.path), dst / name, if_same_size=if_same_size, mirror=mirror,
-                     ticker=ticker, stage=stage, dropped=dropped)
-            continue
-        copied = copy_file(Path(entry.path), dst / name,
-                           if_same_size=if_same_size and not name.endswith(".json"))
-        if not copied and mirror:
-            _remove(dst / name)
-        if ticker is not None:
-            ticker.tick(stage)
-    if mirror:
-        for name in os.listdir(dst):
-            if name not in seen and name not in skip and not is_transient(name):
-                _remove(dst / name)
 
 
 def _copy_tree(src: Path, dst: Path, skip: tuple[str, ...] = (), immutable: bool = False,
@@ -222,24 +100,6 @@ def _copy_tree(src: Path, dst: Path, skip: tuple[str, ...] = (), immutable: bool
     """One of the backup's copy steps (a hook for tests to act between steps)."""
     copy_dir(src, dst, skip=skip, if_same_size=immutable, mirror=mirror, ticker=ticker,
              stage=stage)
-
-
-@contextlib.contextmanager
-def umask_like(mode: int) -> Iterator[None]:
-    """While replaying into a copy, new files and directories get the permissions that a
-    top directory of `mode` implies for its contents (0750 -> 0640 files, 0750 dirs),
-    as the service's `UMask=0027` gives them in the source."""
-    old = os.umask(0o777 & ~stat.S_IMODE(mode))
-    try:
-        yield
-    finally:
-        os.umask(old)
-
-
-def private_mode(mode: int) -> int:
-    """The permission bits of a new backup or restored dir: the source's, never open to
-    others."""
-    return stat.S_IMODE(mode) & ~0o007 | 0o700
 
 
 # --- what a backup is a backup of --------------------------------------------------------------
@@ -270,7 +130,7 @@ def read_marker(root: Path) -> dict | None:
 
 
 def _write_marker(dest: Path, marker: dict) -> None:
-    write_file(dest / MARKER, (json.dumps(marker, indent=1) + "\n").encode(), dest / "tmp",
+    write_file(dest / MARKER, (json.dumps(marker, indent=1) + "\n").encode(), dest / TMP,
                mode=0o640)
 
 
@@ -294,7 +154,6 @@ def check_apart(src: Path, dest: Path, what: str) -> None:
 def last_seq(seq_dir: Path) -> int:
     """The highest seq an event log holds or has published (0 when none): its HEAD, or
     the last event file where that is ahead."""
-    from .seqlog import EventLog
     log = EventLog(seq_dir, seq_dir)
     try:
         head = log.head()
@@ -319,7 +178,7 @@ def _check_destination(src: Path, dest: Path, ident: dict) -> bool:
     if marker is not None:
         if marker.get("service") == ident["service"] and \
                 marker.get("fingerprint") == ident["fingerprint"]:
-            theirs, ours = last_seq(dest / "seq"), last_seq(src / "seq")
+            theirs, ours = last_seq(dest / SEQ), last_seq(src / SEQ)
             if theirs > ours:
                 # This PDS went back in time (restored from an older backup): its new
                 # events would take the seqs, and file names, of events in DEST.
@@ -360,75 +219,18 @@ def backup(src_root: str | os.PathLike, dest_root: str | os.PathLike,
     incremental = _check_destination(src, dest, ident)
     ticker = Ticker(progress)
     src_mode = os.stat(src).st_mode
-    if not dest.exists():
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        make_dir(dest, private_mode(src_mode))  # an existing top keeps its mode
-    make_dir(dest / "tmp", os.stat(src / "tmp").st_mode if (src / "tmp").is_dir() else 0o750)
-    # The marker first: an interrupted backup is recognised (and resumed) next time, and
-    # a restore refuses it until a backup into it finishes.
-    _write_marker(dest, {**ident, "started": _now(), "finished": None})
-
-    checkpoint = (read_file(src / "seq" / "CHECKPOINT") or b"0").decode().strip() or "0"
-    accounts = sorted(os.listdir(src / "accounts")) if (src / "accounts").is_dir() else []
-    for name in ("FORMAT", ENV_FILE):  # the format: a restore must not migrate it again
-        if not copy_file(src / name, dest / name):
-            _remove(dest / name)
-    if (src / "accounts").is_dir():
-        make_dir(dest / "accounts", os.stat(src / "accounts").st_mode)
-    # Steps 1-2: HEADs (and the account records) first.
-    for i, did in enumerate(accounts):
-        a_src = src / "accounts" / did
-        if not a_src.is_dir():
-            continue
-        make_dir(dest / "accounts" / did, os.stat(a_src).st_mode)
-        for name in _ACCOUNT_FIRST:
-            if not copy_file(a_src / name, dest / "accounts" / did / name):
-                _remove(dest / "accounts" / did / name)  # mirrored, like the rest
-        ticker.step("heads", i + 1, len(accounts))
-    # Step 3: everything else of each account; blocks and blobs incrementally, the rest
-    # mirrored.
-    for i, did in enumerate(accounts):
-        a_src, a_dst = src / "accounts" / did, dest / "accounts" / did
-        if a_src.is_dir():
-            for name in _ACCOUNT_IMMUTABLE:
-                _copy_tree(a_src / name, a_dst / name, immutable=True, ticker=ticker)
-            _copy_tree(a_src, a_dst, skip=(*_ACCOUNT_IMMUTABLE, *_ACCOUNT_LEFT_OUT,
-                                           *_ACCOUNT_FIRST), mirror=True, ticker=ticker)
-        ticker.step("accounts", i + 1, len(accounts))
-    # Accounts deleted in the source (since the last backup, or during this one) go
-    # from the copy too, blocks and blobs included.
-    if (dest / "accounts").is_dir():
-        for did in os.listdir(dest / "accounts"):
-            if not (src / "accounts" / did).is_dir():
-                _remove(dest / "accounts" / did)
-    for d in _TOP_DIRS:
-        _copy_tree(src / d, dest / d, mirror=True, ticker=ticker)
-    ticker.end("files")
+    _start(src, dest, ident, src_mode)
+    checkpoint = (read_file(src / SEQ / CHECKPOINT) or b"0").decode().strip() or "0"
+    accounts = sorted(os.listdir(src / ACCOUNTS)) if (src / ACCOUNTS).is_dir() else []
+    _copy_heads(src, dest, accounts, ticker)
+    _copy_rest(src, dest, accounts, ticker)
     # Step 4: the event log, last, then replay it into the copy.
     _copy_events(src, dest, ticker)
     ticker.end("events")
-    seq_cp = src / "seq" / "CHECKPOINT"
-    write_file(dest / "seq" / "CHECKPOINT", checkpoint.encode(), dest / "tmp",
+    seq_cp = src / SEQ / CHECKPOINT
+    write_file(dest / SEQ / CHECKPOINT, checkpoint.encode(), dest / TMP,
                mode=stat.S_IMODE(os.stat(seq_cp).st_mode) if seq_cp.exists() else 0o640)
-    from ..config import Settings
-    from ..server import recover
-    settings = Settings.load(dest, env={})
-    ticker.step("replay", 0, None)
-    with umask_like(src_mode):
-        replayed = recover(settings)
-        # Step 5: the blobs of the replayed commits.
-        after = int(checkpoint)
-        for _ in range(_SEQ_ROUNDS):
-            if not _copy_replayed_blobs(src, dest, after):
-                break
-            after = int((read_file(dest / "seq" / "CHECKPOINT") or b"0").decode().strip()
-                        or 0)
-            _copy_events(src, dest, ticker)
-            replayed += recover(settings)
-        else:
-            raise RuntimeError("blobs kept disappearing from the source during the backup; "
-                               "run it again")
-    ticker.step("replay", replayed, replayed)
+    replayed = _replay(src, dest, int(checkpoint), src_mode, ticker)
     syncfs(dest)
     _write_marker(dest, {**ident, "started": read_marker(dest).get("started"),
                          "finished": _now()})
@@ -437,16 +239,91 @@ def backup(src_root: str | os.PathLike, dest_root: str | os.PathLike,
             "replayed": replayed, "incremental": incremental}
 
 
+def _start(src: Path, dest: Path, ident: dict, src_mode: int) -> None:
+    """DEST and its tmp/ made, and the marker written first: an interrupted backup is
+    recognised (and resumed) next time, and a restore refuses it until a backup into it
+    finishes."""
+    if not dest.exists():
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        make_dir(dest, private_mode(src_mode))  # an existing top keeps its mode
+    make_dir(dest / TMP, os.stat(src / TMP).st_mode if (src / TMP).is_dir() else 0o750)
+    _write_marker(dest, {**ident, "started": _now(), "finished": None})
+
+
+def _copy_heads(src: Path, dest: Path, accounts: list[str], ticker: Ticker) -> None:
+    """Steps 1-2: the format and settings, then every account's HEAD (and records)."""
+    for name in (FORMAT_FILE, ENV_FILE):  # the format: a restore must not migrate it again
+        if not copy_file(src / name, dest / name):
+            remove(dest / name)
+    if (src / ACCOUNTS).is_dir():
+        make_dir(dest / ACCOUNTS, os.stat(src / ACCOUNTS).st_mode)
+    for i, did in enumerate(accounts):
+        a_src, a_dst = src / ACCOUNTS / did, dest / ACCOUNTS / did
+        if not a_src.is_dir():
+            continue
+        make_dir(a_dst, os.stat(a_src).st_mode)
+        for name in _ACCOUNT_FIRST:
+            if not copy_file(a_src / name, a_dst / name):
+                remove(a_dst / name)  # mirrored, like the rest
+        ticker.step("heads", i + 1, len(accounts))
+
+
+def _copy_rest(src: Path, dest: Path, accounts: list[str], ticker: Ticker) -> None:
+    """Step 3: everything else of each account (blocks and blobs incrementally, the rest
+    mirrored), accounts deleted in the source removed, and the top-level trees."""
+    for i, did in enumerate(accounts):
+        a_src, a_dst = src / ACCOUNTS / did, dest / ACCOUNTS / did
+        if a_src.is_dir():
+            for name in _ACCOUNT_IMMUTABLE:
+                _copy_tree(a_src / name, a_dst / name, immutable=True, ticker=ticker)
+            _copy_tree(a_src, a_dst, skip=(*_ACCOUNT_IMMUTABLE, *_ACCOUNT_LEFT_OUT,
+                                           *_ACCOUNT_FIRST), mirror=True, ticker=ticker)
+        ticker.step("accounts", i + 1, len(accounts))
+    # Accounts deleted in the source (since the last backup, or during this one) go
+    # from the copy too, blocks and blobs included.
+    if (dest / ACCOUNTS).is_dir():
+        for did in os.listdir(dest / ACCOUNTS):
+            if not (src / ACCOUNTS / did).is_dir():
+                remove(dest / ACCOUNTS / did)
+    for d in _TOP_DIRS:
+        _copy_tree(src / d, dest / d, mirror=True, ticker=ticker)
+    ticker.end("files")
+
+
+def _replay(src: Path, dest: Path, checkpoint: int, src_mode: int, ticker: Ticker) -> int:
+    """Steps 4-5: the copied events rolled forward into the copy, and the blobs of the
+    replayed commits copied (again, as long as the source drops some meanwhile). The
+    repos' own journals are not replayed: a live source's journal holds only what its
+    last checkpoint left, which need not reach back to the HEAD copied in step 2 (the
+    commits it acknowledged before the backup began are in that HEAD)."""
+    data = DataDir(dest)
+    ticker.step("replay", 0, None)
+    with umask_like(src_mode):
+        replayed = recover(data, journals=False)
+        after = checkpoint
+        for _ in range(_SEQ_ROUNDS):
+            if not _copy_replayed_blobs(src, dest, after):
+                break
+            after = EventLog(data.seq, data.tmp).checkpoint()
+            _copy_events(src, dest, ticker)
+            replayed += recover(data, journals=False)
+        else:
+            raise RuntimeError("blobs kept disappearing from the source during the backup; "
+                               "run it again")
+    ticker.step("replay", replayed, replayed)
+    return replayed
+
+
 def _copy_events(src: Path, dest: Path, ticker: Ticker | None = None) -> None:
     """The event log's new files (HEAD first, so it never names an event not copied).
     Incremental: events pruned from the source stay in the copy."""
-    if not (src / "seq").is_dir():
-        (dest / "seq").mkdir(exist_ok=True)
+    if not (src / SEQ).is_dir():
+        (dest / SEQ).mkdir(exist_ok=True)
         return
-    make_dir(dest / "seq", os.stat(src / "seq").st_mode)
-    copy_file(src / "seq" / "HEAD", dest / "seq" / "HEAD")
-    _copy_tree(src / "seq", dest / "seq",
-               skip=("CHECKPOINT", "CHECKPOINT.LOCK", "HEAD", "HEAD.next"),
+    make_dir(dest / SEQ, os.stat(src / SEQ).st_mode)
+    copy_file(src / SEQ / SEQ_HEAD, dest / SEQ / SEQ_HEAD)
+    _copy_tree(src / SEQ, dest / SEQ,
+               skip=(CHECKPOINT, CHECKPOINT_LOCK, SEQ_HEAD, SEQ_HEAD_SPARE),
                immutable=True, ticker=ticker, stage="events")
 
 
@@ -458,10 +335,9 @@ def _copy_replayed_blobs(src: Path, dest: Path, after: int) -> bool:
     from ..repo.car import read_car_blocks
     from ..repo.codec import decode, find_blob_refs
     from .repo import Repo
-    from .seqlog import EventLog
 
     gone = False
-    for _seq, raw in EventLog(dest / "seq", dest / "tmp").events(after=after):
+    for _seq, raw in EventLog(dest / SEQ, dest / TMP).events(after=after):
         try:
             header, payload = ev.split_frame(raw)
             if header.get("t") != "#commit":
@@ -470,7 +346,7 @@ def _copy_replayed_blobs(src: Path, dest: Path, after: int) -> bool:
             _root, blocks = read_car_blocks(payload["blocks"])
         except (ValueError, KeyError):
             continue  # unreadable: recovery skipped it too
-        a_src, a_dst = src / "accounts" / did, dest / "accounts" / did
+        a_src, a_dst = src / ACCOUNTS / did, dest / ACCOUNTS / did
         if not (a_src.is_dir() and a_dst.is_dir()):
             continue  # deleted meanwhile
         repo = None
@@ -481,30 +357,21 @@ def _copy_replayed_blobs(src: Path, dest: Path, after: int) -> bool:
             refs = list(find_blob_refs(decode(blocks[cid])))
             if not refs:
                 continue
-            repo = repo or Repo(a_dst, dest / "tmp", did)
+            repo = repo or Repo(a_dst, dest / TMP, did)
             current = repo.get_record(op["path"])
             if current is None or current[0] != cid:
                 continue  # changed again by a later replayed commit
             for ref in refs:
                 name = ref.cid.encode()
-                b_src = shard_path(a_src / "blobs", name)
-                b_dst = shard_path(a_dst / "blobs", name)
+                b_src = shard_path(a_src / BLOBS, name)
+                b_dst = shard_path(a_dst / BLOBS, name)
                 meta_src = b_src.with_name(name + ".json")
                 if not (meta_src.exists() and b_src.exists()):
                     gone = True
                     continue
-                _make_parents(b_src, b_dst, a_src / "blobs")
+                make_parents(b_src, b_dst, a_src / BLOBS)
                 copy_file(b_src, b_dst, if_same_size=True)
                 copy_file(meta_src, b_dst.with_name(name + ".json"))
     return gone
 
 
-def _make_parents(src_file: Path, dst_file: Path, src_top: Path) -> None:
-    """Make the directories above `dst_file` like those above `src_file` (up to and
-    including `src_top`)."""
-    rel = src_file.parent.relative_to(src_top)
-    dst_top = dst_file.parents[len(rel.parts)]
-    make_dir(dst_top, os.stat(src_top).st_mode)
-    for i in range(1, len(rel.parts) + 1):
-        part = Path(*rel.parts[:i])
-        make_dir(dst_top / part, os.stat(src_top / part).st_mode)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .files import read_file, write_file
+from .layout import ENV_FILE, FORMAT_FILE, INIT_DIRS, TMP
 
 CURRENT = 1
 
@@ -19,18 +20,19 @@ class FormatError(ValueError):
 
 
 def read_format(root: Path) -> int:
-    data = read_file(root / "FORMAT")
+    data = read_file(root / FORMAT_FILE)
     if data is None:
         return 0  # made before versions were recorded
     try:
         return int(data.decode().strip())
     except ValueError:
-        raise FormatError(f"{root / 'FORMAT'} is not a number") from None
+        raise FormatError(f"{root / FORMAT_FILE} is not a number") from None
 
 
 def _migrate_0_to_1(root: Path) -> None:
-    # Version 0 had no event-log or well-known directories made up front.
-    for d in ("accounts", "handles", "emails", "invites", "seq", "tmp", "well-known"):
+    # Version 0 had no event-log or well-known directories made up front: make every
+    # directory a new data dir starts with.
+    for d in INIT_DIRS:
         (root / d).mkdir(exist_ok=True)
 
 
@@ -48,7 +50,7 @@ def ensure_current(root: Path) -> int:
     while version < CURRENT:
         MIGRATIONS[version](root)
         version += 1
-        write_file(root / "FORMAT", f"{version}\n".encode(), root / "tmp")
+        write_file(root / FORMAT_FILE, f"{version}\n".encode(), root / TMP)
     return found
 
 
@@ -58,8 +60,8 @@ def require_current(root: Path) -> None:
     without migrating it (backup, verify, account administration): an older format is
     fine to read, a newer one may mean anything."""
     root = Path(root)
-    if not (root / "pds.env").is_file():
-        what = "does not exist" if not root.exists() else "has no pds.env"
+    if not (root / ENV_FILE).is_file():
+        what = "does not exist" if not root.exists() else f"has no {ENV_FILE}"
         raise FormatError(f"{root} is not a PDS data dir (it {what}); give the right "
                           "--data-dir (or PDS_DATA_DIR), or create one with `pds init`")
     found = read_format(root)
@@ -71,4 +73,4 @@ def require_current(root: Path) -> None:
 
 def stamp(root: Path) -> None:
     """Record the current format in a new data dir."""
-    write_file(root / "FORMAT", f"{CURRENT}\n".encode(), root / "tmp")
+    write_file(root / FORMAT_FILE, f"{CURRENT}\n".encode(), root / TMP)

@@ -31,11 +31,11 @@ from cbrrr import CID
 from ..repo.car import car_bytes, read_car_blocks
 from ..repo.codec import InvalidData
 from .files import fsync_dir, libc, write_all
+from .layout import JOURNAL as LOG
+from .layout import JOURNAL_LEGACY as LEGACY_DIR
 
 MAGIC = b"PJ1\n"
 _HEAD = struct.Struct("<4sII")
-LOG = "journal.log"
-LEGACY_DIR = "journal"
 
 
 def syncfs(path: Path) -> None:

@@ -1,11 +1,71 @@
-"""Paths of the data directory (see DESIGN.md). Every path a request can name goes
-through here after its syntax check, so nothing outside the data dir is reachable."""
+"""The data directory's layout: every name in it is spelled here, once (see DESIGN.md and
+the README's "The data directory").
+
+    pds.env                 settings and secrets (0600)
+    FORMAT                  the data format's version (format.py)
+    BACKUP                  only in a backup: what it is a backup of (backup.py)
+    accounts/<did>/         everything of one account (names below)
+    handles/<handle>        -> DID, claimed with O_EXCL
+    emails/<email>          -> DID, likewise
+    invites/<code>.json     invite codes (and LOCK, spending them)
+    seq/                    the firehose event log (seqlog.py names its files)
+    well-known/<host>/      atproto-did and did.json, static files
+    ratelimit/              login and sign-up rate limits
+    tmp/                    staging for atomic renames (same filesystem as the rest)
+
+Every path a request can name goes through here after its syntax check (`account`
+refuses anything but a DID), so nothing outside the data dir is reachable.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from ..repo.syntax import is_valid_did
+
+# --- top level ----------------------------------------------------------------------------
+
+ENV_FILE = "pds.env"
+FORMAT_FILE = "FORMAT"
+BACKUP_MARKER = "BACKUP"
+ACCOUNTS = "accounts"
+HANDLES = "handles"
+EMAILS = "emails"
+INVITES = "invites"
+SEQ = "seq"
+WELL_KNOWN = "well-known"
+RATELIMIT = "ratelimit"
+TMP = "tmp"
+# The directories `pds init` makes (and the format-0 migration adds).
+INIT_DIRS = (ACCOUNTS, HANDLES, EMAILS, INVITES, SEQ, TMP, WELL_KNOWN)
+# Locks of the jobs one worker at a time runs, in tmp/.
+BLOB_GC_LOCK = "BLOBGC.LOCK"
+SNAPSHOT_LOCK = "SNAPSHOT.LOCK"
+
+# --- seq/ (the event log; see seqlog.py) ------------------------------------------------------
+
+SEQ_LOCK = "LOCK"                # flock: seq allocation
+SEQ_HEAD = "HEAD"                # the highest seq written
+SEQ_HEAD_SPARE = "HEAD.next"     # exchanged with HEAD
+CHECKPOINT = "CHECKPOINT"        # events up to here have their repo files on disk
+CHECKPOINT_LOCK = "CHECKPOINT.LOCK"  # flock: one worker checkpoints at a time
+LAST_WRITE = "LAST_WRITE"        # when the last write was (relays are re-announced after quiet)
+
+# --- accounts/<did>/ --------------------------------------------------------------------------
+
+ACCOUNT_JSON = "account.json"    # handle, email, password hash, status
+ACCOUNT_LOCK = "ACCOUNT.LOCK"    # flock: account.json read-modify-write
+SIGNING_KEY = "signing.key"      # repo signing key (0600)
+HEAD = "HEAD"                    # "<commit cid> <rev>", replaced atomically
+HEAD_SPARE = "HEAD.next"         # exchanged with HEAD (holds the previous one)
+LOCK = "LOCK"                    # flock: one writer per repo; the pending-commit marker
+BLOCKS = "blocks"                # blocks/<xx>/<cid>
+BLOBS = "blobs"                  # blobs/<xx>/<cid> and <cid>.json
+SESSIONS = "sessions"            # sessions/<id>: refresh sessions
+JOURNAL = "journal.log"          # commits not yet checkpointed (accounts off the firehose)
+JOURNAL_LEGACY = "journal"       # journal/<rev>.car: the journal of earlier versions
+REVS = "revs"                    # "<rev> <commit cid>" per commit
+SNAPSHOT = "export.car"          # the export snapshot: derived, safe to delete
 
 
 class DataDir:
@@ -15,18 +75,64 @@ class DataDir:
         self.root = Path(root).resolve()
 
     @property
+    def env_file(self) -> Path:
+        return self.root / ENV_FILE
+
+    @property
+    def format_file(self) -> Path:
+        return self.root / FORMAT_FILE
+
+    @property
+    def backup_marker(self) -> Path:
+        return self.root / BACKUP_MARKER
+
+    @property
     def tmp(self) -> Path:
-        return self.root / "tmp"
+        return self.root / TMP
 
     @property
     def accounts(self) -> Path:
-        return self.root / "accounts"
+        return self.root / ACCOUNTS
+
+    @property
+    def handles(self) -> Path:
+        return self.root / HANDLES
+
+    @property
+    def emails(self) -> Path:
+        return self.root / EMAILS
+
+    @property
+    def invites(self) -> Path:
+        return self.root / INVITES
+
+    @property
+    def seq(self) -> Path:
+        return self.root / SEQ
+
+    @property
+    def ratelimit(self) -> Path:
+        return self.root / RATELIMIT
+
+    def well_known(self, host: str) -> Path:
+        """The static files served for host name `host` (checked by the caller)."""
+        return self.root / WELL_KNOWN / host
 
     def account(self, did: str) -> Path:
         """An account's directory; refuses anything but a syntactically valid DID."""
         if not is_valid_did(did) or "/" in did or did in (".", ".."):
             raise ValueError(f"not a DID: {did!r}")
         return self.accounts / did
+
+    def signing_key(self, did: str) -> Path:
+        return self.account(did) / SIGNING_KEY
+
+    def blobs(self, did: str) -> Path:
+        return self.account(did) / BLOBS
+
+    def init_dirs(self) -> list[Path]:
+        """The directories a new data dir starts with."""
+        return [self.root / name for name in INIT_DIRS]
 
     def ensure(self) -> None:
         """Create the top-level directories (tmp/ must share the accounts' filesystem)."""

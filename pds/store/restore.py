@@ -26,26 +26,17 @@ import secrets
 import shutil
 from pathlib import Path
 
-from ..config import ENV_FILE
-from .backup import (
-    MARKER,
-    BackupError,
-    check_apart,
-    copy_dir,
-    copy_file,
-    is_transient,
-    make_dir,
-    private_mode,
-    read_marker,
-    umask_like,
-)
+from .backup import MARKER, BackupError, check_apart, read_marker
+from .copying import copy_dir, copy_file, is_transient, make_dir, private_mode, umask_like
 from .files import fsync_dir
 from .format import require_current
 from .journal import syncfs
+from .layout import ACCOUNT_JSON, ACCOUNTS, ENV_FILE, SESSIONS, TMP, DataDir
 from .progress import Progress, Ticker
+from .recovery import recover
 
 # Per-account directories a restore leaves out (see above).
-DROPPED = ("sessions",)
+DROPPED = (SESSIONS,)
 
 
 def restore(backup_dir: str | os.PathLike, dest_dir: str | os.PathLike,
@@ -78,7 +69,7 @@ def restore(backup_dir: str | os.PathLike, dest_dir: str | os.PathLike,
         dropped = _copy(src, staging, ticker)
         ticker.step("replay", 0, None)
         with umask_like(src_mode):
-            replayed = recover_copy(staging)
+            replayed = recover(DataDir(staging))
             # Later (DESIGN.md, "Writes, durability and crash safety"): raise the event
             # log's seq floor above every seq this PDS may have emitted before the
             # backup was taken, and sequence one #sync event per account, so relays
@@ -99,8 +90,8 @@ def restore(backup_dir: str | os.PathLike, dest_dir: str | os.PathLike,
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    accounts = dest / "accounts"
-    n_accounts = sum(1 for d in os.listdir(accounts) if (accounts / d / "account.json").exists()) \
+    accounts = dest / ACCOUNTS
+    n_accounts = sum(1 for d in os.listdir(accounts) if (accounts / d / ACCOUNT_JSON).exists()) \
         if accounts.is_dir() else 0
     return {"accounts": n_accounts, "files": ticker.counts.get("files", 0),
             "replayed": replayed, "sessions_dropped": dropped}
@@ -129,9 +120,9 @@ def _copy(src: Path, dest: Path, ticker: Ticker) -> int:
         name = entry.name
         if name == MARKER or is_transient(name):
             continue
-        if name == "tmp":
+        if name == TMP:
             make_dir(dest / name, entry.stat().st_mode)
-        elif name == "accounts" and entry.is_dir(follow_symlinks=False):
+        elif name == ACCOUNTS and entry.is_dir(follow_symlinks=False):
             make_dir(dest / name, entry.stat().st_mode)
             dids = sorted(os.listdir(entry.path))
             for i, did in enumerate(dids):
@@ -146,24 +137,6 @@ def _copy(src: Path, dest: Path, ticker: Ticker) -> int:
         else:
             copy_file(Path(entry.path), dest / name)
             ticker.tick("files")
-    (dest / "tmp").mkdir(exist_ok=True)
+    (dest / TMP).mkdir(exist_ok=True)
     ticker.end("files")
     return sum(dropped.values())
-
-
-def recover_copy(root: Path) -> int:
-    """What `pds serve` does before it starts: replay the event log past its checkpoint
-    into the repos, and every repo's own journal. Returns commits replayed."""
-    from ..config import Settings
-    from ..server import recover
-    from .repo import Repo
-
-    replayed = recover(Settings.load(root, env={}))
-    accounts = root / "accounts"
-    for did in sorted(os.listdir(accounts)) if accounts.is_dir() else []:
-        if not (accounts / did / "account.json").exists():
-            continue
-        repo = Repo(accounts / did, root / "tmp", did)
-        if repo.journal.pending():
-            replayed += repo.recover()
-    return replayed

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from .files import ensure_dir, flock, fsync_dir, read_file, replace_in_place, write_file
+from .layout import CHECKPOINT, CHECKPOINT_LOCK, SEQ_HEAD, SEQ_HEAD_SPARE, SEQ_LOCK
 
 SHARD = 100_000
 
@@ -32,7 +33,12 @@ class EventLog:
         return self.root / f"{seq // SHARD:08d}" / f"{seq:016d}"
 
     def lock(self):
-        return flock(self.root / "LOCK")
+        return flock(self.root / SEQ_LOCK)
+
+    @property
+    def checkpoint_lock(self) -> Path:
+        """flock: one worker at a time advances the checkpoint."""
+        return self.root / CHECKPOINT_LOCK
 
     # --- writing ------------------------------------------------------------------------
 
@@ -47,12 +53,12 @@ class EventLog:
                 path.parent.mkdir()
                 fsync_dir(self.root)
             write_file(path, data, self.tmp, durable=True)
-            head = str(self.root / "HEAD")
-            replace_in_place(head, head + ".next", str(seq).encode(), self.tmp)
+            replace_in_place(str(self.root / SEQ_HEAD), str(self.root / SEQ_HEAD_SPARE),
+                             str(seq).encode(), self.tmp)
             return seq
 
     def _head_locked(self) -> int:
-        data = read_file(self.root / "HEAD")
+        data = read_file(self.root / SEQ_HEAD)
         head = int(data) if data else 0
         # HEAD is written after the event: after a crash the files may be ahead of it.
         while self.path(head + 1).exists():
@@ -63,7 +69,7 @@ class EventLog:
 
     def head(self) -> int:
         """The highest published seq (0 when empty)."""
-        data = read_file(self.root / "HEAD")
+        data = read_file(self.root / SEQ_HEAD)
         return int(data) if data else 0
 
     def read(self, seq: int) -> bytes | None:
@@ -101,11 +107,11 @@ class EventLog:
     # --- checkpoint and pruning ------------------------------------------------------------
 
     def checkpoint(self) -> int:
-        data = read_file(self.root / "CHECKPOINT")
+        data = read_file(self.root / CHECKPOINT)
         return int(data) if data else 0
 
     def set_checkpoint(self, seq: int) -> None:
-        write_file(self.root / "CHECKPOINT", str(seq).encode(), self.tmp, durable=True)
+        write_file(self.root / CHECKPOINT, str(seq).encode(), self.tmp, durable=True)
 
     def prune(self, older_than: float, keep_after: int) -> int:
         """Delete events whose file is older than `older_than` (epoch seconds) and whose

@@ -20,14 +20,15 @@ from cbrrr import CID
 from ..repo import events as ev
 from ..repo.car import read_car_blocks
 from ..repo.codec import InvalidData, decode, find_blob_refs
-from ..repo.commit import parse_commit
+from ..repo.commit import Commit, parse_commit
 from ..repo.mst import MST
 from ..repo.mst_node import NodeLoader
 from ..repo.signing_keys import load_private_key
 from .blobs import BlobStore
-from .layout import DataDir
+from .files import read_file
+from .layout import ACCOUNT_JSON, BLOBS, REVS, SIGNING_KEY, SNAPSHOT, DataDir
 from .progress import Progress, Ticker
-from .repo import SNAPSHOT, Repo
+from .repo import Repo
 from .seqlog import EventLog
 from .snapshot import Snapshot
 
@@ -65,7 +66,20 @@ def verify_account(data: DataDir, did: str, report: Report,
     """Check one account; returns its HEAD commit CID (text) when readable."""
     root = data.account(did)
     repo = Repo(root, data.tmp, did)
-    # Every stored block must hash to its name.
+    _check_blocks(repo, report, ticker)
+    commit = _head_commit(repo, report)
+    if commit is None:
+        return None
+    head_cid, commit = commit
+    blobs = BlobStore(root / BLOBS, data.tmp)
+    _check_tree(repo, commit.data, blobs, report)
+    _check_blobs(did, blobs, report)
+    _check_snapshot(repo, report)
+    return head_cid
+
+
+def _check_blocks(repo: Repo, report: Report, ticker: Ticker | None) -> None:
+    """Every stored block must hash to its name."""
     for name in repo.blocks.iter_cids():
         report.blocks += 1
         if ticker is not None:
@@ -75,7 +89,12 @@ def verify_account(data: DataDir, did: str, report: Report,
         except OSError:
             content = b""
         if not _hash_ok(name, content):
-            report.add(f"{did}: block {name} does not match its hash")
+            report.add(f"{repo.did}: block {name} does not match its hash")
+
+
+def _head_commit(repo: Repo, report: Report) -> tuple[str, Commit] | None:
+    """HEAD's commit CID (text) and commit, checked (its DID, rev and signature)."""
+    did, root = repo.did, repo.root
     try:
         head = repo.head()
     except Exception as e:  # noqa: BLE001 - every failure is a finding
@@ -98,12 +117,17 @@ def verify_account(data: DataDir, did: str, report: Report,
         report.add(f"{did}: HEAD commit is for {commit.did}")
     if commit.rev is not None and commit.rev != head.rev:
         report.add(f"{did}: HEAD rev {head.rev} differs from its commit's {commit.rev}")
-    key_data = (root / "signing.key").read_bytes() if (root / "signing.key").exists() else None
+    key_data = read_file(root / SIGNING_KEY)
     if key_data is not None and commit.version == 3:
         if not commit.verify(load_private_key(key_data).public_key()):
             report.add(f"{did}: HEAD commit signature does not verify")
-    tree = MST(NodeLoader(repo.blocks.get), commit.data)
-    blobs = BlobStore(root / "blobs", data.tmp)
+    return head.cid.encode(), commit
+
+
+def _check_tree(repo: Repo, data_cid: CID, blobs: BlobStore, report: Report) -> None:
+    """The MST is well-formed and complete, and every blob a record references is here."""
+    did = repo.did
+    tree = MST(NodeLoader(repo.blocks.get), data_cid)
     try:
         tree.validate()
         for _path, cid in tree.items():
@@ -120,6 +144,10 @@ def verify_account(data: DataDir, did: str, report: Report,
         report.add(f"{did}: MST node missing: {e}")
     except InvalidData as e:
         report.add(f"{did}: MST invalid: {e}")
+
+
+def _check_blobs(did: str, blobs: BlobStore, report: Report) -> None:
+    """Every blob with metadata has its file, and the file matches its CID."""
     for cid_text, _meta in blobs.iter_meta():
         report.blobs += 1
         path = blobs.path(cid_text)
@@ -130,8 +158,6 @@ def verify_account(data: DataDir, did: str, report: Report,
             continue
         if not _hash_ok(cid_text, content):
             report.add(f"{did}: blob {cid_text} does not match its hash")
-    _check_snapshot(repo, report)
-    return head.cid.encode()
 
 
 def _check_snapshot(repo: Repo, report: Report) -> None:
@@ -150,14 +176,14 @@ def _check_snapshot(repo: Repo, report: Report) -> None:
 def _status(root: Path) -> str | None:
     import json
     try:
-        return json.loads((root / "account.json").read_bytes()).get("status")
+        return json.loads((root / ACCOUNT_JSON).read_bytes()).get("status")
     except (OSError, ValueError):
         return None
 
 
 def verify_events(data: DataDir, heads: dict[str, str], report: Report,
                   ticker: Ticker | None = None) -> None:
-    log = EventLog(data.root / "seq", data.tmp)
+    log = EventLog(data.seq, data.tmp)
     last_seq = 0
     last_commit: dict[str, str] = {}
     for seq in log.seqs():
@@ -197,7 +223,7 @@ def verify_events(data: DataDir, heads: dict[str, str], report: Report,
             # A later commit may legitimately have happened without an event (an import
             # of an inactive account); only flag a HEAD that no event or journal explains.
             repo = Repo(data.account(did), data.tmp, did)
-            revs = (repo.root / "revs").read_text() if (repo.root / "revs").exists() else ""
+            revs = (read_file(repo.root / REVS) or b"").decode()
             if heads[did] not in revs:
                 report.add(f"{did}: HEAD {heads[did]} is not the last #commit ({cid})")
 
@@ -227,6 +253,6 @@ def verify_data_dir(root: str | os.PathLike, progress: Progress | None = None) -
 
 def _dids(data: DataDir) -> Iterator[str]:
     for name in os.listdir(data.accounts):
-        if (data.accounts / name / "account.json").exists():
+        if (data.accounts / name / ACCOUNT_JSON).exists():
             yield name
 
