@@ -93,4 +93,7 @@ def split_frame(data: bytes) -> tuple[dict, dict]:
     items = list(cbrrr.decode_multi_dag_cbor_in_violation_of_the_spec(data))
     if len(items) != 2:
         raise ValueError("a frame is exactly two DAG-CBOR items")
-    return items[0], items[1]
+    header, payload = items
+    if not isinstance(header, dict) or not isinstance(payload, dict):
+        raise ValueError("a frame's header and payload are DAG-CBOR maps")
+    return header, payload

@@ -187,7 +187,10 @@ class MST:
         new = self._delete(self.root, self.height, key, kh)
         if new is self.root:
             return self
-        node, h = (Node((), (), (None,)), 0) if new is None else (new, self.height)
+        if new is None:
+            node, h = Node((), (), (None,)), 0
+        else:  # a changed subtree is always a new (loaded) node
+            node, h = (new if isinstance(new, Node) else self.loader.load(new)), self.height
         # Trim keyless nodes off the top.
         while not node.keys and node.subs[0] is not None:
             sub, h = node.subs[0], h - 1
@@ -307,12 +310,12 @@ class MST:
             if node.keys and (node.keys[0] <= lo or (hi is not None and node.keys[-1] >= hi)):
                 raise InvalidData("MST key outside its subtree's range")
             count += len(node.keys)
-            bounds = (lo, *node.keys, hi)
+            lows, highs = (lo, *node.keys), (*node.keys, hi)  # subtree j lies between
             for j, sub in enumerate(node.subs):
                 if sub is not None:
                     if h == 0:
                         raise InvalidData("MST subtree below height 0")
-                    stack.append((self.loader.load(sub), h - 1, bounds[j], bounds[j + 1], False))
+                    stack.append((self.loader.load(sub), h - 1, lows[j], highs[j], False))
         return count
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 from functools import lru_cache
-from typing import Union
+from typing import Any, Union
 
 import cbrrr
 from cbrrr import CID
@@ -139,7 +139,8 @@ class Node:
         encoded or checked with `from_bytes` on import: no re-checking of layout, order
         or heights on this hot path (`pds verify` checks stored nodes in full)."""
         try:
-            value = cbrrr.decode_dag_cbor(data)
+            # Any: the shape is ours (see the docstring); a wrong one raises below.
+            value: Any = cbrrr.decode_dag_cbor(data)
             keys, vals, subs = [], [], [value["l"]]
             prev = b""
             for e in value["e"]:
