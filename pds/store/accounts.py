@@ -190,7 +190,7 @@ class AccountStore:
 
     def sessions(self, did: str) -> dict[str, dict]:
         d = self.data.account(did) / SESSIONS
-        out = {}
+        out: dict[str, dict] = {}
         try:
             names = os.listdir(d)
         except FileNotFoundError:
@@ -231,7 +231,7 @@ class AccountStore:
             self.put_invite(invite)
 
     def list_invites(self) -> list[dict]:
-        out = []
+        out: list[dict] = []
         try:
             names = sorted(os.listdir(self.invites))
         except FileNotFoundError:

@@ -88,7 +88,7 @@ def exchange(a: str, b: str) -> bool:
     like a rename, readers of `b` see the old or the new file, but no inode is freed.
     False (nothing done) where the kernel or filesystem can't; OSError otherwise."""
     global _exchange_works
-    if not _exchange_works:
+    if not _exchange_works or _renameat2 is None:
         return False
     if _renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
         return True

@@ -335,7 +335,7 @@ class Repo(RepoReads):
         commit forward before its own (`_redo_locked`), so no commit is ever built on
         the stale HEAD: the record was published on the firehose and must stay in the
         chain."""
-        lock_fd = self._lock_fd
+        lock_fd = self._locked_fd()
         os.pwrite(lock_fd, f"{result.rev} {cid_str(result.cid)}\n".encode(), 0)
         if self.wal is None or not self.wal.log(self, result):
             self.journal.append(result.rev, result.cid, result.blocks)
@@ -347,17 +347,24 @@ class Repo(RepoReads):
         if self._since_checkpoint >= CHECKPOINT_EVERY:
             self._checkpoint_locked()
 
+    def _locked_fd(self) -> int:
+        """The descriptor of the held repo lock (only called under it)."""
+        if self._lock_fd is None:
+            raise RuntimeError("repo lock not held")
+        return self._lock_fd
+
     def _redo_locked(self) -> None:
         """After a writer died mid-commit (a pending marker left in LOCK): its durable
         record, in the repo's journal or in the write-ahead log, becomes HEAD before
         anything else."""
-        if os.fstat(self._lock_fd).st_size == 0:
+        lock_fd = self._locked_fd()
+        if os.fstat(lock_fd).st_size == 0:
             return
         if self.journal.pending():
             self._recover_locked()
         if self.wal is not None:
             self.wal.redo(self)
-        os.ftruncate(self._lock_fd, 0)
+        os.ftruncate(lock_fd, 0)
 
     # --- durability -----------------------------------------------------------------
 
@@ -402,7 +409,7 @@ def apply_to_tree(tree: MST, writes: list[Write]) -> tuple[MST, dict[CID, bytes]
             raise RepoError(f"more than one write to {path}")
         seen.add(path)
         tree, op, record = _apply_one(tree, w, path)
-        if record is not None:
+        if record is not None and op.cid is not None:
             records[op.cid] = record
         ops.append(op)
     return tree, records, ops

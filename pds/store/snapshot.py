@@ -203,7 +203,7 @@ def _emit(w: _Writer, ref: Ref, loader: NodeLoader, get_block: Callable[[CID], b
     """Write the subtree at `ref` in export order, recording every node's span."""
     cid_b = ref.cid_bytes if isinstance(ref, CID) else None
     i = old_index.by_cid.get(cid_b) if old_index is not None and cid_b else None
-    if i is not None:
+    if i is not None and old is not None and old_index is not None:
         # Unchanged since the old snapshot: copy its span, and its nodes' spans shifted.
         inner = old_index.subtree(i)
         shift = w.pos - inner[0][1]

@@ -24,6 +24,7 @@ from ..repo.commit import Commit, parse_commit
 from ..repo.mst import MST
 from ..repo.mst_node import NodeLoader
 from ..repo.signing_keys import load_private_key
+from ..repo.syntax import is_valid_did
 from .blobs import BlobStore
 from .files import read_file
 from .layout import ACCOUNT_JSON, BLOBS, REVS, SIGNING_KEY, SNAPSHOT, DataDir
@@ -67,10 +68,10 @@ def verify_account(data: DataDir, did: str, report: Report,
     root = data.account(did)
     repo = Repo(root, data.tmp, did)
     _check_blocks(repo, report, ticker)
-    commit = _head_commit(repo, report)
-    if commit is None:
+    found = _head_commit(repo, report)
+    if found is None:
         return None
-    head_cid, commit = commit
+    head_cid, commit = found
     blobs = BlobStore(root / BLOBS, data.tmp)
     _check_tree(repo, commit.data, blobs, report)
     _check_blobs(did, blobs, report)
@@ -206,6 +207,8 @@ def verify_events(data: DataDir, heads: dict[str, str], report: Report,
         did = payload.get("repo")
         try:
             root, blocks = read_car_blocks(payload["blocks"])
+            if root is None or not isinstance(did, str) or not is_valid_did(did):
+                raise ValueError("no commit root or no valid repo DID")
             commit = parse_commit(blocks[root])
         except (KeyError, ValueError, InvalidData) as e:
             report.add(f"event {seq}: bad #commit blocks ({e})")
@@ -213,8 +216,8 @@ def verify_events(data: DataDir, heads: dict[str, str], report: Report,
         if root != payload.get("commit") or commit.rev != payload.get("rev"):
             report.add(f"event {seq}: #commit fields disagree with its commit block")
         last_commit[did] = root.encode()
-        acct = data.account(did) if isinstance(did, str) else None
-        if acct is not None and acct.is_dir():
+        acct = data.account(did)
+        if acct.is_dir():
             repo_blocks = Repo(acct, data.tmp, did).blocks
             if not repo_blocks.has(root):
                 report.add(f"event {seq}: commit {root.encode()} of {did} missing from the repo")
@@ -231,7 +234,7 @@ def verify_events(data: DataDir, heads: dict[str, str], report: Report,
 def verify_data_dir(root: str | os.PathLike, progress: Progress | None = None) -> Report:
     """Check a whole data dir; the report lists every problem found. `progress` is told
     of each account ("accounts", done, total) and of every thousand blocks and events."""
-    data = DataDir(root)
+    data = DataDir(Path(root))
     report = Report()
     heads: dict[str, str] = {}
     if not data.accounts.is_dir():
