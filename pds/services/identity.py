@@ -314,7 +314,7 @@ class Identity:
         if not isinstance(did, str) or not is_valid_did(did):
             return None
         if did.startswith("did:web:"):
-            local = self._local_web_doc(did)
+            local = await asyncio.to_thread(self._local_web_doc, did)
             if local is not None:
                 return local
         now = time.monotonic()
@@ -413,7 +413,7 @@ class Identity:
         handle = handle.lower()
         if not is_valid_handle(handle):
             return None
-        local = self.ctx.accounts.did_for_handle(handle)
+        local = await asyncio.to_thread(self.ctx.accounts.did_for_handle, handle)
         if local:
             return local
         # DNS and HTTPS race (as the reference resolver does), but DNS wins when it answers.
