@@ -145,3 +145,129 @@ def test_errors_render_as_the_table_says() -> None:
     # A PdsError of no kind is a bug: answered as one, its message kept from the client.
     assert render(PdsError("secret detail")) == (500, "InternalServerError",
                                                   "Internal Server Error", {})
+
+
+# --- thin handlers ------------------------------------------------------------------------
+
+XRPC = ROOT / "xrpc"
+# What a handler may not reach through the context: the data dir and what holds it.
+# (Services are reached as `ctx.<service>`; storage only through them.)
+STORAGE_ATTRS = {"accounts", "repo", "data", "blobs", "local_signing_key", "events"}
+# Service functions a handler may call inline: pure checks and shaping, no I/O.
+PURE_SERVICE_CALLS = {
+    "check_collection", "check_rkey", "parse_record", "parse_cid_field", "new_rkey",
+    "commit_result_view", "Write", "normalize_handle_input", "subject_did",
+    "check_preferences",
+}
+
+
+def _handler_modules() -> list[Path]:
+    return sorted(p for p in XRPC.glob("*.py") if p.name != "__init__.py")
+
+
+def _is_ctx(node: ast.AST) -> bool:
+    return (isinstance(node, ast.Name) and node.id == "ctx") or \
+        (isinstance(node, ast.Attribute) and node.attr == "ctx")
+
+
+def test_handlers_reach_no_storage() -> None:
+    """Handlers do no file I/O themselves: no `ctx.accounts`/`ctx.repo(...)`/`ctx.data`,
+    no blob stores, no `open`."""
+    bad = []
+    for path in _handler_modules():
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Attribute) and node.attr in STORAGE_ATTRS \
+                    and _is_ctx(node.value):
+                bad.append(f"{path.name}:{node.lineno} ctx.{node.attr}")
+            elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) \
+                    and node.func.id == "open":
+                bad.append(f"{path.name}:{node.lineno} open()")
+            elif isinstance(node, ast.ImportFrom) and node.level and \
+                    (node.module or "").startswith("store"):
+                bad.append(f"{path.name}:{node.lineno} imports the store")
+    assert not bad, "storage work in handlers:\n" + "\n".join(bad)
+
+
+def _service_names(tree: ast.Module) -> tuple[set[str], set[str]]:
+    """(aliases of service modules, service functions imported by name) of a module."""
+    modules, functions = set(), set()
+    for node in tree.body:
+        if not isinstance(node, ast.ImportFrom) or not node.level:
+            continue
+        if node.module == "services":
+            modules.update(a.asname or a.name for a in node.names)
+        elif (node.module or "").startswith("services."):
+            functions.update(a.asname or a.name for a in node.names)
+    return modules, functions
+
+
+def _service_call(node: ast.Call, modules: set[str], functions: set[str]) -> str | None:
+    """The name of the service function `node` calls, if it calls one."""
+    func = node.func
+    if isinstance(func, ast.Name) and func.id in functions:
+        return func.id
+    if isinstance(func, ast.Attribute):
+        if isinstance(func.value, ast.Name) and func.value.id in modules:
+            return func.attr
+        # ctx.<service>.<method>(...)
+        if isinstance(func.value, ast.Attribute) and _is_ctx(func.value.value):
+            return f"ctx.{func.value.attr}.{func.attr}"
+    return None
+
+
+def test_handlers_await_their_service_calls() -> None:
+    """Blocking work never runs on the event loop: a handler awaits every service call
+    (a coroutine, or `asyncio.to_thread(blocking_service_fn, ...)`), but for the few
+    pure ones listed."""
+    bad = []
+    for path in _handler_modules():
+        tree = ast.parse(path.read_text(), str(path))
+        modules, functions = _service_names(tree)
+        awaited = {id(n.value) for n in ast.walk(tree) if isinstance(n, ast.Await)}
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.Call):
+                continue
+            name = _service_call(node, modules, functions)
+            if name is None or id(node) in awaited or name in PURE_SERVICE_CALLS:
+                continue
+            if name.startswith("ctx.settings."):
+                continue
+            bad.append(f"{path.name}:{node.lineno} {name}(...)")
+    assert not bad, "service calls a handler neither awaits nor lists as pure:\n" + \
+        "\n".join(bad)
+
+
+def test_pure_service_calls_are_plain_functions() -> None:
+    """What handlers call inline is not a coroutine (it would never run)."""
+    import inspect
+    _load_all()
+    found = set()
+    for module, _path in _modules():
+        if not module.startswith("pds.services"):
+            continue
+        mod = importlib.import_module(module)
+        for name in PURE_SERVICE_CALLS & set(vars(mod)):
+            assert not inspect.iscoroutinefunction(getattr(mod, name)), f"{module}.{name}"
+            found.add(name)
+    assert found == PURE_SERVICE_CALLS
+
+
+MAX_FUNCTION_LINES = 60
+MAX_MODULE_LINES = 500
+
+
+def test_functions_and_modules_stay_small() -> None:
+    """In pds/xrpc and pds/services: functions of at most 60 lines, modules of at most
+    500."""
+    bad = []
+    for package in ("xrpc", "services"):
+        for path in sorted((ROOT / package).glob("*.py")):
+            text = path.read_text()
+            if len(text.splitlines()) > MAX_MODULE_LINES:
+                bad.append(f"{package}/{path.name}: {len(text.splitlines())} lines")
+            for node in ast.walk(ast.parse(text, str(path))):
+                if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                    n = node.end_lineno - node.lineno + 1
+                    if n > MAX_FUNCTION_LINES:
+                        bad.append(f"{package}/{path.name}:{node.lineno} {node.name}: {n}")
+    assert not bad, "too long:\n" + "\n".join(bad)

@@ -191,10 +191,6 @@ def test_the_store_imports_nothing_above_it():
     assert not bad, bad
 
 
-# Modules still spelling a data-dir name themselves, owned by work in progress elsewhere.
-_NOT_YET = {"services/identity.py", "xrpc/wellknown.py"}
-
-
 def test_data_dir_names_are_spelled_only_in_the_layout():
     """No `<path> / "accounts"` (or any other name the layout spells) outside it."""
     names = {v for k, v in vars(layout).items() if k.isupper() and isinstance(v, str)}
@@ -202,7 +198,7 @@ def test_data_dir_names_are_spelled_only_in_the_layout():
     bad = []
     for path in sorted(root.rglob("*.py")):
         rel = path.relative_to(root).as_posix()
-        if rel == "store/layout.py" or rel in _NOT_YET:
+        if rel == "store/layout.py":
             continue
         for node in ast.walk(ast.parse(path.read_text())):
             if (isinstance(node, ast.BinOp) and isinstance(node.op, ast.Div)

@@ -1,1 +1,3 @@
-"""Services: accounts, auth, identity, repo writes, blobs, firehose, lifecycle."""
+"""Services: accounts (sign-up, invites), account (status rules), sessions, auth, identity,
+records (repo writes and reads), blobs, sync reads, preferences, admin, lifecycle,
+firehose, pagination."""

@@ -1,4 +1,6 @@
-"""Account lifecycle: sign-up, login, sessions, app passwords, invites, status changes."""
+"""Accounts: sign-up, the checks of handles, emails and passwords, invite codes, and
+removing an account. (Sessions and app passwords: `sessions`; what an account's status
+allows: `account`; status changes and the events they make: `lifecycle`.)"""
 
 from __future__ import annotations
 
@@ -7,22 +9,23 @@ import re
 import secrets
 import shutil
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from ..errors import AuthFailed, InvalidInput
 from ..repo.plc import plc_did_for_genesis
-from ..repo.signing_keys import export_private_key, generate_signing_key
+from ..repo.signing_keys import PrivateKey, export_private_key, generate_signing_key
 from ..repo.syntax import is_disallowed_handle_tld, is_valid_did, is_valid_handle
 from ..store.accounts import Taken, now_iso
 from ..store.files import write_file
 from ..store.repo import Repo
 from . import auth as A
+from .account import DEACTIVATED, Use, load, require
 from .context import AppContext
 
 # No "/" or control characters, no leading ".": the address names a file under emails/.
 EMAIL_RE = re.compile(r"^[^@\s/.\x00-\x1f\x7f][^@\s/\x00-\x1f\x7f]*"
                       r"@[^@\s/\x00-\x1f\x7f]+\.[^@\s/\x00-\x1f\x7f]+$")
-MAX_APP_PASSWORDS = 50
 
 
 def normalize_handle_input(ctx: AppContext, handle: Any, external_ok: bool = False) -> str:
@@ -62,18 +65,32 @@ def _check_password(password: Any) -> str:
 
 
 def did_doc(ctx: AppContext, did: str, handle: str) -> dict:
+    """The DID document of an account hosted here (blocking: reads its signing key)."""
     key = ctx.local_signing_key(did)
     return ctx.identity.did_document(did, handle, key.public_key())
 
 
-def status_fields(acct: dict) -> dict:
-    """`active` and `status` as the lexicons give them."""
-    status = acct.get("status")
-    return {"active": status is None} | ({"status": status} if status else {})
+# --- sign-up ----------------------------------------------------------------------------
 
 
-async def create_account(ctx: AppContext, body: dict, service_auth: A.AuthInfo | None) -> dict:
-    """com.atproto.server.createAccount."""
+@dataclass
+class SignUp:
+    """A checked createAccount request."""
+
+    handle: str
+    email: str | None
+    password: str | None
+    invite: Any           # the inviteCode given (spent only when invites are required)
+    did: str | None       # the DID a migrating account brings along
+
+    @property
+    def migrating(self) -> bool:
+        return self.did is not None
+
+
+def parse_signup(ctx: AppContext, body: dict, service_auth: A.AuthInfo | None) -> SignUp:
+    """Check a createAccount body: a migrating account (one that brings its `did`) needs
+    service auth by that DID, and may leave out email and password."""
     requested_did = body.get("did")
     migrating = requested_did is not None
     if migrating:
@@ -89,72 +106,126 @@ async def create_account(ctx: AppContext, body: dict, service_auth: A.AuthInfo |
     if password is not None or not migrating:
         password = _check_password(password)
     invite = body.get("inviteCode")
-    if ctx.settings.invite_required and not migrating:
-        if not isinstance(invite, str) or not invite:
-            raise InvalidInput("No invite code provided", "InvalidInviteCode")
-        existing = ctx.accounts.get_invite(invite)
+    if ctx.settings.invite_required and not migrating and \
+            (not isinstance(invite, str) or not invite):
+        raise InvalidInput("No invite code provided", "InvalidInviteCode")
+    return SignUp(handle, email, password, invite, requested_did)
+
+
+def _spends_invite(ctx: AppContext, s: SignUp) -> bool:
+    return bool(ctx.settings.invite_required and not s.migrating and s.invite)
+
+
+def _check_available(ctx: AppContext, s: SignUp) -> None:
+    """The invite code, handle and email of a sign-up are free (blocking)."""
+    if _spends_invite(ctx, s):
+        existing = ctx.accounts.get_invite(s.invite)
         if existing is None or existing.get("disabled") or \
                 len(existing.get("uses", [])) >= existing.get("available", 1):
             raise InvalidInput("Provided invite code not available", "InvalidInviteCode")
-    if ctx.accounts.did_for_handle(handle) is not None:
-        raise InvalidInput("Handle already taken: " + handle, "HandleNotAvailable")
-    if email and ctx.accounts.did_for_email(email) is not None:
-        raise InvalidInput("Email already taken: " + email, "InvalidEmail")
+    if ctx.accounts.did_for_handle(s.handle) is not None:
+        raise InvalidInput("Handle already taken: " + s.handle, "HandleNotAvailable")
+    if s.email and ctx.accounts.did_for_email(s.email) is not None:
+        raise InvalidInput("Email already taken: " + s.email, "InvalidEmail")
 
-    key = generate_signing_key()
-    if migrating:
-        did = requested_did
-        if ctx.accounts.get(did) is not None:
+
+def _choose_did(ctx: AppContext, s: SignUp, key: PrivateKey) -> tuple[str, dict | None]:
+    """The new account's DID, and the signed PLC genesis op when it is a new did:plc."""
+    if s.did is not None:
+        if ctx.accounts.get(s.did) is not None:
             raise InvalidInput("Account already exists", "AlreadyExists")
-    elif ctx.settings.did_method == "web":
-        did = "did:web:" + handle
+        return s.did, None
+    if ctx.settings.did_method == "web":
+        did = "did:web:" + s.handle
         if ctx.accounts.get(did) is not None:
             # The handle was this account's before it changed handles: its DID (and
             # signing key, and DID document) still carry the name.
-            raise InvalidInput("Handle already taken: " + handle, "HandleNotAvailable")
-    else:
-        # The DID follows from the signed genesis op, so it is known before the PLC hears
-        # of it: claim the handle first, then publish.
-        genesis = ctx.identity.sign_plc_operation(
-            ctx.identity.genesis_op(handle, key.public_key()))
-        did = plc_did_for_genesis(genesis)
+            raise InvalidInput("Handle already taken: " + s.handle, "HandleNotAvailable")
+        return did, None
+    # The DID follows from the signed genesis op, so it is known before the PLC hears
+    # of it: claim the handle first, then publish.
+    genesis = ctx.identity.sign_plc_operation(
+        ctx.identity.genesis_op(s.handle, key.public_key()))
+    return plc_did_for_genesis(genesis), genesis
 
-    # Claims first (O_EXCL), so a racing sign-up in another worker loses cleanly.
+
+def _claim(ctx: AppContext, s: SignUp, did: str) -> None:
+    """Claim the handle and email (O_EXCL, so a racing sign-up in another worker loses
+    cleanly) and spend the invite; nothing stays claimed when one fails."""
     try:
-        ctx.accounts.claim_handle(handle, did, exclusive=True)
+        ctx.accounts.claim_handle(s.handle, did, exclusive=True)
     except Taken:
-        raise InvalidInput("Handle already taken: " + handle, "HandleNotAvailable") from None
+        raise InvalidInput("Handle already taken: " + s.handle, "HandleNotAvailable") from None
     claimed_email = False
     try:
-        if email:
+        if s.email:
             try:
-                ctx.accounts.claim_email(email, did)
+                ctx.accounts.claim_email(s.email, did)
                 claimed_email = True
             except Taken:
-                raise InvalidInput("Email already taken: " + email, "InvalidEmail") from None
-        if invite and ctx.settings.invite_required and not migrating:
+                raise InvalidInput("Email already taken: " + s.email, "InvalidEmail") from None
+        if _spends_invite(ctx, s):
             try:
-                ctx.accounts.use_invite(invite, did)
+                ctx.accounts.use_invite(s.invite, did)
             except ValueError as e:
                 raise InvalidInput(str(e), "InvalidInviteCode") from None
-        if not migrating:
-            if did.startswith("did:web:"):
-                ctx.identity.create_web_did(handle, key.public_key())
-            else:
-                await ctx.identity.submit_plc_operation(did, genesis)
     except BaseException:
-        ctx.accounts.release_handle(handle, did)
-        if claimed_email:
-            ctx.accounts.release_email(email, did)
+        _release(ctx, s, did, claimed_email)
         raise
 
-    acct = {
-        "did": did, "handle": handle, "email": email,
-        "passwordHash": await asyncio.to_thread(A.hash_password, password) if password else None,
-        "createdAt": now_iso(), "status": "deactivated" if migrating else None,
-        "emailConfirmedAt": None, "inviteCode": invite if ctx.settings.invite_required else None,
+
+def _release(ctx: AppContext, s: SignUp, did: str, email: bool = True) -> None:
+    ctx.accounts.release_handle(s.handle, did)
+    if email and s.email:
+        ctx.accounts.release_email(s.email, did)
+
+
+def _reserve(ctx: AppContext, s: SignUp, key: PrivateKey) -> tuple[str, dict | None]:
+    """Check, choose the DID and claim (blocking); returns (did, PLC genesis op)."""
+    _check_available(ctx, s)
+    did, genesis = _choose_did(ctx, s, key)
+    _claim(ctx, s, did)
+    return did, genesis
+
+
+async def _publish(ctx: AppContext, s: SignUp, did: str, key: PrivateKey,
+                   genesis: dict | None) -> None:
+    """Make a new (not migrating) account's DID resolvable: its did:web document, or its
+    genesis op at the PLC directory."""
+    if s.migrating:
+        return
+    if did.startswith("did:web:"):
+        await asyncio.to_thread(ctx.identity.create_web_did, s.handle, key.public_key())
+    else:
+        await ctx.identity.submit_plc_operation(did, genesis)
+
+
+def _record(ctx: AppContext, s: SignUp, did: str) -> dict:
+    """The new account.json (blocking: the password is hashed)."""
+    return {
+        "did": did, "handle": s.handle, "email": s.email,
+        "passwordHash": A.hash_password(s.password) if s.password else None,
+        "createdAt": now_iso(), "status": DEACTIVATED if s.migrating else None,
+        "emailConfirmedAt": None,
+        "inviteCode": s.invite if ctx.settings.invite_required else None,
     }
-    return await asyncio.to_thread(_materialise_account, ctx, acct, key, migrating)
+
+
+async def create_account(ctx: AppContext, body: dict, service_auth: A.AuthInfo | None,
+                         ip: str | None = None) -> dict:
+    """com.atproto.server.createAccount (`ip`, when given, is rate limited)."""
+    if ip is not None:
+        await asyncio.to_thread(ctx.auth.limiter.hit, "signup-ip:" + ip, 100, 300)
+    signup = parse_signup(ctx, body, service_auth)
+    key = generate_signing_key()
+    did, genesis = await asyncio.to_thread(_reserve, ctx, signup, key)
+    try:
+        await _publish(ctx, signup, did, key, genesis)
+    except BaseException:
+        await asyncio.to_thread(_release, ctx, signup, did)
+        raise
+    acct = await asyncio.to_thread(_record, ctx, signup, did)
+    return await asyncio.to_thread(_materialise_account, ctx, acct, key, signup.migrating)
 
 
 def _materialise_account(ctx: AppContext, acct: dict, key: Any, migrating: bool) -> dict:
@@ -184,136 +255,6 @@ def _materialise_account(ctx: AppContext, acct: dict, key: Any, migrating: bool)
     if not migrating:
         out["didDoc"] = did_doc(ctx, did, handle)
     return out
-
-
-def find_account(ctx: AppContext, identifier: str) -> dict | None:
-    """An account by handle, email or DID."""
-    identifier = identifier.strip()
-    if identifier.startswith("did:"):
-        did = identifier
-    elif "@" in identifier:
-        did = ctx.accounts.did_for_email(identifier)
-    else:
-        did = ctx.accounts.did_for_handle(identifier.lower())
-    if did is None or not is_valid_did(did):
-        return None
-    acct = ctx.accounts.get(did)
-    if acct is None or acct.get("status") == "deleted":
-        return None
-    return acct
-
-
-def login(ctx: AppContext, identifier: Any, password: Any, ip: str,
-          allow_takendown: bool = False) -> dict:
-    """com.atproto.server.createSession: password or app password."""
-    if not isinstance(identifier, str) or not identifier or not isinstance(password, str):
-        raise InvalidInput("Invalid identifier or password")
-    ctx.auth.limiter.hit("login-ip:" + ip, 100, 300)
-    ctx.auth.limiter.hit("login-id:" + identifier.lower(), 30, 300)
-    ctx.auth.limiter.hit("login-id-day:" + identifier.lower(), 300, 86400)
-    acct = find_account(ctx, identifier)
-    if acct is None:
-        # Spend the same effort as a real check, so timing doesn't reveal accounts.
-        A.verify_password(password, _DUMMY_HASH)
-        raise AuthFailed("Invalid identifier or password")
-    scope, app_password = A.SCOPE_ACCESS, None
-    if not (acct.get("passwordHash") and A.verify_password(password, acct["passwordHash"])):
-        app_password = _match_app_password(ctx, acct["did"], password)
-        if app_password is None:
-            raise AuthFailed("Invalid identifier or password")
-        scope = A.SCOPE_APP_PASS_PRIVILEGED if app_password[1] else A.SCOPE_APP_PASS
-        app_password = app_password[0]
-    if acct.get("status") == "takendown":
-        if not allow_takendown:
-            raise AuthFailed("Account has been taken down", "AccountTakedown")
-        scope = A.SCOPE_TAKENDOWN
-    tokens = ctx.auth.issue_session(acct["did"], scope, app_password)
-    return {**tokens, **session_view(ctx, acct, scope)}
-
-
-_DUMMY_HASH = A.hash_password(secrets.token_hex(8))
-
-
-def _match_app_password(ctx: AppContext, did: str, password: str) -> tuple[str, bool] | None:
-    # App passwords have a fixed shape; skip hashing for anything else.
-    if not re.fullmatch(r"[a-z2-7]{4}(-[a-z2-7]{4}){3}", password):
-        return None
-    for name, entry in ctx.accounts.read_doc(did, "app_passwords.json", {}).items():
-        if A.verify_password(password, entry["hash"]):
-            return name, bool(entry.get("privileged"))
-    return None
-
-
-def session_view(ctx: AppContext, acct: dict, scope: str | None) -> dict:
-    """The account fields of createSession/getSession."""
-    out: dict[str, Any] = {"handle": acct["handle"], "did": acct["did"]}
-    if acct.get("email") and scope in (A.SCOPE_ACCESS, A.SCOPE_APP_PASS_PRIVILEGED,
-                                       A.SCOPE_APP_PASS, A.SCOPE_TAKENDOWN):
-        out["email"] = acct["email"]
-        out["emailConfirmed"] = bool(acct.get("emailConfirmedAt"))
-        out["emailAuthFactor"] = False
-    try:
-        out["didDoc"] = did_doc(ctx, acct["did"], acct["handle"])
-    except Exception:  # noqa: BLE001 - a doc we can't render is left out, not fatal
-        pass
-    return {**out, **status_fields(acct)}
-
-
-def refresh(ctx: AppContext, info: A.AuthInfo) -> dict:
-    acct = ctx.accounts.get(info.did)
-    if acct is None or acct.get("status") == "deleted":
-        raise InvalidInput("Account not found", "AccountNotFound")
-    tokens = ctx.auth.rotate(info)
-    return {**tokens, **session_view(ctx, acct, A.SCOPE_ACCESS)}
-
-
-def logout(ctx: AppContext, info: A.AuthInfo) -> None:
-    ctx.accounts.delete_session(info.did, info.jti)
-
-
-def revoke_all_sessions(ctx: AppContext, did: str, app_password: str | None = None) -> None:
-    """Drop refresh sessions (all of them, or those of one app password)."""
-    for jti, s in ctx.accounts.sessions(did).items():
-        if app_password is None or s.get("appPassword") == app_password:
-            ctx.accounts.delete_session(did, jti)
-
-
-# --- app passwords ----------------------------------------------------------------------
-
-
-def create_app_password(ctx: AppContext, did: str, name: Any, privileged: bool) -> dict:
-    if not isinstance(name, str) or not name.strip() or len(name) > 100:
-        raise InvalidInput("Invalid app password name")
-    name = name.strip()
-    current = ctx.accounts.read_doc(did, "app_passwords.json", {})
-    if name in current:
-        raise InvalidInput("App password with this name already exists",
-                           "DuplicateAppPassword")
-    if len(current) >= MAX_APP_PASSWORDS:
-        raise InvalidInput("Too many app passwords")
-    password = A.new_app_password()
-    created = now_iso()
-    current[name] = {"hash": A.hash_password(password), "privileged": privileged,
-                     "createdAt": created}
-    ctx.accounts.write_doc(did, "app_passwords.json", current)
-    return {"name": name, "password": password, "createdAt": created, "privileged": privileged}
-
-
-def list_app_passwords(ctx: AppContext, did: str) -> dict:
-    current = ctx.accounts.read_doc(did, "app_passwords.json", {})
-    return {"passwords": [{"name": n, "createdAt": e["createdAt"],
-                           "privileged": bool(e.get("privileged"))}
-                          for n, e in sorted(current.items(), key=lambda x: x[1]["createdAt"],
-                                             reverse=True)]}
-
-
-def revoke_app_password(ctx: AppContext, did: str, name: Any) -> None:
-    if not isinstance(name, str):
-        raise InvalidInput("Invalid app password name")
-    current = ctx.accounts.read_doc(did, "app_passwords.json", {})
-    if current.pop(name, None) is not None:
-        ctx.accounts.write_doc(did, "app_passwords.json", current)
-    revoke_all_sessions(ctx, did, app_password=name)
 
 
 # --- invite codes -----------------------------------------------------------------------
@@ -357,22 +298,27 @@ def invite_view(invite: dict) -> dict:
                                    "createdAt", "uses")}
 
 
-# --- status -------------------------------------------------------------------------------
+def account_invite_codes(ctx: AppContext, did: str) -> list[dict]:
+    """The invite codes made for account `did` (getAccountInviteCodes)."""
+    return [invite_view(i) for i in ctx.accounts.list_invites() if i.get("forAccount") == did]
 
 
-def set_status(ctx: AppContext, did: str, status: str | None, **extra: Any) -> dict:
-    return ctx.accounts.update(did, status=status, **extra)
+def set_invites_disabled(ctx: AppContext, did: str, disabled: bool) -> None:
+    """Stop (or let again) account `did` from getting invite codes."""
+    require(load(ctx, did), Use.MANAGE, did)
+    ctx.accounts.update(did, invitesDisabled=disabled)
+
+
+# --- deletion -------------------------------------------------------------------------------
 
 
 def delete_account(ctx: AppContext, did: str) -> None:
     """Remove an account and everything of it from the data dir."""
-    acct = ctx.accounts.get(did)
-    if acct is None:
-        raise InvalidInput("Account not found", "AccountNotFound")
-    ctx.accounts.release_handle(acct["handle"], did)
-    if acct.get("email"):
-        ctx.accounts.release_email(acct["email"], did)
-    ctx.identity.remove_handle_file(acct["handle"], did)
+    acct = require(load(ctx, did), Use.MANAGE, did)
+    ctx.accounts.release_handle(acct.handle, did)
+    if acct.email:
+        ctx.accounts.release_email(acct.email, did)
+    ctx.identity.remove_handle_file(acct.handle, did)
     # Rename first (atomic), then delete at leisure: no half-deleted account is ever visible.
     acct_dir = ctx.data.account(did)
     grave = ctx.data.tmp / f"deleted-{int(time.time())}-{secrets.token_hex(4)}"

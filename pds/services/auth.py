@@ -8,6 +8,7 @@ Service-auth JWTs are ES256K/ES256, signed by an account's repo signing key.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -27,6 +28,7 @@ from ..repo.keys import PublicKey
 from ..repo.signing_keys import PrivateKey
 from ..repo.syntax import is_valid_did, is_valid_nsid
 from ..store.files import ensure_dir, flock, read_file, write_file
+from .account import Use, load, require
 
 ACCESS_TTL = 2 * 3600
 REFRESH_TTL = 90 * 24 * 3600
@@ -255,22 +257,22 @@ class Auth:
         if kind == AuthKind.ADMIN:
             return self._admin(header)
         if kind == AuthKind.REFRESH:
-            return self._bearer(header, refresh=True)
+            return await self._bearer_off_loop(header, refresh=True)
         if kind == AuthKind.OPTIONAL:
             if not header:
                 return None
             if header.startswith("Basic "):
                 # The admin may read what the public can't (e.g. a taken-down repo).
                 return self._admin(header)
-            return self._bearer(header, refresh=False, nsid=nsid)
+            return await self._bearer_off_loop(header, refresh=False, nsid=nsid)
         if kind in (AuthKind.ACCESS_OR_SERVICE, AuthKind.SERVICE_OPTIONAL):
             token = self._token(header, required=kind == AuthKind.ACCESS_OR_SERVICE)
             if token is None:
                 return None
             if _jwt_alg(token) == "HS256":
-                return self._bearer(header, refresh=False, nsid=nsid)
+                return await self._bearer_off_loop(header, refresh=False, nsid=nsid)
             return await self.verify_service_jwt(token, nsid)
-        info = self._bearer(header, refresh=False, nsid=nsid)
+        info = await self._bearer_off_loop(header, refresh=False, nsid=nsid)
         if kind == AuthKind.ACCESS_FULL and info.scope != SCOPE_ACCESS:
             raise InvalidInput("Bad token scope", "InvalidToken")
         return info
@@ -297,6 +299,11 @@ class Auth:
         if scheme.lower() != "bearer" or not token:
             raise AuthRequired("Unexpected authorization type", "InvalidToken")
         return token.strip()
+
+    async def _bearer_off_loop(self, header: str, refresh: bool,
+                               nsid: str | None = None) -> AuthInfo:
+        """`_bearer` in a worker thread: it reads the account (and the refresh session)."""
+        return await asyncio.to_thread(self._bearer, header, refresh, nsid)
 
     def _bearer(self, header: str, refresh: bool, nsid: str | None = None) -> AuthInfo:
         token = self._token(header)
@@ -327,11 +334,7 @@ class Auth:
                 raise InvalidInput("Bad token scope", "InvalidToken")
         elif scope not in ACCESS_SCOPES:
             raise InvalidInput("Bad token scope", "InvalidToken")
-        acct = self.ctx.accounts.get(did)
-        if acct is None or acct.get("status") == "deleted":
-            raise AuthFailed("Account not found", "AccountNotFound")
-        if acct.get("status") == "takendown" and scope != SCOPE_TAKENDOWN:
-            raise AuthFailed("Account has been taken down", "AccountTakedown")
+        require(load(self.ctx, did), Use.TOKEN, did, privileged=scope == SCOPE_TAKENDOWN)
         return AuthInfo(kind="access", did=did, scope=scope, token=token, payload=payload)
 
     async def verify_service_jwt(self, token: str, nsid: str | None) -> AuthInfo:
@@ -364,7 +367,7 @@ class Auth:
 
     async def _service_key(self, did: str, force: bool) -> PublicKey | None:
         # An account of ours signs with the key we hold: no resolution needed.
-        local = self.ctx.local_signing_key(did)
+        local = await asyncio.to_thread(self.ctx.local_signing_key, did)
         if local is not None:
             return local.public_key()
         return await self.ctx.identity.atproto_key(did, force=force)

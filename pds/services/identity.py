@@ -222,7 +222,7 @@ class Identity:
         host = host.lower()
         if not is_valid_host(host):
             raise IdentityError(f"not a hostname: {host!r}")
-        return self.ctx.data.root / "well-known" / host
+        return self.ctx.data.well_known(host)
 
     def _write_well_known(self, host: str, name: str, data: bytes) -> Path:
         directory = ensure_dir(self.well_known_dir(host))
@@ -314,7 +314,7 @@ class Identity:
         if not isinstance(did, str) or not is_valid_did(did):
             return None
         if did.startswith("did:web:"):
-            local = self._local_web_doc(did)
+            local = await asyncio.to_thread(self._local_web_doc, did)
             if local is not None:
                 return local
         now = time.monotonic()
@@ -348,7 +348,7 @@ class Identity:
         host = did_web_host(did)
         if host is None:
             return None
-        data = read_file(self.ctx.data.root / "well-known" / host / "did.json")
+        data = read_file(self.ctx.data.well_known(host) / "did.json")
         if data is None:
             return None
         try:
@@ -413,7 +413,7 @@ class Identity:
         handle = handle.lower()
         if not is_valid_handle(handle):
             return None
-        local = self.ctx.accounts.did_for_handle(handle)
+        local = await asyncio.to_thread(self.ctx.accounts.did_for_handle, handle)
         if local:
             return local
         # DNS and HTTPS race (as the reference resolver does), but DNS wins when it answers.

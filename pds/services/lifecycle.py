@@ -1,11 +1,15 @@
-"""Account status changes: activation, deactivation, deletion, handle updates.
+"""Account status changes: activation, deactivation, deletion, takedowns, handle, email and
+password updates.
 
 Each change goes through here so the firehose (#account, #identity, #sync) can be told
-in one place.
+in one place. What a status allows is decided in `account`. The coroutines do their file
+work (and password hashing) in worker threads; the plain methods are blocking, for
+callers already off the event loop (the command line, `asyncio.to_thread`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import os
@@ -14,10 +18,13 @@ import time
 from typing import Any
 
 from ..errors import AuthFailed, InvalidInput
+from ..store.accounts import Taken
 from ..store.files import read_file, write_file
 from . import accounts as acc
-from .auth import verify_password
+from .account import DEACTIVATED, TAKENDOWN, Account, Use, load, require
+from .auth import hash_password, verify_password
 from .context import AppContext
+from .sessions import revoke_all_sessions
 
 DELETE_TOKEN_TTL = 15 * 60
 
@@ -26,11 +33,17 @@ class Lifecycle:
     def __init__(self, ctx: AppContext) -> None:
         self.ctx = ctx
 
+    def _account(self, did: str, use: Use = Use.MANAGE) -> Account:
+        return require(load(self.ctx, did), use, did)
+
+    # --- activation -----------------------------------------------------------------------
+
     async def activate(self, did: str) -> None:
-        acct = self.ctx.accounts.get(did)
-        if acct.get("status") == "takendown":
-            raise InvalidInput("Account has been taken down", "AccountTakedown")
-        if acct.get("status") is None:
+        await asyncio.to_thread(self._activate, did)
+
+    def _activate(self, did: str) -> None:
+        acct = self._account(did, Use.CHANGE_STATUS)
+        if acct.active:
             return
         if self.ctx.repo(did).head() is None:
             raise InvalidInput("Repo has not been imported yet", "RepoNotFound")
@@ -40,26 +53,43 @@ class Lifecycle:
         self.ctx.events.sync(did)
 
     async def deactivate(self, did: str, delete_after: Any = None) -> None:
-        acct = self.ctx.accounts.get(did)
-        if acct.get("status") == "takendown":
-            raise InvalidInput("Account has been taken down", "AccountTakedown")
-        self.ctx.accounts.update(did, status="deactivated", deactivatedAt=int(time.time()),
+        await asyncio.to_thread(self._deactivate, did, delete_after)
+
+    def _deactivate(self, did: str, delete_after: Any) -> None:
+        self._account(did, Use.CHANGE_STATUS)
+        self.ctx.accounts.update(did, status=DEACTIVATED, deactivatedAt=int(time.time()),
                                  deleteAfter=delete_after if isinstance(delete_after, str)
                                  else None)
         self.ctx.events.account(did)
 
-    def request_delete_token(self, did: str) -> None:
-        token = f"{secrets.token_hex(3)}-{secrets.token_hex(3)}".upper()
-        write_file(self.ctx.data.account(did) / "delete_token",
-                   json.dumps({"token": token, "expiresAt": int(time.time()) + DELETE_TOKEN_TTL})
-                   .encode(), self.ctx.data.tmp, mode=0o600)
+    def takedown(self, did: str, applied: bool, ref: str | None = None) -> None:
+        """Take an account down (or restore it): nothing of it is served while down
+        (blocking)."""
+        acct = self._account(did)
+        if applied:
+            self.ctx.accounts.update(did, status=TAKENDOWN, takedownRef=ref or "takedown")
+            # Sessions die with the takedown; a new login needs allowTakendown.
+            revoke_all_sessions(self.ctx, did)
+        elif acct.takendown:
+            self.ctx.accounts.update(did, status=None, takedownRef=None)
+        else:
+            return
+        self.ctx.events.account(did)
 
-    async def delete_with_token(self, did: str, password: str, token: str, ip: str) -> None:
+    # --- deletion -------------------------------------------------------------------------
+
+    async def request_delete_token(self, did: str) -> None:
+        """requestAccountDelete. No mail transport: the token is written to the account's
+        own directory, where the operator (or a mail hook) can find it."""
+        token = f"{secrets.token_hex(3)}-{secrets.token_hex(3)}".upper()
+        data = json.dumps({"token": token, "expiresAt": int(time.time()) + DELETE_TOKEN_TTL})
+        await asyncio.to_thread(write_file, self.ctx.data.account(did) / "delete_token",
+                                data.encode(), self.ctx.data.tmp, mode=0o600)
+
+    def _check_delete_token(self, did: str, password: str, token: str, ip: str) -> None:
         self.ctx.auth.limiter.hit("delete-ip:" + ip, 50, 3600)
-        acct = self.ctx.accounts.get(did)
-        if acct is None:
-            raise InvalidInput("Account not found", "AccountNotFound")
-        if not (acct.get("passwordHash") and verify_password(password, acct["passwordHash"])):
+        acct = self._account(did)
+        if not (acct.password_hash and verify_password(password, acct.password_hash)):
             raise AuthFailed("Invalid did or password")
         path = self.ctx.data.account(did) / "delete_token"
         stored = read_file(path)
@@ -68,25 +98,34 @@ class Lifecycle:
                 not hmac.compare_digest(info["token"], token.strip().upper()):
             raise InvalidInput("Token is invalid", "InvalidToken")
         os.unlink(path)
+
+    async def delete_with_token(self, did: str, password: str, token: str, ip: str) -> None:
+        """deleteAccount: by the account's password and a token from requestAccountDelete."""
+        await asyncio.to_thread(self._check_delete_token, did, password, token, ip)
         await self.delete(did)
 
-    async def delete(self, did: str) -> None:
+    def _delete(self, did: str) -> None:
         acc.delete_account(self.ctx, did)
         self.ctx.events.account(did, deleted=True)
 
+    async def delete(self, did: str) -> None:
+        await asyncio.to_thread(self._delete, did)
+
+    # --- reports --------------------------------------------------------------------------
+
     def status_report(self, did: str) -> dict:
-        """checkAccountStatus: what is imported, what is missing."""
-        from .records import record_blob_refs
+        """checkAccountStatus: what is imported, what is missing (blocking)."""
+        from .blobs import record_blob_refs
+        acct = self._account(did)
         repo = self.ctx.repo(did)
         head = repo.head()
-        acct = self.ctx.accounts.get(did)
         blocks = sum(1 for _ in repo.blocks.iter_cids())
         records = expected = imported = 0
         if head is not None:
             records = sum(1 for _ in repo.tree().items())
             present = {c: ok for _path, c, ok in record_blob_refs(self.ctx, did)}
             expected, imported = len(present), sum(present.values())
-        out = {"activated": acct.get("status") is None, "validDid": True,
+        out = {"activated": acct.active, "validDid": True,
                "repoBlocks": blocks, "indexedRecords": records, "privateStateValues": 0,
                "expectedBlobs": expected, "importedBlobs": imported}
         if head is not None:
@@ -94,34 +133,35 @@ class Lifecycle:
             out["repoRev"] = head.rev
         return out
 
-    async def update_handle(self, did: str, handle: str) -> None:
-        """Move an account to a new handle: claim it, update the DID, release the old."""
-        ctx = self.ctx
-        acct = ctx.accounts.get(did)
-        owner = ctx.accounts.did_for_handle(handle)
+    # --- handle, email, password ----------------------------------------------------------
+
+    def _handle_free(self, did: str, handle: str) -> str:
+        """Check no other account holds the handle; returns the account's current one."""
+        acct = self._account(did)
+        owner = self.ctx.accounts.did_for_handle(handle)
         if owner is not None and owner != did:
             raise InvalidInput(f"Handle already taken: {handle}", "HandleNotAvailable")
-        hosted = any(handle.endswith(d) for d in ctx.settings.handle_domains)
-        if not hosted and await ctx.identity.resolve_handle(handle) != did:
-            raise InvalidInput("External handle did not resolve to DID",
-                               "InvalidHandle")
-        old = acct["handle"]
-        if hosted:
-            try:
-                ctx.accounts.claim_handle(handle, did)
-            except acc.Taken:
-                raise InvalidInput(f"Handle already taken: {handle}",
-                                   "HandleNotAvailable") from None
+        return acct.handle
+
+    def _claim_handle(self, did: str, handle: str) -> None:
         try:
-            if did.startswith("did:plc:"):
-                await ctx.identity.update_plc(did, handle=handle)
-            elif did.startswith("did:web:"):
-                ctx.identity.write_web_did_doc(did, handle,
-                                               ctx.local_signing_key(did).public_key())
-        except BaseException:
-            if handle != old:
-                ctx.accounts.release_handle(handle, did)
-            raise
+            self.ctx.accounts.claim_handle(handle, did)
+        except Taken:
+            raise InvalidInput(f"Handle already taken: {handle}",
+                               "HandleNotAvailable") from None
+
+    async def _publish_handle(self, did: str, handle: str) -> None:
+        """Put the new handle in the account's DID document."""
+        ctx = self.ctx
+        if did.startswith("did:plc:"):
+            await ctx.identity.update_plc(did, handle=handle)
+        elif did.startswith("did:web:"):
+            key = await asyncio.to_thread(ctx.local_signing_key, did)
+            await asyncio.to_thread(ctx.identity.write_web_did_doc, did, handle,
+                                    key.public_key())
+
+    def _switch_handle(self, did: str, old: str, handle: str, hosted: bool) -> None:
+        ctx = self.ctx
         ctx.accounts.update(did, handle=handle)
         if handle != old:
             ctx.accounts.release_handle(old, did)
@@ -130,33 +170,36 @@ class Lifecycle:
             ctx.identity.write_handle_file(handle, did)
         ctx.events.identity(did)
 
-    def takedown(self, did: str, applied: bool, ref: str | None = None) -> None:
-        """Take an account down (or restore it): nothing of it is served while down."""
-        acct = self.ctx.accounts.get(did)
-        if acct is None:
-            raise InvalidInput("Account not found", "AccountNotFound")
-        if applied:
-            self.ctx.accounts.update(did, status="takendown", takedownRef=ref or "takedown")
-            # Sessions die with the takedown; a new login needs allowTakendown.
-            acc.revoke_all_sessions(self.ctx, did)
-        elif acct.get("status") == "takendown":
-            self.ctx.accounts.update(did, status=None, takedownRef=None)
-        else:
-            return
-        self.ctx.events.account(did)
+    async def update_handle(self, did: str, handle: str) -> None:
+        """Move an account to a new handle: claim it, update the DID, release the old."""
+        old = await asyncio.to_thread(self._handle_free, did, handle)
+        hosted = any(handle.endswith(d) for d in self.ctx.settings.handle_domains)
+        if not hosted and await self.ctx.identity.resolve_handle(handle) != did:
+            raise InvalidInput("External handle did not resolve to DID", "InvalidHandle")
+        if hosted:
+            await asyncio.to_thread(self._claim_handle, did, handle)
+        try:
+            await self._publish_handle(did, handle)
+        except BaseException:
+            if handle != old:
+                await asyncio.to_thread(self.ctx.accounts.release_handle, handle, did)
+            raise
+        await asyncio.to_thread(self._switch_handle, did, old, handle, hosted)
 
     def set_password(self, did: str, password: str) -> None:
-        from .auth import hash_password
+        """A new password; every session ends (blocking)."""
+        self._account(did)
         self.ctx.accounts.update(did, passwordHash=hash_password(password))
-        acc.revoke_all_sessions(self.ctx, did)
+        revoke_all_sessions(self.ctx, did)
 
     def set_email(self, did: str, email: str) -> None:
-        acct = self.ctx.accounts.get(did)
+        """A new (unconfirmed) email address (blocking)."""
+        acct = self._account(did)
         email = acc.check_email(email)
         try:
             self.ctx.accounts.claim_email(email, did)
-        except acc.Taken:
+        except Taken:
             raise InvalidInput("Email already taken", "InvalidEmail") from None
-        if acct.get("email") and acct["email"].lower() != email.lower():
-            self.ctx.accounts.release_email(acct["email"], did)
+        if acct.email and acct.email.lower() != email.lower():
+            self.ctx.accounts.release_email(acct.email, did)
         self.ctx.accounts.update(did, email=email, emailConfirmedAt=None)

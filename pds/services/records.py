@@ -1,45 +1,37 @@
-"""Record writes and reads for hosted accounts: API input -> the one repo write path."""
+"""Records of hosted accounts: API input -> the one repo write path, and the reads of
+com.atproto.repo.* (getRecord, listRecords, describeRepo).
+
+The coroutines do their file work in a worker thread; `apply_writes` is the blocking
+write path itself (for callers already in a thread)."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterable, Iterator
 from typing import Any
 
 from cbrrr import CID
 
-from ..errors import InvalidInput, PayloadTooLarge
-from ..repo.codec import (
-    InvalidData,
-    cid_str,
-    decode,
-    decode_json,
-    encode,
-    find_blob_refs,
-    json_to_value,
-)
+from ..errors import AuthFailed, InvalidInput
+from ..repo.codec import InvalidData, cid_str, decode_json, encode, json_to_value, parse_cid
 from ..repo.syntax import is_valid_nsid, is_valid_record_key
 from ..repo.tid import next_tid
-from ..store.blobs import BlobStore, BlobTooLarge
 from ..store.repo import (
     ANY,
-    CommitHooks,
     CommitResult,
     InvalidSwap,
-    Op,
     RecordNotFound,
     RepoError,
     RepoNotFound,
     Write,
 )
+from .account import Account, Use, find, load, require
+from .accounts import did_doc
+from .blobs import BlobHooks, BlobMissing, blob_store
 from .context import AppContext
+from .pagination import Page, paginate
 
 MAX_RECORD_BYTES = 1_000_000
 MAX_OPS = 200
-
-
-def blobs(ctx: AppContext, did: str) -> BlobStore:
-    return BlobStore(ctx.data.blobs(did), ctx.data.tmp)
 
 
 def parse_record(collection: str, record: Any) -> Any:
@@ -74,59 +66,10 @@ def check_rkey(rkey: Any) -> str:
 
 
 def parse_cid_field(value: Any, name: str) -> CID:
-    from ..repo.codec import parse_cid
     try:
         return parse_cid(value)
     except (InvalidData, TypeError):
         raise InvalidInput(f"Invalid {name}: must be a CID") from None
-
-
-class BlobHooks(CommitHooks):
-    """Keep blob references in step with the records that make them."""
-
-    def __init__(self, store: BlobStore, read_block: Any, on_commit: Any = None) -> None:
-        self.store = store
-        self.read_block = read_block
-        self.on_commit = on_commit
-        self.added: dict[str, set[CID]] = {}
-
-    def prepare(self, ops: list[Op], writes: list[Write]) -> None:
-        by_path = {w.path: w for w in writes}
-        for op in ops:
-            w = by_path[op.path]
-            if w.record is None:
-                continue
-            try:
-                refs = {b.cid for b in find_blob_refs(w.record)}
-            except InvalidData as e:
-                raise RepoError(f"invalid blob ref in {op.path}: {e}") from None
-            for cid in refs:
-                if not self.store.has(cid):
-                    raise BlobMissing(f"Could not find blob: {cid.encode()}")
-            self.added[op.path] = refs
-        # Only now, when every write is known good, record the new references.
-        for path, refs in self.added.items():
-            for cid in refs:
-                self.store.add_ref(cid, path)
-
-    def finish(self, result: CommitResult) -> None:
-        for op in result.ops:
-            if op.prev is None:
-                continue
-            try:
-                old = decode(self.read_block(op.prev))
-                old_refs = {b.cid for b in find_blob_refs(old)}
-            except (KeyError, InvalidData):
-                continue
-            for cid in old_refs - self.added.get(op.path, set()):
-                self.store.remove_ref(cid, op.path)
-        # Still under the repo lock: events of one repo go out in commit order.
-        if self.on_commit is not None:
-            self.on_commit(result)
-
-
-class BlobMissing(RepoError):
-    """A record refers to a blob that was never uploaded."""
 
 
 # The lexicons' names for what the repository refuses; any other refusal is InvalidRequest.
@@ -141,36 +84,6 @@ def _refused(e: RepoError) -> InvalidInput:
     return InvalidInput(str(e), name)
 
 
-async def receive_blob(ctx: AppContext, did: str, chunks: AsyncIterable[bytes], mime: str,
-                       limit: int) -> tuple[CID, dict]:
-    """Store an uploaded blob as its bytes arrive, refusing it past `limit` bytes; returns
-    (cid, metadata). It stays a temporary upload until a record refers to it."""
-    store = blobs(ctx, did)
-    upload = await asyncio.to_thread(store.start_upload)
-    try:
-        async for chunk in chunks:
-            upload.write(chunk, limit)
-        if upload.size == 0:
-            raise InvalidInput("Blob is empty")
-        return await asyncio.to_thread(upload.finish, mime)
-    except BlobTooLarge:
-        raise PayloadTooLarge("request entity too large") from None
-    except BaseException:
-        upload.abort()
-        raise
-
-
-def record_blob_refs(ctx: AppContext, did: str) -> Iterator[tuple[str, str, bool]]:
-    """(record path, blob CID, stored here?) for every blob ref of every record, in record
-    order (blocking: a walk of the whole repo)."""
-    repo = ctx.repo(did)
-    store = blobs(ctx, did)
-    for path, cid in repo.tree().items():
-        for ref in find_blob_refs(decode(repo.blocks.get(cid))):
-            c = cid_str(ref.cid)
-            yield path, c, store.has(c)
-
-
 def commit_result_view(result: CommitResult) -> dict:
     return {"cid": result.cid.encode(), "rev": result.rev}
 
@@ -180,14 +93,9 @@ def apply_writes(ctx: AppContext, did: str, writes: list[Write],
     """The write path of every record endpoint (blocking: call it from a thread)."""
     if len(writes) > MAX_OPS:
         raise InvalidInput(f"Too many writes. Max: {MAX_OPS}")
-    acct = ctx.accounts.get(did)
-    if acct is None:
-        raise InvalidInput("Could not find repo: " + did, "RepoNotFound")
-    if acct.get("status") is not None:
-        raise InvalidInput(f"Account is {acct['status']}", "AccountDeactivated"
-                           if acct["status"] == "deactivated" else "AccountTakedown")
+    require(load(ctx, did), Use.WRITE, did)
     repo = ctx.repo(did)
-    hooks = BlobHooks(blobs(ctx, did), repo.blocks.get, ctx.after_commit)
+    hooks = BlobHooks(blob_store(ctx, did), repo.blocks.get, ctx.after_commit)
     try:
         return repo.apply_writes(writes, swap_commit=swap_commit, hooks=hooks)
     except RepoError as e:
@@ -198,11 +106,108 @@ def new_rkey() -> str:
     return next_tid()
 
 
-def get_record_json(ctx: AppContext, did: str, collection: str, rkey: str,
-                    cid: CID | None = None) -> dict | None:
-    """{uri, cid, value} of a record, or None."""
+# --- the caller's repo ----------------------------------------------------------------------
+
+
+def resolve_repo(ctx: AppContext, repo: Any) -> Account:
+    """The hosted account a `repo` parameter (DID or handle) names (blocking)."""
+    if not isinstance(repo, str) or not repo:
+        raise InvalidInput("Input must have the property \"repo\"")
+    return require(find(ctx, repo), Use.REPO, repo)
+
+
+def _own_repo(ctx: AppContext, caller: str, repo: Any) -> str:
+    """The DID `repo` names, which must be the caller's."""
+    did = resolve_repo(ctx, repo).did
+    if did != caller:
+        # As the reference PDS answers: the credentials don't cover this repo.
+        raise AuthFailed("Not authorized to write to this repo")
+    return did
+
+
+def _commit(ctx: AppContext, caller: str, repo: Any, writes: list[Write],
+            swap_commit: Any) -> CommitResult:
+    return apply_writes(ctx, _own_repo(ctx, caller, repo), writes, swap_commit)
+
+
+async def commit(ctx: AppContext, caller: str, repo: Any, writes: list[Write],
+                 swap_commit: Any = ANY) -> CommitResult:
+    """createRecord/putRecord/applyWrites: commit `writes` to the repo `repo` names (DID
+    or handle), which must be the caller's."""
+    return await asyncio.to_thread(_commit, ctx, caller, repo, writes, swap_commit)
+
+
+def _delete(ctx: AppContext, caller: str, repo: Any, write: Write,
+            swap_commit: Any) -> CommitResult | None:
+    try:
+        return _commit(ctx, caller, repo, [write], swap_commit)
+    except InvalidInput as e:
+        if e.error == "RecordNotFound" and write.swap is ANY:
+            return None  # deleting what isn't there (as the reference): nothing to commit
+        raise
+
+
+async def delete_record(ctx: AppContext, caller: str, repo: Any, write: Write,
+                        swap_commit: Any = ANY) -> CommitResult | None:
+    """deleteRecord: commit one delete; None when there was nothing to delete (and no
+    swap asked that there be)."""
+    return await asyncio.to_thread(_delete, ctx, caller, repo, write, swap_commit)
+
+
+# --- reads ----------------------------------------------------------------------------------
+
+
+def readable(ctx: AppContext, repo: Any) -> Account:
+    """The account whose records are read through com.atproto.repo.* (blocking)."""
+    return require(resolve_repo(ctx, repo), Use.READ, repo)
+
+
+def _get_record(ctx: AppContext, repo: str, collection: str, rkey: str,
+                cid: CID | None) -> dict:
+    did = readable(ctx, repo).did
     found = ctx.repo(did).get_record(f"{collection}/{rkey}")
     if found is None or (cid is not None and found[0] != cid):
-        return None
+        raise InvalidInput(f"Could not locate record: at://{did}/{collection}/{rkey}",
+                           "RecordNotFound")
     return {"uri": f"at://{did}/{collection}/{rkey}", "cid": cid_str(found[0]),
             "value": decode_json(found[1])}
+
+
+async def get_record(ctx: AppContext, repo: str, collection: str, rkey: str,
+                     cid: CID | None = None) -> dict:
+    """getRecord: {uri, cid, value} of a record (at version `cid`, when given)."""
+    return await asyncio.to_thread(_get_record, ctx, repo, collection, rkey, cid)
+
+
+def _list_records(ctx: AppContext, repo: str, collection: str, limit: int,
+                  cursor: str | None, reverse: bool) -> Page[dict]:
+    did = readable(ctx, repo).did
+    # The MST walk seeks to the cursor itself: the page rule does the rest.
+    rows = ctx.repo(did).list_records(collection, limit, cursor, reverse)
+    page = paginate(rows, limit, key=lambda row: row[0])
+    page.items = [{"uri": f"at://{did}/{collection}/{rkey}", "cid": cid_str(cid),
+                   "value": decode_json(data)} for rkey, cid, data in page.items]
+    return page
+
+
+async def list_records(ctx: AppContext, repo: str, collection: str, limit: int,
+                       cursor: str | None = None, reverse: bool = False) -> Page[dict]:
+    """listRecords: a collection's records, newest rkey first unless `reverse`."""
+    return await asyncio.to_thread(_list_records, ctx, repo, collection, limit, cursor,
+                                   reverse)
+
+
+def _describe_repo(ctx: AppContext, repo: str) -> dict:
+    acct = readable(ctx, repo)
+    collections = ctx.repo(acct.did).collections()
+    try:
+        doc = did_doc(ctx, acct.did, acct.handle)
+    except Exception:  # noqa: BLE001 - a doc we can't render is left out, not fatal
+        doc = None
+    return {"handle": acct.handle, "did": acct.did, "didDoc": doc,
+            "collections": collections, "handleIsCorrect": True}
+
+
+async def describe_repo(ctx: AppContext, repo: str) -> dict:
+    """describeRepo: the account's handle, DID document and collections."""
+    return await asyncio.to_thread(_describe_repo, ctx, repo)

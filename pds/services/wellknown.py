@@ -4,6 +4,7 @@ and nginx serves; read back here for the app to serve when no nginx fronts it.""
 
 from __future__ import annotations
 
+import asyncio
 import re
 from typing import Any
 
@@ -14,9 +15,9 @@ from ..store.files import read_file
 _HOST = re.compile(r"^[a-z0-9.-]+(:[0-9]{1,5})?$")
 
 
-def read_document(ctx: Any, host: str, name: str) -> bytes | None:
+async def read_document(ctx: Any, host: str, name: str) -> bytes | None:
     """The document `name` published for `host` (as a Host header names it, lowercase),
     or None when there is none or `host` can't be a directory of ours."""
     if not _HOST.match(host) or ".." in host:
         return None
-    return read_file(ctx.data.root / "well-known" / host / name)
+    return await asyncio.to_thread(read_file, ctx.data.well_known(host) / name)

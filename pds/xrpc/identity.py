@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from ..errors import InvalidInput
 from ..repo.syntax import is_valid_handle
 from ..services import accounts as svc
+from ..services import sessions
 from ..services.auth import AuthKind
 from .app import Call
 from .registry import procedure, query
@@ -29,14 +32,5 @@ async def update_handle(call: Call):
 
 @query("com.atproto.identity.getRecommendedDidCredentials", auth=AuthKind.ACCESS)
 async def get_recommended_did_credentials(call: Call):
-    ctx = call.ctx
-    acct = ctx.accounts.get(call.auth.did)
-    key = ctx.local_signing_key(call.auth.did)
-    rotation = ctx.identity.plc_rotation_key().public_key().did_key()
-    return {
-        "rotationKeys": [rotation],
-        "alsoKnownAs": [f"at://{acct['handle']}"],
-        "verificationMethods": {"atproto": key.public_key().did_key()},
-        "services": {"atproto_pds": {"type": "AtprotoPersonalDataServer",
-                                     "endpoint": ctx.settings.public_url}},
-    }
+    return await asyncio.to_thread(sessions.recommended_did_credentials, call.ctx,
+                                   call.auth.did)

@@ -9,6 +9,7 @@ from ..errors import Forbidden, InvalidInput, NotSupported
 from ..repo.syntax import is_valid_did, is_valid_nsid
 from ..services import accounts as svc
 from ..services import auth as A
+from ..services import sessions
 from ..services.auth import AuthKind
 from .registry import procedure, query
 
@@ -37,8 +38,7 @@ async def describe_server(call):
 async def create_account(call):
     if not isinstance(call.body, dict):
         raise InvalidInput("Request body must be a JSON object")
-    call.ctx.auth.limiter.hit("signup-ip:" + call.ip, 100, 300)
-    return await svc.create_account(call.ctx, call.body, call.auth)
+    return await svc.create_account(call.ctx, call.body, call.auth, ip=call.ip)
 
 
 @procedure("com.atproto.server.createSession")
@@ -46,42 +46,42 @@ async def create_session(call):
     identifier = call.field("identifier")
     password = call.field("password")
     allow_takendown = bool(call.field("allowTakendown", required=False, kind=bool))
-    return await asyncio.to_thread(svc.login, call.ctx, identifier, password, call.ip,
+    return await asyncio.to_thread(sessions.login, call.ctx, identifier, password, call.ip,
                                    allow_takendown)
 
 
 @procedure("com.atproto.server.refreshSession", auth=AuthKind.REFRESH)
 async def refresh_session(call):
-    return svc.refresh(call.ctx, call.auth)
+    return await asyncio.to_thread(sessions.refresh, call.ctx, call.auth)
 
 
 @query("com.atproto.server.getSession", auth=AuthKind.ACCESS)
 async def get_session(call):
-    acct = call.ctx.accounts.get(call.auth.did)
-    return svc.session_view(call.ctx, acct, call.auth.scope)
+    return await asyncio.to_thread(sessions.get_session, call.ctx, call.auth)
 
 
 @procedure("com.atproto.server.deleteSession", auth=AuthKind.REFRESH)
 async def delete_session(call):
-    svc.logout(call.ctx, call.auth)
+    await asyncio.to_thread(sessions.logout, call.ctx, call.auth)
 
 
 @procedure("com.atproto.server.createAppPassword", auth=AuthKind.ACCESS_FULL)
 async def create_app_password(call):
     name = call.field("name")
     privileged = bool(call.field("privileged", required=False, kind=bool))
-    return await asyncio.to_thread(svc.create_app_password, call.ctx, call.auth.did, name,
-                                   privileged)
+    return await asyncio.to_thread(sessions.create_app_password, call.ctx, call.auth.did,
+                                   name, privileged)
 
 
 @query("com.atproto.server.listAppPasswords", auth=AuthKind.ACCESS_FULL)
 async def list_app_passwords(call):
-    return svc.list_app_passwords(call.ctx, call.auth.did)
+    return await asyncio.to_thread(sessions.list_app_passwords, call.ctx, call.auth.did)
 
 
 @procedure("com.atproto.server.revokeAppPassword", auth=AuthKind.ACCESS_FULL)
 async def revoke_app_password(call):
-    svc.revoke_app_password(call.ctx, call.auth.did, call.field("name"))
+    await asyncio.to_thread(sessions.revoke_app_password, call.ctx, call.auth.did,
+                            call.field("name"))
 
 
 @procedure("com.atproto.server.createInviteCode", auth=AuthKind.ADMIN)
@@ -92,7 +92,8 @@ async def create_invite_code(call):
     for_account = call.field("forAccount", required=False)
     if for_account is not None and not is_valid_did(for_account):
         raise InvalidInput("forAccount must be a DID")
-    out = svc.create_invites(call.ctx, use_count, 1, [for_account] if for_account else None)
+    out = await asyncio.to_thread(svc.create_invites, call.ctx, use_count, 1,
+                                  [for_account] if for_account else None)
     return {"code": out[0]["codes"][0]}
 
 
@@ -106,14 +107,13 @@ async def create_invite_codes(call):
     if for_accounts is not None and not all(isinstance(d, str) and is_valid_did(d)
                                             for d in for_accounts):
         raise InvalidInput("forAccounts must be DIDs")
-    return {"codes": svc.create_invites(call.ctx, use_count, count, for_accounts)}
+    return {"codes": await asyncio.to_thread(svc.create_invites, call.ctx, use_count, count,
+                                             for_accounts)}
 
 
 @query("com.atproto.server.getAccountInviteCodes", auth=AuthKind.ACCESS_FULL)
 async def get_account_invite_codes(call):
-    did = call.auth.did
-    codes = [svc.invite_view(i) for i in call.ctx.accounts.list_invites()
-             if i.get("forAccount") == did]
+    codes = await asyncio.to_thread(svc.account_invite_codes, call.ctx, call.auth.did)
     return {"codes": codes}
 
 
@@ -130,9 +130,7 @@ async def deactivate_account(call):
 
 @procedure("com.atproto.server.requestAccountDelete", auth=AuthKind.ACCESS_FULL)
 async def request_account_delete(call):
-    # No mail transport: the token is written to the account's own directory, where the
-    # operator (or a mail hook) can find it.
-    call.ctx.lifecycle.request_delete_token(call.auth.did)
+    await call.ctx.lifecycle.request_delete_token(call.auth.did)
 
 
 @procedure("com.atproto.server.deleteAccount")
@@ -177,8 +175,9 @@ async def get_service_auth(call):
     if call.auth.is_app_password and lxm is not None and lxm.startswith("chat.bsky.") \
             and call.auth.scope != A.SCOPE_APP_PASS_PRIVILEGED:
         raise Forbidden("insufficient access for this method", "InvalidToken")
-    key = call.ctx.local_signing_key(call.auth.did)
-    return {"token": A.sign_service_jwt(key, call.auth.did, aud, lxm, exp)}
+    token = await asyncio.to_thread(sessions.service_auth_token, call.ctx, call.auth.did, aud,
+                                    lxm, exp)
+    return {"token": token}
 
 
 @procedure("com.atproto.server.reserveSigningKey", auth=AuthKind.NONE)

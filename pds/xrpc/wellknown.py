@@ -18,7 +18,7 @@ class WellKnownFile:
         self.content_type = content_type
 
     async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
-        data = read_document(self.ctx, (req.get_header("Host") or "").lower(), self.name)
+        data = await read_document(self.ctx, (req.get_header("Host") or "").lower(), self.name)
         if data is None:
             # A handle hosted here but served on another name (e.g. through a proxy).
             raise falcon.HTTPNotFound(description="no such document for this host")

@@ -1,0 +1,153 @@
+"""What com.atproto.admin.* shows and does: account views, searches, subject (takedown)
+status, invite listings, and account changes on the admin's behalf.
+
+Coroutines; their file work runs in worker threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from ..errors import InvalidInput
+from . import accounts as acc
+from .account import Account, Use, find, load, require
+from .context import AppContext
+from .pagination import Page, paginate
+
+REPO_REF = "com.atproto.admin.defs#repoRef"
+
+
+def _invites_by_account(ctx: AppContext) -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = {}
+    for invite in ctx.accounts.list_invites():
+        out.setdefault(invite.get("forAccount"), []).append(acc.invite_view(invite))
+    return out
+
+
+def account_view(acct: Account, invites: dict[str, list[dict]]) -> dict:
+    """com.atproto.admin.defs#accountView (`invites`: every code, by account)."""
+    out: dict[str, Any] = {"did": acct.did, "handle": acct.handle,
+                           "indexedAt": acct.created_at,
+                           "invitesDisabled": acct.invites_disabled,
+                           "invites": invites.get(acct.did, [])}
+    if acct.email:
+        out["email"] = acct.email
+    if acct.email_confirmed_at:
+        out["emailConfirmedAt"] = acct.email_confirmed_at
+    if acct.invite_code:
+        out["invitedBy"] = {"code": acct.invite_code}
+    if acct.deactivated_at:
+        out["deactivatedAt"] = acct.deactivated_at
+    return out
+
+
+def _account_info(ctx: AppContext, did: str) -> dict:
+    acct = require(load(ctx, did), Use.MANAGE, did)
+    return account_view(acct, _invites_by_account(ctx))
+
+
+async def account_info(ctx: AppContext, did: str) -> dict:
+    """getAccountInfo."""
+    return await asyncio.to_thread(_account_info, ctx, did)
+
+
+def _account_infos(ctx: AppContext, dids: list[str]) -> list[dict]:
+    found = [a for a in (load(ctx, did) for did in dids) if a is not None]
+    invites = _invites_by_account(ctx) if found else {}
+    return [account_view(a, invites) for a in found]
+
+
+async def account_infos(ctx: AppContext, dids: list[str]) -> list[dict]:
+    """getAccountInfos: views of the accounts that exist, in the order asked."""
+    return await asyncio.to_thread(_account_infos, ctx, dids)
+
+
+def _search(ctx: AppContext, email: str, limit: int, cursor: str | None) -> Page[dict]:
+    def match(did: str) -> Account | None:
+        a = load(ctx, did)
+        return a if a and (not email or email in (a.email or "").lower()) else None
+
+    page = paginate(ctx.accounts.list_dids(), limit, cursor, load=match)
+    invites = _invites_by_account(ctx) if page.items else {}
+    return Page([account_view(a, invites) for a in page.items], page.cursor)
+
+
+async def search_accounts(ctx: AppContext, email: str, limit: int,
+                          cursor: str | None) -> Page[dict]:
+    """searchAccounts: accounts whose email contains `email` (any, when empty), by DID."""
+    return await asyncio.to_thread(_search, ctx, email.lower(), limit, cursor)
+
+
+def _subject_status(ctx: AppContext, did: str) -> dict:
+    acct = require(load(ctx, did), Use.MANAGE, did)
+    takedown: dict[str, Any] = {"applied": acct.takendown}
+    if acct.takedown_ref:
+        takedown["ref"] = acct.takedown_ref
+    return {"subject": {"$type": REPO_REF, "did": did}, "takedown": takedown}
+
+
+async def subject_status(ctx: AppContext, did: str) -> dict:
+    """getSubjectStatus of a repo subject: whether it is taken down."""
+    return await asyncio.to_thread(_subject_status, ctx, did)
+
+
+async def takedown(ctx: AppContext, did: str, applied: bool | None,
+                   ref: str | None = None) -> None:
+    """updateSubjectStatus of a repo subject: take it down or restore it (with no
+    `applied`, only check the account exists)."""
+    if applied is None:
+        await asyncio.to_thread(lambda: require(load(ctx, did), Use.MANAGE, did))
+        return
+    await asyncio.to_thread(ctx.lifecycle.takedown, did, applied, ref)
+
+
+async def delete_account(ctx: AppContext, did: str) -> None:
+    await ctx.lifecycle.delete(did)
+
+
+async def update_handle(ctx: AppContext, did: str, handle: str) -> None:
+    await ctx.lifecycle.update_handle(did, handle)
+
+
+def _set_email(ctx: AppContext, account: str, email: str) -> None:
+    acct = require(find(ctx, account), Use.MANAGE, account)
+    ctx.lifecycle.set_email(acct.did, email)
+
+
+async def update_email(ctx: AppContext, account: str, email: str) -> None:
+    """updateAccountEmail of the account a DID or handle names."""
+    await asyncio.to_thread(_set_email, ctx, account, email)
+
+
+async def update_password(ctx: AppContext, did: str, password: str) -> None:
+    await asyncio.to_thread(ctx.lifecycle.set_password, did, password)
+
+
+def _invite_codes(ctx: AppContext, limit: int, cursor: str | None) -> Page[dict]:
+    codes = sorted(ctx.accounts.list_invites(), key=lambda i: i["code"])
+    page = paginate(codes, limit, cursor, key=lambda i: i["code"])
+    return Page([acc.invite_view(i) for i in page.items], page.cursor)
+
+
+async def invite_codes(ctx: AppContext, limit: int, cursor: str | None) -> Page[dict]:
+    """getInviteCodes: every invite code, by code."""
+    return await asyncio.to_thread(_invite_codes, ctx, limit, cursor)
+
+
+async def disable_invite_codes(ctx: AppContext, codes: list[str], accounts: list[str]) -> None:
+    await asyncio.to_thread(acc.disable_invites, ctx, codes, accounts)
+
+
+async def set_account_invites(ctx: AppContext, did: str, enabled: bool) -> None:
+    """enableAccountInvites/disableAccountInvites."""
+    await asyncio.to_thread(acc.set_invites_disabled, ctx, did, not enabled)
+
+
+def subject_did(subject: Any) -> str:
+    """The DID of an updateSubjectStatus subject (only repo subjects are supported)."""
+    if not isinstance(subject, dict):
+        raise InvalidInput("Invalid subject")
+    if subject.get("$type") != REPO_REF:
+        raise InvalidInput("Only repo subjects (com.atproto.admin.defs#repoRef) are supported")
+    return subject.get("did")

@@ -1,0 +1,258 @@
+"""Blobs of hosted accounts: uploads, the references records make to them, listing, and
+serving them (getBlob), with nginx (`X-Accel-Redirect`) or without it (the file streamed,
+Range honoured).
+
+A blob is served only while a record refers to it, and only while its account may be
+served (`account.Use.SYNC`). The public functions are coroutines doing their file work
+in worker threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+from collections.abc import AsyncIterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cbrrr import CID
+
+from ..errors import InvalidInput, PayloadTooLarge
+from ..repo.codec import InvalidData, cid_str, decode, find_blob_refs
+from ..store.blobs import BlobStore, BlobTooLarge, Upload
+from ..store.repo import CommitHooks, CommitResult, Op, RepoError, Write
+from .account import Use, load, require
+from .auth import AuthInfo
+from .context import AppContext
+from .pagination import Page, paginate
+from .sync import hosted
+
+# The headers every blob answer carries, wherever it is sent from (nginx's internal
+# location adds the same).
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; sandbox",
+    "X-Content-Type-Options": "nosniff",
+}
+CHUNK = 256 * 1024
+UPLOAD_BUFFER = 1024 * 1024  # bytes of an upload gathered before one write to disk
+
+
+def blob_store(ctx: AppContext, did: str) -> BlobStore:
+    return BlobStore(ctx.data.blobs(did), ctx.data.tmp)
+
+
+# --- references from records ------------------------------------------------------------
+
+
+class BlobMissing(RepoError):
+    """A record refers to a blob that was never uploaded."""
+
+
+class BlobHooks(CommitHooks):
+    """Keep blob references in step with the records that make them."""
+
+    def __init__(self, store: BlobStore, read_block: Any, on_commit: Any = None) -> None:
+        self.store = store
+        self.read_block = read_block
+        self.on_commit = on_commit
+        self.added: dict[str, set[CID]] = {}
+
+    def prepare(self, ops: list[Op], writes: list[Write]) -> None:
+        by_path = {w.path: w for w in writes}
+        for op in ops:
+            w = by_path[op.path]
+            if w.record is None:
+                continue
+            try:
+                refs = {b.cid for b in find_blob_refs(w.record)}
+            except InvalidData as e:
+                raise RepoError(f"invalid blob ref in {op.path}: {e}") from None
+            for cid in refs:
+                if not self.store.has(cid):
+                    raise BlobMissing(f"Could not find blob: {cid.encode()}")
+            self.added[op.path] = refs
+        # Only now, when every write is known good, record the new references.
+        for path, refs in self.added.items():
+            for cid in refs:
+                self.store.add_ref(cid, path)
+
+    def finish(self, result: CommitResult) -> None:
+        for op in result.ops:
+            if op.prev is None:
+                continue
+            try:
+                old = decode(self.read_block(op.prev))
+                old_refs = {b.cid for b in find_blob_refs(old)}
+            except (KeyError, InvalidData):
+                continue
+            for cid in old_refs - self.added.get(op.path, set()):
+                self.store.remove_ref(cid, op.path)
+        # Still under the repo lock: events of one repo go out in commit order.
+        if self.on_commit is not None:
+            self.on_commit(result)
+
+
+def record_blob_refs(ctx: AppContext, did: str) -> Iterator[tuple[str, str, bool]]:
+    """(record path, blob CID, stored here?) for every blob ref of every record, in record
+    order (blocking: a walk of the whole repo)."""
+    repo = ctx.repo(did)
+    store = blob_store(ctx, did)
+    for path, cid in repo.tree().items():
+        for ref in find_blob_refs(decode(repo.blocks.get(cid))):
+            c = cid_str(ref.cid)
+            yield path, c, store.has(c)
+
+
+# --- uploads --------------------------------------------------------------------------------
+
+
+async def _receive(upload: Upload, chunks: AsyncIterable[bytes], limit: int) -> None:
+    """Write an upload's bytes as they arrive, a buffer-full at a time from a thread."""
+    buffer = bytearray()
+    async for chunk in chunks:
+        buffer += chunk
+        if len(buffer) >= UPLOAD_BUFFER:
+            await asyncio.to_thread(upload.write, bytes(buffer), limit)
+            buffer.clear()
+    if buffer:
+        await asyncio.to_thread(upload.write, bytes(buffer), limit)
+
+
+async def receive_blob(ctx: AppContext, did: str, chunks: AsyncIterable[bytes], mime: str,
+                       limit: int, length: int | None = None) -> tuple[CID, dict]:
+    """uploadBlob: store a blob of account `did` as its bytes arrive, refusing it past
+    `limit` bytes (at once when its declared `length` is over); returns (cid, metadata).
+    It stays a temporary upload until a record refers to it."""
+    def start() -> Upload:
+        require(load(ctx, did), Use.MANAGE, did)
+        if length is not None and length > limit:
+            raise PayloadTooLarge("request entity too large")
+        return blob_store(ctx, did).start_upload()
+
+    upload = await asyncio.to_thread(start)
+    try:
+        await _receive(upload, chunks, limit)
+        if upload.size == 0:
+            raise InvalidInput("Blob is empty")
+        return await asyncio.to_thread(upload.finish, mime)
+    except BlobTooLarge:
+        raise PayloadTooLarge("request entity too large") from None
+    except BaseException:
+        await asyncio.shield(asyncio.to_thread(upload.abort))
+        raise
+
+
+# --- listing --------------------------------------------------------------------------------
+
+
+async def list_blobs(ctx: AppContext, did: str, auth: AuthInfo | None, limit: int,
+                     cursor: str | None) -> Page[str]:
+    """listBlobs: the CIDs of the blobs the repo's records refer to."""
+    def run() -> Page[str]:
+        hosted(ctx, did, auth)
+        # Referenced blobs only: temporary uploads are not part of the repo.
+        cids = sorted(c for c, m in blob_store(ctx, did).iter_meta() if m["refs"])
+        return paginate(cids, limit, cursor)
+    return await asyncio.to_thread(run)
+
+
+async def list_missing_blobs(ctx: AppContext, did: str, limit: int,
+                             cursor: str | None) -> Page[tuple[str, str]]:
+    """listMissingBlobs: (cid, record URI) of blobs records refer to but that were never
+    uploaded (after an import), by CID."""
+    def run() -> Page[tuple[str, str]]:
+        missing: dict[str, str] = {}
+        for path, c, present in record_blob_refs(ctx, did):
+            if not present:
+                missing.setdefault(c, f"at://{did}/{path}")
+        return paginate(sorted(missing.items()), limit, cursor, key=lambda row: row[0])
+    return await asyncio.to_thread(run)
+
+
+# --- serving (getBlob) ----------------------------------------------------------------------
+
+
+@dataclass
+class BlobAnswer:
+    """What to send for a getBlob: status, the blob's type, headers and a body (bytes, or
+    a blocking chunk iterator reading the file: drive it from a thread)."""
+
+    mime: str
+    headers: dict[str, str] = field(default_factory=dict)
+    body: bytes | Iterator[bytes] = b""
+    status: int = 200
+
+
+_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+
+
+def _byte_range(header: str | None, size: int) -> tuple[int, int] | None | bool:
+    """(first, last) byte of a satisfiable single Range; None for no (usable) Range; False
+    when the Range can't be satisfied."""
+    m = _RANGE.match(header.strip()) if header else None
+    if not m or not (m.group(1) or m.group(2)):
+        return None
+    if m.group(1):
+        start = int(m.group(1))
+        end = min(int(m.group(2)), size - 1) if m.group(2) else size - 1
+    else:
+        start, end = max(0, size - int(m.group(2))), size - 1
+    if start > end or start >= size:
+        return False
+    return start, end
+
+
+def _read_range(path: Path, start: int, length: int) -> Iterator[bytes]:
+    with open(path, "rb") as f:
+        f.seek(start)
+        while length > 0:
+            chunk = f.read(min(length, CHUNK))
+            if not chunk:
+                return
+            length -= len(chunk)
+            yield chunk
+
+
+def _stream(path: Path, size: int, mime: str, headers: dict[str, str],
+            range_header: str | None) -> BlobAnswer:
+    """The file itself, or the part of it a Range asks for."""
+    rng = _byte_range(range_header, size)
+    if rng is False:
+        return BlobAnswer(mime, {**headers, "Content-Range": f"bytes */{size}"}, b"", 416)
+    start, end, status = 0, size - 1, 200
+    if rng:
+        (start, end), status = rng, 206
+        headers = {**headers, "Content-Range": f"bytes {start}-{end}/{size}"}
+    headers = {**headers, "Accept-Ranges": "bytes", "Content-Length": str(end - start + 1)}
+    return BlobAnswer(mime, headers, _read_range(path, start, end - start + 1), status)
+
+
+def _serve(ctx: AppContext, did: str, cid: CID, auth: AuthInfo | None,
+           range_header: str | None) -> BlobAnswer:
+    hosted(ctx, did, auth)
+    store = blob_store(ctx, did)
+    meta = store.meta(cid)
+    path = store.path(cid)
+    if meta is None or not meta["refs"] or not path.exists():
+        raise InvalidInput("Blob not found", "BlobNotFound")
+    mime = meta["mimeType"]
+    if ctx.settings.behind_nginx:
+        # nginx sends the file (sendfile, Range) from its internal location, adding the
+        # security headers there; it keeps this answer's Content-Type, so send only what
+        # it cannot know.
+        rel = os.path.relpath(path, ctx.data.accounts)
+        return BlobAnswer(mime, {"X-Accel-Redirect": "/_blobs/" + rel})
+    headers = {
+        **SECURITY_HEADERS,
+        "Content-Disposition": f'attachment; filename="{cid.encode()}"',
+        "Cache-Control": "private, max-age=31536000, immutable",
+    }
+    return _stream(path, meta["size"], mime, headers, range_header)
+
+
+async def serve_blob(ctx: AppContext, did: str, cid: CID, auth: AuthInfo | None,
+                     range_header: str | None = None) -> BlobAnswer:
+    """getBlob: what to answer for blob `cid` of `did` (Range: the request's header)."""
+    return await asyncio.to_thread(_serve, ctx, did, cid, auth, range_header)

@@ -1,0 +1,60 @@
+"""app.bsky.actor preferences, kept by the PDS per account (`preferences.json`).
+
+An app password neither sees nor changes the private ones (as the reference: personal
+details); what it can't see is kept when it writes the rest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from ..errors import InvalidInput
+from ..repo.codec import InvalidData, json_to_value
+from .auth import AuthInfo
+from .context import AppContext
+
+PREFERENCES = "preferences.json"
+# Preferences an app password may not read or change (reference: personal details).
+PRIVATE_PREFS = {"app.bsky.actor.defs#personalDetailsPref"}
+
+
+def check_preferences(prefs: list[Any]) -> list[dict]:
+    """Each preference: an object with an `app.bsky.*` `$type`, valid as data."""
+    for p in prefs:
+        if not isinstance(p, dict) or not isinstance(p.get("$type"), str):
+            raise InvalidInput("Preference is missing a $type")
+        if not p["$type"].startswith("app.bsky."):
+            raise InvalidInput("Some preferences are not in the app.bsky namespace")
+        try:
+            json_to_value(p)
+        except InvalidData as e:
+            raise InvalidInput(f"Invalid preference: {e}") from None
+    return prefs
+
+
+def _get(ctx: AppContext, auth: AuthInfo) -> list[dict]:
+    prefs = ctx.accounts.read_doc(auth.did, PREFERENCES, [])
+    if auth.is_app_password:
+        prefs = [p for p in prefs if p.get("$type") not in PRIVATE_PREFS]
+    return prefs
+
+
+async def get_preferences(ctx: AppContext, auth: AuthInfo) -> list[dict]:
+    """The caller's preferences (less the private ones for an app password)."""
+    return await asyncio.to_thread(_get, ctx, auth)
+
+
+def _put(ctx: AppContext, auth: AuthInfo, prefs: list[dict]) -> None:
+    old = ctx.accounts.read_doc(auth.did, PREFERENCES, [])
+    if auth.is_app_password:
+        if any(p["$type"] in PRIVATE_PREFS for p in prefs):
+            raise InvalidInput("Do not have authorization to set preferences.")
+        # Keep what an app password cannot see.
+        prefs = [p for p in old if p.get("$type") in PRIVATE_PREFS] + prefs
+    ctx.accounts.write_doc(auth.did, PREFERENCES, prefs)
+
+
+async def put_preferences(ctx: AppContext, auth: AuthInfo, prefs: list[dict]) -> None:
+    """Replace the caller's preferences (checked with `check_preferences`)."""
+    await asyncio.to_thread(_put, ctx, auth, prefs)

@@ -1,0 +1,178 @@
+"""Sessions: login, the session view, refresh, logout, app passwords and service-auth
+tokens minted for the account.
+
+These functions are blocking (files, argon2id): call them from a worker thread, as the
+handlers do with `asyncio.to_thread`.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from typing import Any
+
+from ..errors import AuthFailed, InvalidInput
+from ..repo.syntax import is_valid_did
+from ..store.accounts import now_iso
+from . import auth as A
+from .account import Account, Use, load, require
+from .accounts import did_doc
+from .context import AppContext
+
+MAX_APP_PASSWORDS = 50
+APP_PASSWORDS = "app_passwords.json"
+
+_DUMMY_HASH = A.hash_password(secrets.token_hex(8))
+
+
+def find_account(ctx: AppContext, identifier: str) -> Account | None:
+    """An account by handle, email or DID."""
+    identifier = identifier.strip()
+    if identifier.startswith("did:"):
+        did = identifier
+    elif "@" in identifier:
+        did = ctx.accounts.did_for_email(identifier)
+    else:
+        did = ctx.accounts.did_for_handle(identifier.lower())
+    if did is None or not is_valid_did(did):
+        return None
+    acct = load(ctx, did)
+    return None if acct is None or acct.deleted else acct
+
+
+def login(ctx: AppContext, identifier: Any, password: Any, ip: str,
+          allow_takendown: bool = False) -> dict:
+    """com.atproto.server.createSession: password or app password."""
+    if not isinstance(identifier, str) or not identifier or not isinstance(password, str):
+        raise InvalidInput("Invalid identifier or password")
+    ctx.auth.limiter.hit("login-ip:" + ip, 100, 300)
+    ctx.auth.limiter.hit("login-id:" + identifier.lower(), 30, 300)
+    ctx.auth.limiter.hit("login-id-day:" + identifier.lower(), 300, 86400)
+    acct = find_account(ctx, identifier)
+    if acct is None:
+        # Spend the same effort as a real check, so timing doesn't reveal accounts.
+        A.verify_password(password, _DUMMY_HASH)
+        raise AuthFailed("Invalid identifier or password")
+    scope, app_password = A.SCOPE_ACCESS, None
+    if not (acct.password_hash and A.verify_password(password, acct.password_hash)):
+        app_password = _match_app_password(ctx, acct.did, password)
+        if app_password is None:
+            raise AuthFailed("Invalid identifier or password")
+        scope = A.SCOPE_APP_PASS_PRIVILEGED if app_password[1] else A.SCOPE_APP_PASS
+        app_password = app_password[0]
+    require(acct, Use.LOGIN, acct.did, privileged=allow_takendown)
+    if acct.takendown:
+        scope = A.SCOPE_TAKENDOWN
+    tokens = ctx.auth.issue_session(acct.did, scope, app_password)
+    return {**tokens, **session_view(ctx, acct, scope)}
+
+
+def _match_app_password(ctx: AppContext, did: str, password: str) -> tuple[str, bool] | None:
+    # App passwords have a fixed shape; skip hashing for anything else.
+    if not re.fullmatch(r"[a-z2-7]{4}(-[a-z2-7]{4}){3}", password):
+        return None
+    for name, entry in ctx.accounts.read_doc(did, APP_PASSWORDS, {}).items():
+        if A.verify_password(password, entry["hash"]):
+            return name, bool(entry.get("privileged"))
+    return None
+
+
+def session_view(ctx: AppContext, acct: Account, scope: str | None) -> dict:
+    """The account fields of createSession/getSession."""
+    out: dict[str, Any] = {"handle": acct.handle, "did": acct.did}
+    if acct.email and scope in (A.SCOPE_ACCESS, A.SCOPE_APP_PASS_PRIVILEGED,
+                                A.SCOPE_APP_PASS, A.SCOPE_TAKENDOWN):
+        out["email"] = acct.email
+        out["emailConfirmed"] = bool(acct.email_confirmed_at)
+        out["emailAuthFactor"] = False
+    try:
+        out["didDoc"] = did_doc(ctx, acct.did, acct.handle)
+    except Exception:  # noqa: BLE001 - a doc we can't render is left out, not fatal
+        pass
+    return {**out, **acct.status_fields()}
+
+
+def get_session(ctx: AppContext, info: A.AuthInfo) -> dict:
+    """com.atproto.server.getSession."""
+    acct = require(load(ctx, info.did), Use.MANAGE, info.did)
+    return session_view(ctx, acct, info.scope)
+
+
+def refresh(ctx: AppContext, info: A.AuthInfo) -> dict:
+    """com.atproto.server.refreshSession: a new token pair for a live refresh token."""
+    acct = require(load(ctx, info.did), Use.REFRESH, info.did)
+    tokens = ctx.auth.rotate(info)
+    return {**tokens, **session_view(ctx, acct, A.SCOPE_ACCESS)}
+
+
+def logout(ctx: AppContext, info: A.AuthInfo) -> None:
+    ctx.accounts.delete_session(info.did, info.jti)
+
+
+def revoke_all_sessions(ctx: AppContext, did: str, app_password: str | None = None) -> None:
+    """Drop refresh sessions (all of them, or those of one app password)."""
+    for jti, s in ctx.accounts.sessions(did).items():
+        if app_password is None or s.get("appPassword") == app_password:
+            ctx.accounts.delete_session(did, jti)
+
+
+# --- app passwords ----------------------------------------------------------------------
+
+
+def create_app_password(ctx: AppContext, did: str, name: Any, privileged: bool) -> dict:
+    if not isinstance(name, str) or not name.strip() or len(name) > 100:
+        raise InvalidInput("Invalid app password name")
+    name = name.strip()
+    current = ctx.accounts.read_doc(did, APP_PASSWORDS, {})
+    if name in current:
+        raise InvalidInput("App password with this name already exists",
+                           "DuplicateAppPassword")
+    if len(current) >= MAX_APP_PASSWORDS:
+        raise InvalidInput("Too many app passwords")
+    password = A.new_app_password()
+    created = now_iso()
+    current[name] = {"hash": A.hash_password(password), "privileged": privileged,
+                     "createdAt": created}
+    ctx.accounts.write_doc(did, APP_PASSWORDS, current)
+    return {"name": name, "password": password, "createdAt": created, "privileged": privileged}
+
+
+def list_app_passwords(ctx: AppContext, did: str) -> dict:
+    current = ctx.accounts.read_doc(did, APP_PASSWORDS, {})
+    return {"passwords": [{"name": n, "createdAt": e["createdAt"],
+                           "privileged": bool(e.get("privileged"))}
+                          for n, e in sorted(current.items(), key=lambda x: x[1]["createdAt"],
+                                             reverse=True)]}
+
+
+def revoke_app_password(ctx: AppContext, did: str, name: Any) -> None:
+    if not isinstance(name, str):
+        raise InvalidInput("Invalid app password name")
+    current = ctx.accounts.read_doc(did, APP_PASSWORDS, {})
+    if current.pop(name, None) is not None:
+        ctx.accounts.write_doc(did, APP_PASSWORDS, current)
+    revoke_all_sessions(ctx, did, app_password=name)
+
+
+# --- tokens for other services --------------------------------------------------------------
+
+
+def service_auth_token(ctx: AppContext, did: str, aud: str, lxm: str | None, exp: int) -> str:
+    """getServiceAuth: a JWT for service `aud` (method `lxm`, expiring at `exp`), signed
+    with the account's repo signing key."""
+    return A.sign_service_jwt(ctx.local_signing_key(did), did, aud, lxm, exp)
+
+
+def recommended_did_credentials(ctx: AppContext, did: str) -> dict:
+    """getRecommendedDidCredentials: what the account's DID document should hold to be
+    hosted here."""
+    acct = require(load(ctx, did), Use.MANAGE, did)
+    key = ctx.local_signing_key(did)
+    rotation = ctx.identity.plc_rotation_key().public_key().did_key()
+    return {
+        "rotationKeys": [rotation],
+        "alsoKnownAs": [f"at://{acct.handle}"],
+        "verificationMethods": {"atproto": key.public_key().did_key()},
+        "services": {"atproto_pds": {"type": "AtprotoPersonalDataServer",
+                                     "endpoint": ctx.settings.public_url}},
+    }

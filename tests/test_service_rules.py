@@ -1,0 +1,124 @@
+"""The account status rules (`pds.services.account`) and the one pagination helper
+(`pds.services.pagination`), as units."""
+
+from __future__ import annotations
+
+import pytest
+
+from pds.errors import AuthFailed, InvalidInput
+from pds.services.account import Account, Use, refusal, require
+from pds.services.pagination import paginate
+
+DID = "did:plc:abc"
+
+
+def _acct(status: str | None) -> Account:
+    return Account.from_record({"did": DID, "handle": "a.test", "status": status})
+
+
+# (use, status) -> (error class, error name) of the refusal; None: allowed. Privilege off.
+RULES = {
+    (Use.SYNC, "deactivated"): (InvalidInput, "RepoDeactivated"),
+    (Use.SYNC, "takendown"): (InvalidInput, "RepoTakendown"),
+    (Use.SYNC, "suspended"): (InvalidInput, "RepoSuspended"),
+    (Use.READ, "deactivated"): (InvalidInput, "RepoDeactivated"),
+    (Use.READ, "takendown"): (InvalidInput, "RepoTakendown"),
+    (Use.READ, "suspended"): None,
+    (Use.WRITE, "deactivated"): (InvalidInput, "AccountDeactivated"),
+    (Use.WRITE, "takendown"): (InvalidInput, "AccountTakedown"),
+    (Use.WRITE, "suspended"): (InvalidInput, "AccountTakedown"),
+    (Use.LOGIN, "takendown"): (AuthFailed, "AccountTakedown"),
+    (Use.LOGIN, "deactivated"): None,
+    (Use.TOKEN, "takendown"): (AuthFailed, "AccountTakedown"),
+    (Use.TOKEN, "deactivated"): None,
+    (Use.CHANGE_STATUS, "takendown"): (InvalidInput, "AccountTakedown"),
+    (Use.CHANGE_STATUS, "deactivated"): None,
+    (Use.REPO_STATUS, "takendown"): None,
+    (Use.REFRESH, "takendown"): None,
+    (Use.MANAGE, "takendown"): None,
+    (Use.REPO, "takendown"): None,
+}
+
+
+@pytest.mark.parametrize(("use", "status"), sorted(RULES, key=str))
+def test_what_each_status_allows(use: Use, status: str) -> None:
+    expected = RULES[(use, status)]
+    problem = refusal(_acct(status), use)
+    if expected is None:
+        assert problem is None
+    else:
+        assert type(problem) is expected[0] and problem.error == expected[1]
+
+
+@pytest.mark.parametrize("use", list(Use))
+def test_an_active_account_may_do_anything(use: Use) -> None:
+    acct = _acct(None)
+    assert acct.active and acct.status_fields() == {"active": True}
+    assert require(acct, use, DID) is acct
+
+
+def test_privilege_lifts_what_it_may() -> None:
+    down = _acct("takendown")
+    for use in (Use.SYNC, Use.LOGIN, Use.TOKEN):
+        assert refusal(down, use, privileged=True) is None
+    # ...but never a write, a record read or a reactivation.
+    for use in (Use.WRITE, Use.READ, Use.CHANGE_STATUS):
+        assert refusal(down, use, privileged=True) is not None
+    assert down.status_fields() == {"active": False, "status": "takendown"}
+
+
+def test_missing_and_deleted_accounts_are_not_found() -> None:
+    with pytest.raises(InvalidInput) as e:
+        require(None, Use.SYNC, DID)
+    assert e.value.error == "RepoNotFound" and DID in e.value.message
+    with pytest.raises(InvalidInput) as e:
+        require(None, Use.READ, "nobody.test")
+    assert e.value.message == "Could not find repo: nobody.test"
+    with pytest.raises(AuthFailed) as e:
+        require(_acct("deleted"), Use.TOKEN, DID)
+    assert e.value.error == "AccountNotFound"
+    with pytest.raises(InvalidInput) as e:
+        require(None, Use.MANAGE, DID)
+    assert e.value.error == "AccountNotFound"
+
+
+# --- pagination ------------------------------------------------------------------------------
+
+
+def test_pages_follow_the_cursor() -> None:
+    keys = [f"k{i:02}" for i in range(7)]
+    first = paginate(keys, 3)
+    assert first.items == ["k00", "k01", "k02"] and first.cursor == "k02"
+    second = paginate(keys, 3, first.cursor)
+    assert second.items == ["k03", "k04", "k05"] and second.cursor == "k05"
+    last = paginate(keys, 3, second.cursor)
+    assert last.items == ["k06"] and last.cursor is None
+    # A cursor between keys, or past the end.
+    assert paginate(keys, 2, "k03x").items == ["k04", "k05"]
+    assert paginate(keys, 2, "z").items == [] and paginate(keys, 2, "z").cursor is None
+
+
+def test_a_full_last_page_still_has_a_cursor() -> None:
+    page = paginate(["a", "b"], 2)
+    assert page.cursor == "b" and paginate(["a", "b"], 2, page.cursor).items == []
+
+
+def test_load_filters_and_the_iterator_is_read_lazily() -> None:
+    seen = []
+
+    def source():
+        for i in range(100):
+            seen.append(i)
+            yield f"{i:03}"
+
+    page = paginate(source(), 2, "010", load=lambda k: None if int(k) % 2 else {"k": k})
+    assert page.items == [{"k": "012"}, {"k": "014"}] and page.cursor == "014"
+    assert max(seen) == 14  # nothing past the page was read
+
+
+def test_keys_descending_and_answers() -> None:
+    rows = [("c", 3), ("b", 2), ("a", 1)]
+    page = paginate(rows, 1, "c", key=lambda r: r[0], descending=True)
+    assert page.items == [("b", 2)] and page.cursor == "b"
+    assert page.answer("rows", lambda r: r[1]) == {"rows": [2], "cursor": "b"}
+    assert paginate([], 5).answer("rows") == {"rows": []}
