@@ -14,6 +14,7 @@ edits, proofs, diff) is in `mst.py`.
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections.abc import Callable
 from functools import lru_cache
 from typing import Any, Union
@@ -188,6 +189,8 @@ class NodeLoader:
         self.get_block = get_block
         self.cache: dict[CID, Node] = {}
         self.cache_size = cache_size
+        # A loader may be shared by reads in several threads: evicting is two steps.
+        self._evict_lock = threading.Lock()
         # Blocks from our own store skip the checks that untrusted input (an import, a
         # peer's CAR, `pds verify`) gets.
         self._parse = Node.from_stored if trusted else Node.from_bytes
@@ -205,9 +208,10 @@ class NodeLoader:
             except KeyError as e:
                 raise MissingBlock(ref) from e
             node = self._parse(data, ref)
-            if len(self.cache) >= self.cache_size:
-                # Drop the oldest entry; dicts keep insertion order.
-                self.cache.pop(next(iter(self.cache)))
-            self.cache[ref] = node
+            with self._evict_lock:
+                if len(self.cache) >= self.cache_size:
+                    # Drop the oldest entry; dicts keep insertion order.
+                    self.cache.pop(next(iter(self.cache)), None)
+                self.cache[ref] = node
         return node
 

@@ -17,6 +17,7 @@ written, so readers that start from HEAD never see one in part; a reader of arbi
 from __future__ import annotations
 
 import os
+import threading
 from collections import OrderedDict
 from collections.abc import Iterable
 from pathlib import Path
@@ -28,33 +29,41 @@ from .files import read_whole, write_all, write_file
 
 
 class _BlockCache:
-    """A bounded LRU of small block bytes, shared by every repo in the process."""
+    """A bounded LRU of small block bytes, shared by every repo in the process. Reads
+    run in worker threads, so every operation holds a lock: an LRU update is several
+    dict operations, and a racing eviction would otherwise raise KeyError."""
 
     def __init__(self, max_bytes: int, max_block: int = 16384) -> None:
         self.max_bytes = max_bytes
         self.max_block = max_block
         self.size = 0
         self.items: OrderedDict[bytes, bytes] = OrderedDict()
+        self.lock = threading.Lock()
 
     def get(self, key: bytes) -> bytes | None:
-        data = self.items.get(key)
-        if data is not None:
-            self.items.move_to_end(key)
-        return data
+        with self.lock:
+            data = self.items.get(key)
+            if data is not None:
+                self.items.move_to_end(key)
+            return data
 
     def drop(self, key: bytes) -> None:
-        data = self.items.pop(key, None)
-        if data is not None:
-            self.size -= len(data)
+        with self.lock:
+            data = self.items.pop(key, None)
+            if data is not None:
+                self.size -= len(data)
 
     def put(self, key: bytes, data: bytes) -> None:
-        if len(data) > self.max_block or key in self.items:
+        if len(data) > self.max_block:
             return
-        self.items[key] = data
-        self.size += len(data)
-        while self.size > self.max_bytes:
-            _k, old = self.items.popitem(last=False)
-            self.size -= len(old)
+        with self.lock:
+            if key in self.items:
+                return
+            self.items[key] = data
+            self.size += len(data)
+            while self.size > self.max_bytes and self.items:
+                _k, old = self.items.popitem(last=False)
+                self.size -= len(old)
 
 
 _CACHE = _BlockCache(16 * 1024 * 1024)
