@@ -7,7 +7,7 @@ from ..repo.syntax import is_valid_did
 from ..services import admin as svc
 from ..services.accounts import normalize_handle_input
 from ..services.auth import AuthKind
-from .app import Call
+from .app import Answer, Call
 from .registry import procedure, query
 
 
@@ -18,19 +18,19 @@ def _did(value: object) -> str:
 
 
 @query("com.atproto.admin.getAccountInfo", auth=AuthKind.ADMIN)
-async def get_account_info(call: Call):
+async def get_account_info(call: Call) -> Answer:
     did = _did(call.param("did", required=True))
     return await svc.account_info(call.ctx, did)
 
 
 @query("com.atproto.admin.getAccountInfos", auth=AuthKind.ADMIN)
-async def get_account_infos(call: Call):
+async def get_account_infos(call: Call) -> Answer:
     dids = [_did(did) for did in call.param_list("dids")]
     return {"infos": await svc.account_infos(call.ctx, dids)}
 
 
 @query("com.atproto.admin.searchAccounts", auth=AuthKind.ADMIN)
-async def search_accounts(call: Call):
+async def search_accounts(call: Call) -> Answer:
     email = call.param("email") or ""
     limit = call.param_int("limit", 50, 1, 100)
     page = await svc.search_accounts(call.ctx, email, limit, call.param("cursor"))
@@ -38,13 +38,13 @@ async def search_accounts(call: Call):
 
 
 @query("com.atproto.admin.getSubjectStatus", auth=AuthKind.ADMIN)
-async def get_subject_status(call: Call):
+async def get_subject_status(call: Call) -> Answer:
     did = _did(call.param("did", required=True))
     return await svc.subject_status(call.ctx, did)
 
 
 @procedure("com.atproto.admin.updateSubjectStatus", auth=AuthKind.ADMIN)
-async def update_subject_status(call: Call):
+async def update_subject_status(call: Call) -> Answer:
     subject = call.field("subject", kind=dict)
     did = _did(svc.subject_did(subject))
     takedown = call.field("takedown", required=False, kind=dict)
@@ -58,50 +58,57 @@ async def update_subject_status(call: Call):
 
 
 @procedure("com.atproto.admin.deleteAccount", auth=AuthKind.ADMIN)
-async def delete_account(call: Call):
+async def delete_account(call: Call) -> Answer:
     await svc.delete_account(call.ctx, _did(call.field("did")))
+    return None
 
 
 @procedure("com.atproto.admin.updateAccountHandle", auth=AuthKind.ADMIN)
-async def update_account_handle(call: Call):
+async def update_account_handle(call: Call) -> Answer:
     did = _did(call.field("did"))
     handle = normalize_handle_input(call.ctx, call.field("handle"), external_ok=True)
     await svc.update_handle(call.ctx, did, handle)
+    return None
 
 
 @procedure("com.atproto.admin.updateAccountEmail", auth=AuthKind.ADMIN)
-async def update_account_email(call: Call):
+async def update_account_email(call: Call) -> Answer:
     await svc.update_email(call.ctx, call.field("account"), call.field("email"))
+    return None
 
 
 @procedure("com.atproto.admin.updateAccountPassword", auth=AuthKind.ADMIN)
-async def update_account_password(call: Call):
+async def update_account_password(call: Call) -> Answer:
     did = _did(call.field("did"))
     password = call.field("password")
     if not password or len(password) > 256:
         raise InvalidInput("Invalid password")
     await svc.update_password(call.ctx, did, password)
+    return None
 
 
 @query("com.atproto.admin.getInviteCodes", auth=AuthKind.ADMIN)
-async def get_invite_codes(call: Call):
+async def get_invite_codes(call: Call) -> Answer:
     limit = call.param_int("limit", 100, 1, 500)
     page = await svc.invite_codes(call.ctx, limit, call.param("cursor"))
     return page.answer("codes")
 
 
 @procedure("com.atproto.admin.disableInviteCodes", auth=AuthKind.ADMIN)
-async def disable_invite_codes(call: Call):
+async def disable_invite_codes(call: Call) -> Answer:
     codes = call.field("codes", required=False, kind=list) or []
     accounts = call.field("accounts", required=False, kind=list) or []
     await svc.disable_invite_codes(call.ctx, codes, accounts)
+    return None
 
 
 @procedure("com.atproto.admin.disableAccountInvites", auth=AuthKind.ADMIN)
-async def disable_account_invites(call: Call):
+async def disable_account_invites(call: Call) -> Answer:
     await svc.set_account_invites(call.ctx, _did(call.field("account")), enabled=False)
+    return None
 
 
 @procedure("com.atproto.admin.enableAccountInvites", auth=AuthKind.ADMIN)
-async def enable_account_invites(call: Call):
+async def enable_account_invites(call: Call) -> Answer:
     await svc.set_account_invites(call.ctx, _did(call.field("account")), enabled=True)
+    return None

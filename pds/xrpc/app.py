@@ -8,7 +8,7 @@ import logging
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 import falcon
 import falcon.asgi
@@ -19,6 +19,9 @@ from ..repo.syntax import is_valid_nsid
 from . import registry
 from .body import RequestBody
 from .errors import INTERNAL, MethodNotAllowed, UpgradeRequired, answer_for, render
+
+if TYPE_CHECKING:
+    from ..services.context import AppContext
 
 log = logging.getLogger("pds.xrpc")
 
@@ -41,6 +44,10 @@ class Raw:
         self.status = status
 
 
+# What a handler returns: a JSON value, a non-JSON answer, or nothing (an empty 200).
+Answer = dict[str, Any] | Raw | None
+
+
 def dumps(value: Any) -> bytes:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
 
@@ -50,8 +57,8 @@ class Call:
 
     __slots__ = ("ctx", "req", "resp", "nsid", "auth", "body", "_params")
 
-    def __init__(self, ctx: Any, req: falcon.asgi.Request, resp: falcon.asgi.Response,
-                 nsid: str) -> None:
+    def __init__(self, ctx: AppContext, req: falcon.asgi.Request,
+                 resp: falcon.asgi.Response, nsid: str) -> None:
         self.ctx = ctx
         self.req = req
         self.resp = resp
@@ -62,7 +69,16 @@ class Call:
 
     # --- query parameters -------------------------------------------------------------
 
+    @overload
+    def param(self, name: str, required: Literal[True]) -> str: ...
+
+    @overload
+    def param(self, name: str, required: bool = False,
+              default: str | None = None) -> str | None: ...
+
     def param(self, name: str, required: bool = False, default: str | None = None) -> str | None:
+        """A query parameter (the last one given), or `default`; `required` refuses a
+        missing or empty one."""
         v = self._params.get(name)
         if isinstance(v, list):
             v = v[-1]
@@ -212,11 +228,10 @@ def write_result(resp: falcon.asgi.Response, result: Any) -> None:
 
 async def _async_chunks(it: Iterator[bytes]) -> AsyncIterator[bytes]:
     """Drive a blocking chunk iterator from a thread, one chunk at a time."""
-    sentinel = object()
     try:
         while True:
-            chunk = await asyncio.to_thread(next, it, sentinel)
-            if chunk is sentinel:
+            chunk = await asyncio.to_thread(next, it, None)
+            if chunk is None:
                 return
             yield chunk
     finally:
@@ -252,8 +267,7 @@ async def _http_error(req: falcon.asgi.Request, resp: falcon.asgi.Response,
     status = ex.status_code
     resp.status = status
     resp.content_type = "application/json; charset=utf-8"
-    for k, v in (ex.headers or {}).items():
-        resp.set_header(k, v)
+    resp.set_headers(ex.headers or {})
     name = _HTTP_NAMES.get(status, "InternalServerError" if status >= 500 else "InvalidRequest")
     resp.data = dumps({"error": name, "message": ex.description or ex.title or name})
 
@@ -346,18 +360,17 @@ def create_app(ctx: Any, extra_routes: Callable[[falcon.asgi.App], None] | None 
     """The ASGI app for one worker process: falcon's, behind `body.RequestBody` (which
     asks the server for a request body only when a handler reads it, and discards what
     an early answer left unread; see there)."""
-    app = falcon.asgi.App(
-        middleware=[AccessLog(bool(getattr(getattr(ctx, "settings", None), "behind_nginx",
-                                               False))),
-                    falcon.CORSMiddleware(allow_origins="*", expose_headers=EXPOSE_HEADERS),
-                    Lifespan(ctx)],
-    )
+    middleware: list[Any] = [
+        AccessLog(bool(getattr(getattr(ctx, "settings", None), "behind_nginx", False))),
+        falcon.CORSMiddleware(allow_origins="*", expose_headers=EXPOSE_HEADERS),
+        Lifespan(ctx)]
+    app = falcon.asgi.App(middleware=middleware)
     app.req_options.auto_parse_qs_csv = False
     app.req_options.strip_url_path_trailing_slash = False
     app.resp_options.secure_cookies_by_default = False
     # A procedure without output answers 200 with an empty body and no Content-Type, as
     # the reference does: the official client parses any application/json body.
-    app.resp_options.default_media_type = None
+    app.resp_options.default_media_type = None  # type: ignore[assignment]
     app.add_route("/", Root())
     app.add_route("/robots.txt", Robots())
     app.add_route("/xrpc/_health", Health())

@@ -61,7 +61,7 @@ def answer_for(kind: type[PdsError]) -> Answer:
     """The table's row for an error class (its nearest listed ancestor); a bare PdsError,
     which names no kind, is an internal error."""
     for cls in kind.__mro__:
-        row = ERRORS.get(cls)  # type: ignore[arg-type]
+        row = ERRORS.get(cls)
         if row is not None:
             return row
     return INTERNAL

@@ -9,12 +9,12 @@ from ..repo.syntax import is_valid_handle
 from ..services import accounts as svc
 from ..services import sessions
 from ..services.auth import AuthKind
-from .app import Call
+from .app import Answer, Call
 from .registry import procedure, query
 
 
 @query("com.atproto.identity.resolveHandle")
-async def resolve_handle(call: Call):
+async def resolve_handle(call: Call) -> Answer:
     handle = call.param("handle", required=True)
     if not is_valid_handle(handle):
         raise InvalidInput("Invalid handle")
@@ -25,12 +25,13 @@ async def resolve_handle(call: Call):
 
 
 @procedure("com.atproto.identity.updateHandle", auth=AuthKind.ACCESS)
-async def update_handle(call: Call):
+async def update_handle(call: Call) -> Answer:
     handle = svc.normalize_handle_input(call.ctx, call.field("handle"), external_ok=True)
     await call.ctx.lifecycle.update_handle(call.auth.did, handle)
+    return None
 
 
 @query("com.atproto.identity.getRecommendedDidCredentials", auth=AuthKind.ACCESS)
-async def get_recommended_did_credentials(call: Call):
+async def get_recommended_did_credentials(call: Call) -> Answer:
     return await asyncio.to_thread(sessions.recommended_did_credentials, call.ctx,
                                    call.auth.did)

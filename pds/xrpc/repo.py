@@ -7,7 +7,7 @@ from ..services import blobs
 from ..services import records as svc
 from ..services.auth import AuthKind
 from ..services.records import ANY, Write
-from .app import Call
+from .app import Answer, Call
 from .registry import procedure, query
 
 
@@ -31,12 +31,13 @@ async def _write_one(call: Call, repo: str, write: Write) -> dict:
     status = _validation_status(call)
     result = await svc.commit(call.ctx, call.auth.did, repo, [write], swap_commit)
     op = result.ops[0]
+    assert op.cid is not None  # a create or update names its record
     return {"uri": f"at://{result.did}/{op.path}", "cid": op.cid.encode(),
             "commit": svc.commit_result_view(result), "validationStatus": status}
 
 
 @procedure("com.atproto.repo.createRecord", auth=AuthKind.ACCESS)
-async def create_record(call: Call):
+async def create_record(call: Call) -> Answer:
     repo = call.field("repo")
     collection = svc.check_collection(call.field("collection"))
     rkey = call.field("rkey", required=False)
@@ -46,7 +47,7 @@ async def create_record(call: Call):
 
 
 @procedure("com.atproto.repo.putRecord", auth=AuthKind.ACCESS)
-async def put_record(call: Call):
+async def put_record(call: Call) -> Answer:
     repo = call.field("repo")
     collection = svc.check_collection(call.field("collection"))
     rkey = svc.check_rkey(call.field("rkey"))
@@ -62,7 +63,7 @@ async def put_record(call: Call):
 
 
 @procedure("com.atproto.repo.deleteRecord", auth=AuthKind.ACCESS)
-async def delete_record(call: Call):
+async def delete_record(call: Call) -> Answer:
     repo = call.field("repo")
     collection = svc.check_collection(call.field("collection"))
     rkey = svc.check_rkey(call.field("rkey"))
@@ -100,7 +101,7 @@ def _parse_write(item: object) -> Write:
 
 
 @procedure("com.atproto.repo.applyWrites", auth=AuthKind.ACCESS)
-async def apply_writes(call: Call):
+async def apply_writes(call: Call) -> Answer:
     repo = call.field("repo")
     items = call.field("writes", kind=list)
     if len(items) > svc.MAX_OPS:
@@ -114,6 +115,7 @@ async def apply_writes(call: Call):
         if op.action == "delete":
             results.append({"$type": "com.atproto.repo.applyWrites#deleteResult"})
         else:
+            assert op.cid is not None  # a create or update names its record
             results.append({"$type": f"com.atproto.repo.applyWrites#{op.action}Result",
                             "uri": f"at://{result.did}/{op.path}", "cid": op.cid.encode(),
                             "validationStatus": status})
@@ -121,7 +123,7 @@ async def apply_writes(call: Call):
 
 
 @query("com.atproto.repo.getRecord")
-async def get_record(call: Call):
+async def get_record(call: Call) -> Answer:
     repo = call.param("repo", required=True)
     collection = svc.check_collection(call.param("collection", required=True))
     rkey = svc.check_rkey(call.param("rkey", required=True))
@@ -131,7 +133,7 @@ async def get_record(call: Call):
 
 
 @query("com.atproto.repo.listRecords")
-async def list_records(call: Call):
+async def list_records(call: Call) -> Answer:
     repo = call.param("repo", required=True)
     collection = svc.check_collection(call.param("collection", required=True))
     limit = call.param_int("limit", 50, 1, 100)
@@ -144,7 +146,7 @@ async def list_records(call: Call):
 
 
 @query("com.atproto.repo.describeRepo")
-async def describe_repo(call: Call):
+async def describe_repo(call: Call) -> Answer:
     return await svc.describe_repo(call.ctx, call.param("repo", required=True))
 
 
@@ -154,7 +156,7 @@ def _blob_type(content_type: str | None) -> str:
 
 
 @procedure("com.atproto.repo.uploadBlob", auth=AuthKind.ACCESS_OR_SERVICE, body="raw")
-async def upload_blob(call: Call):
+async def upload_blob(call: Call) -> Answer:
     cid, meta = await blobs.receive_blob(
         call.ctx, call.auth.did, call.req.stream, _blob_type(call.req.content_type),
         call.ctx.settings.blob_limit, call.req.content_length)
@@ -163,12 +165,12 @@ async def upload_blob(call: Call):
 
 
 @query("com.atproto.repo.listMissingBlobs", auth=AuthKind.ACCESS)
-async def list_missing_blobs(call: Call):
+async def list_missing_blobs(call: Call) -> Answer:
     limit = call.param_int("limit", 500, 1, 1000)
     page = await blobs.list_missing_blobs(call.ctx, call.auth.did, limit, call.param("cursor"))
     return page.answer("blobs", lambda row: {"cid": row[0], "recordUri": row[1]})
 
 
 @procedure("com.atproto.repo.importRepo", auth=AuthKind.ACCESS_OR_SERVICE, body="raw")
-async def import_repo(call: Call):
+async def import_repo(call: Call) -> Answer:
     raise NotSupported("importRepo is not supported yet")

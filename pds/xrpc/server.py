@@ -11,6 +11,7 @@ from ..services import accounts as svc
 from ..services import auth as A
 from ..services import sessions
 from ..services.auth import AuthKind
+from .app import Answer, Call
 from .registry import procedure, query
 
 # Never minted for other services: account management stays between the user and us.
@@ -27,7 +28,7 @@ PROTECTED_METHODS = {
 
 
 @query("com.atproto.server.describeServer")
-async def describe_server(call):
+async def describe_server(call: Call) -> Answer:
     s = call.ctx.settings
     return {"did": s.service_did, "availableUserDomains": s.handle_domains,
             "inviteCodeRequired": s.invite_required, "phoneVerificationRequired": False,
@@ -35,14 +36,14 @@ async def describe_server(call):
 
 
 @procedure("com.atproto.server.createAccount", auth=AuthKind.SERVICE_OPTIONAL)
-async def create_account(call):
+async def create_account(call: Call) -> Answer:
     if not isinstance(call.body, dict):
         raise InvalidInput("Request body must be a JSON object")
     return await svc.create_account(call.ctx, call.body, call.auth, ip=call.ip)
 
 
 @procedure("com.atproto.server.createSession")
-async def create_session(call):
+async def create_session(call: Call) -> Answer:
     identifier = call.field("identifier")
     password = call.field("password")
     allow_takendown = bool(call.field("allowTakendown", required=False, kind=bool))
@@ -51,22 +52,23 @@ async def create_session(call):
 
 
 @procedure("com.atproto.server.refreshSession", auth=AuthKind.REFRESH)
-async def refresh_session(call):
+async def refresh_session(call: Call) -> Answer:
     return await asyncio.to_thread(sessions.refresh, call.ctx, call.auth)
 
 
 @query("com.atproto.server.getSession", auth=AuthKind.ACCESS)
-async def get_session(call):
+async def get_session(call: Call) -> Answer:
     return await asyncio.to_thread(sessions.get_session, call.ctx, call.auth)
 
 
 @procedure("com.atproto.server.deleteSession", auth=AuthKind.REFRESH)
-async def delete_session(call):
+async def delete_session(call: Call) -> Answer:
     await asyncio.to_thread(sessions.logout, call.ctx, call.auth)
+    return None
 
 
 @procedure("com.atproto.server.createAppPassword", auth=AuthKind.ACCESS_FULL)
-async def create_app_password(call):
+async def create_app_password(call: Call) -> Answer:
     name = call.field("name")
     privileged = bool(call.field("privileged", required=False, kind=bool))
     return await asyncio.to_thread(sessions.create_app_password, call.ctx, call.auth.did,
@@ -74,18 +76,19 @@ async def create_app_password(call):
 
 
 @query("com.atproto.server.listAppPasswords", auth=AuthKind.ACCESS_FULL)
-async def list_app_passwords(call):
+async def list_app_passwords(call: Call) -> Answer:
     return await asyncio.to_thread(sessions.list_app_passwords, call.ctx, call.auth.did)
 
 
 @procedure("com.atproto.server.revokeAppPassword", auth=AuthKind.ACCESS_FULL)
-async def revoke_app_password(call):
+async def revoke_app_password(call: Call) -> Answer:
     await asyncio.to_thread(sessions.revoke_app_password, call.ctx, call.auth.did,
                             call.field("name"))
+    return None
 
 
 @procedure("com.atproto.server.createInviteCode", auth=AuthKind.ADMIN)
-async def create_invite_code(call):
+async def create_invite_code(call: Call) -> Answer:
     use_count = call.field("useCount", kind=int)
     if use_count < 1:
         raise InvalidInput("useCount must be at least 1")
@@ -98,7 +101,7 @@ async def create_invite_code(call):
 
 
 @procedure("com.atproto.server.createInviteCodes", auth=AuthKind.ADMIN)
-async def create_invite_codes(call):
+async def create_invite_codes(call: Call) -> Answer:
     use_count = call.field("useCount", kind=int)
     count = call.field("codeCount", required=False, kind=int) or 1
     if use_count < 1 or not 1 <= count <= 100:
@@ -112,42 +115,46 @@ async def create_invite_codes(call):
 
 
 @query("com.atproto.server.getAccountInviteCodes", auth=AuthKind.ACCESS_FULL)
-async def get_account_invite_codes(call):
+async def get_account_invite_codes(call: Call) -> Answer:
     codes = await asyncio.to_thread(svc.account_invite_codes, call.ctx, call.auth.did)
     return {"codes": codes}
 
 
 @procedure("com.atproto.server.activateAccount", auth=AuthKind.ACCESS_FULL)
-async def activate_account(call):
+async def activate_account(call: Call) -> Answer:
     await call.ctx.lifecycle.activate(call.auth.did)
+    return None
 
 
 @procedure("com.atproto.server.deactivateAccount", auth=AuthKind.ACCESS_FULL)
-async def deactivate_account(call):
+async def deactivate_account(call: Call) -> Answer:
     delete_after = call.field("deleteAfter", required=False)
     await call.ctx.lifecycle.deactivate(call.auth.did, delete_after)
+    return None
 
 
 @procedure("com.atproto.server.requestAccountDelete", auth=AuthKind.ACCESS_FULL)
-async def request_account_delete(call):
+async def request_account_delete(call: Call) -> Answer:
     await call.ctx.lifecycle.request_delete_token(call.auth.did)
+    return None
 
 
 @procedure("com.atproto.server.deleteAccount")
-async def delete_account(call):
+async def delete_account(call: Call) -> Answer:
     did = call.field("did")
     password = call.field("password")
     token = call.field("token")
     await call.ctx.lifecycle.delete_with_token(did, password, token, call.ip)
+    return None
 
 
 @query("com.atproto.server.checkAccountStatus", auth=AuthKind.ACCESS)
-async def check_account_status(call):
+async def check_account_status(call: Call) -> Answer:
     return await asyncio.to_thread(call.ctx.lifecycle.status_report, call.auth.did)
 
 
 @query("com.atproto.server.getServiceAuth", auth=AuthKind.ACCESS)
-async def get_service_auth(call):
+async def get_service_auth(call: Call) -> Answer:
     aud = call.param("aud", required=True)
     if not is_valid_did(aud.split("#")[0]):
         raise InvalidInput("aud must be a DID")
@@ -181,5 +188,5 @@ async def get_service_auth(call):
 
 
 @procedure("com.atproto.server.reserveSigningKey", auth=AuthKind.NONE)
-async def reserve_signing_key(call):
+async def reserve_signing_key(call: Call) -> Answer:
     raise NotSupported("reserveSigningKey is not supported")

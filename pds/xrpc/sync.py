@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import falcon
+import falcon.asgi
 
 from ..errors import InvalidInput
 from ..repo.codec import InvalidData, parse_cid
@@ -11,7 +12,8 @@ from ..services import blobs
 from ..services import records as rsvc
 from ..services import sync as svc
 from ..services.auth import AuthKind
-from .app import Call, Raw
+from ..services.context import AppContext
+from .app import Answer, Call, Raw
 from .registry import query, subscription
 
 CAR_TYPE = "application/vnd.ipld.car"
@@ -32,20 +34,20 @@ def _since_param(call: Call) -> str | None:
 
 
 @query("com.atproto.sync.getRepo", auth=AuthKind.OPTIONAL)
-async def get_repo(call: Call):
+async def get_repo(call: Call) -> Answer:
     did = _did_param(call)
     since = _since_param(call)
     return Raw(await svc.export_repo(call.ctx, did, call.auth, since), CAR_TYPE)
 
 
 @query("com.atproto.sync.getCheckout", auth=AuthKind.OPTIONAL)
-async def get_checkout(call: Call):
+async def get_checkout(call: Call) -> Answer:
     did = _did_param(call)
     return Raw(await svc.export_repo(call.ctx, did, call.auth), CAR_TYPE)
 
 
 @query("com.atproto.sync.getRecord", auth=AuthKind.OPTIONAL)
-async def get_record(call: Call):
+async def get_record(call: Call) -> Answer:
     did = _did_param(call)
     collection = rsvc.check_collection(call.param("collection", required=True))
     rkey = rsvc.check_rkey(call.param("rkey", required=True))
@@ -53,7 +55,7 @@ async def get_record(call: Call):
 
 
 @query("com.atproto.sync.getBlocks", auth=AuthKind.OPTIONAL)
-async def get_blocks(call: Call):
+async def get_blocks(call: Call) -> Answer:
     did = _did_param(call)
     cids = []
     for c in call.param_list("cids"):
@@ -65,7 +67,7 @@ async def get_blocks(call: Call):
 
 
 @query("com.atproto.sync.getLatestCommit", auth=AuthKind.OPTIONAL)
-async def get_latest_commit(call: Call):
+async def get_latest_commit(call: Call) -> Answer:
     did = _did_param(call)
     head = await svc.head(call.ctx, did, call.auth)
     if head is None:
@@ -74,7 +76,7 @@ async def get_latest_commit(call: Call):
 
 
 @query("com.atproto.sync.getHead", auth=AuthKind.OPTIONAL)
-async def get_head(call: Call):
+async def get_head(call: Call) -> Answer:
     did = _did_param(call)
     head = await svc.head(call.ctx, did, call.auth)
     if head is None:
@@ -83,20 +85,20 @@ async def get_head(call: Call):
 
 
 @query("com.atproto.sync.getRepoStatus")
-async def get_repo_status(call: Call):
+async def get_repo_status(call: Call) -> Answer:
     did = _did_param(call)
     return await svc.repo_status(call.ctx, did, call.auth)
 
 
 @query("com.atproto.sync.listRepos")
-async def list_repos(call: Call):
+async def list_repos(call: Call) -> Answer:
     limit = call.param_int("limit", 500, 1, 1000)
     page = await svc.list_repos(call.ctx, limit, call.param("cursor"))
     return page.answer("repos")
 
 
 @query("com.atproto.sync.listBlobs", auth=AuthKind.OPTIONAL)
-async def list_blobs(call: Call):
+async def list_blobs(call: Call) -> Answer:
     did = _did_param(call)
     limit = call.param_int("limit", 500, 1, 1000)
     cursor = call.param("cursor")
@@ -106,7 +108,7 @@ async def list_blobs(call: Call):
 
 
 @query("com.atproto.sync.getBlob", auth=AuthKind.OPTIONAL)
-async def get_blob(call: Call):
+async def get_blob(call: Call) -> Answer:
     did = _did_param(call)
     try:
         cid = parse_cid(call.param("cid", required=True))
@@ -117,7 +119,8 @@ async def get_blob(call: Call):
 
 
 @subscription("com.atproto.sync.subscribeRepos")
-async def subscribe_repos(ctx, req, ws):
+async def subscribe_repos(ctx: AppContext, req: falcon.asgi.Request,
+                          ws: falcon.asgi.WebSocket) -> None:
     from ..services.firehose import serve_subscriber
     raw = req.params.get("cursor")
     if isinstance(raw, list):
