@@ -21,7 +21,7 @@ REPO_REF = "com.atproto.admin.defs#repoRef"
 def _invites_by_account(ctx: AppContext) -> dict[str, list[dict]]:
     out: dict[str, list[dict]] = {}
     for invite in ctx.accounts.list_invites():
-        out.setdefault(invite.get("forAccount"), []).append(acc.invite_view(invite))
+        out.setdefault(invite.get("forAccount") or "", []).append(acc.invite_view(invite))
     return out
 
 
@@ -126,7 +126,7 @@ async def update_password(ctx: AppContext, did: str, password: str) -> None:
 
 def _invite_codes(ctx: AppContext, limit: int, cursor: str | None) -> Page[dict]:
     codes = sorted(ctx.accounts.list_invites(), key=lambda i: i["code"])
-    page = paginate(codes, limit, cursor, key=lambda i: i["code"])
+    page: Page[dict] = paginate(codes, limit, cursor, key=lambda i: i["code"])
     return Page([acc.invite_view(i) for i in page.items], page.cursor)
 
 
@@ -150,4 +150,7 @@ def subject_did(subject: Any) -> str:
         raise InvalidInput("Invalid subject")
     if subject.get("$type") != REPO_REF:
         raise InvalidInput("Only repo subjects (com.atproto.admin.defs#repoRef) are supported")
-    return subject.get("did")
+    did = subject.get("did")
+    if not isinstance(did, str):
+        raise InvalidInput("Invalid subject: did must be a string")
+    return did

@@ -45,6 +45,13 @@ class AppContext:
         return httpx.AsyncClient(timeout=10.0, follow_redirects=False,
                                  headers={"User-Agent": "pds (python)"})
 
+    def signing_key(self, did: str) -> PrivateKey:
+        """The repo signing key of an account hosted here; its absence is damage."""
+        key = self.local_signing_key(did)
+        if key is None:
+            raise RuntimeError(f"the signing key of {did} is missing")
+        return key
+
     def local_signing_key(self, did: str) -> PrivateKey | None:
         """The repo signing key of an account hosted here, or None."""
         key = self._keys.get(did)

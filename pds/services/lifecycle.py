@@ -125,7 +125,7 @@ class Lifecycle:
             records = sum(1 for _ in repo.tree().items())
             present = {c: ok for _path, c, ok in record_blob_refs(self.ctx, did)}
             expected, imported = len(present), sum(present.values())
-        out = {"activated": acct.active, "validDid": True,
+        out: dict[str, Any] = {"activated": acct.active, "validDid": True,
                "repoBlocks": blocks, "indexedRecords": records, "privateStateValues": 0,
                "expectedBlobs": expected, "importedBlobs": imported}
         if head is not None:
@@ -156,7 +156,7 @@ class Lifecycle:
         if did.startswith("did:plc:"):
             await ctx.identity.update_plc(did, handle=handle)
         elif did.startswith("did:web:"):
-            key = await asyncio.to_thread(ctx.local_signing_key, did)
+            key = await asyncio.to_thread(ctx.signing_key, did)
             await asyncio.to_thread(ctx.identity.write_web_did_doc, did, handle,
                                     key.public_key())
 

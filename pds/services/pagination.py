@@ -68,5 +68,6 @@ def paginate(items: Iterable[T], limit: int, cursor: str | None = None, *,
         last = item
         if len(taken) >= limit:
             break
-    full = last is not None and len(taken) >= limit
-    return Page(taken, key(last) if full else None)
+    if last is None or len(taken) < limit:
+        return Page(taken, None)
+    return Page(taken, key(last))

@@ -184,7 +184,7 @@ def _list_records(ctx: AppContext, repo: str, collection: str, limit: int,
     did = readable(ctx, repo).did
     # The MST walk seeks to the cursor itself: the page rule does the rest.
     rows = ctx.repo(did).list_records(collection, limit, cursor, reverse)
-    page = paginate(rows, limit, key=lambda row: row[0])
+    page: Page[Any] = paginate(rows, limit, key=lambda row: row[0])
     page.items = [{"uri": f"at://{did}/{collection}/{rkey}", "cid": cid_str(cid),
                    "value": decode_json(data)} for rkey, cid, data in page.items]
     return page
