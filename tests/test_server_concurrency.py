@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-from server_util import Api, check_response, ok, running_server
+from server_util import api_fixture, check_response, ok
 
 from pds.repo.car import read_car_blocks
 from pds.repo.commit import parse_commit
@@ -19,12 +19,7 @@ from pds.repo.signing_keys import load_private_key
 N = 32
 
 
-@pytest.fixture(scope="module")
-def api(tmp_path_factory):
-    with running_server(tmp_path_factory.mktemp("conc")) as server:
-        client = Api(server)
-        yield client
-        client.close()
+api = api_fixture()
 
 
 async def _post_all(url: str, jobs: list[tuple[str, dict]]) -> list[httpx.Response]:
