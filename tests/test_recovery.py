@@ -192,7 +192,7 @@ def test_the_store_imports_nothing_above_it():
 
 
 # Modules still spelling a data-dir name themselves, owned by work in progress elsewhere.
-_NOT_YET = {"services/identity.py", "xrpc/wellknown.py"}
+_NOT_YET = {"services/identity.py", "services/wellknown.py"}
 
 
 def test_data_dir_names_are_spelled_only_in_the_layout():
