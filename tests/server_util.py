@@ -134,6 +134,21 @@ def api_fixture(env: dict | None = None, workers: int = 2) -> Callable:
     return api
 
 
+def app_context(data_dir: Path):
+    """The app in process, with no server: an AppContext over a fresh data dir (dev,
+    did:web accounts, `.test` handles, no rate limits), its directories made."""
+    from pds.config import Settings
+    from pds.services.context import AppContext
+
+    (data_dir / "tmp").mkdir(parents=True, exist_ok=True)
+    ctx = AppContext(Settings(data_dir=data_dir, hostname="localhost:1", handle_domains=[".test"],
+                              did_method="web", dev=True, jwt_secret="s" * 32,
+                              rate_limits=False))
+    ctx.data.ensure()
+    ctx.accounts.ensure()
+    return ctx
+
+
 def ok(resp: httpx.Response) -> Any:
     """The JSON body of a 200 answer (None for an empty body)."""
     assert resp.status_code == 200, f"{resp.status_code} {resp.text}"
