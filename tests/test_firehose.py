@@ -50,6 +50,8 @@ from pds.services.context import AppContext
 from pds.store.repo import Repo, Write
 from pds.store.seqlog import EventLog
 
+pytestmark = pytest.mark.slow  # write storms, worker kills, a slow consumer, SIGTERM
+
 GRACEFUL_TIMEOUT = 10  # pds.server's gunicorn graceful_timeout
 QUEUE_LIMIT = 500      # pds.services.firehose.QUEUE_LIMIT
 

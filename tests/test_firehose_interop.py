@@ -34,6 +34,8 @@ import pytest
 from harness import children, running_server
 from server_util import decode_frame, subscribe_url
 
+pytestmark = pytest.mark.slow  # the official consumer in node against a live server
+
 NODE_DIR = Path(__file__).resolve().parent / "node"
 SCRIPT = NODE_DIR / "firehose_verify.mjs"
 NODE_TIMEOUT = 900     # seconds for the whole node run (it is ~20 s on an idle machine)

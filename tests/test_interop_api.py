@@ -21,6 +21,8 @@ import httpx
 import pytest
 from harness import Server, running_server
 
+pytestmark = pytest.mark.slow  # the official TypeScript clients against a live server
+
 NODE_DIR = Path(__file__).resolve().parent / "node"
 SCRIPT_TIMEOUT = 300  # seconds; each script takes a few seconds here
 

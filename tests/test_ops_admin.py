@@ -38,6 +38,8 @@ from server_util import (
     ws_connect,
 )
 
+pytestmark = pytest.mark.slow  # `pds` commands against a live server
+
 REPO_REF = "com.atproto.admin.defs#repoRef"
 NOTE = "com.example.note"
 

@@ -21,8 +21,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import pytest
 from harness import Background, Server, run_pds, running_server, serving, wait_for
 from server_util import Account, Api, blob_ref, ok, seq_events
+
+pytestmark = pytest.mark.slow  # backups during write storms, restored servers
 
 ACCOUNTS = 4
 PRELOAD = 120          # records per account before the storm (so the copy takes a while)

@@ -21,6 +21,8 @@ from pds import __version__
 from pds.cli import cli
 from pds.cli.common import new_password
 
+pytestmark = pytest.mark.slow  # the `pds` command line, process by process
+
 
 def no_traceback(res: subprocess.CompletedProcess) -> str:
     """The one error line of a failed command (exit 1, nothing but `error: ...`)."""

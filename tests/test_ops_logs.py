@@ -15,6 +15,8 @@ import httpx
 import pytest
 from harness import running_server, wait_for
 
+pytestmark = pytest.mark.slow  # `pds serve`'s request log
+
 LINE = re.compile(r'^(?P<rid>\S+) (?P<client>\S+) "(?P<method>[A-Z]+) (?P<path>\S+)" '
                   r'(?P<status>\d{3}) (?P<ms>\d+\.\d)ms$')
 

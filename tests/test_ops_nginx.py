@@ -28,8 +28,9 @@ from harness import Server, init_data_dir, start_server, wait_for
 from ops_util import Nginx, nginx_binary, parse_ops_line, start_nginx
 from server_util import PASSWORD, Api, Subscriber, ok, subscribe_url
 
-pytestmark = pytest.mark.skipif(nginx_binary() is None,
-                                reason="nginx is not installed (looked on PATH and in /usr/sbin)")
+pytestmark = [pytest.mark.slow,  # nginx in front of a live server
+              pytest.mark.skipif(nginx_binary() is None,
+                                 reason="nginx is not installed (looked on PATH and in /usr/sbin)")]
 
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 1200  # ~300 KB, not a real image
 NOW = "2026-01-01T00:00:00.000Z"

@@ -20,6 +20,8 @@ from harness import init_data_dir, run_pds
 
 from pds.store.format import CURRENT
 
+pytestmark = pytest.mark.slow  # `pds backup`, `restore` and `verify` run as commands
+
 
 @pytest.fixture(scope="module")
 def src(tmp_path_factory: pytest.TempPathFactory) -> Path:

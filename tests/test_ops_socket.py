@@ -9,8 +9,11 @@ import subprocess
 from pathlib import Path
 
 import httpx
+import pytest
 from harness import clean_env, init_data_dir, pds_command, stop_process, wait_for
 from server_util import PASSWORD
+
+pytestmark = pytest.mark.slow  # `pds serve` on a unix socket
 
 
 def test_unix_socket_is_0660_and_answers(tmp_path: Path) -> None:

@@ -10,10 +10,13 @@ import subprocess
 from pathlib import Path
 
 import httpx
+import pytest
 from harness import free_port, init_data_dir, run_pds, running_server, serving
 from server_util import Api, ok
 
 from pds.store.format import CURRENT
+
+pytestmark = pytest.mark.slow  # servers started on old data dirs
 
 NOTE = "com.example.note"
 

@@ -19,6 +19,8 @@ from server_util import Api, blob_ref, ok, seq_events
 
 from pds.repo.codec import cid_for
 
+pytestmark = pytest.mark.slow  # `pds verify` run as a command on damaged copies
+
 NOTE = "com.example.note"
 
 

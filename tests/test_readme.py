@@ -19,6 +19,7 @@ from __future__ import annotations
 import re
 import socket
 
+import pytest
 from harness import free_port, run_pds, running_server, wait_for
 from readme_util import ROOT, layout_entries, settings_rows, unlisted, unseen, walk
 from server_util import Api, blob_ref, err, ok, subscribe_url
@@ -122,6 +123,7 @@ def _upload_in_progress(api: Api, token: str, seen: set, data_dir) -> None:
     assert answer.startswith(b"HTTP/1.1 200"), answer[:300]
 
 
+@pytest.mark.slow  # waits for the first minute's background maintenance
 def test_readme_layout_is_a_real_data_dir(tmp_path) -> None:
     entries = layout_entries()
     env = {"PDS_RATE_LIMITS": "true", "PDS_INVITE_REQUIRED": "true",
