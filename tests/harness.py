@@ -167,7 +167,7 @@ def init_data_dir(data: Path, host: int | str, did_method: str = "web",
             "--handle-domains", handle_domains, "--did-method", did_method]
     if plc_url:
         args += ["--plc-url", plc_url]
-    run_pds(*args, **run)  # type: ignore[arg-type]
+    run_pds(*args, **run)
 
 
 # --- `pds serve` ------------------------------------------------------------------------------
@@ -238,7 +238,7 @@ def serving(data_dir: Path, port: int | None = None, *, forbid: str | None = "Tr
     by default no traceback, so no request failed inside the app (logged as "unhandled
     error" with its traceback, and answered with a bare 500), even one no test looked
     at."""
-    server = start_server(data_dir, port, **start)  # type: ignore[arg-type]
+    server = start_server(data_dir, port, **start)
     try:
         yield server
     finally:
