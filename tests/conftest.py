@@ -1,11 +1,13 @@
-"""Shared fixtures: where the interop vectors live, a local official PLC directory, and the
-end-of-run check of every data dir the tests made against README's layout."""
+"""Shared fixtures: servers made for one test (`new_server`), where the interop vectors
+live, a local official PLC directory, and the end-of-run check of every data dir the tests
+made against README's layout."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
-import socket
+import signal
 import subprocess
 import tempfile
 import threading
@@ -14,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from harness import Server, free_port, running_server, serving, stop_process
 
 INTEROP = Path(__file__).resolve().parents[2] / "shared" / "interop"
 NODE_DIR = Path(__file__).resolve().parent / "node"
@@ -44,19 +47,38 @@ def data_dirs_follow_readme_layout(tmp_path_factory: pytest.TempPathFactory) -> 
                        + "\n".join(found))
 
 
+class ServerFactory:
+    """What `new_server` gives a test: `new_server(**kw)` serves a fresh data dir under the
+    test's tmp_path (`harness.running_server`'s arguments; `name` is the data dir's),
+    `new_server.serve(data, port, **kw)` an existing one (`harness.serving`'s)."""
+
+    def __init__(self, base: Path, stack: contextlib.ExitStack) -> None:
+        self.base, self.stack = base, stack
+
+    # Left running, a server is killed at the test's end, its log not checked: a test that
+    # wants a graceful stop or a clean log stops it and looks itself.
+    LEFT = {"stop_signal": signal.SIGKILL, "forbid": None}
+
+    def __call__(self, **kw: object) -> Server:
+        return self.stack.enter_context(running_server(self.base, **{**self.LEFT, **kw}))
+
+    def serve(self, data: Path, port: int | None = None, **kw: object) -> Server:
+        return self.stack.enter_context(serving(data, port, **{**self.LEFT, **kw}))
+
+
+@pytest.fixture
+def new_server(tmp_path: Path) -> Iterator[ServerFactory]:
+    """A factory of `pds serve` processes for one test, all stopped at its end."""
+    with contextlib.ExitStack() as stack:
+        yield ServerFactory(tmp_path, stack)
+
+
 @pytest.fixture(scope="session")
 def interop() -> Path:
     """The official interop vectors beside the project; skips when absent."""
     if not INTEROP.is_dir():
         pytest.skip(f"interop vectors not found at {INTEROP} (../shared/interop is absent)")
     return INTEROP
-
-
-def free_port() -> int:
-    """A TCP port free on loopback right now (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
@@ -120,12 +142,7 @@ def plc_url(node_modules: Path) -> Iterator[str]:
     try:
         yield ready[0]
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        stop_process(proc, signal.SIGTERM, 10)
         for stream in (proc.stdin, proc.stdout):
             if stream is not None:
                 stream.close()

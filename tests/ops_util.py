@@ -1,8 +1,6 @@
-"""Helpers shared by the operations tests (`test_ops_*.py`): the `pds` command line, nginx
-in front of a real `pds serve`, waiting for conditions, and reading the data dir.
-
-Every wait is a wait-for-condition with a generous limit: the machine is small and other
-test runs share it.
+"""What the operations tests (`test_ops_*.py`, test_packaging.py) deploy besides the data
+dir: the program as a wheel, nginx in front of a real `pds serve` (made from
+nginx.conf.example), the systemd unit. Running `pds` itself is in harness.py.
 """
 
 from __future__ import annotations
@@ -13,86 +11,15 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import cbrrr
 import httpx
-from harness import free_port
+from harness import free_port, stop_process, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 NGINX_EXAMPLE = ROOT / "nginx.conf.example"
 UNIT_FILE = ROOT / "systemd" / "pds.service"
-CLI_TIMEOUT = 180  # seconds for one `pds` command (a backup of a small dir takes ~1 s)
-
-
-def wait_for(cond: Callable[[], object], timeout: float, what: str,
-             interval: float = 0.05) -> object:
-    """Poll `cond` until it is truthy (and return it); fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
-
-
-def pds_command() -> list[str]:
-    """The installed `pds` console script of this interpreter (else `python -m pds.cli`)."""
-    script = Path(sys.executable).parent / "pds"
-    if script.exists() and os.access(script, os.X_OK):
-        return [str(script)]
-    return [sys.executable, "-m", "pds.cli"]
-
-
-def clean_env(extra: dict | None = None) -> dict:
-    """The environment for a `pds` subprocess: no stray PDS_* settings of the caller."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PDS_")}
-    return {**env, "PDS_RATE_LIMITS": "false", **(extra or {})}
-
-
-def run_pds(*args: str, env: dict | None = None, check: bool = True,
-            timeout: float = CLI_TIMEOUT, command: list[str] | None = None,
-            cwd: Path | None = None) -> subprocess.CompletedProcess:
-    """Run `pds ARGS...` to completion; with `check`, fail (showing its output) unless 0.
-    `command` is the `pds` program (default: `pds_command()`), `cwd` its working dir."""
-    res = subprocess.run([*(command or pds_command()), *args], capture_output=True,
-                         text=True, env=clean_env(env), timeout=timeout, cwd=cwd)
-    if check:
-        assert res.returncode == 0, (
-            f"pds {' '.join(args)} exited {res.returncode}\n"
-            f"stdout:\n{res.stdout[-3000:]}\nstderr:\n{res.stderr[-3000:]}")
-    return res
-
-
-def init_dir(data: Path, hostname: str, did_method: str = "web",
-             handle_domains: str = ".test") -> None:
-    """`pds init` a development data dir (did:web accounts, `.test` handles)."""
-    run_pds("init", "--data-dir", str(data), "--hostname", hostname, "--dev",
-            "--handle-domains", handle_domains, "--did-method", did_method)
-
-
-def decode_frame(data: bytes) -> tuple[dict, dict]:
-    """(header, payload) of a firehose frame."""
-    items = list(cbrrr.decode_multi_dag_cbor_in_violation_of_the_spec(data))
-    assert len(items) == 2, f"a frame is two DAG-CBOR items, got {len(items)}"
-    return items[0], items[1]
-
-
-def seq_events(data: Path) -> list[tuple[int, dict, dict]]:
-    """Every event in `DATA/seq/` as (seq, header, payload), in seq order."""
-    from pds.store.seqlog import EventLog
-    log = EventLog(data / "seq", data / "tmp")
-    return [(seq, *decode_frame(raw)) for seq, raw in log.events()]
-
-
-def account_events(data: Path, did: str) -> list[dict]:
-    """The `#account` payloads of one DID in the event log, in order."""
-    return [p for _s, h, p in seq_events(data) if h.get("t") == "#account" and p["did"] == did]
 
 
 # --- the program as a wheel -------------------------------------------------------------------
@@ -239,13 +166,7 @@ class Nginx:
         return p.read_text(errors="replace") if p.exists() else ""
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGQUIT)  # graceful
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(20)
+        stop_process(self.proc, signal.SIGQUIT, 20)  # SIGQUIT: graceful
 
 
 def start_nginx(work: Path, data_dir: Path, upstream: str, wait: float = 30.0) -> Nginx:

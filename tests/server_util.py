@@ -1,56 +1,38 @@
-"""Helpers for the integration tests that drive a real `pds serve` over HTTP.
+"""Talking to a served data dir, and reading what it wrote: an XRPC client over HTTP, the
+firehose over WebSockets, the event log, and snapshots of the data dir.
 
-Every account is a did:web one (`did:web:<name>.test`, documents served by the PDS itself),
-so no PLC directory is needed. Every response any test receives passes through
-`check_response`: no 500 and no traceback ever reaches a client.
+Every response an `Api` receives passes through `check_response`: no 500 and no traceback
+ever reaches a client.
 """
 
 from __future__ import annotations
 
 import base64
-import contextlib
 import json
 import os
 import secrets
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import cbrrr
 import httpx
-from harness import Server, free_port, init_data_dir, start_server
+import pytest
+from harness import Server, running_server
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
 
 PASSWORD = "correct horse battery"
+SUBSCRIBE = "/xrpc/com.atproto.sync.subscribeRepos"
 
 
 def check_response(resp: httpx.Response) -> None:
     resp.read()
     assert b"Traceback" not in resp.content, resp.content[:2000]
     assert resp.status_code != 500, f"{resp.request.method} {resp.request.url}: {resp.text}"
-
-
-@contextlib.contextmanager
-def running_server(base: Path, env: dict | None = None, workers: int = 2) -> Iterator[Server]:
-    """A fresh data dir (did:web accounts, `.test` handles) served by `pds serve`."""
-    port = free_port()
-    data = base / "data"
-    init_data_dir(data, port, did_method="web")
-    server = start_server(data, port, workers=workers, env=env)
-    # _health answers once one worker listens; let the others come up too, so requests
-    # really spread over all of them.
-    deadline = time.monotonic() + 20
-    while server.log().count("ASGI server listening") < workers and \
-            time.monotonic() < deadline:
-        time.sleep(0.05)
-    try:
-        yield server
-    finally:
-        server.stop()
-    # A request that failed inside the app is logged as "unhandled error" (and answered
-    # with a bare 500); none may have happened, even one no test looked at.
-    log = server.log()
-    assert "unhandled error" not in log, log[-4000:]
 
 
 @dataclass
@@ -74,10 +56,16 @@ class Api:
     def close(self) -> None:
         self.http.close()
 
+    def __enter__(self) -> Api:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     @property
     def host(self) -> str:
         """`localhost:<port>`, the PDS's configured hostname."""
-        return "localhost:" + self.server.url.rsplit(":", 1)[1]
+        return f"localhost:{self.server.port}"
 
     @property
     def service_did(self) -> str:
@@ -131,6 +119,34 @@ class Api:
                      limit: int = 100) -> list[dict]:
         return ok(self.get("com.atproto.repo.listRecords", repo=did, collection=collection,
                            limit=limit))["records"]
+
+
+def api_fixture(env: dict | None = None, workers: int = 2) -> Callable:
+    """A module-scoped fixture: an `Api` on one `running_server` (a fresh data dir) for the
+    whole module. `api = api_fixture()` in a test module makes its `api` fixture."""
+    @pytest.fixture(scope="module")
+    def api(request: pytest.FixtureRequest,
+            tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
+        base = tmp_path_factory.mktemp(request.module.__name__.removeprefix("test_"))
+        with running_server(base, env=env, workers=workers) as server, Api(server) as client:
+            yield client
+
+    return api
+
+
+def app_context(data_dir: Path):
+    """The app in process, with no server: an AppContext over a fresh data dir (dev,
+    did:web accounts, `.test` handles, no rate limits), its directories made."""
+    from pds.config import Settings
+    from pds.services.context import AppContext
+
+    (data_dir / "tmp").mkdir(parents=True, exist_ok=True)
+    ctx = AppContext(Settings(data_dir=data_dir, hostname="localhost:1", handle_domains=[".test"],
+                              did_method="web", dev=True, jwt_secret="s" * 32,
+                              rate_limits=False))
+    ctx.data.ensure()
+    ctx.accounts.ensure()
+    return ctx
 
 
 def ok(resp: httpx.Response) -> Any:
@@ -191,3 +207,88 @@ def diff_snapshots(before: dict, after: dict) -> list[str]:
         if before.get(k) != after.get(k):
             changes.append(f"{k}: {before.get(k)} -> {after.get(k)}")
     return changes
+
+
+# --- the firehose -----------------------------------------------------------------------------
+
+
+def subscribe_url(base_url: str, cursor: int | None = None) -> str:
+    """The ws:// URL of subscribeRepos on the server at `base_url` (http://...)."""
+    url = base_url.replace("http://", "ws://") + SUBSCRIBE
+    return url if cursor is None else f"{url}?cursor={cursor}"
+
+
+def ws_connect(url: str, **kw: Any):
+    """A `websockets` client: no proxy, no compression, no size limit (`kw` overrides)."""
+    return connect(url, **{"proxy": None, "compression": None, "max_size": None,
+                           "open_timeout": 30, "close_timeout": 10, **kw})
+
+
+def decode_frame(data: bytes) -> tuple[dict, dict]:
+    """(header, payload) of a firehose frame."""
+    items = list(cbrrr.decode_multi_dag_cbor_in_violation_of_the_spec(data))
+    assert len(items) == 2, f"a frame is two DAG-CBOR items, got {len(items)}"
+    return items[0], items[1]
+
+
+class Subscriber:
+    """A firehose subscriber reading on its own thread; keeps every frame it receives.
+    `closed` is how the connection closed (if it did), `error` anything else that
+    stopped the reading."""
+
+    def __init__(self, url: str, **connect_kw: Any) -> None:
+        self.ws = ws_connect(url, legacy=True, **connect_kw)
+        self.frames: list[tuple[dict, dict, bytes]] = []
+        self.lock = threading.Lock()
+        self.closed: ConnectionClosed | None = None
+        self.closed_at: float | None = None
+        self.error: BaseException | None = None
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                try:
+                    data = self.ws.recv(timeout=0.2)
+                except TimeoutError:
+                    continue
+                header, body = decode_frame(data)
+                with self.lock:
+                    self.frames.append((header, body, data))
+        except ConnectionClosed as e:
+            self.closed, self.closed_at = e, time.monotonic()
+        except BaseException as e:  # noqa: BLE001 - the test looks at it
+            self.error = e
+
+    def snapshot(self) -> list[tuple[dict, dict, bytes]]:
+        with self.lock:
+            return list(self.frames)
+
+    def seqs(self) -> list[int]:
+        return [b["seq"] for h, b, _ in self.snapshot() if h.get("op") == 1 and "seq" in b]
+
+    def last_seq(self) -> int:
+        seqs = self.seqs()
+        return seqs[-1] if seqs else -1
+
+    def close(self) -> None:
+        self._stop.set()
+        self.thread.join(15)
+        self.ws.close()
+
+
+# --- what the server wrote --------------------------------------------------------------------
+
+
+def seq_events(data: Path) -> list[tuple[int, dict, dict]]:
+    """Every event in `DATA/seq/` as (seq, header, payload), in seq order."""
+    from pds.store.seqlog import EventLog
+    log = EventLog(data / "seq", data / "tmp")
+    return [(seq, *decode_frame(raw)) for seq, raw in log.events()]
+
+
+def account_events(data: Path, did: str) -> list[dict]:
+    """The `#account` payloads of one DID in the event log, in order."""
+    return [p for _s, h, p in seq_events(data) if h.get("t") == "#account" and p["did"] == did]

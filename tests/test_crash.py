@@ -22,6 +22,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
 from cbrrr import CID
 from crash_writer import ACKED_LOG, entry_hash
 
@@ -33,6 +34,8 @@ from pds.repo.mst_node import NodeLoader
 from pds.repo.signing_keys import export_private_key, generate_signing_key
 from pds.store.layout import DataDir
 from pds.store.repo import Repo
+
+pytestmark = pytest.mark.slow  # SIGKILLs a writer hundreds of times
 
 TRIALS = 200
 WRITER = Path(__file__).with_name("crash_writer.py")

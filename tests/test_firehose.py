@@ -24,17 +24,23 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
-import cbrrr
 import httpx
 import pytest
 from cbrrr import CID
-from harness import Server, free_port, init_data_dir, start_server
-from server_util import Account, Api, ok
+from harness import Background, Server, children, gone, wait_for
+from server_util import (
+    SUBSCRIBE,
+    Account,
+    Api,
+    Subscriber,
+    decode_frame,
+    ok,
+    subscribe_url,
+    ws_connect,
+)
 from websockets.exceptions import ConnectionClosed, ConnectionClosedOK
-from websockets.sync.client import connect
 
 from pds.config import Settings
 from pds.repo.car import read_car_blocks
@@ -44,42 +50,13 @@ from pds.services.context import AppContext
 from pds.store.repo import Repo, Write
 from pds.store.seqlog import EventLog
 
-SUBSCRIBE = "/xrpc/com.atproto.sync.subscribeRepos"
+pytestmark = pytest.mark.slow  # write storms, worker kills, a slow consumer, SIGTERM
+
 GRACEFUL_TIMEOUT = 10  # pds.server's gunicorn graceful_timeout
 QUEUE_LIMIT = 500      # pds.services.firehose.QUEUE_LIMIT
 
 
 # --- helpers ---------------------------------------------------------------------------------
-
-
-def wait_for(cond: Callable[[], object], timeout: float, what: str,
-             interval: float = 0.05) -> object:
-    """Poll `cond` until it is truthy (and return it); fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
-
-
-def decode_frame(data: bytes) -> tuple[dict, dict]:
-    items = list(cbrrr.decode_multi_dag_cbor_in_violation_of_the_spec(data))
-    assert len(items) == 2, f"a frame is two DAG-CBOR items, got {len(items)}"
-    return items[0], items[1]
-
-
-def ws_url(server: Server, cursor: int | None = None) -> str:
-    url = server.url.replace("http://", "ws://") + SUBSCRIBE
-    return url if cursor is None else f"{url}?cursor={cursor}"
-
-
-def ws_connect(url: str, **kw):
-    """A `websockets` client: no proxy, no compression, no size limit."""
-    return connect(url, proxy=None, compression=None, max_size=None, open_timeout=30,
-                   close_timeout=10, **kw)
 
 
 def event_log(data_dir: Path) -> EventLog:
@@ -91,47 +68,11 @@ def log_seqs(data_dir: Path) -> list[int]:
     return list(event_log(data_dir).seqs())
 
 
-class Sub:
-    """A firehose subscriber reading on its own thread; keeps every frame it receives."""
+class Sub(Subscriber):
+    """A firehose subscriber of `server`, reading on its own thread."""
 
     def __init__(self, server: Server, cursor: int | None = None) -> None:
-        self.ws = ws_connect(ws_url(server, cursor), legacy=True)
-        self.frames: list[tuple[dict, dict, bytes]] = []
-        self.lock = threading.Lock()
-        self.closed: ConnectionClosed | None = None
-        self.closed_at: float | None = None
-        self._stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        try:
-            while not self._stop.is_set():
-                try:
-                    data = self.ws.recv(timeout=0.2)
-                except TimeoutError:
-                    continue
-                header, body = decode_frame(data)
-                with self.lock:
-                    self.frames.append((header, body, data))
-        except ConnectionClosed as e:
-            self.closed, self.closed_at = e, time.monotonic()
-
-    def snapshot(self) -> list[tuple[dict, dict, bytes]]:
-        with self.lock:
-            return list(self.frames)
-
-    def seqs(self) -> list[int]:
-        return [b["seq"] for h, b, _ in self.snapshot() if h.get("op") == 1 and "seq" in b]
-
-    def last_seq(self) -> int:
-        seqs = self.seqs()
-        return seqs[-1] if seqs else -1
-
-    def close(self) -> None:
-        self._stop.set()
-        self.thread.join(15)
-        self.ws.close()
+        super().__init__(subscribe_url(server.url, cursor))
 
 
 def record(size: int = 0) -> dict:
@@ -141,64 +82,26 @@ def record(size: int = 0) -> dict:
     return rec
 
 
-class Writers:
-    """Threads committing createRecord to random accounts until stopped."""
+class Writers(Background):
+    """Threads committing createRecord to random accounts until stopped (or `limit`)."""
 
     def __init__(self, server: Server, accounts: list[Account], threads: int = 2,
                  size: int = 0, limit: int | None = None) -> None:
+        super().__init__()
         self.server, self.accounts, self.size, self.limit = server, accounts, size, limit
         self.count = 0
-        self.errors: list[BaseException] = []
         self.lock = threading.Lock()
-        self.stop_event = threading.Event()
-        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
-        for t in self.threads:
-            t.start()
+        for _ in range(threads):
+            self.spawn(self._run)
 
     def _run(self) -> None:
-        api = Api(self.server)
-        try:
+        with Api(self.server) as api:
             while not self.stop_event.is_set():
                 with self.lock:
                     if self.limit is not None and self.count >= self.limit:
                         return
                     self.count += 1
                 ok(api.create_record(random.choice(self.accounts), record(self.size)))
-        except BaseException as e:  # noqa: BLE001 - reported by stop()
-            self.errors.append(e)
-        finally:
-            api.close()
-
-    def stop(self) -> None:
-        self.stop_event.set()
-        for t in self.threads:
-            t.join(60)
-        assert not self.errors, self.errors
-
-    def wait(self, timeout: float = 120) -> None:
-        """Until the limit is reached (or a thread fails)."""
-        for t in self.threads:
-            t.join(timeout)
-        assert not self.errors, self.errors
-
-
-@pytest.fixture
-def new_server(tmp_path: Path):
-    """A factory for fresh did:web data dirs served by `pds serve`, stopped at the end."""
-    servers: list[Server] = []
-
-    def make(workers: int = 2, env: dict | None = None, name: str = "data") -> Server:
-        port = free_port()
-        data = tmp_path / name
-        init_data_dir(data, port, did_method="web")
-        server = start_server(data, port, workers=workers, env=env)
-        servers.append(server)
-        return server
-
-    make.started = servers  # type: ignore[attr-defined]
-    yield make
-    for s in servers:
-        s.stop(signal.SIGKILL)
 
 
 def quiet_and_level(sub: Sub, data_dir: Path, timeout: float = 60) -> None:
@@ -241,7 +144,7 @@ def test_replay_then_live_with_no_gap_or_duplicate(new_server) -> None:
     api = Api(server)
     accounts = [api.create_account() for _ in range(3)]
     w = Writers(server, accounts, threads=3, limit=150)
-    w.wait()
+    w.join(120)
     head = log_seqs(data)[-1]
     assert head >= 150 + 3 * 4
 
@@ -266,7 +169,7 @@ def test_replay_then_live_with_no_gap_or_duplicate(new_server) -> None:
 
     # A cursor ahead of the head: the FutureCursor error, then the server closes.
     head = log_seqs(data)[-1]
-    with ws_connect(ws_url(server, head + 1000)) as ws:
+    with ws_connect(subscribe_url(server.url, head + 1000)) as ws:
         header, body = decode_frame(ws.recv(timeout=30))
         assert header == {"op": -1}
         assert body["error"] == "FutureCursor"
@@ -303,43 +206,18 @@ def test_replay_then_live_with_no_gap_or_duplicate(new_server) -> None:
 # --- 2. crashes ------------------------------------------------------------------------------
 
 
-def children(pid: int) -> list[int]:
-    """Live (non-zombie) child processes of `pid`, from /proc."""
-    out = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{name}/stat").read_text()
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[1].split()
-        if int(fields[1]) == pid and fields[0] != "Z":
-            out.append(int(name))
-    return out
-
-
-def gone(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat.rsplit(")", 1)[1].split()[0] == "Z"
-
-
-class Storm:
+class Storm(Background):
     """Writers committing as fast as they can, remembering every acknowledged commit.
     Failures (connection refused or reset while processes die) are counted, not raised."""
 
     def __init__(self, server: Server, accounts: list[Account], threads: int = 4) -> None:
+        super().__init__()
         self.url, self.accounts = server.url, accounts
         self.acked: list[tuple[str, str, str]] = []  # (did, rev, commit cid)
         self.failures: dict[str, int] = {}
         self.lock = threading.Lock()
-        self.stop_event = threading.Event()
-        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
-        for t in self.threads:
-            t.start()
+        for _ in range(threads):
+            self.spawn(self._run)
 
     def _request(self, http: httpx.Client, acct: Account) -> httpx.Response:
         auth = {"Authorization": f"Bearer {acct.access}"}
@@ -378,11 +256,6 @@ class Storm:
     def count(self) -> int:
         with self.lock:
             return len(self.acked)
-
-    def stop(self) -> None:
-        self.stop_event.set()
-        for t in self.threads:
-            t.join(60)
 
 
 def check_data_dir(data: Path, acked: list[tuple[str, str, str]], dids: list[str]) -> int:
@@ -466,7 +339,7 @@ def die_after_logging(data: Path, did: str, rkey: str) -> None:
 
 def test_crash_kill_worker_then_everything(new_server) -> None:
     server = new_server(workers=2)
-    data, port = server.data_dir, int(server.url.rsplit(":", 1)[1])
+    data, port = server.data_dir, server.port
     api = Api(server)
     accounts = [api.create_account() for _ in range(3)]
     api.close()
@@ -512,8 +385,7 @@ def test_crash_kill_worker_then_everything(new_server) -> None:
         acked += storm.acked
         for k, v in storm.failures.items():
             failures[k] = failures.get(k, 0) + v
-        server = start_server(data, port, workers=2)
-        new_server.started.append(server)
+        server = new_server.serve(data, port, workers=2)
         check_data_dir(data, acked, dids)
     server.stop()
     assert server.proc.returncode is not None
@@ -602,7 +474,7 @@ def test_slow_consumer_is_cut_off_and_others_keep_up(new_server) -> None:
     try:
         # Both are live once the first write reaches them.
         w = Writers(server, accounts, threads=1, limit=1)
-        w.wait()
+        w.join(120)
         first = log_seqs(data)[-1]
         wait_for(lambda: fast.last_seq() == first, 60, "the fast subscriber to go live")
         # (it may also get the tail of the account creations, published as it connected)
@@ -615,7 +487,7 @@ def test_slow_consumer_is_cut_off_and_others_keep_up(new_server) -> None:
         # buffers and then its queue of 500 frames on the server.
         n = QUEUE_LIMIT + socket_buffered_frames(50_000) + 20
         w = Writers(server, accounts, threads=3, size=50_000, limit=n)
-        w.wait(timeout=300)
+        w.join(300)
         last = log_seqs(data)[-1]
         wait_for(lambda: fast.last_seq() == last, 120, "the fast subscriber to get everything")
         assert fast.closed is None

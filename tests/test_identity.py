@@ -157,6 +157,7 @@ def test_rotation_key_missing_or_bad(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # the official PLC directory, in node
 @pytest.mark.parametrize("key_cls", [K256PrivateKey, P256PrivateKey])
 def test_plc_create_and_resolve(tmp_path: Path, plc_url: str,
                                 key_cls: type[PrivateKey]) -> None:
@@ -186,6 +187,7 @@ def test_plc_create_and_resolve(tmp_path: Path, plc_url: str,
     run(ctx, body)
 
 
+@pytest.mark.slow  # the official PLC directory, in node
 def test_plc_update_handle_key_and_endpoint(tmp_path: Path, plc_url: str) -> None:
     ctx = make_ctx(tmp_path, plc_url)
     ident = ctx.identity
@@ -217,6 +219,7 @@ def test_plc_update_handle_key_and_endpoint(tmp_path: Path, plc_url: str) -> Non
     run(ctx, body)
 
 
+@pytest.mark.slow  # the official PLC directory, in node
 def test_plc_refuses_foreign_ops(tmp_path: Path, plc_url: str) -> None:
     ctx = make_ctx(tmp_path, plc_url)
     ident = ctx.identity

@@ -19,7 +19,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from harness import Server, free_port, init_data_dir, start_server
+from harness import Server, running_server
+
+pytestmark = pytest.mark.slow  # the official TypeScript clients against a live server
 
 NODE_DIR = Path(__file__).resolve().parent / "node"
 SCRIPT_TIMEOUT = 300  # seconds; each script takes a few seconds here
@@ -36,22 +38,14 @@ def node() -> str:
 @pytest.fixture(scope="module")
 def pds(tmp_path_factory, plc_url: str, node: str):
     """A did:plc PDS registered with the local PLC directory (two gunicorn workers)."""
-    root = tmp_path_factory.mktemp("interop-api")
-    port = free_port()
-    data = root / "data"
-    init_data_dir(data, port, plc_url=plc_url, did_method="plc")
-    server = start_server(data, port, workers=2)
-    try:
+    with running_server(tmp_path_factory.mktemp("interop-api"), did_method="plc",
+                        plc_url=plc_url) as server:
         yield server
-    finally:
-        server.stop()
-    log = server.log()
-    assert "Traceback" not in log, log[-4000:]
 
 
 def public_url(server: Server) -> str:
     """The #atproto_pds endpoint the server writes (PDS_HOSTNAME is localhost:<port>)."""
-    return "http://localhost:" + server.url.rsplit(":", 1)[1]
+    return f"http://localhost:{server.port}"
 
 
 def run_script(node: str, server: Server, script: str, *args: str) -> str:

@@ -71,19 +71,25 @@ def _fixtures(interop):
     return json.loads((interop / "firehose" / "commit-proof-fixtures.json").read_text())
 
 
+def _commit(case):
+    """(leaf, tree before, tree after) of a fixture's commit; the before tree is stored."""
+    leaf = CID.decode(case["leafValue"])
+    before, store = build(case["keys"], val=leaf)
+    persist(before, store)
+    after = before
+    for k in case["adds"]:
+        after = after.put(k, leaf)
+    for k in case["dels"]:
+        after = after.delete(k)
+    return leaf, before, after
+
+
 def test_commit_proof_fixtures(interop):
     cases = _fixtures(interop)
     assert len(cases) == 6
     for case in cases:
-        leaf = CID.decode(case["leafValue"])
-        before, store = build(case["keys"], val=leaf)
+        leaf, before, after = _commit(case)
         assert before.cid.encode() == case["rootBeforeCommit"], case["comment"]
-        persist(before, store)
-        after = before
-        for k in case["adds"]:
-            after = after.put(k, leaf)
-        for k in case["dels"]:
-            after = after.delete(k)
         assert after.cid.encode() == case["rootAfterCommit"], case["comment"]
 
         # What a commit carries: the new nodes and the covering proofs of every op.
@@ -107,14 +113,7 @@ def test_inversion_needs_the_proof(interop):
     proof is load-bearing, not decoration."""
     failures = 0
     for case in _fixtures(interop):
-        leaf = CID.decode(case["leafValue"])
-        before, store = build(case["keys"], val=leaf)
-        persist(before, store)
-        after = before
-        for k in case["adds"]:
-            after = after.put(k, leaf)
-        for k in case["dels"]:
-            after = after.delete(k)
+        leaf, _, after = _commit(case)
         only_new = {n.cid: n.serialised for n in after.new_nodes()}
         inv = MST(NodeLoader(only_new.__getitem__), after.cid)
         try:

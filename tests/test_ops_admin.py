@@ -23,10 +23,22 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
-from harness import Server, free_port, init_data_dir, start_server
-from ops_util import account_events, decode_frame, run_pds
-from server_util import PASSWORD, Account, Api, blob_ref, err, ok
-from websockets.sync.client import connect
+from harness import Server, run_pds, running_server
+from server_util import (
+    PASSWORD,
+    Account,
+    Api,
+    account_events,
+    blob_ref,
+    decode_frame,
+    err,
+    ok,
+    seq_events,
+    subscribe_url,
+    ws_connect,
+)
+
+pytestmark = pytest.mark.slow  # `pds` commands against a live server
 
 REPO_REF = "com.atproto.admin.defs#repoRef"
 NOTE = "com.example.note"
@@ -35,24 +47,15 @@ NOTE = "com.example.note"
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """One server for the module, with sign-up by invite only."""
-    base = tmp_path_factory.mktemp("admin")
-    port = free_port()
-    data = base / "data"
-    init_data_dir(data, port, did_method="web")
-    srv = start_server(data, port, workers=2, env={"PDS_INVITE_REQUIRED": "true"}, wait=60)
-    try:
+    with running_server(tmp_path_factory.mktemp("admin"), env={"PDS_INVITE_REQUIRED": "true"},
+                        wait=60) as srv:
         yield srv
-    finally:
-        srv.stop()
-    log = srv.log()
-    assert "Traceback" not in log, log[-4000:]
 
 
 @pytest.fixture
 def api(server: Server) -> Iterator[Api]:
-    a = Api(server)
-    yield a
-    a.close()
+    with Api(server) as a:
+        yield a
 
 
 def pds(server: Server, *args: str, check: bool = True):
@@ -259,8 +262,7 @@ def test_takedown_emits_account_event_and_stops_serving(api: Api, server: Server
     cid = up["ref"]["$link"]
     assert api.get("com.atproto.sync.getRepo", did=acct.did).status_code == 200
 
-    ws_url = server.url.replace("http://", "ws://") + "/xrpc/com.atproto.sync.subscribeRepos"
-    with connect(ws_url, max_size=None, open_timeout=30, close_timeout=10) as ws:
+    with ws_connect(subscribe_url(server.url), compression="deflate") as ws:
         takedown(api, acct.did, True, "mod-1")
 
         def next_account_event():
@@ -357,7 +359,6 @@ def test_update_handle_email_password(api: Api, server: Server) -> None:
 
 
 def _events(server: Server):
-    from ops_util import seq_events
     return seq_events(server.data_dir)
 
 

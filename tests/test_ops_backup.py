@@ -15,16 +15,17 @@ from __future__ import annotations
 import os
 import random
 import shutil
-import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
-from harness import Server, free_port, init_data_dir, start_server
-from ops_util import clean_env, pds_command, run_pds, seq_events, wait_for
-from server_util import Account, Api, blob_ref, ok
+import pytest
+from harness import Background, Server, run_pds, running_server, serving, wait_for
+from server_util import Account, Api, blob_ref, ok, seq_events
+
+pytestmark = pytest.mark.slow  # backups during write storms, restored servers
 
 ACCOUNTS = 4
 PRELOAD = 120          # records per account before the storm (so the copy takes a while)
@@ -51,25 +52,22 @@ class History:
         return any(ack < t for ack, _ in self.writes)
 
 
-class Storm:
+class Storm(Background):
     """One thread per account writing as fast as it can until stopped: creates, updates,
     deletes, and records that embed a freshly uploaded blob (and their deletion, which
     removes the blob)."""
 
     def __init__(self, server: Server, accounts: list[Account], seed: int) -> None:
-        self.server = server
+        super().__init__()
+        self.server, self.accounts, self.seed = server, accounts, seed
         self.histories: dict[tuple[str, str], History] = {}
         self.blobs: dict[str, bytes] = {}
         self.lock = threading.Lock()
-        self.stop_event = threading.Event()
-        self.errors: list[BaseException] = []
         self.acks: list[float] = []
-        self.threads = [threading.Thread(target=self._run, args=(a, seed + i), daemon=True)
-                        for i, a in enumerate(accounts)]
 
     def start(self) -> None:
-        for t in self.threads:
-            t.start()
+        for i, acct in enumerate(self.accounts):
+            self.spawn(self._run, acct, self.seed + i)
 
     def note(self, did: str, path: str, cid: str | None) -> None:
         now = time.monotonic()
@@ -83,10 +81,17 @@ class Storm:
 
     def _run(self, acct: Account, seed: int) -> None:
         rng = random.Random(seed)
-        api = Api(self.server)
         live: dict[str, str] = {}   # path -> CID, records this thread has made
         n = 0
-        try:
+
+        def delete(path: str) -> None:
+            collection, rkey = path.split("/")
+            ok(api.post("com.atproto.repo.deleteRecord", {
+                "repo": acct.did, "collection": collection, "rkey": rkey}, token=acct.access))
+            del live[path]
+            self.note(acct.did, path, None)
+
+        with Api(self.server) as api:
             while not self.stop_event.is_set():
                 n += 1
                 roll = rng.random()
@@ -104,12 +109,7 @@ class Storm:
                         "record": {"$type": NOTE, "text": f"updated {n}", "n": n}},
                         token=acct.access))
                 elif roll < 0.70:
-                    path = rng.choice(notes)
-                    ok(api.post("com.atproto.repo.deleteRecord", {
-                        "repo": acct.did, "collection": NOTE, "rkey": path.split("/")[1]},
-                        token=acct.access))
-                    del live[path]
-                    self.note(acct.did, path, None)
+                    delete(rng.choice(notes))
                     continue
                 elif roll < 0.90 or not pics:
                     data = os.urandom(rng.randint(100, 20_000))
@@ -122,26 +122,10 @@ class Storm:
                     r = ok(api.create_record(acct, {"image": blob_ref(up)}, PIC, rkey=rkey))
                     path = f"{PIC}/{rkey}"
                 else:
-                    path = rng.choice(pics)
-                    ok(api.post("com.atproto.repo.deleteRecord", {
-                        "repo": acct.did, "collection": PIC, "rkey": path.split("/")[1]},
-                        token=acct.access))
-                    del live[path]
-                    self.note(acct.did, path, None)
+                    delete(rng.choice(pics))
                     continue
                 live[path] = r["cid"]
                 self.note(acct.did, path, r["cid"])
-        except BaseException as e:  # noqa: BLE001 - reported by stop()
-            self.errors.append(e)
-        finally:
-            api.close()
-
-    def stop(self) -> None:
-        self.stop_event.set()
-        for t in self.threads:
-            t.join(120)
-        assert not any(t.is_alive() for t in self.threads), "a storm thread hangs"
-        assert not self.errors, self.errors
 
 
 def preload(api: Api, acct: Account, storm: Storm) -> None:
@@ -160,13 +144,8 @@ def preload(api: Api, acct: Account, storm: Storm) -> None:
 def test_backup_during_write_storm_restores_every_acknowledged_write(tmp_path: Path) -> None:
     seed = random.randrange(1 << 30)
     print("seed", seed)
-    port = free_port()
-    data = tmp_path / "data"
-    init_data_dir(data, port, did_method="web")
-    server = start_server(data, port, workers=2, wait=60)
-    restored_server: Server | None = None
-    try:
-        api = Api(server)
+    with running_server(tmp_path, wait=60) as server, Api(server) as api:
+        data = server.data_dir
         accounts = [api.create_account(f"bk{i}") for i in range(ACCOUNTS)]
         storm = Storm(server, accounts, seed)
         for acct in accounts:
@@ -177,22 +156,18 @@ def test_backup_during_write_storm_restores_every_acknowledged_write(tmp_path: P
             wait_for(lambda: storm.count() >= base + 40, 120, "the storm to get going")
             dest = tmp_path / "backup"
             t_start = time.monotonic()
-            proc = subprocess.Popen([*pds_command(), "backup", str(dest), "--data-dir",
-                                     str(data)], stdout=subprocess.PIPE,
-                                    stderr=subprocess.PIPE, text=True, env=clean_env())
-            out, err = proc.communicate(timeout=BACKUP_TIMEOUT)
+            out = run_pds("backup", str(dest), "--data-dir", str(data),
+                          timeout=BACKUP_TIMEOUT).stdout
             t_end = time.monotonic()
-            assert proc.returncode == 0, f"pds backup failed:\n{out}\n{err}"
             # Let the storm run on a little past the end, as a live server would.
             n_end = storm.count()
             wait_for(lambda: storm.count() >= n_end + 5, 60, "writes after the backup")
         finally:
-            storm.stop()
+            storm.stop(120)
         during = [a for a in storm.acks if t_start < a < t_end]
         print(f"backup took {t_end - t_start:.2f}s; {len(during)} writes acknowledged "
               f"while it ran; {sum(1 for a in storm.acks if a < t_start)} before; {out!r}")
         assert during, "no write was acknowledged while the backup ran"
-        api.close()
 
         # The backup is a consistent data dir.
         res = run_pds("verify", "--data-dir", str(dest), check=False)
@@ -203,10 +178,7 @@ def test_backup_during_write_storm_restores_every_acknowledged_write(tmp_path: P
         restored = tmp_path / "restored"
         shutil.copytree(dest, restored, symlinks=True)
         events_before = max(s for s, _, _ in seq_events(restored))
-        rport = free_port()
-        restored_server = start_server(restored, rport, workers=2, wait=60)
-        rapi = Api(restored_server)
-        try:
+        with serving(restored, wait=60) as restored_server, Api(restored_server) as rapi:
             checked = present = absent = 0
             for (did, path), hist in sorted(storm.histories.items()):
                 collection, rkey = path.split("/")
@@ -249,27 +221,13 @@ def test_backup_during_write_storm_restores_every_acknowledged_write(tmp_path: P
                                     and p["commit"].encode() == r["commit"]["cid"]],
                            30, "the restored server's #commit event")
             assert new[0] > events_before
-        finally:
-            rapi.close()
-    finally:
-        server.stop()
-        if restored_server is not None:
-            restored_server.stop()
-            log = restored_server.log()
-            assert "Traceback" not in log, log[-4000:]
-    log = server.log()
-    assert "Traceback" not in log, log[-4000:]
 
 
 def test_backup_of_a_stopped_dir_is_repeatable_and_verifies(tmp_path: Path) -> None:
     """Backing up into the same DEST again (incremental) after more writes keeps it a
     valid data dir with the new writes."""
-    port = free_port()
-    data = tmp_path / "data"
-    init_data_dir(data, port, did_method="web")
-    server = start_server(data, port, workers=1, wait=60)
-    try:
-        api = Api(server)
+    with running_server(tmp_path, workers=1, wait=60) as server, Api(server) as api:
+        data = server.data_dir
         acct = api.create_account("inc")
         first = ok(api.create_record(acct, {"text": "one"}, NOTE, rkey="one"))
         dest = tmp_path / "backup"
@@ -277,23 +235,16 @@ def test_backup_of_a_stopped_dir_is_repeatable_and_verifies(tmp_path: Path) -> N
         second = ok(api.create_record(acct, {"text": "two"}, NOTE, rkey="two"))
         ok(api.post("com.atproto.repo.deleteRecord", {"repo": acct.did, "collection": NOTE,
                                                       "rkey": "one"}, token=acct.access))
-        api.close()
-    finally:
-        server.stop()
     run_pds("backup", str(dest), "--data-dir", str(data))
     res = run_pds("verify", "--data-dir", str(dest), check=False)
     assert res.returncode == 0, res.stdout
-    rport = free_port()
-    restored = start_server(dest, rport, workers=1, wait=60)
-    try:
+    with serving(dest, workers=1, wait=60) as restored:
         r = httpx.get(f"{restored.url}/xrpc/com.atproto.repo.getRecord",
                       params={"repo": acct.did, "collection": NOTE, "rkey": "two"}, timeout=60)
         assert r.status_code == 200 and r.json()["cid"] == second["cid"], r.text
         r = httpx.get(f"{restored.url}/xrpc/com.atproto.repo.getRecord",
                       params={"repo": acct.did, "collection": NOTE, "rkey": "one"}, timeout=60)
         assert r.status_code == 400 and first["cid"] not in r.text
-    finally:
-        restored.stop()
 
 
 def test_backup_with_writes_landing_between_its_steps(tmp_path: Path, monkeypatch) -> None:
@@ -305,12 +256,8 @@ def test_backup_with_writes_landing_between_its_steps(tmp_path: Path, monkeypatc
     from pds.store import backup as backup_mod
     from pds.store.verify import verify_data_dir
 
-    port = free_port()
-    data = tmp_path / "data"
-    init_data_dir(data, port, did_method="web")
-    server = start_server(data, port, workers=1, wait=60)
-    api = Api(server)
-    try:
+    with running_server(tmp_path, workers=1, wait=60) as server, Api(server) as api:
+        data = server.data_dir
         acct = api.create_account("win")
         ok(api.create_record(acct, {"text": "before"}, NOTE, rkey="before"))
         late: dict[str, object] = {}
@@ -341,17 +288,11 @@ def test_backup_with_writes_landing_between_its_steps(tmp_path: Path, monkeypatc
         dest = tmp_path / "backup"
         backup_mod.backup(data, dest)
         assert "after-blobs" in late and "after-seq" in late
-    finally:
-        api.close()
-        server.stop()
 
     report = verify_data_dir(dest)
     assert report.ok, report.problems
     late_cid, late_bytes, late_rec = late["after-blobs"]  # type: ignore[misc]
-    rport = free_port()
-    restored = start_server(dest, rport, workers=1, wait=60)
-    try:
-        rapi = Api(restored)
+    with serving(dest, workers=1, wait=60) as restored, Api(restored) as rapi:
         # The late record's event was copied, so the record is in the copy: so is its blob.
         r = rapi.get("com.atproto.repo.getRecord", repo=acct.did, collection=PIC, rkey="late")
         assert r.status_code == 200 and r.json()["cid"] == late_rec["cid"], r.text
@@ -366,6 +307,3 @@ def test_backup_with_writes_landing_between_its_steps(tmp_path: Path, monkeypatc
             assert b.status_code == 200, b.text
         else:
             assert r.json()["error"] == "RecordNotFound", r.text
-        rapi.close()
-    finally:
-        restored.stop()

@@ -14,13 +14,14 @@ from pathlib import Path
 
 import click
 import pytest
-from harness import free_port
-from ops_util import clean_env, init_dir, pds_command, run_pds
-from server_util import Api, running_server
+from harness import clean_env, free_port, init_data_dir, pds_command, run_pds, running_server
+from server_util import Api
 
 from pds import __version__
 from pds.cli import cli
 from pds.cli.common import new_password
+
+pytestmark = pytest.mark.slow  # the `pds` command line, process by process
 
 
 def no_traceback(res: subprocess.CompletedProcess) -> str:
@@ -122,7 +123,7 @@ def test_init_makes_a_data_dir_nobody_else_reads(tmp_path: Path) -> None:
 
 def test_bad_settings_stop_every_command_with_the_variable_named(tmp_path: Path) -> None:
     data = tmp_path / "data"
-    init_dir(data, "localhost:2583")
+    init_data_dir(data, "localhost:2583")
     for env, words in (({"PDS_WORKERS": "many"}, "PDS_WORKERS"),
                        ({"PDS_INVITE_REQUIRED": "maybe"}, "PDS_INVITE_REQUIRED"),
                        ({"PDS_BLOB_LIMIT": "-5"}, "PDS_BLOB_LIMIT"),
@@ -141,7 +142,7 @@ def test_serve_warns_when_it_listens_on_another_port_than_the_hostname_names(
         tmp_path: Path) -> None:
     data = tmp_path / "data"
     named, other = free_port(), free_port()
-    init_dir(data, f"localhost:{named}")
+    init_data_dir(data, f"localhost:{named}")
     proc = subprocess.Popen([*pds_command(), "serve", "--data-dir", str(data), "--bind",
                              f"127.0.0.1:{other}", "--workers", "1"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
@@ -156,7 +157,7 @@ def test_serve_warns_when_it_listens_on_another_port_than_the_hostname_names(
 
 def test_serve_refuses_a_bad_bind(tmp_path: Path) -> None:
     data = tmp_path / "data"
-    init_dir(data, "localhost:2583")
+    init_data_dir(data, "localhost:2583")
     line = no_traceback(run_pds("serve", "--data-dir", str(data), "--bind", "localhost",
                                 check=False))
     assert "--bind" in line
@@ -171,7 +172,7 @@ def test_commands_on_a_missing_data_dir_say_so(tmp_path: Path) -> None:
 
 def test_commands_refuse_a_data_dir_of_a_newer_format(tmp_path: Path) -> None:
     data = tmp_path / "data"
-    init_dir(data, "localhost:2583")
+    init_data_dir(data, "localhost:2583")
     (data / "FORMAT").write_text("999\n")
     for cmd in (["verify"], ["account", "list"], ["backup", str(tmp_path / "b")],
                 ["invite", "create"]):

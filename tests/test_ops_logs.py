@@ -7,15 +7,15 @@ so a user's report can be matched to its line. Everything else goes to stderr.
 from __future__ import annotations
 
 import re
-import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
-from harness import free_port, init_data_dir
-from ops_util import clean_env, pds_command, wait_for
+from harness import running_server, wait_for
+
+pytestmark = pytest.mark.slow  # `pds serve`'s request log
 
 LINE = re.compile(r'^(?P<rid>\S+) (?P<client>\S+) "(?P<method>[A-Z]+) (?P<path>\S+)" '
                   r'(?P<status>\d{3}) (?P<ms>\d+\.\d)ms$')
@@ -24,9 +24,8 @@ LINE = re.compile(r'^(?P<rid>\S+) (?P<client>\S+) "(?P<method>[A-Z]+) (?P<path>\
 @dataclass
 class LoggedServer:
     url: str
-    proc: subprocess.Popen
-    out: Path
-    err: Path
+    out: Path   # stdout: the access log
+    err: Path   # stderr: gunicorn's own messages
 
     def lines(self) -> list[str]:
         return self.out.read_text(errors="replace").splitlines()
@@ -43,34 +42,9 @@ class LoggedServer:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LoggedServer]:
     base = tmp_path_factory.mktemp("logs")
-    port = free_port()
-    data = base / "data"
-    init_data_dir(data, port, did_method="web")
-    out, err = base / "stdout.log", base / "stderr.log"
-    with open(out, "wb") as fo, open(err, "wb") as fe:
-        proc = subprocess.Popen([*pds_command(), "serve", "--data-dir", str(data), "--bind",
-                                 f"127.0.0.1:{port}", "--workers", "2"],
-                                stdout=fo, stderr=fe, env=clean_env({"PDS_ACCESS_LOG": "1"}))
-    srv = LoggedServer(f"http://127.0.0.1:{port}", proc, out, err)
-
-    def ready() -> bool:
-        assert proc.poll() is None, err.read_text()
-        try:
-            return httpx.get(srv.url + "/xrpc/_health", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    try:
-        wait_for(ready, 60, "pds serve to answer", interval=0.1)
-        yield srv
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(30)
-    assert "Traceback" not in err.read_text()
+    err = base / "stderr.log"
+    with running_server(base, env={"PDS_ACCESS_LOG": "1"}, err_path=err, wait=60) as srv:
+        yield LoggedServer(srv.url, srv.log_path, err)
 
 
 def test_a_200_line_matches_the_response_request_id(server: LoggedServer) -> None:

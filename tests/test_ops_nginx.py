@@ -19,29 +19,19 @@ import os
 import re
 import signal
 import socket
-import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from harness import Server, free_port, start_server
-from ops_util import (
-    Nginx,
-    decode_frame,
-    init_dir,
-    nginx_binary,
-    parse_ops_line,
-    start_nginx,
-    wait_for,
-)
-from server_util import PASSWORD, Api, ok
-from websockets.sync.client import connect
+from harness import Server, init_data_dir, start_server, wait_for
+from ops_util import Nginx, nginx_binary, parse_ops_line, start_nginx
+from server_util import PASSWORD, Api, Subscriber, ok, subscribe_url
 
-pytestmark = pytest.mark.skipif(nginx_binary() is None,
-                                reason="nginx is not installed (looked on PATH and in /usr/sbin)")
+pytestmark = [pytest.mark.slow,  # nginx in front of a live server
+              pytest.mark.skipif(nginx_binary() is None,
+                                 reason="nginx is not installed (looked on PATH and in /usr/sbin)")]
 
-SUBSCRIBE = "/xrpc/com.atproto.sync.subscribeRepos"
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 1200  # ~300 KB, not a real image
 NOW = "2026-01-01T00:00:00.000Z"
 
@@ -53,14 +43,13 @@ class Stack:
     def __init__(self, base: Path) -> None:
         self.base = base
         self.data = base / "data"
-        init_dir(self.data, "localhost")
-        self.app_port = free_port()
+        init_data_dir(self.data, "localhost")
         self.app: Server = start_server(
-            self.data, self.app_port, workers=2,
-            env={"PDS_BEHIND_NGINX": "true", "PDS_ACCESS_LOG": "1"}, wait=60)
+            self.data, workers=2, env={"PDS_BEHIND_NGINX": "true", "PDS_ACCESS_LOG": "1"},
+            wait=60)
         try:
             self.nginx: Nginx = start_nginx(base / "nginx", self.data,
-                                            f"127.0.0.1:{self.app_port}")
+                                            f"127.0.0.1:{self.app.port}")
         except BaseException:
             self.app.stop()
             raise
@@ -148,7 +137,7 @@ def test_test_config_is_the_example_made_plain_http(stack: Stack) -> None:
     assert "listen 80" not in site and "ssl" not in site.replace("ssl_", "SSL")
     assert "return 301" not in site
     assert f"alias {stack.data}/accounts/;" in site
-    assert f"server 127.0.0.1:{stack.app_port};" in site
+    assert f"server 127.0.0.1:{stack.app.port};" in site
     assert "server_name localhost *.localhost;" in site
     # The example's own access log, in its own format (a log_format in a site file).
     assert "log_format pds_requests '$request_id " in site
@@ -239,33 +228,11 @@ def test_firehose_over_websocket_through_nginx(stack: Stack) -> None:
     acct = stack.sign_up("carol")
     did, token = acct["did"], acct["accessJwt"]
     first = stack.post(did, token, "before subscribing")
-    url = f"ws://127.0.0.1:{stack.nginx.port}{SUBSCRIBE}?cursor=0"
-    frames: list[tuple[dict, dict]] = []
-    lock = threading.Lock()
-    done = threading.Event()
-    errors: list[BaseException] = []
-
-    with connect(url, max_size=None, open_timeout=30, close_timeout=10) as ws:
-        def reader() -> None:
-            try:
-                while not done.is_set():
-                    try:
-                        data = ws.recv(timeout=0.2)
-                    except TimeoutError:
-                        continue
-                    with lock:
-                        frames.append(decode_frame(data))
-            except BaseException as e:  # noqa: BLE001 - reported below
-                if not done.is_set():
-                    errors.append(e)
-
-        t = threading.Thread(target=reader, daemon=True)
-        t.start()
-
+    sub = Subscriber(subscribe_url(stack.nginx.url, 0), compression="deflate")
+    try:
         def commits_with(path: str):
-            with lock:
-                return [b for h, b in frames if h.get("t") == "#commit" and b["repo"] == did
-                        and any(op["path"] == path for op in b["ops"])]
+            return [b for h, b, _ in sub.snapshot() if h.get("t") == "#commit"
+                    and b["repo"] == did and any(op["path"] == path for op in b["ops"])]
 
         # Replay from cursor 0 carries the commit made before subscribing.
         first_path = "app.bsky.feed.post/" + first["uri"].rsplit("/", 1)[1]
@@ -275,11 +242,10 @@ def test_firehose_over_websocket_through_nginx(stack: Stack) -> None:
         live_path = "app.bsky.feed.post/" + live["uri"].rsplit("/", 1)[1]
         got = wait_for(lambda: commits_with(live_path), 60, "the live #commit")
         assert got[0]["commit"].encode() == live["commit"]["cid"]
-        done.set()
-        t.join(15)
-    assert not errors, errors
-    with lock:
-        seqs = [b["seq"] for h, b in frames if h.get("op") == 1]
+    finally:
+        sub.close()
+    assert sub.closed is None and sub.error is None, (sub.closed, sub.error)
+    seqs = [b["seq"] for h, b, _ in sub.snapshot() if h.get("op") == 1]
     assert seqs == sorted(seqs) and len(seqs) == len(set(seqs)), seqs
 
 

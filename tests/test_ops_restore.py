@@ -16,15 +16,17 @@ import shutil
 from pathlib import Path
 
 import pytest
-from ops_util import init_dir, run_pds
+from harness import init_data_dir, run_pds
 
 from pds.store.format import CURRENT
+
+pytestmark = pytest.mark.slow  # `pds backup`, `restore` and `verify` run as commands
 
 
 @pytest.fixture(scope="module")
 def src(tmp_path_factory: pytest.TempPathFactory) -> Path:
     data = tmp_path_factory.mktemp("cli") / "data"
-    init_dir(data, "localhost:2583")
+    init_data_dir(data, "localhost:2583")
     return data
 
 
@@ -67,7 +69,7 @@ def test_data_dir_defaults_to_the_environment_then_dot_data(src: Path, tmp_path:
 
 def test_refusals_are_one_error_line(src: Path, tmp_path: Path) -> None:
     other = tmp_path / "other"
-    init_dir(other, "localhost:2583")
+    init_data_dir(other, "localhost:2583")
     busy = tmp_path / "busy"
     busy.mkdir()
     (busy / "keep").write_text("x")

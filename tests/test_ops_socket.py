@@ -9,13 +9,16 @@ import subprocess
 from pathlib import Path
 
 import httpx
-from ops_util import clean_env, init_dir, pds_command, wait_for
+import pytest
+from harness import clean_env, init_data_dir, pds_command, stop_process, wait_for
 from server_util import PASSWORD
+
+pytestmark = pytest.mark.slow  # `pds serve` on a unix socket
 
 
 def test_unix_socket_is_0660_and_answers(tmp_path: Path) -> None:
     data = tmp_path / "data"
-    init_dir(data, "localhost")
+    init_data_dir(data, "localhost")
     sock = tmp_path / "run" / "pds.sock"
     sock.parent.mkdir()
     log_path = tmp_path / "server.log"
@@ -56,12 +59,6 @@ def test_unix_socket_is_0660_and_answers(tmp_path: Path) -> None:
             mode = stat.S_IMODE((data / "accounts" / did).stat().st_mode)
             assert mode & 0o111 == 0o111, oct(mode)
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_process(proc, signal.SIGTERM, 30)
     assert proc.returncode == 0, log_path.read_text(errors="replace")
     assert "Traceback" not in log_path.read_text(errors="replace")

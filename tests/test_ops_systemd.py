@@ -14,7 +14,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from ops_util import UNIT_FILE, pds_command
+from harness import pds_command
+from ops_util import UNIT_FILE
 
 SYSTEMD_ANALYZE = shutil.which("systemd-analyze") or (
     "/usr/bin/systemd-analyze" if Path("/usr/bin/systemd-analyze").exists() else None)

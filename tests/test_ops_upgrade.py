@@ -10,27 +10,26 @@ import subprocess
 from pathlib import Path
 
 import httpx
-from harness import free_port, init_data_dir, start_server
-from ops_util import clean_env, pds_command
+import pytest
+from harness import free_port, init_data_dir, run_pds, running_server, serving
 from server_util import Api, ok
 
 from pds.store.format import CURRENT
+
+pytestmark = pytest.mark.slow  # servers started on old data dirs
 
 NOTE = "com.example.note"
 
 
 def serve_once(data: Path, timeout: float = 120) -> subprocess.CompletedProcess:
     """`pds serve` expected to exit by itself (it must not start serving)."""
-    port = free_port()
-    res = subprocess.run([*pds_command(), "serve", "--data-dir", str(data), "--bind",
-                          f"127.0.0.1:{port}", "--workers", "1"],
-                         capture_output=True, text=True, timeout=timeout, env=clean_env())
-    return res
+    return run_pds("serve", "--data-dir", str(data), "--bind", f"127.0.0.1:{free_port()}",
+                   "--workers", "1", check=False, timeout=timeout)
 
 
 def test_newer_format_is_refused(tmp_path: Path) -> None:
     data = tmp_path / "data"
-    init_data_dir(data, free_port(), did_method="web")
+    init_data_dir(data, free_port())
     assert (data / "FORMAT").read_text().strip() == str(CURRENT)
     (data / "FORMAT").write_text("99\n")
     before = sorted(p.relative_to(data) for p in data.rglob("*"))
@@ -46,7 +45,7 @@ def test_newer_format_is_refused(tmp_path: Path) -> None:
 
 def test_unreadable_format_is_refused(tmp_path: Path) -> None:
     data = tmp_path / "data"
-    init_data_dir(data, free_port(), did_method="web")
+    init_data_dir(data, free_port())
     (data / "FORMAT").write_text("one\n")
     res = serve_once(data)
     assert res.returncode != 0
@@ -55,17 +54,10 @@ def test_unreadable_format_is_refused(tmp_path: Path) -> None:
 
 
 def test_data_dir_without_format_is_migrated_and_served(tmp_path: Path) -> None:
-    port = free_port()
-    data = tmp_path / "data"
-    init_data_dir(data, port, did_method="web")
-    server = start_server(data, port, workers=1, wait=60)
-    try:
-        api = Api(server)
+    with running_server(tmp_path, workers=1, wait=60) as server, Api(server) as api:
+        data = server.data_dir
         acct = api.create_account("oldie")
         rec = ok(api.create_record(acct, {"text": "from the old version"}, NOTE, rkey="old"))
-        api.close()
-    finally:
-        server.stop()
     # What an older pds left: no FORMAT, and no directories it did not use yet.
     (data / "FORMAT").unlink()
     for d in ("invites", "emails"):
@@ -73,9 +65,7 @@ def test_data_dir_without_format_is_migrated_and_served(tmp_path: Path) -> None:
             f.unlink()
         (data / d).rmdir()
 
-    port = free_port()
-    server = start_server(data, port, workers=2, wait=60)
-    try:
+    with serving(data, workers=2, wait=60) as server, Api(server) as api:
         assert (data / "FORMAT").read_text().strip() == str(CURRENT) == "1"
         for d in ("invites", "emails", "seq", "tmp", "well-known", "accounts", "handles"):
             assert (data / d).is_dir(), d
@@ -84,21 +74,15 @@ def test_data_dir_without_format_is_migrated_and_served(tmp_path: Path) -> None:
                         params={"repo": acct.did, "collection": NOTE, "rkey": "old"},
                         timeout=60)
         assert got.status_code == 200 and got.json()["cid"] == rec["cid"], got.text
-        api = Api(server)
         session = ok(api.post("com.atproto.server.createSession",
                               {"identifier": acct.handle, "password": acct.password}))
         ok(api.post("com.atproto.repo.createRecord",
                     {"repo": acct.did, "collection": NOTE,
                      "record": {"$type": NOTE, "text": "from the new version"}},
                     token=session["accessJwt"]))
-        api.close()
-    finally:
-        server.stop()
-    log = server.log()
-    assert "Traceback" not in log, log[-4000:]
     # A second start finds nothing to migrate.
     mtime = os.stat(data / "FORMAT").st_mtime_ns
-    server = start_server(data, free_port(), workers=1, wait=60)
-    server.stop()
+    with serving(data, workers=1, wait=60) as server:
+        pass
     assert os.stat(data / "FORMAT").st_mtime_ns == mtime
     assert "migrated the data dir" not in server.log()

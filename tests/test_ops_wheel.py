@@ -29,8 +29,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from harness import free_port, start_server
-from ops_util import CLI_TIMEOUT, ROOT, build_wheel, clean_env, run_pds
+from harness import CLI_TIMEOUT, clean_env, free_port, init_data_dir, run_pds, serving
+from ops_util import ROOT, build_wheel
 from server_util import Api, ok
 
 NOTE = "app.bsky.feed.post"
@@ -103,26 +103,18 @@ def test_installed_wheel_serves_backs_up_restores_and_serves_again(tmp_path: Pat
     data = work / "lib" / "pds"
     data.mkdir(parents=True)
     os.chmod(data, 0o750)
-    run_pds("init", "--data-dir", str(data), "--hostname", f"localhost:{port}", "--dev",
-            "--did-method", "web", "--handle-domains", ".test", command=pds, cwd=work,
-            env=ENV)
-    server = start_server(data, port, workers=2, command=pds, cwd=work, env=ENV, wait=60)
-    restored_server = None
-    try:
-        api = Api(server)
+    init_data_dir(data, port, command=pds, cwd=work, env=ENV)
+    with serving(data, port, command=pds, cwd=work, env=ENV, wait=60) as server, \
+            Api(server) as api:
         acct = api.create_account("alice")
         post = ok(api.create_record(acct, {"text": "hello from the wheel",
                                            "createdAt": "2026-01-01T00:00:00Z"}, NOTE))
-        api.close()
 
         # Backups: while it serves.
         dest = work / "backups" / "today"
         run_pds("backup", str(dest), "--data-dir", str(data), command=pds, cwd=work, env=ENV)
         assert stat.S_IMODE(dest.stat().st_mode) == 0o750
         assert stat.S_IMODE((dest / "pds.env").stat().st_mode) == 0o600
-    finally:
-        server.stop()
-    assert "Traceback" not in server.log(), server.log()[-4000:]
 
     # Restore into a fresh data dir, verify it, serve it.
     fresh = work / "lib" / "pds-restored"
@@ -130,18 +122,11 @@ def test_installed_wheel_serves_backs_up_restores_and_serves_again(tmp_path: Pat
     assert stat.S_IMODE(fresh.stat().st_mode) == 0o750
     res = run_pds("verify", "--data-dir", str(fresh), command=pds, cwd=work, env=ENV)
     assert res.returncode == 0
-    try:
-        restored_server = start_server(fresh, port, workers=2, command=pds, cwd=work, env=ENV,
-                                       wait=60)
-        api = Api(restored_server)
+    with serving(fresh, port, command=pds, cwd=work, env=ENV, wait=60) as restored_server, \
+            Api(restored_server) as api:
         rkey = post["uri"].rsplit("/", 1)[1]
         got = ok(api.get("com.atproto.repo.getRecord", repo=acct.did, collection=NOTE,
                          rkey=rkey))
         assert got["cid"] == post["cid"] and got["value"]["text"] == "hello from the wheel"
         ok(api.post("com.atproto.server.createSession",
                     {"identifier": acct.handle, "password": acct.password}))
-        api.close()
-    finally:
-        if restored_server is not None:
-            restored_server.stop()
-    assert "Traceback" not in restored_server.log(), restored_server.log()[-4000:]

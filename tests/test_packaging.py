@@ -21,6 +21,8 @@ from pathlib import Path
 import pytest
 from ops_util import ROOT, build_wheel
 
+pytestmark = pytest.mark.slow  # builds the wheel
+
 PKG = ROOT / "pds"
 
 

@@ -19,10 +19,10 @@ from __future__ import annotations
 import re
 import socket
 
-from harness import free_port
-from ops_util import run_pds, wait_for
+import pytest
+from harness import free_port, run_pds, running_server, wait_for
 from readme_util import ROOT, layout_entries, settings_rows, unlisted, unseen, walk
-from server_util import Api, blob_ref, err, ok, running_server
+from server_util import Api, blob_ref, err, ok, subscribe_url
 
 # Exist only for the instant a write takes: no test can hold one still to look at.
 TRANSIENT = {"tmp/.<pid>.<random>"}
@@ -123,6 +123,7 @@ def _upload_in_progress(api: Api, token: str, seen: set, data_dir) -> None:
     assert answer.startswith(b"HTTP/1.1 200"), answer[:300]
 
 
+@pytest.mark.slow  # waits for the first minute's background maintenance
 def test_readme_layout_is_a_real_data_dir(tmp_path) -> None:
     entries = layout_entries()
     env = {"PDS_RATE_LIMITS": "true", "PDS_INVITE_REQUIRED": "true",
@@ -175,9 +176,7 @@ def test_readme_layout_is_a_real_data_dir(tmp_path) -> None:
         # The firehose: a subscriber replays the log (it writes nothing, but is part of
         # what a running PDS does).
         from websockets.sync.client import connect
-        url = server.url.replace("http://", "ws://") + \
-            "/xrpc/com.atproto.sync.subscribeRepos?cursor=0"
-        with connect(url, open_timeout=30) as ws:
+        with connect(subscribe_url(server.url, 0), open_timeout=30) as ws:
             assert ws.recv(timeout=30)
 
         # Background maintenance: checkpoints, blob collection, export snapshots (every

@@ -6,17 +6,12 @@ from __future__ import annotations
 import json
 
 import pytest
-from server_util import Api, err, jwt_parts, ok, running_server
+from server_util import Api, api_fixture, err, jwt_parts, ok
 
 COLL = "com.example.note"
 
 
-@pytest.fixture(scope="module")
-def api(tmp_path_factory):
-    with running_server(tmp_path_factory.mktemp("accounts")) as server:
-        client = Api(server)
-        yield client
-        client.close()
+api = api_fixture()
 
 
 @pytest.fixture(scope="module")

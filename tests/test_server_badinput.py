@@ -10,7 +10,7 @@ import time
 import httpx
 import jwt
 import pytest
-from server_util import Api, blob_ref, diff_snapshots, err, ok, running_server, snapshot
+from server_util import Api, api_fixture, blob_ref, diff_snapshots, err, ok, snapshot
 
 from pds.config import parse_env_file
 
@@ -21,13 +21,7 @@ COLL = "com.example.note"
 GOOD_CID = "bafyreibcwoiemnvsleiph4pljrvq5vntcvm7ns2odgvv7cj2axpiqcm3jy"
 
 
-@pytest.fixture(scope="module")
-def api(tmp_path_factory):
-    with running_server(tmp_path_factory.mktemp("bad"),
-                        env={"PDS_BLOB_LIMIT": str(BLOB_LIMIT)}) as server:
-        client = Api(server)
-        yield client
-        client.close()
+api = api_fixture(env={"PDS_BLOB_LIMIT": str(BLOB_LIMIT)})
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,7 @@ import hashlib
 import os
 import time
 
-import pytest
-from server_util import Api, blob_ref, diff_snapshots, err, ok, running_server, snapshot
+from server_util import Api, api_fixture, blob_ref, diff_snapshots, err, ok, snapshot
 
 from pds.repo.codec import raw_cid_for
 from pds.store.blobs import TEMP_GRACE, BlobStore
@@ -17,12 +16,7 @@ from pds.store.blobs import TEMP_GRACE, BlobStore
 COLL = "com.example.photo"
 
 
-@pytest.fixture(scope="module")
-def api(tmp_path_factory):
-    with running_server(tmp_path_factory.mktemp("blobs")) as server:
-        client = Api(server)
-        yield client
-        client.close()
+api = api_fixture()
 
 
 def upload(api: Api, acct, data: bytes, mime: str = "image/png", chunked: bool = True) -> dict:

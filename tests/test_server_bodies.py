@@ -14,7 +14,7 @@ from collections.abc import Iterable, Iterator
 
 import httpx
 import pytest
-from server_util import Account, Api, err, ok, running_server
+from server_util import Account, Api, api_fixture, err, ok
 
 from pds.xrpc.app import JSON_LIMIT
 
@@ -27,13 +27,7 @@ UPLOAD = "/xrpc/com.atproto.repo.uploadBlob"
 CREATE = "/xrpc/com.atproto.repo.createRecord"
 
 
-@pytest.fixture(scope="module")
-def api(tmp_path_factory):
-    with running_server(tmp_path_factory.mktemp("bodies"),
-                        env={"PDS_BLOB_LIMIT": str(BLOB_LIMIT)}) as server:
-        client = Api(server)
-        yield client
-        client.close()
+api = api_fixture(env={"PDS_BLOB_LIMIT": str(BLOB_LIMIT)})
 
 
 @pytest.fixture(scope="module")

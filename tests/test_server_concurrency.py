@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-from server_util import Api, check_response, ok, running_server
+from server_util import api_fixture, app_context, check_response, ok
 
 from pds.repo.car import read_car_blocks
 from pds.repo.commit import parse_commit
@@ -19,12 +19,7 @@ from pds.repo.signing_keys import load_private_key
 N = 32
 
 
-@pytest.fixture(scope="module")
-def api(tmp_path_factory):
-    with running_server(tmp_path_factory.mktemp("conc")) as server:
-        client = Api(server)
-        yield client
-        client.close()
+api = api_fixture()
 
 
 async def _post_all(url: str, jobs: list[tuple[str, dict]]) -> list[httpx.Response]:
@@ -156,17 +151,10 @@ def test_sign_up_race_for_one_did_web_loses_cleanly(tmp_path):
     winner claimed the handle (the window is too narrow to hit reliably over HTTP), so it
     reaches the claim for the same did:web. It must fail there, not take the winner's
     account over: same key, same document, same email index."""
-    from pds.config import Settings
     from pds.errors import PdsError
     from pds.services import accounts as svc
-    from pds.services.context import AppContext
 
-    (tmp_path / "tmp").mkdir()
-    settings = Settings(data_dir=tmp_path, hostname="localhost:1", handle_domains=[".test"],
-                        did_method="web", dev=True, jwt_secret="s" * 32, rate_limits=False)
-    ctx = AppContext(settings)
-    ctx.data.ensure()
-    ctx.accounts.ensure()
+    ctx = app_context(tmp_path)
     body = {"handle": "raced.test", "email": "first@example.com", "password": "pw-1"}
     first = asyncio.run(svc.create_account(ctx, body, None))
     did = first["did"]

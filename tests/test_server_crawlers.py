@@ -9,8 +9,8 @@ worker for good.
 from __future__ import annotations
 
 import httpx
-from ops_util import wait_for
-from server_util import Api, ok, running_server
+from harness import running_server, wait_for
+from server_util import Api, ok
 from test_ops_admin import Relay, relay  # noqa: F401 - `relay`: the fixture below
 
 

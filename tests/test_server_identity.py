@@ -9,17 +9,11 @@ import json
 import time
 
 import pytest
-from server_util import Api, err, jwt_parts, ok, running_server
+from server_util import Api, api_fixture, err, jwt_parts, ok
 
 from pds.repo.keys import parse_did_key
 
-
-@pytest.fixture(scope="module")
-def api(tmp_path_factory):
-    with running_server(tmp_path_factory.mktemp("identity")) as server:
-        client = Api(server)
-        yield client
-        client.close()
+api = api_fixture()
 
 
 @pytest.fixture(scope="module")

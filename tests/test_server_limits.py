@@ -11,16 +11,10 @@ import time
 
 import httpx
 import pytest
-from server_util import PASSWORD, Api, check_response, err, ok, running_server
+from harness import children
+from server_util import PASSWORD, Api, api_fixture, check_response, err, ok
 
-
-@pytest.fixture(scope="module")
-def api(tmp_path_factory):
-    env = {"PDS_INVITE_REQUIRED": "true", "PDS_RATE_LIMITS": "true"}
-    with running_server(tmp_path_factory.mktemp("limits"), env=env) as server:
-        client = Api(server)
-        yield client
-        client.close()
+api = api_fixture(env={"PDS_INVITE_REQUIRED": "true", "PDS_RATE_LIMITS": "true"})
 
 
 def sign_up(api: Api, name: str, code: str | None) -> httpx.Response:
@@ -89,22 +83,6 @@ async def _logins(url: str, identifier: str, password: str, n: int) -> list[http
     return list(responses)
 
 
-def worker_pids(master: int) -> list[int]:
-    """The gunicorn workers: the children of the `pds serve` process."""
-    out = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        if int(stat.rsplit(")", 1)[1].split()[1]) == master:
-            out.append(int(entry))
-    return out
-
-
 def test_login_rate_limit_across_workers(api):
     code = ok(api.post("com.atproto.server.createInviteCode", {"useCount": 1},
                        headers=api.admin_headers()))["code"]
@@ -114,13 +92,13 @@ def test_login_rate_limit_across_workers(api):
     first = asyncio.run(_logins(api.server.url, identifier, "wrong", 30))
     assert sorted(r.status_code for r in first) == [401] * 30
     # The count is not kept in any worker's memory: replace both workers by fresh ones.
-    old = worker_pids(api.server.proc.pid)
+    old = children(api.server.proc.pid)
     assert len(old) == 2
     for pid in old:
         os.kill(pid, signal.SIGKILL)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        now = worker_pids(api.server.proc.pid)
+        now = children(api.server.proc.pid)
         if len(now) == 2 and not set(now) & set(old):
             break
         time.sleep(0.1)

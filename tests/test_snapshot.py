@@ -181,16 +181,11 @@ def test_maintenance_refreshes_every_account(tmp_path):
     """AppContext.refresh_snapshots (the server's minute task) over real accounts."""
     import asyncio
 
-    from pds.config import Settings
-    from pds.services import accounts as svc
-    from pds.services.context import AppContext
+    from server_util import app_context
 
-    (tmp_path / "tmp").mkdir()
-    settings = Settings(data_dir=tmp_path, hostname="localhost:1", handle_domains=[".test"],
-                        did_method="web", dev=True, jwt_secret="s" * 32, rate_limits=False)
-    ctx = AppContext(settings)
-    ctx.data.ensure()
-    ctx.accounts.ensure()
+    from pds.services import accounts as svc
+
+    ctx = app_context(tmp_path)
     dids = [asyncio.run(svc.create_account(ctx, {"handle": f"snap{i}.test", "password": "pw-1",
                                                  "email": f"s{i}@example.com"}, None))["did"]
             for i in range(2)]
