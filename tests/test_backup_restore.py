@@ -252,6 +252,7 @@ def test_restore_keeps_everything_but_sessions(history: History, tmp_path: Path)
 def _sync_events(root: Path) -> list[dict]:
     """The #sync payloads of a data dir's event log, with the commit's CID as text."""
     from ops_util import seq_events
+
     from pds.repo.car import read_car_blocks
     out = []
     for _seq, header, payload in seq_events(root):
