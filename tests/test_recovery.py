@@ -13,7 +13,7 @@ import pytest
 
 import pds
 from pds.repo import events as ev
-from pds.repo.keys import generate_signing_key
+from pds.repo.signing_keys import generate_signing_key
 from pds.store import layout, rollforward
 from pds.store.layout import DataDir
 from pds.store.recovery import LogWriteAhead, checkpoint, recover
