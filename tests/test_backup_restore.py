@@ -470,6 +470,9 @@ def test_sockets_and_fifos_in_a_data_dir_are_left_out(small: Path, tmp_path: Pat
     assert not (tmp_path / "bk" / "well-known" / "fifo").exists()
     assert not (tmp_path / "bk" / "pds.sock").exists()
     restore(tmp_path / "bk", tmp_path / "restored")
+    # They are not part of the layout either (the end-of-run check reads every data dir).
+    for planted in (data / "pds.sock", data / "well-known" / "fifo"):
+        planted.unlink()
 
 
 # --- progress -------------------------------------------------------------------------------
