@@ -8,6 +8,7 @@ mid-recovery.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -64,6 +65,24 @@ def recover(settings: Settings) -> int:
     """Replay what a crash left unfinished (the event log, repo journals); returns
     commits replayed. The store's recovery (pds/store/recovery.py) on the data dir."""
     return recover_data_dir(DataDir(settings.data_dir))
+
+
+def announce_if_restored(settings: Settings) -> dict | None:
+    """After recovery, before any worker: a data dir restored by hand (a backup copied
+    into place, a copy of a data dir) gets what `pds restore` gives its copy: a seq floor
+    above everything emitted before, and #account, #identity, #sync for each account
+    (pds/store/restored.py says how a restore is told). Returns what was done, or None."""
+    from .store.restored import handle_restore
+    try:
+        done = handle_restore(DataDir(settings.data_dir))
+    except ValueError as e:
+        sys.exit(str(e))
+    if done is None:
+        return None
+    reason, out = done
+    log.warning("restored: seq floor %d, #sync for %d accounts (the data dir was restored: "
+                "%s)", out["floor"], out["synced"], reason)
+    return out
 
 
 class PdsApplication(BaseApplication):
@@ -123,8 +142,17 @@ def _setup_logging(settings: Settings) -> None:
         root.setLevel(logging.INFO)
 
 
+# Files the server creates (accounts, blocks, blobs, events) are not for others: like the
+# systemd unit's UMask=0027 and `pds init`. Not 0077: nginx, whose user joins the
+# service's group, reads blobs and well-known files straight from the data dir.
+SERVE_UMASK = 0o027
+
+
 def serve(settings: Settings) -> None:
     """Recover, then run gunicorn in the foreground until signalled."""
+    # First, before anything writes (a migration, recovery, the workers: they inherit it),
+    # whatever umask the shell that started us had.
+    os.umask(SERVE_UMASK)
     if not DataDir(settings.data_dir).env_file.exists():
         sys.exit(f"no PDS data dir at {settings.data_dir} (run `pds init` first)")
     if not settings.jwt_secret:
@@ -139,6 +167,7 @@ def serve(settings: Settings) -> None:
     replayed = recover(settings)
     if replayed:
         log.warning("recovered %d journal entries", replayed)
+    announce_if_restored(settings)
     if settings.crawlers:
         announce_in_background(settings.host_only, settings.crawlers)
     PdsApplication(settings).run()

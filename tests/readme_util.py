@@ -29,7 +29,7 @@ PLACEHOLDERS = {
     "jti": r"[A-Za-z0-9_-]+",
     "code": r"[A-Za-z0-9.-]+",
     "hash": r"[0-9a-f]{32}",
-    "shard": r"\d{8}",
+    "shard": r"\d{8,}",
     "seq": r"\d{16}",
     "pid": r"\d+",
     "random": r"[0-9a-f]+",

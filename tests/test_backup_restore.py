@@ -33,6 +33,7 @@ from server_util import Api, blob_ref, err, ok
 from pds.store.backup import MARKER, BackupError, backup
 from pds.store.format import CURRENT, FormatError, read_format, require_current
 from pds.store.restore import restore
+from pds.store.seqlog import EventLog
 from pds.store.verify import verify_data_dir
 
 NOTE = "com.example.note"
@@ -221,13 +222,37 @@ def test_restore_keeps_everything_but_sessions(history: History, tmp_path: Path)
             if "/sessions" not in k and k != MARKER}
     got = files(restored)
     assert set(got) >= set(want), set(want) - set(got)
-    extra = {k for k in set(got) - set(want) if not k.endswith(("HEAD.next",))}
+    # What announces the restore (test_restore_announcements.py): the floor, events from
+    # the floor on (in their own shard), each active repo's new commit, and where seq/ is.
+    floor = EventLog(restored / "seq", restored / "tmp").floor()
+    shard = f"seq/{floor // 100_000:08d}"
+    new_commits = {f"accounts/{p['did']}/blocks/{p['cid'][-2:]}/{p['cid']}"
+                   for p in _sync_events(restored) if p["seq"] >= floor}
+    announced = {"seq/FLOOR", "seq/INODE", shard} | new_commits | \
+        {k.rsplit("/", 1)[0] for k in new_commits}
+    extra = {k for k in set(got) - set(want) - announced
+             if not k.endswith(("HEAD.next", "journal.log"))
+             and not (k.startswith(shard + "/") and int(k.rsplit("/", 1)[1]) >= floor)}
     assert not extra, extra
+    assert len(new_commits) == 3  # alice, bob and carol, all active in this backup
     for k, mode in want.items():
         assert got[k] == mode, (k, oct(got[k]), oct(mode))
         p, q = history.first / k, restored / k
         if p.is_file() and not k.endswith(("HEAD", "CHECKPOINT", "revs")):
             assert p.read_bytes() == q.read_bytes(), k
+
+
+def _sync_events(root: Path) -> list[dict]:
+    """The #sync payloads of a data dir's event log, with the commit's CID as text."""
+    from ops_util import seq_events
+
+    from pds.repo.car import read_car_blocks
+    out = []
+    for _seq, header, payload in seq_events(root):
+        if header.get("t") == "#sync":
+            cid, _blocks = read_car_blocks(payload["blocks"])
+            out.append({**payload, "cid": cid.encode()})
+    return out
 
 
 # --- permissions --------------------------------------------------------------------------------
@@ -443,6 +468,9 @@ def test_sockets_and_fifos_in_a_data_dir_are_left_out(small: Path, tmp_path: Pat
     assert not (tmp_path / "bk" / "well-known" / "fifo").exists()
     assert not (tmp_path / "bk" / "pds.sock").exists()
     restore(tmp_path / "bk", tmp_path / "restored")
+    # They are not part of the layout either (the end-of-run check reads every data dir).
+    for planted in (data / "pds.sock", data / "well-known" / "fifo"):
+        planted.unlink()
 
 
 # --- progress -------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ import os
 import re
 import signal
 import socket
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -379,3 +380,111 @@ def test_json_body_over_the_apps_limit_answered_by_the_app_through_nginx(stack: 
         line = stack.nginx_line(lambda ln, rid=rid: ln["rid"] == rid)
         assert line["status"] == 413 and line["upstatus"] == "413", line
         assert '"POST /xrpc/com.atproto.repo.createRecord" 413' in stack.app_line(rid)
+
+
+# --- hardening: HSTS, no version, request-rate limits --------------------------------------
+
+HSTS = "max-age=63072000; includeSubDomains"
+
+
+def _assert_hardened(r: httpx.Response, what: str) -> None:
+    assert r.headers.get("strict-transport-security") == HSTS, (what, r.headers)
+    assert r.headers.get("server") == "nginx", (what, r.headers.get("server"))
+
+
+def test_hsts_and_no_version_on_everything_nginx_answers(stack: Stack) -> None:
+    """Proxied answers, files nginx sends itself (well-known, blobs) and nginx's own error
+    pages all carry HSTS and a bare `Server: nginx`."""
+    acct = stack.sign_up("hsts")
+    did, token = acct["did"], acct["accessJwt"]
+    blob = stack.upload(token, PNG, "image/png")
+    stack.post(did, token, "hsts", blob)
+    for what, r in (
+        ("proxied", stack.http.get("/xrpc/_health")),
+        ("proxied error", stack.http.get("/xrpc/com.atproto.repo.getRecord")),
+        ("atproto-did", stack.http.get("/.well-known/atproto-did",
+                                       headers={"Host": "hsts.test"})),
+        ("did.json", stack.http.get("/.well-known/did.json")),
+        ("blob", stack.get_blob(did, blob_cid(blob))),
+        ("internal path", stack.http.get(f"/_blobs/{did}/blobs/")),
+    ):
+        _assert_hardened(r, what)
+    r = stack.http.get(f"/_blobs/{did}/blobs/")
+    assert r.status_code == 404 and not re.search(rb"nginx/\d", r.content), r.content
+
+
+def _limited_routes() -> dict[str, tuple[str, int]]:
+    """zone -> (location, burst) from nginx.conf.example's rate-limited locations."""
+    from ops_util import NGINX_EXAMPLE
+    found = re.findall(r"location (?:= |\^~ )?(\S+) \{\s*limit_req zone=(\w+) burst=(\d+) "
+                       r"nodelay;", NGINX_EXAMPLE.read_text())
+    return {zone: (path, int(burst)) for path, zone, burst in found}
+
+
+def _burst(http: httpx.Client, send: Callable[[], httpx.Response], n: int) -> list:
+    out = []
+    for _ in range(n):
+        r = send()
+        out.append((r.status_code, r.headers, r.content))
+    return out
+
+
+def test_rate_limits_answer_429_with_an_xrpc_error(tmp_path: Path) -> None:
+    """A burst on each limited route (logins, sign-ups, admin, OAuth) is refused past its
+    limit with 429 and `{"error": "RateLimitExceeded", ...}` from nginx, while everything
+    else, and each other limited route, still passes."""
+    routes = _limited_routes()
+    assert set(routes) == {"pds_login", "pds_signup", "pds_admin", "pds_oauth"}, routes
+    assert routes["pds_login"][0] == "/xrpc/com.atproto.server.createSession"
+    assert routes["pds_signup"][0] == "/xrpc/com.atproto.server.createAccount"
+    assert routes["pds_admin"][0] == "/xrpc/com.atproto.admin."
+    assert routes["pds_oauth"][0] == "/oauth/"
+    s = Stack(tmp_path)
+    try:
+        http = s.http
+        senders = {
+            "pds_login": lambda: http.post("/xrpc/com.atproto.server.createSession",
+                                           json={"identifier": "nobody.test",
+                                                 "password": "wrong"}),
+            "pds_signup": lambda: http.post("/xrpc/com.atproto.server.createAccount",
+                                            json={"handle": "x"}),
+            "pds_admin": lambda: http.get("/xrpc/com.atproto.admin.getAccountInfo",
+                                          params={"did": "did:web:nobody.test"}),
+            # %-escaped: nginx matches the decoded path, so this is /oauth/authorize.
+            "pds_oauth": lambda: http.get("/%6fauth/authorize"),
+        }
+        # An account made past nginx (the app itself), so no limit is used up yet.
+        r = httpx.post(f"{s.app.url}/xrpc/com.atproto.server.createAccount", timeout=60,
+                       json={"handle": "ratelimited.test", "password": PASSWORD,
+                             "email": "ratelimited@example.com"})
+        acct = ok(r)
+        for zone, send in senders.items():
+            _path, burst = routes[zone]
+            started = time.monotonic()
+            answers = _burst(http, send, burst + 12)
+            elapsed = time.monotonic() - started
+            codes = [c for c, _h, _b in answers]
+            refused = [i for i, c in enumerate(codes) if c == 429]
+            assert refused, f"{zone}: no 429 in {codes}"
+            # The burst passes; then only what the rate refills in the meantime.
+            passed = len(codes) - len(refused)
+            assert burst + 1 <= passed <= burst + 2 + elapsed * 1.0, (zone, codes, elapsed)
+            assert refused[0] >= burst + 1, (zone, codes)
+            for i in refused:
+                _code, headers, body = answers[i]
+                assert headers["content-type"] == "application/json", headers
+                err = json.loads(body)
+                assert err["error"] == "RateLimitExceeded" and err["message"], err
+                assert headers.get("strict-transport-security") == HSTS
+                assert headers.get("server") == "nginx" and headers.get("retry-after")
+            # Normal traffic goes on, and so does a limited route with its own budget.
+            assert http.get("/xrpc/_health").status_code == 200
+            assert http.get("/xrpc/com.atproto.server.describeServer").status_code == 200
+            r = http.get("/xrpc/com.atproto.repo.describeRepo", params={"repo": acct["did"]})
+            assert r.status_code == 200, r.text
+        # The 429s are nginx's own: the app never saw them.
+        for line in map(parse_ops_line, s.nginx.access_log()):
+            if line["status"] == 429:
+                assert line["upstatus"] == "-", line
+    finally:
+        s.close()

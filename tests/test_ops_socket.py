@@ -49,15 +49,16 @@ def test_unix_socket_is_0660_and_answers(tmp_path: Path) -> None:
                 r = client.get("/xrpc/com.atproto.server.describeServer")
                 assert r.status_code == 200, r.text
                 assert r.json()["did"] == "did:web:localhost"
-            # Writes work, and what the workers create keeps the process's umask: the
-            # socket's applies to the socket alone (a directory must stay traversable).
+            # Writes work, and what the workers create keeps the process's umask (027, set
+            # by `pds serve`): the socket's applies to the socket alone (a directory must
+            # stay traversable by the service and nginx's group).
             r = client.post("/xrpc/com.atproto.server.createAccount",
                             json={"handle": "sock.test", "email": "sock@example.com",
                                   "password": PASSWORD})
             assert r.status_code == 200, r.text
             did = r.json()["did"]
             mode = stat.S_IMODE((data / "accounts" / did).stat().st_mode)
-            assert mode & 0o111 == 0o111, oct(mode)
+            assert mode & 0o777 == 0o750, oct(mode)
     finally:
         stop_process(proc, signal.SIGTERM, 30)
     assert proc.returncode == 0, log_path.read_text(errors="replace")

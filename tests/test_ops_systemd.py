@@ -86,3 +86,27 @@ def test_unit_essentials() -> None:
     assert lines["UMask"] == "0027"
     assert lines["ReadWritePaths"] == "/var/lib/pds"
     assert lines["ExecStart"] == f"{INSTALLED_PATH} serve --data-dir /var/lib/pds"
+
+
+def _size(value: str) -> int:
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    return int(value[:-1]) * units[value[-1]] if value[-1] in units else int(value)
+
+
+def test_unit_resource_limits(unit: Path) -> None:
+    """Memory, task and open-file limits, set (not infinity) and sane: memory reclaimed
+    above MemoryHigh before MemoryMax is reached, room for every firehose subscriber's
+    socket. systemd parses them as resource-control settings (`verify` above passes)."""
+    lines = {ln.split("=", 1)[0]: ln.split("=", 1)[1]
+             for ln in UNIT_FILE.read_text().splitlines() if "=" in ln and ln[0] != "#"}
+    high, top = _size(lines["MemoryHigh"]), _size(lines["MemoryMax"])
+    assert 256 << 20 <= high < top <= 8 << 30, (high, top)
+    assert 64 <= int(lines["TasksMax"]) <= 4096
+    assert int(lines["LimitNOFILE"]) >= 16384
+    res = analyze("verify", str(unit), cwd=unit.parent)
+    assert res.returncode == 0 and res.stderr.strip() == "", res.stderr
+    # A typo in one of them is reported, so the check above means something.
+    broken = unit.parent / "typo.service"
+    broken.write_text(unit.read_text().replace("MemoryMax=", "MemoryMaximum="))
+    res = analyze("verify", str(broken), cwd=unit.parent)
+    assert "MemoryMaximum" in res.stderr, res.stderr

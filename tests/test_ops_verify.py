@@ -154,3 +154,18 @@ def test_damaged_export_snapshot(built: Built, copy: Path) -> None:
     raw[len(raw) // 3] ^= 0x01  # inside the CAR part: a record or node byte
     path.write_bytes(bytes(raw))
     assert_found(copy, built.did, "export snapshot", "damaged")
+
+
+def test_event_inside_a_restores_jump(built: Built, copy: Path) -> None:
+    """seq/FLOOR says the seqs between a restore's head and its floor were never used: an
+    event there is a problem (a restore's seq went back after all)."""
+    from pds.store.seqlog import EventLog
+    log = EventLog(copy / "seq", copy / "tmp")
+    head = log.head()
+    floor = log.raise_floor(head + 1000)
+    code, problems, out = verify(copy)
+    assert code == 0 and not problems, out
+    stray = head + 500
+    log.path(stray).parent.mkdir(exist_ok=True)
+    log.path(stray).write_bytes(log.read(head) or b"")
+    assert_found(copy, f"event {stray}", "inside the jump", f"{head} to {floor}")

@@ -191,6 +191,9 @@ def test_readme_layout_is_a_real_data_dir(tmp_path) -> None:
         api.close()
     seen.update(walk(data))
     copy = set(walk(backup))
+    # ...and so is what `pds restore` makes of it (the seq floor, the jump's shard).
+    run_pds("restore", str(backup), "--data-dir", str(tmp_path / "restored"))
+    copy.update(walk(tmp_path / "restored"))
 
     missing = unlisted(sorted(seen), entries)
     assert not missing, f"paths of the data dir the README layout lacks: {missing}"

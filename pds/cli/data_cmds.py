@@ -68,3 +68,5 @@ def restore(backup_dir: Path, data_dir: Path) -> None:
         out = run(backup_dir, data_dir, progress=progress)
     click.echo(f"restored {plural(out['accounts'], 'account')} from {backup_dir} "
                f"into {data_dir.resolve()}")
+    click.echo(f"restored: seq floor {out['floor']}, #sync for "
+               f"{plural(out['synced'], 'account')}")

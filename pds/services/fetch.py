@@ -41,6 +41,7 @@ __all__ = [
     "ResponseTooLarge",
     "UnsafeTarget",
     "check_target",
+    "embedded_ipv4",
     "guarded_get",
     "is_ip_literal",
     "is_public_address",
@@ -78,16 +79,52 @@ class PinnedTarget(NamedTuple):
 # --------------------------------------------------------------------------------------------
 
 
+# IPv6 ranges whose addresses carry an IPv4 address in their last 32 bits, and reach that
+# IPv4 host through a translator or the kernel's tunnels: NAT64 (RFC 6052), IPv4-compatible
+# (deprecated, still routed by SIT tunnels), IPv4-translated (SIIT). IPv4-mapped
+# (::ffff:0:0/96) is `IPv6Address.ipv4_mapped`, 6to4 (2002::/16) `.sixtofour`.
+_LAST_32_BITS = tuple(ipaddress.ip_network(n) for n in ("64:ff9b::/96", "::/96",
+                                                        "::ffff:0:0:0/96"))
+# Local-use NAT64 (RFC 8215): a network may put the IPv4 address at any of RFC 6052's
+# positions, and may translate to private addresses. Only the /96 layout (bits 48-95 zero)
+# says where it is; any other is taken for one that can't be told public.
+_NAT64_LOCAL = ipaddress.ip_network("64:ff9b:1::/48")
+_UNCLEAR = ipaddress.IPv4Address(0)  # judged like 0.0.0.0: not public
+# Teredo (RFC 4380) hides its IPv4 server and client (the client obfuscated) in a tunnel
+# that needs no local setup to reach an IPv4 host: never public.
+_TEREDO = ipaddress.ip_network("2001::/32")
+
+
+def embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 address reaches through a translation or tunnelling
+    mechanism that embeds it (None when it embeds none); 0.0.0.0 when it embeds one at a
+    place that can't be told."""
+    if ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    if ip in _NAT64_LOCAL:
+        n = int(ip)
+        return ipaddress.IPv4Address(n & 0xFFFFFFFF) if (n >> 32) & (2**48 - 1) == 0 \
+            else _UNCLEAR
+    if any(ip in net for net in _LAST_32_BITS):
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    return ip.sixtofour
+
+
 def is_public_address(addr: str) -> bool:
     """True if `addr` is a globally routable unicast IP (not loopback, private, link-local,
-    shared, reserved, multicast, unspecified, documentation...)."""
+    shared, reserved, multicast, unspecified, documentation...). An IPv6 address that
+    embeds an IPv4 one (NAT64, 6to4, IPv4-mapped, -compatible or -translated) reaches the
+    IPv4 host it embeds, so that host is judged; Teredo is never public."""
     try:
         ip = ipaddress.ip_address(addr.split("%", 1)[0])
     except ValueError:
         return False
-    # An IPv4-mapped IPv6 address reaches the IPv4 host it embeds: judge that one.
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip in _TEREDO:
+            return False
+        v4 = embedded_ipv4(ip)
+        if v4 is not None:
+            ip = v4
     return ip.is_global and not ip.is_multicast
 
 

@@ -241,12 +241,7 @@ class Broadcaster:
         self.last = head
 
     def _read_range(self, after: int, upto: int) -> list[tuple[int, bytes]]:
-        out = []
-        for seq in range(after + 1, upto + 1):
-            data = self.log.read(seq)
-            if data is not None:
-                out.append((seq, data))
-        return out
+        return self.log.read_range(after, upto)[0]
 
     def recent(self, after: int) -> list[tuple[int, bytes]] | None:
         """Frames after `after` from memory, or None if the ring doesn't reach back."""
@@ -313,10 +308,10 @@ async def _serve(bc: Broadcaster, sub: Subscriber, cursor: int | None) -> None:
             target = bc.last
             frames = bc.recent(pos)
             if frames is None:
-                end = min(target, pos + 2000)
                 # By seq number, not `log_.events` (which lists and sorts the whole shard
-                # directory, up to 100k names, for every chunk); a gap reads as None.
-                frames = await asyncio.to_thread(bc._read_range, pos, end)
+                # directory, up to 100k names, for every chunk); 2000 events at a time,
+                # and a restore's jump in seq is crossed in one step.
+                frames, end = await asyncio.to_thread(log_.read_range, pos, target, 2000)
             else:
                 end = target
             for seq, data in frames:

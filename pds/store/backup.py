@@ -65,8 +65,10 @@ from .layout import (
     HEAD_SPARE,
     INVITES,
     SEQ,
+    SEQ_FLOOR,
     SEQ_HEAD,
     SEQ_HEAD_SPARE,
+    SEQ_INODE,
     SIGNING_KEY,
     SNAPSHOT,
     TMP,
@@ -166,6 +168,22 @@ def last_seq(seq_dir: Path) -> int:
     return head
 
 
+def _lost_event(src: Path, dest: Path) -> int | None:
+    """A seq of an event in DEST that the source's history never had (restored from a
+    backup older than DEST since), or None. Each restore raised the source's seq floor
+    and noted the head it restored (seqlog.py): the seqs between the two are events the
+    source lost, and a DEST holding one of them is of the lost history. (A restore by an
+    earlier version raised no floor: then the source's log ends before DEST's does.)"""
+    src_log, dest_log = EventLog(src / SEQ, src / TMP), EventLog(dest / SEQ, dest / TMP)
+    floors = src_log.floors()
+    for floor, head in floors:
+        lost = next(dest_log.seqs(head, floor - 1), None)
+        if lost is not None:
+            return lost
+    theirs, ours = last_seq(dest / SEQ), last_seq(src / SEQ)
+    return theirs if not floors and theirs > ours else None
+
+
 def _check_destination(src: Path, dest: Path, ident: dict) -> bool:
     """Refuse a destination backup() must not write to; True when it is a previous
     backup of this PDS (an incremental backup), False when it is new or empty."""
@@ -178,14 +196,14 @@ def _check_destination(src: Path, dest: Path, ident: dict) -> bool:
     if marker is not None:
         if marker.get("service") == ident["service"] and \
                 marker.get("fingerprint") == ident["fingerprint"]:
-            theirs, ours = last_seq(dest / SEQ), last_seq(src / SEQ)
-            if theirs > ours:
-                # This PDS went back in time (restored from an older backup): its new
-                # events would take the seqs, and file names, of events in DEST.
+            lost = _lost_event(src, dest)
+            if lost is not None:
+                # This PDS went back in time (restored from an older backup): DEST holds
+                # events its history no longer has, which would mix with the new ones.
                 raise BackupError(
-                    f"{dest} holds events up to seq {theirs}, beyond this data dir's last "
-                    f"({ours}): it was made before this PDS was restored from an older "
-                    "backup; back up into a new directory")
+                    f"{dest} holds event {lost}, which this data dir no longer has: it was "
+                    "made before this PDS was restored from an older backup; back up into "
+                    "a new directory")
             return True
         if not marker:
             raise BackupError(f"{dest} has an unreadable {MARKER} file, so it can't be told "
@@ -321,9 +339,14 @@ def _copy_events(src: Path, dest: Path, ticker: Ticker | None = None) -> None:
         (dest / SEQ).mkdir(exist_ok=True)
         return
     make_dir(dest / SEQ, os.stat(src / SEQ).st_mode)
+    # The floor first (its lines only grow: a copy of the same size may still differ),
+    # then HEAD. INODE is the source's own seq/ (restored.py): a copy has another.
+    if not copy_file(src / SEQ / SEQ_FLOOR, dest / SEQ / SEQ_FLOOR):
+        remove(dest / SEQ / SEQ_FLOOR)
     copy_file(src / SEQ / SEQ_HEAD, dest / SEQ / SEQ_HEAD)
     _copy_tree(src / SEQ, dest / SEQ,
-               skip=(CHECKPOINT, CHECKPOINT_LOCK, SEQ_HEAD, SEQ_HEAD_SPARE),
+               skip=(CHECKPOINT, CHECKPOINT_LOCK, SEQ_HEAD, SEQ_HEAD_SPARE, SEQ_FLOOR,
+                     SEQ_INODE),
                immutable=True, ticker=ticker, stage="events")
 
 

@@ -49,6 +49,8 @@ SEQ_HEAD = "HEAD"                # the highest seq written
 SEQ_HEAD_SPARE = "HEAD.next"     # exchanged with HEAD
 CHECKPOINT = "CHECKPOINT"        # events up to here have their repo files on disk
 CHECKPOINT_LOCK = "CHECKPOINT.LOCK"  # flock: one worker checkpoints at a time
+SEQ_FLOOR = "FLOOR"              # "<floor> <head then>" per restore: no seq below the floor
+SEQ_INODE = "INODE"              # "<st_dev> <st_ino>" of seq/ at the last start (restored.py)
 LAST_WRITE = "LAST_WRITE"        # when the last write was (relays are re-announced after quiet)
 
 # --- accounts/<did>/ --------------------------------------------------------------------------

@@ -13,7 +13,9 @@ except for:
   which sessions were revoked since, so none is restored: everyone logs in again. Access
   tokens are not stored at all; the ones issued before expire within two hours, as they
   do after a logout.
-- the backup's own `BACKUP` marker, lock files and the contents of `tmp/`.
+- the backup's own `BACKUP` marker, lock files and the contents of `tmp/`;
+- what announces the restore to relays (restored.py): the event log's seq floor (FLOOR),
+  #account, #identity and #sync events, and a new (empty) commit of every active repo.
 
 A backup whose `pds backup` did not finish (its marker says so) is refused.
 """
@@ -34,6 +36,7 @@ from .journal import syncfs
 from .layout import ACCOUNT_JSON, ACCOUNTS, ENV_FILE, SESSIONS, TMP, DataDir
 from .progress import Progress, Ticker
 from .recovery import recover
+from .restored import announce_restore
 
 # Per-account directories a restore leaves out (see above).
 DROPPED = (SESSIONS,)
@@ -43,7 +46,8 @@ def restore(backup_dir: str | os.PathLike, dest_dir: str | os.PathLike,
             progress: Progress | None = None) -> dict:
     """Restore the backup (or stopped data dir) `backup_dir` into `dest_dir`, which must
     not exist or be empty. Returns counts: accounts, files, replayed (commits replayed by
-    recovery), sessions_dropped. Raises BackupError for what it refuses, FormatError for a
+    recovery), sessions_dropped; floor (the event log's new seq floor) and synced
+    (accounts announced with #sync). Raises BackupError for what it refuses, FormatError for a
     backup newer than this program."""
     src, dest = Path(backup_dir).resolve(), Path(dest_dir).resolve()
     if not src.is_dir() or not (src / ENV_FILE).is_file():
@@ -70,12 +74,12 @@ def restore(backup_dir: str | os.PathLike, dest_dir: str | os.PathLike,
         ticker.step("replay", 0, None)
         with umask_like(src_mode):
             replayed = recover(DataDir(staging))
-            # Later (DESIGN.md, "Writes, durability and crash safety"): raise the event
-            # log's seq floor above every seq this PDS may have emitted before the
-            # backup was taken, and sequence one #sync event per account, so relays
-            # neither drop the host for going back nor keep a stale view of its repos.
-            # It belongs here: in the staging dir, after recovery, before the rename
-            # makes it the data dir.
+            # The event log's seq floor above every seq this PDS emitted before, and
+            # #account, #identity and #sync per account (restored.py), so relays neither
+            # drop the host for going back nor keep a stale view of its repos. Here: in
+            # the staging dir, after recovery, before the rename makes it the data dir
+            # (which keeps seq/'s inode, so `pds serve` sees no copy).
+            announced = announce_restore(DataDir(staging))
         ticker.step("replay", replayed, replayed)
         syncfs(staging)
         os.chmod(staging, private_mode(src_mode))
@@ -94,7 +98,8 @@ def restore(backup_dir: str | os.PathLike, dest_dir: str | os.PathLike,
     n_accounts = sum(1 for d in os.listdir(accounts) if (accounts / d / ACCOUNT_JSON).exists()) \
         if accounts.is_dir() else 0
     return {"accounts": n_accounts, "files": ticker.counts.get("files", 0),
-            "replayed": replayed, "sessions_dropped": dropped}
+            "replayed": replayed, "sessions_dropped": dropped,
+            "floor": announced["floor"], "synced": announced["synced"]}
 
 
 def _check_destination(dest: Path) -> None:

@@ -3,11 +3,21 @@
     seq/LOCK                  flock: seq allocation, one writer at a time
     seq/HEAD                  the highest seq written (a hint; the files are the truth)
     seq/CHECKPOINT            events up to here have their repo writes flushed to disk
+    seq/FLOOR                 "<floor> <head then>", one line per restore (see below)
     seq/<seq // 100000>/<seq> one event (16-digit, zero-padded names sort in seq order)
 
 An event is fsynced (file and directory) before its seq is published in HEAD, so no
 reader ever sees a seq whose event could still vanish. Gaps are possible (a crash
 between allocation and write); reordering is not.
+
+The floor: seq is the previous one + 1, but never below the floor. A restored data dir
+(restored.py) has lost the events emitted after its backup was taken, and relays drop a
+host whose seq goes back, so a restore raises the floor above every seq emitted before
+(to the current time in microseconds), and the next event jumps there. FLOOR is written
+durably before any event above the last one, and `append` reads it under the seq lock:
+the jump holds across restarts and kill -9, with nothing kept outside the data dir.
+Each line also records the head when it was raised: seqs between the two were never
+emitted by this data dir's history (backup.py refuses a backup that holds some).
 """
 
 from __future__ import annotations
@@ -17,9 +27,15 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from .files import ensure_dir, flock, fsync_dir, read_file, replace_in_place, write_file
-from .layout import CHECKPOINT, CHECKPOINT_LOCK, SEQ_HEAD, SEQ_HEAD_SPARE, SEQ_LOCK
+from .layout import CHECKPOINT, CHECKPOINT_LOCK, SEQ_FLOOR, SEQ_HEAD, SEQ_HEAD_SPARE, SEQ_LOCK
 
 SHARD = 100_000
+# Consumers hold seq as an int64, JavaScript ones as a double: keep it exactly representable
+# (a floor in microseconds of Unix time stays below this until the year 2255).
+MAX_SEQ = 2**53 - 1
+# Missing seqs in a row after which a range read stops trying numbers one by one and lists
+# the shard directories for the next event (a floor's jump, pruned events).
+_SKIP_AFTER = 8
 
 
 class EventLog:
@@ -47,6 +63,8 @@ class EventLog:
         ensure_dir(self.root)
         with self.lock():
             seq = self._head_locked() + 1
+            if seq > MAX_SEQ:
+                raise ValueError(f"seq {seq} is past {MAX_SEQ}, beyond what consumers read")
             data = make_frame(seq)
             path = self.path(seq)
             if not path.parent.exists():
@@ -59,11 +77,46 @@ class EventLog:
 
     def _head_locked(self) -> int:
         data = read_file(self.root / SEQ_HEAD)
-        head = int(data) if data else 0
+        head = max(int(data) if data else 0, self.floor() - 1)
         # HEAD is written after the event: after a crash the files may be ahead of it.
         while self.path(head + 1).exists():
             head += 1
         return head
+
+    # --- the floor ------------------------------------------------------------------------
+
+    def floors(self) -> list[tuple[int, int]]:
+        """(floor, head when it was raised) per raise, oldest first: seqs strictly between
+        the two were never emitted here."""
+        out = []
+        for line in (read_file(self.root / SEQ_FLOOR) or b"").decode().splitlines():
+            parts = line.split()
+            if len(parts) == 2 and all(p.isdigit() for p in parts):
+                out.append((int(parts[0]), int(parts[1])))
+        return out
+
+    def floor(self) -> int:
+        """The lowest seq the next event may take (0: none set)."""
+        return max((f for f, _ in self.floors()), default=0)
+
+    def raise_floor(self, floor: int) -> int:
+        """Make every later event's seq at least `floor` (or above the last event, if that
+        is higher); returns the floor in force. The floor is durable before this returns,
+        so before any event above it; HEAD then says floor - 1 (a consumer whose cursor
+        is anywhere below the floor is not "in the future")."""
+        ensure_dir(self.root)
+        with self.lock():
+            head = self._head_locked()
+            floor = max(floor, head + 1)
+            if floor > MAX_SEQ:
+                raise ValueError(f"seq floor {floor} is past {MAX_SEQ}")
+            old = read_file(self.root / SEQ_FLOOR) or b""
+            if old and not old.endswith(b"\n"):
+                old += b"\n"
+            write_file(self.root / SEQ_FLOOR, old + f"{floor} {head}\n".encode(), self.tmp,
+                       durable=True)
+            write_file(self.root / SEQ_HEAD, str(floor - 1).encode(), self.tmp, durable=True)
+            return floor
 
     # --- reading ------------------------------------------------------------------------
 
@@ -93,6 +146,32 @@ class EventLog:
                 seq = int(name)
                 if seq > after and (upto is None or seq <= upto):
                     yield seq
+
+    def read_range(self, after: int, upto: int,
+                   limit: int | None = None) -> tuple[list[tuple[int, bytes]], int]:
+        """Events with after < seq <= upto, ascending, at most `limit` of them; and the seq
+        up to which the range has been read (`upto`, or the last event's when `limit` cut
+        it short). Events are dense, so they are read by number, but a run of missing
+        seqs (a floor's jump, which may span 10^15 numbers; pruned events) is crossed by
+        listing the shard directories for the next event."""
+        out: list[tuple[int, bytes]] = []
+        seq, misses = after + 1, 0
+        while seq <= upto:
+            data = self.read(seq)
+            if data is not None:
+                out.append((seq, data))
+                if limit is not None and len(out) >= limit:
+                    return out, seq
+                seq, misses = seq + 1, 0
+                continue
+            misses += 1
+            seq += 1
+            if misses >= _SKIP_AFTER:
+                nxt = next(self.seqs(seq - 1, upto), None)
+                if nxt is None:
+                    break
+                seq, misses = nxt, 0
+        return out, upto
 
     def events(self, after: int = 0, upto: int | None = None) -> Iterator[tuple[int, bytes]]:
         """(seq, frame) with after < seq <= upto, ascending; gaps skipped."""

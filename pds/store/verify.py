@@ -187,6 +187,7 @@ def verify_events(data: DataDir, heads: dict[str, str], report: Report,
     log = EventLog(data.seq, data.tmp)
     last_seq = 0
     last_commit: dict[str, str] = {}
+    jumps = [(head, floor) for floor, head in log.floors()]
     for seq in log.seqs():
         report.events += 1
         if ticker is not None:
@@ -194,6 +195,10 @@ def verify_events(data: DataDir, heads: dict[str, str], report: Report,
         if seq <= last_seq:
             report.add(f"event log: seq {seq} after {last_seq}")
         last_seq = seq
+        for head, floor in jumps:
+            if head < seq < floor:
+                report.add(f"event {seq}: inside the jump in seq of a restore ({head} to "
+                           f"{floor}), where no event may be")
         raw = log.read(seq)
         try:
             header, payload = ev.split_frame(raw or b"")
