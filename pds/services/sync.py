@@ -74,12 +74,16 @@ async def blocks_car(ctx: AppContext, did: str, auth: AuthInfo | None,
     return await asyncio.to_thread(_blocks, ctx, did, auth, cids)
 
 
-async def head(ctx: AppContext, did: str, auth: AuthInfo | None) -> Head | None:
-    """getLatestCommit/getHead: the repo's current commit, None before its first."""
+async def head(ctx: AppContext, did: str, auth: AuthInfo | None, missing: str) -> Head:
+    """getLatestCommit/getHead: the repo's current commit; before its first, the error
+    `missing` names (the two methods' lexicons name it differently)."""
     def run() -> Head | None:
         hosted(ctx, did, auth)
         return ctx.repo(did).head()
-    return await asyncio.to_thread(run)
+    current = await asyncio.to_thread(run)
+    if current is None:
+        raise InvalidInput(f"Could not find root for DID: {did}", missing)
+    return current
 
 
 def _repo_status(ctx: AppContext, did: str, auth: AuthInfo | None) -> dict[str, Any]:

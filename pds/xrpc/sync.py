@@ -68,19 +68,13 @@ async def get_blocks(call: Call) -> Answer:
 
 @query("com.atproto.sync.getLatestCommit", auth=AuthKind.OPTIONAL)
 async def get_latest_commit(call: Call) -> Answer:
-    did = _did_param(call)
-    head = await svc.head(call.ctx, did, call.auth)
-    if head is None:
-        raise InvalidInput(f"Could not find root for DID: {did}", "RepoNotFound")
+    head = await svc.head(call.ctx, _did_param(call), call.auth, "RepoNotFound")
     return {"cid": head.cid.encode(), "rev": head.rev}
 
 
 @query("com.atproto.sync.getHead", auth=AuthKind.OPTIONAL)
 async def get_head(call: Call) -> Answer:
-    did = _did_param(call)
-    head = await svc.head(call.ctx, did, call.auth)
-    if head is None:
-        raise InvalidInput(f"Could not find root for DID: {did}", "HeadNotFound")
+    head = await svc.head(call.ctx, _did_param(call), call.auth, "HeadNotFound")
     return {"root": head.cid.encode()}
 
 
