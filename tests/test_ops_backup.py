@@ -311,7 +311,7 @@ def test_backup_with_writes_landing_between_its_steps(tmp_path: Path, monkeypatc
     server = start_server(data, port, workers=1, wait=60)
     api = Api(server)
     try:
-        acct = api.create_account("win")
+        acct = api.create_account("winner")
         ok(api.create_record(acct, {"text": "before"}, NOTE, rkey="before"))
         late: dict[str, object] = {}
 
