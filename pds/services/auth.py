@@ -73,35 +73,6 @@ TAKENDOWN_METHODS = {
 }
 
 
-# Methods a service token is never minted for (account management stays between the user
-# and us), and methods only a privileged credential gets one for: moving the account
-# away (createAccount at another PDS) and direct messages. As the reference's
-# pipethrough.ts PROTECTED_METHODS and PRIVILEGED_METHODS (its CHAT_BSKY_METHODS plus
-# createAccount); compared case-insensitively, as it does, so no other spelling of a name
-# slips past.
-PROTECTED_METHODS = frozenset(m.lower() for m in (
-    "com.atproto.admin.sendEmail", "com.atproto.identity.requestPlcOperationSignature",
-    "com.atproto.identity.signPlcOperation", "com.atproto.identity.updateHandle",
-    "com.atproto.server.activateAccount", "com.atproto.server.confirmEmail",
-    "com.atproto.server.createAppPassword", "com.atproto.server.deactivateAccount",
-    "com.atproto.server.getAccountInviteCodes", "com.atproto.server.getSession",
-    "com.atproto.server.listAppPasswords", "com.atproto.server.requestAccountDelete",
-    "com.atproto.server.requestEmailConfirmation", "com.atproto.server.requestEmailUpdate",
-    "com.atproto.server.revokeAppPassword", "com.atproto.server.updateEmail",
-))
-PRIVILEGED_METHODS = frozenset({"com.atproto.server.createaccount"})
-PRIVILEGED_PREFIXES = ("chat.bsky.",)  # the reference lists each chat method; all of them
-
-
-def is_protected_method(lxm: str) -> bool:
-    return lxm.lower() in PROTECTED_METHODS
-
-
-def is_privileged_method(lxm: str) -> bool:
-    lxm = lxm.lower()
-    return lxm in PRIVILEGED_METHODS or lxm.startswith(PRIVILEGED_PREFIXES)
-
-
 # --- passwords ------------------------------------------------------------------------
 
 # argon2id at OWASP's recommended minimum (19 MiB, 2 passes): memory-hard, yet a login

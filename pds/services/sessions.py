@@ -157,6 +157,34 @@ def revoke_app_password(ctx: AppContext, did: str, name: Any) -> None:
 
 # --- tokens for other services --------------------------------------------------------------
 
+# Methods a service token is never minted for (account management stays between the user
+# and us), and methods only a privileged credential gets one for: moving the account
+# away (createAccount at another PDS) and direct messages. As the reference's
+# pipethrough.ts PROTECTED_METHODS and PRIVILEGED_METHODS (its CHAT_BSKY_METHODS plus
+# createAccount); compared case-insensitively, as it does, so no other spelling of a name
+# slips past.
+PROTECTED_METHODS = frozenset(m.lower() for m in (
+    "com.atproto.admin.sendEmail", "com.atproto.identity.requestPlcOperationSignature",
+    "com.atproto.identity.signPlcOperation", "com.atproto.identity.updateHandle",
+    "com.atproto.server.activateAccount", "com.atproto.server.confirmEmail",
+    "com.atproto.server.createAppPassword", "com.atproto.server.deactivateAccount",
+    "com.atproto.server.getAccountInviteCodes", "com.atproto.server.getSession",
+    "com.atproto.server.listAppPasswords", "com.atproto.server.requestAccountDelete",
+    "com.atproto.server.requestEmailConfirmation", "com.atproto.server.requestEmailUpdate",
+    "com.atproto.server.revokeAppPassword", "com.atproto.server.updateEmail",
+))
+PRIVILEGED_METHODS = frozenset({"com.atproto.server.createaccount"})
+PRIVILEGED_PREFIXES = ("chat.bsky.",)  # the reference lists each chat method; all of them
+
+
+def is_protected_method(lxm: str) -> bool:
+    return lxm.lower() in PROTECTED_METHODS
+
+
+def is_privileged_method(lxm: str) -> bool:
+    lxm = lxm.lower()
+    return lxm in PRIVILEGED_METHODS or lxm.startswith(PRIVILEGED_PREFIXES)
+
 
 SERVICE_TOKEN_MAX_TTL = 3600  # seconds: the longest a service token may be asked for
 SERVICE_TOKEN_TTL = 60  # the default, and the longest for a token without `lxm`
@@ -191,9 +219,9 @@ def service_auth_token(ctx: AppContext, auth: A.AuthInfo, aud: str, lxm: str | N
     if lxm is not None and not is_valid_nsid(lxm):
         raise InvalidInput("lxm must be an NSID")
     when = _service_token_exp(exp, lxm)
-    if lxm is not None and A.is_protected_method(lxm):
+    if lxm is not None and is_protected_method(lxm):
         raise InvalidInput(f"cannot request a service token for the protected method {lxm}")
-    if lxm is not None and A.is_privileged_method(lxm) and \
+    if lxm is not None and is_privileged_method(lxm) and \
             auth.scope not in A.PRIVILEGED_SCOPES:
         raise InvalidInput("insufficient access to request a service token for the "
                            f"method {lxm}")
