@@ -182,8 +182,9 @@ def blob_ref(blob: dict) -> dict:
 
 
 def snapshot(root: Path, tops: tuple[str, ...] = ("accounts", "handles", "emails", "invites",
-                                                  "well-known", "tmp")) -> dict:
-    """Every path under `tops` with its type, size and mtime: any write shows up."""
+                                                  "well-known", "tombstones", "tmp")) -> dict:
+    """Every path under `tops` with its type, size and mtime: any write shows up (but for
+    export snapshots, derived files background maintenance refreshes at any time)."""
     out: dict[str, tuple] = {}
     for top in tops:
         for dirpath, dirnames, filenames in os.walk(root / top):
@@ -191,6 +192,8 @@ def snapshot(root: Path, tops: tuple[str, ...] = ("accounts", "handles", "emails
                 if top == "tmp" and (n.startswith(".") or n.endswith(".LOCK")):
                     # write_file's staging names and lock files: background maintenance
                     # (checkpoints, blob collection) makes them at any time.
+                    continue
+                if n == "export.car":
                     continue
                 p = Path(dirpath) / n
                 st = p.lstat()

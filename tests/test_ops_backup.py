@@ -258,7 +258,7 @@ def test_backup_with_writes_landing_between_its_steps(tmp_path: Path, monkeypatc
 
     with running_server(tmp_path, workers=1, wait=60) as server, Api(server) as api:
         data = server.data_dir
-        acct = api.create_account("win")
+        acct = api.create_account("winner")
         ok(api.create_record(acct, {"text": "before"}, NOTE, rkey="before"))
         late: dict[str, object] = {}
 

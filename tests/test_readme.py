@@ -5,8 +5,8 @@ The layout is checked in two ways:
 
 - here, one `pds serve --workers 2` is driven through every feature that writes files
   (accounts, sessions and their rotation, posts, blobs and an upload in progress, invites,
-  rate limits, app passwords, preferences, a deletion request, a takedown, a whole-repo
-  export, the firehose and relay announcements, the background maintenance) and then
+  rate limits, app passwords, preferences, a deletion request, a takedown, a deletion, a
+  whole-repo export, the firehose and relay announcements, the background maintenance) and then
   `pds backup` copies it: every path of both dirs must be in the layout, and every entry
   of the layout must be among them;
 - at the end of every test run (`conftest.py`), every data dir any test made must hold
@@ -172,6 +172,11 @@ def test_readme_layout_is_a_real_data_dir(tmp_path) -> None:
                         headers=admin))
         assert api.http.get("/xrpc/com.atproto.sync.getRepo",
                             params={"did": alice.did}).status_code == 200
+        # A deleted account leaves its tombstone.
+        code = ok(api.post("com.atproto.server.createInviteCode", {"useCount": 1},
+                           headers=admin))["code"]
+        gone = api.create_account("gone", inviteCode=code)
+        ok(api.post("com.atproto.admin.deleteAccount", {"did": gone.did}, headers=admin))
 
         # The firehose: a subscriber replays the log (it writes nothing, but is part of
         # what a running PDS does).

@@ -121,7 +121,7 @@ def test_reference_to_a_blob_never_uploaded(api):
 
 
 def test_blob_of_another_account_cannot_be_referenced(api):
-    owner = api.create_account("owner")
+    owner = api.create_account("blobowner")
     thief = api.create_account("thief")
     data = b"owned bytes " + os.urandom(64)
     blob = upload(api, owner, data)

@@ -31,6 +31,10 @@ RULES = {
     (Use.LOGIN, "deactivated"): None,
     (Use.TOKEN, "takendown"): (AuthFailed, "AccountTakedown"),
     (Use.TOKEN, "deactivated"): None,
+    # A service-auth JWT the account signed: refused once it is taken down; a deactivated
+    # (migrating) account still uploads its blobs with one.
+    (Use.SERVICE, "takendown"): (AuthFailed, "AccountTakedown"),
+    (Use.SERVICE, "deactivated"): None,
     (Use.CHANGE_STATUS, "takendown"): (InvalidInput, "AccountTakedown"),
     (Use.CHANGE_STATUS, "deactivated"): None,
     (Use.REPO_STATUS, "takendown"): None,

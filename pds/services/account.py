@@ -7,7 +7,12 @@ is the stored one: None while the account is active, else `deactivated`, `takend
 is gone, and a record saying so is treated as no account at all).
 
 `require(account, use, ...)` is the rule book: whether an account may be used as `use`
-says, and the refusal (error and message) each use gets when it may not.
+says, and the refusal (error and message) each use gets when it may not. Every credential
+a request presents (access or refresh token, app password, service-auth JWT) meets it in
+one place, `auth.Auth.admit`.
+
+`generation` is a random id an account gets when it is created: the tokens issued to it
+carry it, so they open only that account, never a later one of the same DID.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ class Account:
     deactivated_at: int | None = None
     delete_after: str | None = None
     takedown_ref: str | None = None
+    generation: str | None = None  # None: made before accounts had one (its tokens neither)
 
     @classmethod
     def from_record(cls, rec: dict[str, Any]) -> Account:
@@ -52,7 +58,8 @@ class Account:
                    invites_disabled=bool(rec.get("invitesDisabled")),
                    deactivated_at=rec.get("deactivatedAt"),
                    delete_after=rec.get("deleteAfter"),
-                   takedown_ref=rec.get("takedownRef"))
+                   takedown_ref=rec.get("takedownRef"),
+                   generation=rec.get("generation"))
 
     @property
     def active(self) -> bool:
@@ -100,6 +107,7 @@ class Use(Enum):
     WRITE = "write"          # a commit to its repo
     LOGIN = "login"          # a session opened with its password
     TOKEN = "token"          # an access token of it used
+    SERVICE = "service"      # a service-auth JWT it signed, presented to us
     REFRESH = "refresh"      # its session refreshed
     CHANGE_STATUS = "change"  # activated or deactivated by itself
     MANAGE = "manage"        # looked at or changed by itself or the admin
@@ -116,7 +124,7 @@ def _missing(use: Use, name: str) -> PdsError:
         return InvalidInput(f"Could not find repo for DID: {name}", "RepoNotFound")
     if use in (Use.REPO, Use.READ, Use.WRITE):
         return InvalidInput(f"Could not find repo: {name}", "RepoNotFound")
-    if use in (Use.LOGIN, Use.TOKEN):
+    if use in (Use.LOGIN, Use.TOKEN, Use.SERVICE):
         return AuthFailed("Account not found", "AccountNotFound")
     return InvalidInput("Account not found", "AccountNotFound")
 
@@ -138,7 +146,7 @@ def refusal(acct: Account, use: Use, privileged: bool = False) -> PdsError | Non
     if use is Use.WRITE:
         return InvalidInput(f"Account is {status}", "AccountDeactivated"
                             if status == DEACTIVATED else "AccountTakedown")
-    if use in (Use.LOGIN, Use.TOKEN) and status == TAKENDOWN and not privileged:
+    if use in (Use.LOGIN, Use.TOKEN, Use.SERVICE) and status == TAKENDOWN and not privileged:
         return AuthFailed("Account has been taken down", "AccountTakedown")
     if use is Use.CHANGE_STATUS and status == TAKENDOWN:
         return InvalidInput("Account has been taken down", "AccountTakedown")

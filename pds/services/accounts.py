@@ -13,47 +13,36 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import AuthFailed, InvalidInput
+from ..repo.did import did_web_host
 from ..repo.plc import plc_did_for_genesis
 from ..repo.signing_keys import PrivateKey, export_private_key, generate_signing_key
-from ..repo.syntax import is_disallowed_handle_tld, is_valid_did, is_valid_handle
+from ..repo.syntax import is_valid_did
 from ..store.accounts import Taken, now_iso
 from ..store.files import write_file
 from ..store.repo import Repo
 from . import auth as A
-from .account import DEACTIVATED, Use, load, require
+from . import handles
+from .account import DEACTIVATED, Account, Use, load, require
 from .context import AppContext
 
-# No "/" or control characters, no leading ".": the address names a file under emails/.
-EMAIL_RE = re.compile(r"^[^@\s/.\x00-\x1f\x7f][^@\s/\x00-\x1f\x7f]*"
-                      r"@[^@\s/\x00-\x1f\x7f]+\.[^@\s/\x00-\x1f\x7f]+$")
-
-
-def normalize_handle_input(ctx: AppContext, handle: Any, external_ok: bool = False) -> str:
-    """Check a requested handle: syntax, reserved TLDs, and (unless external handles are
-    allowed) one of this PDS's domains with a 3-18 character name in front."""
-    if not isinstance(handle, str) or not is_valid_handle(handle):
-        raise InvalidInput("Handle invalid", "InvalidHandle")
-    handle = handle.lower()
-    if is_disallowed_handle_tld(handle):
-        raise InvalidInput("Handle TLD is invalid or disallowed", "InvalidHandle")
-    domain = next((d for d in ctx.settings.handle_domains if handle.endswith(d)), None)
-    if domain is None:
-        if external_ok:
-            return handle
-        raise InvalidInput("Not a supported handle domain", "UnsupportedDomain")
-    front = handle[: -len(domain)]
-    if "." in front:
-        raise InvalidInput("Invalid characters in handle", "InvalidHandle")
-    if not 3 <= len(front) <= 18:
-        raise InvalidInput("Handle too short or too long", "InvalidHandle")
-    return handle
+# RFC 5321's limits, which the reference PDS's checker (@hapi/address) applies too: the
+# whole address and its local part are measured before any pattern sees them.
+EMAIL_MAX = 254
+EMAIL_LOCAL_MAX = 64
+# Local part, "@", then dot-separated labels. No "/" or control characters, no leading
+# "." (the address names a file under emails/). Each piece's characters exclude the
+# separator that ends it, so the pattern never backtracks more than a step: linear time.
+_EMAIL_CHAR = r"[^@\s/.\x00-\x1f\x7f]"
+EMAIL_RE = re.compile(rf"{_EMAIL_CHAR}[^@\s/\x00-\x1f\x7f]*@{_EMAIL_CHAR}+(?:\.{_EMAIL_CHAR}+)+")
 
 
 def check_email(email: Any) -> str:
-    if not isinstance(email, str) or not EMAIL_RE.match(email) or len(email) > 254:
+    """A usable email address (lengths first, then the pattern, so any input is cheap)."""
+    if not isinstance(email, str) or len(email) > EMAIL_MAX or \
+            len(email.partition("@")[0]) > EMAIL_LOCAL_MAX or not EMAIL_RE.fullmatch(email):
         raise InvalidInput("This email address is not supported, please use a different email.",
                            "InvalidEmail")
-    return email.strip()
+    return email
 
 
 def _check_password(password: Any) -> str:
@@ -89,8 +78,11 @@ class SignUp:
 
 
 def parse_signup(ctx: AppContext, body: dict, service_auth: A.AuthInfo | None) -> SignUp:
-    """Check a createAccount body: a migrating account (one that brings its `did`) needs
-    service auth by that DID, and may leave out email and password."""
+    """Check a createAccount body, cheap checks first (lengths before patterns, nothing
+    that resolves or touches a file), in the reference PDS's order. Every sign-up needs
+    an invite when invites are required; a migrating account (one that brings its `did`)
+    needs service auth by that DID too, may leave out email and password, and may ask
+    for an external handle (resolved later: `create_account`)."""
     requested_did = body.get("did")
     migrating = requested_did is not None
     if migrating:
@@ -98,22 +90,21 @@ def parse_signup(ctx: AppContext, body: dict, service_auth: A.AuthInfo | None) -
             raise InvalidInput("Invalid DID", "InvalidDid")
         if service_auth is None or service_auth.did != requested_did:
             raise AuthFailed("Service auth by the DID being migrated is required")
-    handle = normalize_handle_input(ctx, body.get("handle"), external_ok=migrating)
-    email = body.get("email")
-    if email is not None or not migrating:
-        email = check_email(email)
     password = body.get("password")
     if password is not None or not migrating:
         password = _check_password(password)
     invite = body.get("inviteCode")
-    if ctx.settings.invite_required and not migrating and \
-            (not isinstance(invite, str) or not invite):
+    if ctx.settings.invite_required and (not isinstance(invite, str) or not invite):
         raise InvalidInput("No invite code provided", "InvalidInviteCode")
+    email = body.get("email")
+    if email is not None or not migrating:
+        email = check_email(email)
+    handle = handles.normalize_handle_input(ctx, body.get("handle"), external_ok=migrating)
     return SignUp(handle, email, password, invite, requested_did)
 
 
 def _spends_invite(ctx: AppContext, s: SignUp) -> bool:
-    return bool(ctx.settings.invite_required and not s.migrating and s.invite)
+    return bool(ctx.settings.invite_required and s.invite)
 
 
 def _check_available(ctx: AppContext, s: SignUp) -> None:
@@ -130,16 +121,21 @@ def _check_available(ctx: AppContext, s: SignUp) -> None:
 
 
 def _choose_did(ctx: AppContext, s: SignUp, key: PrivateKey) -> tuple[str, dict | None]:
-    """The new account's DID, and the signed PLC genesis op when it is a new did:plc."""
+    """The new account's DID, and the signed PLC genesis op when it is a new did:plc.
+    A DID this PDS issued and an account of it was deleted (its tombstone) is never
+    issued again; a migrating DID may come back (its owner proved control with the
+    service token), unless it is a did:web whose document this PDS would publish."""
     if s.did is not None:
         if ctx.accounts.get(s.did) is not None:
             raise InvalidInput("Account already exists", "AlreadyExists")
+        if ctx.accounts.tombstone(s.did) is not None and _web_did_we_host(ctx, s.did):
+            raise InvalidInput("This DID belonged to a deleted account", "AlreadyExists")
         return s.did, None
     if ctx.settings.did_method == "web":
         did = "did:web:" + s.handle
-        if ctx.accounts.get(did) is not None:
-            # The handle was this account's before it changed handles: its DID (and
-            # signing key, and DID document) still carry the name.
+        if ctx.accounts.get(did) is not None or ctx.accounts.tombstone(did) is not None:
+            # The DID the handle names is another account's (it changed handles since:
+            # its DID, key and document still carry the name) or a deleted one's.
             raise InvalidInput("Handle already taken: " + s.handle, "HandleNotAvailable")
         return did, None
     # The DID follows from the signed genesis op, so it is known before the PLC hears
@@ -147,6 +143,12 @@ def _choose_did(ctx: AppContext, s: SignUp, key: PrivateKey) -> tuple[str, dict 
     genesis = ctx.identity.sign_plc_operation(
         ctx.identity.genesis_op(s.handle, key.public_key()))
     return plc_did_for_genesis(genesis), genesis
+
+
+def _web_did_we_host(ctx: AppContext, did: str) -> bool:
+    host = did_web_host(did)
+    return host is not None and (handles.hosted_domain(ctx, host) is not None
+                                 or handles.is_service_host(ctx, host))
 
 
 def _claim(ctx: AppContext, s: SignUp, did: str) -> None:
@@ -208,6 +210,8 @@ def _record(ctx: AppContext, s: SignUp, did: str) -> dict:
         "createdAt": now_iso(), "status": DEACTIVATED if s.migrating else None,
         "emailConfirmedAt": None,
         "inviteCode": s.invite if ctx.settings.invite_required else None,
+        # Tokens carry it: they open this account, never a later one of the same DID.
+        "generation": secrets.token_urlsafe(12),
     }
 
 
@@ -217,6 +221,8 @@ async def create_account(ctx: AppContext, body: dict, service_auth: A.AuthInfo |
     if ip is not None:
         await asyncio.to_thread(ctx.auth.limiter.hit, "signup-ip:" + ip, 100, 300)
     signup = parse_signup(ctx, body, service_auth)
+    if signup.did is not None:
+        await handles.require_resolves(ctx, signup.handle, signup.did)
     key = generate_signing_key()
     did, genesis = await asyncio.to_thread(_reserve, ctx, signup, key)
     try:
@@ -243,14 +249,15 @@ def _materialise_account(ctx: AppContext, acct: dict, key: Any, migrating: bool)
         first_commit = repo.create(key)
         repo.checkpoint()
     ctx.accounts.put(acct)
-    ctx.identity.write_handle_file(handle, did)
+    if handles.hosted_domain(ctx, handle) is not None:
+        ctx.identity.write_handle_file(handle, did)
     # The reference PDS's order on sign-up: #identity, #account, #commit, #sync.
     ctx.events.identity(did)
     ctx.events.account(did)
     if first_commit is not None:
         ctx.events.commit(first_commit)
         ctx.events.sync(did)
-    tokens = ctx.auth.issue_session(did)
+    tokens = ctx.auth.issue_session(Account.from_record(acct))
     out = {"handle": handle, "did": did, **tokens}
     if not migrating:
         out["didDoc"] = did_doc(ctx, did, handle)
@@ -313,12 +320,15 @@ def set_invites_disabled(ctx: AppContext, did: str, disabled: bool) -> None:
 
 
 def delete_account(ctx: AppContext, did: str) -> None:
-    """Remove an account and everything of it from the data dir."""
+    """Remove an account and everything of it from the data dir, leaving its tombstone
+    (first, so that its DID is never free to be issued again, even after a crash)."""
     acct = require(load(ctx, did), Use.MANAGE, did)
+    ctx.accounts.bury(did, {"did": did, "handle": acct.handle, "deletedAt": now_iso()})
     ctx.accounts.release_handle(acct.handle, did)
     if acct.email:
         ctx.accounts.release_email(acct.email, did)
     ctx.identity.remove_handle_file(acct.handle, did)
+    ctx.identity.remove_web_did_doc(did)
     # Rename first (atomic), then delete at leisure: no half-deleted account is ever visible.
     acct_dir = ctx.data.account(did)
     grave = ctx.data.tmp / f"deleted-{int(time.time())}-{secrets.token_hex(4)}"

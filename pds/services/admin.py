@@ -106,8 +106,10 @@ async def delete_account(ctx: AppContext, did: str) -> None:
     await ctx.lifecycle.delete(did)
 
 
-async def update_handle(ctx: AppContext, did: str, handle: str) -> None:
-    await ctx.lifecycle.update_handle(did, handle)
+async def update_handle(ctx: AppContext, did: str, handle: Any) -> None:
+    """updateAccountHandle: the handle rules hold for the admin too, but for the names
+    reserved for the PDS's users' sake (the service's own host name stays refused)."""
+    await ctx.lifecycle.update_handle(did, handle, by_admin=True)
 
 
 def _set_email(ctx: AppContext, account: str, email: str) -> None:

@@ -28,7 +28,7 @@ from ..repo.keys import PublicKey
 from ..repo.signing_keys import PrivateKey
 from ..repo.syntax import is_valid_did, is_valid_nsid
 from ..store.files import ensure_dir, flock, read_file, write_file
-from .account import Use, load, require
+from .account import Account, Use, load, require
 
 ACCESS_TTL = 2 * 3600
 REFRESH_TTL = 90 * 24 * 3600
@@ -40,6 +40,11 @@ SCOPE_APP_PASS_PRIVILEGED = "com.atproto.appPassPrivileged"
 SCOPE_REFRESH = "com.atproto.refresh"
 SCOPE_TAKENDOWN = "com.atproto.takendown"
 ACCESS_SCOPES = {SCOPE_ACCESS, SCOPE_APP_PASS, SCOPE_APP_PASS_PRIVILEGED}
+# Scopes that may act for the account on privileged methods (no plain app password).
+PRIVILEGED_SCOPES = {SCOPE_ACCESS, SCOPE_APP_PASS_PRIVILEGED}
+# The claim of session tokens binding them to the account they were issued to (its
+# `generation`, see `account`): a later account of the same DID is not theirs.
+GENERATION = "gen"
 
 
 class AuthKind(StrEnum):
@@ -54,10 +59,13 @@ class AuthKind(StrEnum):
     ACCESS_OR_SERVICE = "access_or_service"  # access token, or a service-auth JWT
     SERVICE_OPTIONAL = "service_optional"    # anonymous, or a service-auth JWT
 
-# Methods a taken-down session (login with allowTakendown) may call: enough to migrate out.
+# Methods a taken-down session (login with allowTakendown) may call: enough to take its
+# data out. Not getServiceAuth: the reference refuses a taken-down session every service
+# token (its getServiceAuth.ts lets createAccount past one check and stops it at the
+# next: the takendown scope is not a privileged one).
 TAKENDOWN_METHODS = {
     "com.atproto.server.getSession", "com.atproto.server.deleteSession",
-    "com.atproto.server.refreshSession", "com.atproto.server.getServiceAuth",
+    "com.atproto.server.refreshSession",
     "com.atproto.sync.getRepo", "com.atproto.sync.getBlob", "com.atproto.sync.listBlobs",
     "com.atproto.identity.requestPlcOperationSignature",
     "com.atproto.identity.signPlcOperation", "com.atproto.server.deactivateAccount",
@@ -195,26 +203,30 @@ class Auth:
 
     # --- issue --------------------------------------------------------------------------
 
-    def issue_session(self, did: str, scope: str = SCOPE_ACCESS,
+    def issue_session(self, acct: Account, scope: str = SCOPE_ACCESS,
                       app_password: str | None = None) -> dict:
-        """New access + refresh tokens; the refresh session is stored so it can be revoked."""
+        """New access + refresh tokens for an account (bound to its generation); the
+        refresh session is stored so it can be revoked."""
         now = int(time.time())
         jti = secrets.token_urlsafe(24)
-        self.ctx.accounts.put_session(did, jti, {
+        self.ctx.accounts.put_session(acct.did, jti, {
             "createdAt": now, "expiresAt": now + REFRESH_TTL, "scope": scope,
             "appPassword": app_password,
         })
-        return {"accessJwt": self._access(did, scope, now),
-                "refreshJwt": self._refresh(did, jti, now)}
+        return {"accessJwt": self._access(acct.did, acct.generation, scope, now),
+                "refreshJwt": self._refresh(acct.did, acct.generation, jti, now)}
 
-    def _access(self, did: str, scope: str, now: int) -> str:
-        return jwt.encode({"scope": scope, "sub": did, "aud": self.service_did, "iat": now,
-                           "exp": now + ACCESS_TTL}, self.secret, algorithm="HS256",
-                          headers={"typ": "at+jwt"})
+    def _claims(self, did: str, generation: str | None, now: int, ttl: int) -> dict:
+        claims = {"sub": did, "aud": self.service_did, "iat": now, "exp": now + ttl}
+        return claims | ({GENERATION: generation} if generation is not None else {})
 
-    def _refresh(self, did: str, jti: str, now: int) -> str:
-        return jwt.encode({"scope": SCOPE_REFRESH, "sub": did, "aud": self.service_did,
-                           "jti": jti, "iat": now, "exp": now + REFRESH_TTL},
+    def _access(self, did: str, generation: str | None, scope: str, now: int) -> str:
+        return jwt.encode({"scope": scope, **self._claims(did, generation, now, ACCESS_TTL)},
+                          self.secret, algorithm="HS256", headers={"typ": "at+jwt"})
+
+    def _refresh(self, did: str, generation: str | None, jti: str, now: int) -> str:
+        return jwt.encode({"scope": SCOPE_REFRESH, "jti": jti,
+                           **self._claims(did, generation, now, REFRESH_TTL)},
                           self.secret, algorithm="HS256", headers={"typ": "refresh+jwt"})
 
     def rotate(self, info: AuthInfo) -> dict:
@@ -224,6 +236,7 @@ class Auth:
         the answer) and yields the same successor, until that successor is used itself.
         """
         did, jti = info.did, info.jti
+        gen = (info.payload or {}).get(GENERATION)  # the account's: checked by `admit`
         accounts = self.ctx.accounts
         with flock(self.ctx.data.account(did) / "SESSIONS.LOCK"):
             session = accounts.get_session(did, jti)
@@ -237,45 +250,76 @@ class Auth:
                         accounts.get_session(did, nxt).get("next") is not None:
                     accounts.delete_session(did, jti)
                     raise InvalidInput("Token has been revoked", "ExpiredToken")
-                return {"accessJwt": self._access(did, session["scope"], now),
-                        "refreshJwt": self._refresh(did, nxt, now)}
+                return {"accessJwt": self._access(did, gen, session["scope"], now),
+                        "refreshJwt": self._refresh(did, gen, nxt, now)}
             new_jti = secrets.token_urlsafe(24)
             accounts.put_session(did, new_jti, {
                 "createdAt": now, "expiresAt": now + REFRESH_TTL, "scope": session["scope"],
                 "appPassword": session.get("appPassword")})
             accounts.put_session(did, jti, {**session, "next": new_jti, "rotatedAt": now})
-            return {"accessJwt": self._access(did, session["scope"], now),
-                    "refreshJwt": self._refresh(did, new_jti, now)}
+            return {"accessJwt": self._access(did, gen, session["scope"], now),
+                    "refreshJwt": self._refresh(did, gen, new_jti, now)}
 
     # --- verify -------------------------------------------------------------------------
 
     async def check(self, kind: AuthKind, header: str, nsid: str) -> AuthInfo | None:
         """Authenticate a call of method `nsid` whose `Authorization` header is `header`
-        ("" when absent) as the method requires; raises a PdsError if it can't."""
+        ("" when absent) as the method requires; raises a PdsError if it can't. Every
+        credential naming an account is then admitted (or refused) by `admit`."""
+        info = await self._credential(kind, header, nsid)
+        if info is not None and info.did is not None:
+            await asyncio.to_thread(self.admit, info)
+        return info
+
+    async def _credential(self, kind: AuthKind, header: str, nsid: str) -> AuthInfo | None:
+        """The credential `header` presents, verified (signature, type, scope, audience)
+        but not yet held against the account it names."""
         if kind == AuthKind.NONE:
             return None
         if kind == AuthKind.ADMIN:
             return self._admin(header)
         if kind == AuthKind.REFRESH:
-            return await self._bearer_off_loop(header, refresh=True)
+            return self._bearer(header, refresh=True)
         if kind == AuthKind.OPTIONAL:
             if not header:
                 return None
             if header.startswith("Basic "):
                 # The admin may read what the public can't (e.g. a taken-down repo).
                 return self._admin(header)
-            return await self._bearer_off_loop(header, refresh=False, nsid=nsid)
+            return self._bearer(header, refresh=False, nsid=nsid)
         if kind in (AuthKind.ACCESS_OR_SERVICE, AuthKind.SERVICE_OPTIONAL):
             token = self._token(header, required=kind == AuthKind.ACCESS_OR_SERVICE)
             if token is None:
                 return None
             if _jwt_alg(token) == "HS256":
-                return await self._bearer_off_loop(header, refresh=False, nsid=nsid)
+                return self._bearer(header, refresh=False, nsid=nsid)
             return await self.verify_service_jwt(token, nsid)
-        info = await self._bearer_off_loop(header, refresh=False, nsid=nsid)
+        info = self._bearer(header, refresh=False, nsid=nsid)
         if kind == AuthKind.ACCESS_FULL and info.scope != SCOPE_ACCESS:
             raise InvalidInput("Bad token scope", "InvalidToken")
         return info
+
+    def admit(self, info: AuthInfo) -> None:
+        """The one place a verified credential meets the account it names (blocking: reads
+        account.json, and a refresh token's session): the account must be the one the
+        token was issued to (its generation), and its status must allow the credential
+        (`account.require`). A service-auth JWT from a DID not hosted here passes: it is
+        someone signing up by migration, and the method decides."""
+        did = info.did
+        if did is None:  # the admin: no account to hold it against
+            return
+        acct = load(self.ctx, did)
+        if info.kind == "service":
+            if acct is not None:
+                require(acct, Use.SERVICE, did)
+            return
+        if info.kind == "refresh" and self.ctx.accounts.get_session(did, info.jti) is None:
+            raise InvalidInput("Token has been revoked", "ExpiredToken")
+        use = Use.REFRESH if info.kind == "refresh" else Use.TOKEN
+        acct = require(acct, use, did, privileged=info.scope == SCOPE_TAKENDOWN)
+        if (info.payload or {}).get(GENERATION) != acct.generation:
+            # Issued to an account of this DID that was deleted: not to this one.
+            raise AuthFailed("Account not found", "AccountNotFound")
 
     def _admin(self, header: str) -> AuthInfo:
         if not header.startswith("Basic "):
@@ -300,12 +344,9 @@ class Auth:
             raise AuthRequired("Unexpected authorization type", "InvalidToken")
         return token.strip()
 
-    async def _bearer_off_loop(self, header: str, refresh: bool,
-                               nsid: str | None = None) -> AuthInfo:
-        """`_bearer` in a worker thread: it reads the account (and the refresh session)."""
-        return await asyncio.to_thread(self._bearer, header, refresh, nsid)
-
     def _bearer(self, header: str, refresh: bool, nsid: str | None = None) -> AuthInfo:
+        """A session token (HS256, ours) checked as a token: signature, expiry, audience,
+        type and scope. Pure: the account is `admit`'s business."""
         token = self._token(header)
         typ = "refresh+jwt" if refresh else "at+jwt"
         try:
@@ -326,15 +367,13 @@ class Auth:
             jti = payload.get("jti")
             if scope != SCOPE_REFRESH or not isinstance(jti, str):
                 raise InvalidInput("Invalid token type", "InvalidToken")
-            if self.ctx.accounts.get_session(did, jti) is None:
-                raise InvalidInput("Token has been revoked", "ExpiredToken")
-            return AuthInfo(kind="refresh", did=did, scope=scope, jti=jti, token=token)
+            return AuthInfo(kind="refresh", did=did, scope=scope, jti=jti, token=token,
+                            payload=payload)
         if scope == SCOPE_TAKENDOWN:
             if nsid not in TAKENDOWN_METHODS:
                 raise InvalidInput("Bad token scope", "InvalidToken")
         elif scope not in ACCESS_SCOPES:
             raise InvalidInput("Bad token scope", "InvalidToken")
-        require(load(self.ctx, did), Use.TOKEN, did, privileged=scope == SCOPE_TAKENDOWN)
         return AuthInfo(kind="access", did=did, scope=scope, token=token, payload=payload)
 
     async def verify_service_jwt(self, token: str, nsid: str | None) -> AuthInfo:

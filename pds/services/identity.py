@@ -32,9 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import dns.asyncresolver
@@ -47,10 +45,7 @@ from ..repo.did import (
     IdentityError,
     did_web_host,
     handle_from_doc,
-    is_valid_host,
     key_from_doc,
-    make_did_document,
-    make_service_did_document,
     service_endpoint_from_doc,
 )
 from ..repo.keys import InvalidKey, PublicKey
@@ -65,8 +60,8 @@ from ..repo.plc import (
 )
 from ..repo.signing_keys import K256PrivateKey, PrivateKey
 from ..repo.syntax import is_valid_did, is_valid_handle
-from ..store.files import ensure_dir, read_file, write_file
 from . import fetch
+from .wellknown import Publisher
 
 if TYPE_CHECKING:
     from .context import AppContext
@@ -88,7 +83,7 @@ _RESOLVE_FAILURES = (httpx.HTTPError, IdentityError, fetch.FetchError, OSError, 
                      TimeoutError, RecursionError)
 
 
-class Identity:
+class Identity(Publisher):
     """DIDs and handles for one PDS process (see the module docstring)."""
 
     def __init__(self, ctx: AppContext) -> None:
@@ -209,96 +204,6 @@ class Identity:
             raise IdentityError(f"PLC directory: unexpected audit log for {did}")
         return log
 
-    # ---- Documents we publish ----------------------------------------------------------
-
-    def did_document(self, did: str, handle: str | None,
-                     signing_key: PublicKey) -> dict[str, Any]:
-        """The DID document of an account hosted here (PROTOCOL.md §5 shape)."""
-        return make_did_document(did, handle, signing_key, self.ctx.settings.public_url)
-
-    def well_known_dir(self, host: str) -> Path:
-        """`<data>/well-known/<host>/` for a hostname (port allowed), checked so the path
-        can't escape the well-known tree."""
-        host = host.lower()
-        if not is_valid_host(host):
-            raise IdentityError(f"not a hostname: {host!r}")
-        return self.ctx.data.well_known(host)
-
-    def _write_well_known(self, host: str, name: str, data: bytes) -> Path:
-        directory = ensure_dir(self.well_known_dir(host))
-        ensure_dir(self.ctx.data.tmp)
-        path = directory / name
-        write_file(path, data, self.ctx.data.tmp)
-        return path
-
-    def _handles_we_host(self, handle: str) -> bool:
-        handle = handle.lower()
-        return any(handle.endswith(d.lower()) and len(handle) > len(d)
-                   for d in self.ctx.settings.handle_domains)
-
-    def create_web_did(self, handle: str, signing_key: PublicKey) -> str:
-        """Create `did:web:<handle>` for a handle under one of our handle domains, writing
-        its document to `well-known/<handle>/did.json`. Returns the DID."""
-        handle = handle.lower()
-        if not is_valid_handle(handle):
-            raise IdentityError(f"invalid handle {handle!r}")
-        if not self._handles_we_host(handle):
-            raise IdentityError(f"did:web is only offered under {self.ctx.settings.handle_domains}")
-        did = "did:web:" + handle
-        self.write_web_did_doc(did, handle, signing_key)
-        return did
-
-    def write_web_did_doc(self, did: str, handle: str | None, signing_key: PublicKey) -> Path:
-        """(Re)write the document of a did:web account hosted here (after a handle or key
-        change, too). Returns the file's path."""
-        host = did_web_host(did)
-        if host is None:
-            raise IdentityError(f"not a hostname did:web: {did!r}")
-        doc = self.did_document(did, handle, signing_key)
-        return self._write_well_known(host, "did.json", _json_bytes(doc))
-
-    def service_did_document(self) -> dict[str, Any]:
-        """The PDS's own DID document (`did:web:<hostname>`): just the #atproto_pds service,
-        as the reference PDS publishes it (it signs nothing with this DID)."""
-        return make_service_did_document(self.ctx.settings.service_did,
-                                         self.ctx.settings.public_url)
-
-    def write_service_did_doc(self) -> Path:
-        """Write the service DID document to `well-known/<hostname>/did.json` (hostname as
-        configured, port included, e.g. `well-known/localhost:2583/did.json`)."""
-        return self._write_well_known(self.ctx.settings.hostname, "did.json",
-                                      _json_bytes(self.service_did_document()))
-
-    def write_handle_file(self, handle: str, did: str) -> Path:
-        """Publish `well-known/<handle>/atproto-did` (the DID, as text)."""
-        handle = handle.lower()
-        if not is_valid_handle(handle):
-            raise IdentityError(f"invalid handle {handle!r}")
-        if not is_valid_did(did):
-            raise IdentityError(f"invalid DID {did!r}")
-        return self._write_well_known(handle, "atproto-did", did.encode())
-
-    def remove_handle_file(self, handle: str, did: str | None = None) -> None:
-        """Withdraw `well-known/<handle>/atproto-did` (only if it names `did`, when given),
-        and the handle's directory if that leaves it empty."""
-        handle = handle.lower()
-        if not is_valid_handle(handle):
-            return
-        directory = self.well_known_dir(handle)
-        path = directory / "atproto-did"
-        if did is not None:
-            current = read_file(path)
-            if current is None or current.decode(errors="replace").strip() != did:
-                return
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
-        try:
-            directory.rmdir()  # fails harmlessly while a did.json still lives there
-        except OSError:
-            pass
-
     # ---- Resolving DIDs ----------------------------------------------------------------
 
     def invalidate(self, did: str) -> None:
@@ -343,20 +248,6 @@ class Identity:
             for stale in list(self._did_cache)[: DID_CACHE_MAX // 10 or 1]:
                 del self._did_cache[stale]
         self._did_cache[did] = (expires, doc)
-
-    def _local_web_doc(self, did: str) -> dict[str, Any] | None:
-        host = did_web_host(did)
-        if host is None:
-            return None
-        data = read_file(self.ctx.data.well_known(host) / "did.json")
-        if data is None:
-            return None
-        try:
-            doc = json.loads(data)
-        except ValueError:
-            return None
-        # DIDs are case-sensitive: a differently spelled did:web is not this document.
-        return doc if isinstance(doc, dict) and doc.get("id") == did else None
 
     async def _fetch_plc_doc(self, did: str) -> dict[str, Any] | None:
         status, body = await self._get(plc_did_url(self.ctx.settings.plc_url, did),
@@ -483,10 +374,6 @@ class Identity:
         return await fetch.guarded_get(self.ctx.http, url, limit=limit, timeout=timeout,
                                        dev=self.ctx.settings.dev, guard=guard,
                                        redirects=redirects)
-
-
-def _json_bytes(doc: dict[str, Any]) -> bytes:
-    return json.dumps(doc, indent=1).encode() + b"\n"
 
 
 def _error_text(resp: httpx.Response) -> str:

@@ -21,6 +21,7 @@ from ..errors import AuthFailed, InvalidInput
 from ..store.accounts import Taken
 from ..store.files import read_file, write_file
 from . import accounts as acc
+from . import handles
 from .account import DEACTIVATED, TAKENDOWN, Account, Use, load, require
 from .auth import hash_password, verify_password
 from .context import AppContext
@@ -170,12 +171,14 @@ class Lifecycle:
             ctx.identity.write_handle_file(handle, did)
         ctx.events.identity(did)
 
-    async def update_handle(self, did: str, handle: str) -> None:
-        """Move an account to a new handle: claim it, update the DID, release the old."""
+    async def update_handle(self, did: str, handle: Any, by_admin: bool = False) -> None:
+        """Move an account to a new handle (checked by the handle rules, `handles`; the
+        admin may give a reserved name): claim it, update the DID, release the old."""
+        handle = handles.normalize_handle_input(self.ctx, handle, external_ok=True,
+                                                allow_reserved=by_admin)
         old = await asyncio.to_thread(self._handle_free, did, handle)
-        hosted = any(handle.endswith(d) for d in self.ctx.settings.handle_domains)
-        if not hosted and await self.ctx.identity.resolve_handle(handle) != did:
-            raise InvalidInput("External handle did not resolve to DID", "InvalidHandle")
+        await handles.require_resolves(self.ctx, handle, did)
+        hosted = handles.hosted_domain(self.ctx, handle) is not None
         if hosted:
             await asyncio.to_thread(self._claim_handle, did, handle)
         try:

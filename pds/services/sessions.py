@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import re
 import secrets
+import time
 from typing import Any
 
 from ..errors import AuthFailed, InvalidInput
-from ..repo.syntax import is_valid_did
+from ..repo.syntax import is_valid_did, is_valid_nsid
 from ..store.accounts import now_iso
 from . import auth as A
 from .account import Account, Use, load, require
@@ -63,7 +64,7 @@ def login(ctx: AppContext, identifier: Any, password: Any, ip: str,
     require(acct, Use.LOGIN, acct.did, privileged=allow_takendown)
     if acct.takendown:
         scope = A.SCOPE_TAKENDOWN
-    tokens = ctx.auth.issue_session(acct.did, scope, app_password)
+    tokens = ctx.auth.issue_session(acct, scope, app_password)
     return {**tokens, **session_view(ctx, acct, scope)}
 
 
@@ -156,11 +157,79 @@ def revoke_app_password(ctx: AppContext, did: str, name: Any) -> None:
 
 # --- tokens for other services --------------------------------------------------------------
 
+# Methods a service token is never minted for (account management stays between the user
+# and us), and methods only a privileged credential gets one for: moving the account
+# away (createAccount at another PDS) and direct messages. As the reference's
+# pipethrough.ts PROTECTED_METHODS and PRIVILEGED_METHODS (its CHAT_BSKY_METHODS plus
+# createAccount); compared case-insensitively, as it does, so no other spelling of a name
+# slips past.
+PROTECTED_METHODS = frozenset(m.lower() for m in (
+    "com.atproto.admin.sendEmail", "com.atproto.identity.requestPlcOperationSignature",
+    "com.atproto.identity.signPlcOperation", "com.atproto.identity.updateHandle",
+    "com.atproto.server.activateAccount", "com.atproto.server.confirmEmail",
+    "com.atproto.server.createAppPassword", "com.atproto.server.deactivateAccount",
+    "com.atproto.server.getAccountInviteCodes", "com.atproto.server.getSession",
+    "com.atproto.server.listAppPasswords", "com.atproto.server.requestAccountDelete",
+    "com.atproto.server.requestEmailConfirmation", "com.atproto.server.requestEmailUpdate",
+    "com.atproto.server.revokeAppPassword", "com.atproto.server.updateEmail",
+))
+PRIVILEGED_METHODS = frozenset({"com.atproto.server.createaccount"})
+PRIVILEGED_PREFIXES = ("chat.bsky.",)  # the reference lists each chat method; all of them
 
-def service_auth_token(ctx: AppContext, did: str, aud: str, lxm: str | None, exp: int) -> str:
-    """getServiceAuth: a JWT for service `aud` (method `lxm`, expiring at `exp`), signed
-    with the account's repo signing key."""
-    return A.sign_service_jwt(ctx.local_signing_key(did), did, aud, lxm, exp)
+
+def is_protected_method(lxm: str) -> bool:
+    return lxm.lower() in PROTECTED_METHODS
+
+
+def is_privileged_method(lxm: str) -> bool:
+    lxm = lxm.lower()
+    return lxm in PRIVILEGED_METHODS or lxm.startswith(PRIVILEGED_PREFIXES)
+
+
+SERVICE_TOKEN_MAX_TTL = 3600  # seconds: the longest a service token may be asked for
+SERVICE_TOKEN_TTL = 60  # the default, and the longest for a token without `lxm`
+
+
+def _service_token_exp(exp: str | None, lxm: str | None) -> int:
+    now = int(time.time())
+    if exp is None:
+        return now + SERVICE_TOKEN_TTL
+    try:
+        when = int(exp)
+    except ValueError:
+        raise InvalidInput("exp must be an integer") from None
+    if when - now > SERVICE_TOKEN_MAX_TTL:
+        raise InvalidInput("expiration is too far in the future", "BadExpiration")
+    if lxm is None and when - now > SERVICE_TOKEN_TTL:
+        raise InvalidInput("cannot request a token without lxm for over 60 seconds",
+                           "BadExpiration")
+    if when < now:
+        raise InvalidInput("expiration is in the past", "BadExpiration")
+    return when
+
+
+def service_auth_token(ctx: AppContext, auth: A.AuthInfo, aud: str, lxm: str | None,
+                       exp: str | None) -> dict:
+    """getServiceAuth: a JWT for service `aud` (method `lxm`, expiring at `exp`, as the
+    query gave them), signed with the account's repo signing key. Never for a protected
+    method; for a privileged one only to a privileged credential (not a plain app
+    password). A taken-down session never gets here (`auth.TAKENDOWN_METHODS`)."""
+    if not is_valid_did(aud.split("#")[0]):
+        raise InvalidInput("aud must be a DID")
+    if lxm is not None and not is_valid_nsid(lxm):
+        raise InvalidInput("lxm must be an NSID")
+    when = _service_token_exp(exp, lxm)
+    if lxm is not None and is_protected_method(lxm):
+        raise InvalidInput(f"cannot request a service token for the protected method {lxm}")
+    if lxm is not None and is_privileged_method(lxm) and \
+            auth.scope not in A.PRIVILEGED_SCOPES:
+        raise InvalidInput("insufficient access to request a service token for the "
+                           f"method {lxm}")
+    did = auth.did
+    key = ctx.local_signing_key(did) if did is not None else None
+    if did is None or key is None:
+        raise InvalidInput("Account not found", "AccountNotFound")
+    return {"token": A.sign_service_jwt(key, did, aud, lxm, when)}
 
 
 def recommended_did_credentials(ctx: AppContext, did: str) -> dict:

@@ -7,6 +7,7 @@
     handles/<handle>                 -> DID; claimed with O_EXCL, so two workers can't
     emails/<email>                   -> DID; likewise
     invites/<code>.json
+    tombstones/<did>                 a deleted account's DID, never to be issued again
 
 JSON files are replaced atomically; account.json is cached per process and re-read when
 its mtime changes, so every worker sees another's changes on its next request.
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ..repo.syntax import is_valid_handle
-from .files import ensure_dir, flock, read_file, write_file
+from .files import ensure_dir, flock, fsync_dir, read_file, write_file
 from .layout import ACCOUNT_JSON, ACCOUNT_LOCK, LOCK, SESSIONS, DataDir
 
 
@@ -152,6 +153,25 @@ class AccountStore:
 
     def release_email(self, email: str, did: str) -> None:
         self._release(self.emails, self._email_key(email), did)
+
+    # --- tombstones of deleted accounts -------------------------------------------------
+
+    def bury(self, did: str, record: dict) -> None:
+        """Record (durably) that account `did` was deleted; done before anything of it is
+        removed, so a DID is never free to be issued again, even after a crash."""
+        path = self.data.tombstone(did)
+        if not path.parent.is_dir():
+            ensure_dir(path.parent)
+            fsync_dir(self.data.root)  # the new directory's entry, too
+        write_file(path, json.dumps(record).encode(), self.data.tmp)
+
+    def tombstone(self, did: str) -> dict | None:
+        """The tombstone of a deleted account, or None (also for malformed DIDs)."""
+        try:
+            data = read_file(self.data.tombstone(did))
+        except ValueError:
+            return None
+        return None if data is None else json.loads(data)
 
     # --- small per-account JSON documents ---------------------------------------------
 

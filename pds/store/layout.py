@@ -10,6 +10,7 @@ the README's "The data directory").
     invites/<code>.json     invite codes (and LOCK, spending them)
     seq/                    the firehose event log (seqlog.py names its files)
     well-known/<host>/      atproto-did and did.json, static files
+    tombstones/<did>        a deleted account's DID: never handed out again
     ratelimit/              login and sign-up rate limits
     tmp/                    staging for atomic renames (same filesystem as the rest)
 
@@ -34,6 +35,7 @@ EMAILS = "emails"
 INVITES = "invites"
 SEQ = "seq"
 WELL_KNOWN = "well-known"
+TOMBSTONES = "tombstones"  # tombstones/<did>: made on the first deletion
 RATELIMIT = "ratelimit"
 TMP = "tmp"
 # The directories `pds init` makes (and the format-0 migration adds).
@@ -115,6 +117,14 @@ class DataDir:
     @property
     def ratelimit(self) -> Path:
         return self.root / RATELIMIT
+
+    @property
+    def tombstones(self) -> Path:
+        return self.root / TOMBSTONES
+
+    def tombstone(self, did: str) -> Path:
+        """The tombstone of a deleted account's DID; refuses anything but a DID."""
+        return self.tombstones / self.account(did).name
 
     def well_known(self, host: str) -> Path:
         """The static files served for host name `host` (checked by the caller)."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 from ..errors import InvalidInput
 from ..repo.syntax import is_valid_did
 from ..services import admin as svc
-from ..services.accounts import normalize_handle_input
 from ..services.auth import AuthKind
 from .app import Answer, Call
 from .registry import procedure, query
@@ -66,8 +65,7 @@ async def delete_account(call: Call) -> Answer:
 @procedure("com.atproto.admin.updateAccountHandle", auth=AuthKind.ADMIN)
 async def update_account_handle(call: Call) -> Answer:
     did = _did(call.field("did"))
-    handle = normalize_handle_input(call.ctx, call.field("handle"), external_ok=True)
-    await svc.update_handle(call.ctx, did, handle)
+    await svc.update_handle(call.ctx, did, call.field("handle"))
     return None
 
 

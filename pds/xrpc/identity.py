@@ -6,7 +6,6 @@ import asyncio
 
 from ..errors import InvalidInput
 from ..repo.syntax import is_valid_handle
-from ..services import accounts as svc
 from ..services import sessions
 from ..services.auth import AuthKind
 from .app import Answer, Call
@@ -26,8 +25,7 @@ async def resolve_handle(call: Call) -> Answer:
 
 @procedure("com.atproto.identity.updateHandle", auth=AuthKind.ACCESS)
 async def update_handle(call: Call) -> Answer:
-    handle = svc.normalize_handle_input(call.ctx, call.field("handle"), external_ok=True)
-    await call.ctx.lifecycle.update_handle(call.auth.did, handle)
+    await call.ctx.lifecycle.update_handle(call.auth.did, call.field("handle"))
     return None
 
 

@@ -3,28 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import time
 
-from ..errors import Forbidden, InvalidInput, NotSupported
-from ..repo.syntax import is_valid_did, is_valid_nsid
+from ..errors import InvalidInput, NotSupported
+from ..repo.syntax import is_valid_did
 from ..services import accounts as svc
-from ..services import auth as A
 from ..services import sessions
 from ..services.auth import AuthKind
 from .app import Answer, Call
 from .registry import procedure, query
-
-# Never minted for other services: account management stays between the user and us.
-PROTECTED_METHODS = {
-    "com.atproto.admin.sendEmail", "com.atproto.identity.requestPlcOperationSignature",
-    "com.atproto.identity.signPlcOperation", "com.atproto.identity.updateHandle",
-    "com.atproto.server.activateAccount", "com.atproto.server.confirmEmail",
-    "com.atproto.server.createAppPassword", "com.atproto.server.deactivateAccount",
-    "com.atproto.server.getAccountInviteCodes", "com.atproto.server.getSession",
-    "com.atproto.server.listAppPasswords", "com.atproto.server.requestAccountDelete",
-    "com.atproto.server.requestEmailConfirmation", "com.atproto.server.requestEmailUpdate",
-    "com.atproto.server.revokeAppPassword", "com.atproto.server.updateEmail",
-}
 
 
 @query("com.atproto.server.describeServer")
@@ -155,36 +141,9 @@ async def check_account_status(call: Call) -> Answer:
 
 @query("com.atproto.server.getServiceAuth", auth=AuthKind.ACCESS)
 async def get_service_auth(call: Call) -> Answer:
-    aud = call.param("aud", required=True)
-    if not is_valid_did(aud.split("#")[0]):
-        raise InvalidInput("aud must be a DID")
-    lxm = call.param("lxm")
-    if lxm is not None and not is_valid_nsid(lxm):
-        raise InvalidInput("lxm must be an NSID")
-    now = int(time.time())
-    exp_param = call.param("exp")
-    if exp_param is not None:
-        try:
-            exp = int(exp_param)
-        except ValueError:
-            raise InvalidInput("exp must be an integer") from None
-        if exp - now > 3600:
-            raise InvalidInput("expiration is too far in the future", "BadExpiration")
-        if lxm is None and exp - now > 60:
-            raise InvalidInput("cannot request a token without lxm for over 60 seconds",
-                               "BadExpiration")
-        if exp < now:
-            raise InvalidInput("expiration is in the past", "BadExpiration")
-    else:
-        exp = now + 60
-    if lxm in PROTECTED_METHODS:
-        raise InvalidInput(f"cannot request a service token for the method {lxm}")
-    if call.auth.is_app_password and lxm is not None and lxm.startswith("chat.bsky.") \
-            and call.auth.scope != A.SCOPE_APP_PASS_PRIVILEGED:
-        raise Forbidden("insufficient access for this method", "InvalidToken")
-    token = await asyncio.to_thread(sessions.service_auth_token, call.ctx, call.auth.did, aud,
-                                    lxm, exp)
-    return {"token": token}
+    return await asyncio.to_thread(sessions.service_auth_token, call.ctx, call.auth,
+                                   call.param("aud", required=True), call.param("lxm"),
+                                   call.param("exp"))
 
 
 @procedure("com.atproto.server.reserveSigningKey", auth=AuthKind.NONE)
