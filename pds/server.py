@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Callable
+from typing import Any
 
 from gunicorn.app.base import BaseApplication
 
@@ -41,7 +42,7 @@ def build_app(settings: Settings) -> RequestBody:
     return create_app(ctx, lambda app: add_routes(app, ctx))
 
 
-def _post_worker_init(worker) -> None:
+def _post_worker_init(worker: Any) -> None:
     """gunicorn hook: on SIGTERM, close firehose subscribers at once. gunicorn's ASGI
     worker waits for open connections until the graceful timeout, and subscriptions never
     end by themselves, so without this every shutdown (and reload) would take the whole

@@ -55,7 +55,7 @@ def _check_password(password: Any) -> str:
 
 def did_doc(ctx: AppContext, did: str, handle: str) -> dict:
     """The DID document of an account hosted here (blocking: reads its signing key)."""
-    key = ctx.local_signing_key(did)
+    key = ctx.signing_key(did)
     return ctx.identity.did_document(did, handle, key.public_key())
 
 
@@ -198,8 +198,10 @@ async def _publish(ctx: AppContext, s: SignUp, did: str, key: PrivateKey,
         return
     if did.startswith("did:web:"):
         await asyncio.to_thread(ctx.identity.create_web_did, s.handle, key.public_key())
-    else:
+    elif genesis is not None:
         await ctx.identity.submit_plc_operation(did, genesis)
+    else:
+        raise RuntimeError(f"no genesis operation for the new {did}")
 
 
 def _record(ctx: AppContext, s: SignUp, did: str) -> dict:

@@ -18,6 +18,7 @@ import logging
 import os
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from ..repo import events as ev
@@ -92,7 +93,7 @@ class Sequencer(LogWriteAhead):
         return self.log_event(lambda seq: ev.frame(
             "#sync", ev.sync_payload(seq, did, head.cid, block, head.rev)))
 
-    def log_event(self, make_frame) -> int:
+    def log_event(self, make_frame: Callable[[int], bytes]) -> int:
         return self.seqlog.append(make_frame)
 
 
@@ -314,6 +315,7 @@ async def _serve(bc: Broadcaster, sub: Subscriber, cursor: int | None) -> None:
                 frames, end = await asyncio.to_thread(log_.read_range, pos, target, 2000)
             else:
                 end = target
+            assert frames is not None
             for seq, data in frames:
                 if seq > end or sub.closing:
                     break
@@ -321,12 +323,12 @@ async def _serve(bc: Broadcaster, sub: Subscriber, cursor: int | None) -> None:
             pos = end
     bc.live.add(sub)
     while True:
-        data = await sub.queue.get()
-        if isinstance(data, _End):
-            if data.code is not None:
-                await ws.close(data.code)
+        item = await sub.queue.get()
+        if isinstance(item, _End):
+            if item.code is not None:
+                await ws.close(item.code)
             return
-        await ws.send_data(data)
+        await ws.send_data(item)
         if sub.closing and sub.queue.empty():
             await ws.close(1008)  # that was ConsumerTooSlow
             return

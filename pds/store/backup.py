@@ -252,7 +252,7 @@ def backup(src_root: str | os.PathLike, dest_root: str | os.PathLike,
                mode=stat.S_IMODE(os.stat(seq_cp).st_mode) if seq_cp.exists() else 0o640)
     replayed = _replay(src, dest, int(checkpoint), src_mode, ticker)
     syncfs(dest)
-    _write_marker(dest, {**ident, "started": read_marker(dest).get("started"),
+    _write_marker(dest, {**ident, "started": (read_marker(dest) or {}).get("started"),
                          "finished": _now()})
     fsync_dir(dest)
     return {"accounts": len(accounts), "files": ticker.counts.get("files", 0),

@@ -22,6 +22,7 @@ emitted by this data dir's history (backup.py refuses a backup that holds some).
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -48,7 +49,8 @@ class EventLog:
     def path(self, seq: int) -> Path:
         return self.root / f"{seq // SHARD:08d}" / f"{seq:016d}"
 
-    def lock(self):
+    def lock(self) -> contextlib.AbstractContextManager[int]:
+        """The seq-allocation lock (one event written at a time, across processes)."""
         return flock(self.root / SEQ_LOCK)
 
     @property
