@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import hashlib
 import hmac
 import json
 import secrets
@@ -23,16 +22,19 @@ import jwt
 import nacl.exceptions
 import nacl.pwhash
 
-from ..errors import AuthFailed, AuthRequired, InvalidInput, RateLimited
+from ..errors import AuthFailed, AuthRequired, InvalidInput
 from ..repo.keys import PublicKey
 from ..repo.signing_keys import PrivateKey
 from ..repo.syntax import is_valid_did, is_valid_nsid
-from ..store.files import ensure_dir, flock, read_file, write_file
+from ..store.files import flock
+from ..store.ratelimit import RateLimiter
 from .account import Use, load, require
 
 ACCESS_TTL = 2 * 3600
 REFRESH_TTL = 90 * 24 * 3600
 REFRESH_GRACE = 2 * 3600  # a rotated refresh token works this long, until its successor is used
+# Failed admin (HTTP Basic) attempts allowed from one client address: (count, seconds).
+ADMIN_FAILURES = (10, 300)
 
 SCOPE_ACCESS = "com.atproto.access"
 SCOPE_APP_PASS = "com.atproto.appPass"
@@ -149,39 +151,6 @@ class AuthInfo:
         return self.scope in (SCOPE_APP_PASS, SCOPE_APP_PASS_PRIVILEGED)
 
 
-class RateLimiter:
-    """Fixed-window counters in files under `ratelimit/`, shared by all workers."""
-
-    def __init__(self, root, tmp, enabled: bool = True) -> None:
-        self.root = root
-        self.tmp = tmp
-        self.enabled = enabled
-
-    def hit(self, key: str, limit: int, window: int) -> None:
-        """Count one event for `key`; raise 429 when the window's limit is spent."""
-        if not self.enabled:
-            return
-        ensure_dir(self.root)
-        name = hashlib.sha256(key.encode()).hexdigest()[:32]
-        path = self.root / name
-        now = int(time.time())
-        with flock(self.root / (name + ".lock")):
-            data = read_file(path)
-            start, count = (now, 0)
-            if data:
-                s, c = data.decode().split()
-                if now - int(s) < window:
-                    start, count = int(s), int(c)
-            if count >= limit:
-                reset = start + window
-                raise RateLimited("Rate Limit Exceeded", headers={
-                    "Retry-After": str(max(1, reset - now)),
-                    "RateLimit-Limit": str(limit), "RateLimit-Remaining": "0",
-                    "RateLimit-Reset": str(reset), "RateLimit-Policy": f"{limit};w={window}",
-                })
-            write_file(path, f"{start} {count + 1}".encode(), self.tmp, durable=False)
-
-
 class Auth:
     """Token issue and verification for one PDS."""
 
@@ -190,8 +159,7 @@ class Auth:
         self.settings = ctx.settings
         self.secret = ctx.settings.jwt_secret
         self.service_did = ctx.settings.service_did
-        self.limiter = RateLimiter(ctx.data.ratelimit, ctx.data.tmp,
-                                   enabled=ctx.settings.rate_limits)
+        self.limiter = RateLimiter(ctx.data.ratelimit, enabled=ctx.settings.rate_limits)
 
     # --- issue --------------------------------------------------------------------------
 
@@ -249,13 +217,15 @@ class Auth:
 
     # --- verify -------------------------------------------------------------------------
 
-    async def check(self, kind: AuthKind, header: str, nsid: str) -> AuthInfo | None:
+    async def check(self, kind: AuthKind, header: str, nsid: str,
+                    ip: str = "") -> AuthInfo | None:
         """Authenticate a call of method `nsid` whose `Authorization` header is `header`
-        ("" when absent) as the method requires; raises a PdsError if it can't."""
+        ("" when absent), from client address `ip`, as the method requires; raises a
+        PdsError if it can't."""
         if kind == AuthKind.NONE:
             return None
         if kind == AuthKind.ADMIN:
-            return self._admin(header)
+            return await asyncio.to_thread(self._admin, header, ip)
         if kind == AuthKind.REFRESH:
             return await self._bearer_off_loop(header, refresh=True)
         if kind == AuthKind.OPTIONAL:
@@ -263,7 +233,7 @@ class Auth:
                 return None
             if header.startswith("Basic "):
                 # The admin may read what the public can't (e.g. a taken-down repo).
-                return self._admin(header)
+                return await asyncio.to_thread(self._admin, header, ip)
             return await self._bearer_off_loop(header, refresh=False, nsid=nsid)
         if kind in (AuthKind.ACCESS_OR_SERVICE, AuthKind.SERVICE_OPTIONAL):
             token = self._token(header, required=kind == AuthKind.ACCESS_OR_SERVICE)
@@ -277,17 +247,30 @@ class Auth:
             raise InvalidInput("Bad token scope", "InvalidToken")
         return info
 
-    def _admin(self, header: str) -> AuthInfo:
+    def _admin(self, header: str, ip: str = "") -> AuthInfo:
+        """HTTP Basic as user `admin` (blocking: failed attempts are counted per client
+        address in the data dir, and refused once ADMIN_FAILURES are spent)."""
         if not header.startswith("Basic "):
             raise AuthRequired("Authentication Required")
-        try:
-            user, _, password = base64.b64decode(header[6:]).decode().partition(":")
-        except (ValueError, UnicodeDecodeError):
-            raise AuthRequired("Invalid authorization header") from None
-        expected = self.settings.admin_password
-        if not expected or user != "admin" or not hmac.compare_digest(password, expected):
+        key = "admin-fail:" + ip
+        self.limiter.check(key, *ADMIN_FAILURES)
+        if not self._admin_password_ok(header[6:]):
+            self.limiter.record(key, *ADMIN_FAILURES)
             raise AuthRequired("Invalid admin credentials")
         return AuthInfo(kind="admin")
+
+    def _admin_password_ok(self, encoded: str) -> bool:
+        """Whether base64 `encoded` is `admin:<the admin password>`. Compared as bytes
+        (any password, in any encoding) in constant time, user and password alike."""
+        try:
+            raw = base64.b64decode(encoded.strip(), validate=True)
+        except ValueError:  # not base64, or not ASCII at all
+            return False
+        user, sep, password = raw.partition(b":")
+        expected = self.settings.admin_password.encode()
+        user_ok = hmac.compare_digest(user, b"admin")
+        password_ok = hmac.compare_digest(password, expected)
+        return bool(expected) and bool(sep) and user_ok and password_ok
 
     @staticmethod
     def _token(header: str, required: bool = True) -> str | None:

@@ -346,9 +346,10 @@ class Identity:
 
     def _local_web_doc(self, did: str) -> dict[str, Any] | None:
         host = did_web_host(did)
-        if host is None:
+        try:
+            data = read_file(self.ctx.data.well_known(host) / "did.json") if host else None
+        except ValueError:  # too long to be a directory here: not one of our DIDs
             return None
-        data = read_file(self.ctx.data.well_known(host) / "did.json")
         if data is None:
             return None
         try:

@@ -20,4 +20,8 @@ async def read_document(ctx: Any, host: str, name: str) -> bytes | None:
     or None when there is none or `host` can't be a directory of ours."""
     if not _HOST.match(host) or ".." in host:
         return None
-    return await asyncio.to_thread(read_file, ctx.data.well_known(host) / name)
+    try:
+        directory = ctx.data.well_known(host)
+    except ValueError:  # too long to be a directory of ours
+        return None
+    return await asyncio.to_thread(read_file, directory / name)

@@ -166,7 +166,7 @@ class XrpcResource:
                 f"{'GET' if method.kind == 'query' else 'POST'}")
         call = Call(self.ctx, req, resp, nsid)
         call.auth = await self.ctx.auth.check(method.auth, req.get_header("Authorization") or "",
-                                              nsid)
+                                              nsid, call.ip)
         if kind == "procedure" and method.body == "json":
             call.body = await _read_json(req)
         result = await method.handler(call)
