@@ -6,6 +6,7 @@ import asyncio
 import time
 
 from ..errors import Forbidden, InvalidInput, NotSupported
+from ..repo.string_formats import is_valid_datetime
 from ..repo.syntax import is_valid_did, is_valid_nsid
 from ..services import accounts as svc
 from ..services import auth as A
@@ -113,7 +114,11 @@ async def create_invite_codes(call):
 
 @query("com.atproto.server.getAccountInviteCodes", auth=AuthKind.ACCESS_FULL)
 async def get_account_invite_codes(call):
+    include_used = call.param_bool("includeUsed", default=True)
+    call.param_bool("createAvailable", default=True)  # checked; codes are made by the admin
     codes = await asyncio.to_thread(svc.account_invite_codes, call.ctx, call.auth.did)
+    if not include_used:
+        codes = [c for c in codes if len(c["uses"]) < c["available"]]
     return {"codes": codes}
 
 
@@ -125,6 +130,8 @@ async def activate_account(call):
 @procedure("com.atproto.server.deactivateAccount", auth=AuthKind.ACCESS_FULL)
 async def deactivate_account(call):
     delete_after = call.field("deleteAfter", required=False)
+    if delete_after is not None and not is_valid_datetime(delete_after):
+        raise InvalidInput("deleteAfter must be a datetime")
     await call.ctx.lifecycle.deactivate(call.auth.did, delete_after)
 
 
