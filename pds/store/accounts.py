@@ -203,7 +203,7 @@ class AccountStore:
 
     def sessions(self, did: str) -> dict[str, dict | None]:
         d = self.data.account(did) / SESSIONS
-        out: dict[str, dict] = {}
+        out: dict[str, dict | None] = {}
         try:
             names = os.listdir(d)
         except FileNotFoundError:
