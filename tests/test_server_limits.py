@@ -279,3 +279,24 @@ def test_blob_upload_rate_per_account(api):
     assert diff_snapshots(before, snapshot(root)) == []
     # Per account: another one uploads on.
     ok(_upload(api, _invited(api, "neighbour")["accessJwt"], b"mine"))
+
+
+def test_admin_password_of_any_characters(tmp_path):
+    """The operator's admin password may hold any characters (even bytes that are not
+    UTF-8, as an environment can): compared as the bytes a client sends."""
+    from harness import free_port, init_data_dir
+
+    from pds.config import Settings
+    from pds.errors import AuthRequired
+    from pds.services.context import AppContext
+
+    data = tmp_path / "data"
+    init_data_dir(data, free_port(), did_method="web")
+    for password, raw in (("pässwörd", "pässwörd".encode()), ("a\udcffb", b"a\xffb")):
+        ctx = AppContext(Settings.load(data, env={"PDS_ADMIN_PASSWORD": password,
+                                                   "PDS_RATE_LIMITS": "false"}))
+        header = "Basic " + base64.b64encode(b"admin:" + raw).decode()
+        assert ctx.auth._admin(header).kind == "admin"
+        for wrong in (b"admin:" + raw + b"x", b"admin:", b"root:" + raw, raw):
+            with pytest.raises(AuthRequired):
+                ctx.auth._admin("Basic " + base64.b64encode(wrong).decode())

@@ -27,6 +27,7 @@ from ..repo.keys import PublicKey
 from ..repo.signing_keys import PrivateKey
 from ..repo.syntax import is_valid_did, is_valid_nsid
 from ..store.files import flock
+from ..store.layout import SESSIONS_LOCK
 from ..store.ratelimit import RateLimiter
 from .account import Use, load, require
 
@@ -193,7 +194,7 @@ class Auth:
         """
         did, jti = info.did, info.jti
         accounts = self.ctx.accounts
-        with flock(self.ctx.data.account(did) / "SESSIONS.LOCK"):
+        with flock(self.ctx.data.account(did) / SESSIONS_LOCK):
             session = accounts.get_session(did, jti)
             if session is None:
                 raise InvalidInput("Token has been revoked", "ExpiredToken")
@@ -267,7 +268,8 @@ class Auth:
         except ValueError:  # not base64, or not ASCII at all
             return False
         user, sep, password = raw.partition(b":")
-        expected = self.settings.admin_password.encode()
+        # As the environment gave it (surrogateescape: bytes not UTF-8 come back as they were).
+        expected = self.settings.admin_password.encode("utf-8", "surrogateescape")
         user_ok = hmac.compare_digest(user, b"admin")
         password_ok = hmac.compare_digest(password, expected)
         return bool(expected) and bool(sep) and user_ok and password_ok

@@ -146,11 +146,14 @@ def prune_sessions(ctx: AppContext, now: float | None = None) -> int:
     now = time.time() if now is None else now
     removed = 0
     for did in ctx.accounts.list_dids():
-        with flock(ctx.data.account(did) / SESSIONS_LOCK):
-            for jti, session in ctx.accounts.sessions(did).items():
-                if _spent(session, now):
-                    ctx.accounts.delete_session(did, jti)
-                    removed += 1
+        try:
+            with flock(ctx.data.account(did) / SESSIONS_LOCK):
+                for jti, session in ctx.accounts.sessions(did).items():
+                    if _spent(session, now):
+                        ctx.accounts.delete_session(did, jti)
+                        removed += 1
+        except FileNotFoundError:  # the account was deleted meanwhile
+            continue
     return removed
 
 
