@@ -23,6 +23,9 @@ from .store.envfile import ENV_FILE, parse_env_file
 DEFAULT_DATA_DIR = "./data"
 DEFAULT_BIND = "127.0.0.1:2583"
 DEFAULT_HOSTNAME = "localhost:2583"
+# Blob bytes one account may store: a hundred of the largest uploads, far more than a
+# heavy user's pictures and videos, yet one account can't fill a small server's disk.
+DEFAULT_BLOB_QUOTA = 10 * 1024**3
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
 # One DNS label: letters, digits and inner hyphens, at most 63 characters.
@@ -146,6 +149,8 @@ class Settings:
     admin_password: str = ""
     crawlers: list[str] = field(default_factory=list)
     blob_limit: int = 100 * 1024 * 1024
+    blob_quota: int = DEFAULT_BLOB_QUOTA  # bytes of blobs per account; 0: no quota
+    blob_upload_rate: int = 1000  # uploads per hour per account; 0: no limit
     dev: bool = False
     jwt_secret: str = ""
     plc_rotation_key: str = ""
@@ -225,6 +230,8 @@ class _Loader:
                               lambda v: [check_url(u) for u in _list(v)]),
             blob_limit=self.get("BLOB_LIMIT", str(100 * 1024 * 1024),
                                 _number(int, 1, 2**40)),
+            blob_quota=self.get("BLOB_QUOTA", str(DEFAULT_BLOB_QUOTA), _number(int, 0, 2**50)),
+            blob_upload_rate=self.get("BLOB_UPLOAD_RATE", "1000", _number(int, 0, 10**6)),
             dev=dev,
             jwt_secret=self.get("JWT_SECRET", "", str),
             plc_rotation_key=self.get("PLC_ROTATION_KEY", "", str),

@@ -28,6 +28,12 @@ class InvalidInput(PdsError):
     """The request can't be done as asked: bad input, or a state it conflicts with."""
 
 
+class InvalidName(InvalidInput, ValueError):
+    """A name that can't be one file name of the data dir (over 255 bytes, a separator,
+    NUL, not UTF-8...): refused before any path is built from it. Also a ValueError, so
+    a lookup that treats a malformed name as "no such thing" goes on doing so."""
+
+
 class AuthRequired(PdsError):
     """No usable credentials were presented (the answer invites the client to send some)."""
 

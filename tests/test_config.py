@@ -54,3 +54,14 @@ def test_load_normalises_what_it_may(tmp_path: Path) -> None:
     assert s.plc_url == "http://127.0.0.1:9" and s.crawlers == ["https://bsky.network"]
     assert s.log_level == "warning" and s.access_log is False
     assert s.public_url == "http://localhost:2583"
+
+
+def test_blob_quota_and_upload_rate(tmp_path: Path) -> None:
+    s = Settings.load(tmp_path, env={})
+    assert s.blob_quota == 10 * 1024**3 and s.blob_upload_rate == 1000
+    s = Settings.load(tmp_path, env={"PDS_BLOB_QUOTA": "0", "PDS_BLOB_UPLOAD_RATE": "0"})
+    assert s.blob_quota == 0 and s.blob_upload_rate == 0  # 0: none
+    for name, value in (("PDS_BLOB_QUOTA", "-1"), ("PDS_BLOB_QUOTA", "10GB"),
+                        ("PDS_BLOB_UPLOAD_RATE", "1.5"), ("PDS_BLOB_UPLOAD_RATE", "-3")):
+        with pytest.raises(SettingsError, match=name):
+            Settings.load(tmp_path, env={name: value})

@@ -187,7 +187,7 @@ def test_readme_layout_is_a_real_data_dir(tmp_path) -> None:
         # Background maintenance: checkpoints, blob collection, export snapshots (every
         # minute, the first after ~30 s).
         for name in ("seq/CHECKPOINT", "seq/CHECKPOINT.LOCK", "seq/LAST_WRITE",
-                     "tmp/BLOBGC.LOCK", "tmp/SNAPSHOT.LOCK"):
+                     "tmp/BLOBGC.LOCK", "tmp/SNAPSHOT.LOCK", "tmp/PRUNE.LOCK"):
             wait_for(lambda n=name: (data / n).exists(), 120, name)
 
         # A backup of the running server is a data dir too.

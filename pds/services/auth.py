@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import hashlib
 import hmac
 import json
 import secrets
@@ -23,16 +22,20 @@ import jwt
 import nacl.exceptions
 import nacl.pwhash
 
-from ..errors import AuthFailed, AuthRequired, InvalidInput, RateLimited
+from ..errors import AuthFailed, AuthRequired, InvalidInput
 from ..repo.keys import PublicKey
 from ..repo.signing_keys import PrivateKey
 from ..repo.syntax import is_valid_did, is_valid_nsid
-from ..store.files import ensure_dir, flock, read_file, write_file
+from ..store.files import flock
+from ..store.layout import SESSIONS_LOCK
+from ..store.ratelimit import RateLimiter
 from .account import Account, Use, load, require
 
 ACCESS_TTL = 2 * 3600
 REFRESH_TTL = 90 * 24 * 3600
 REFRESH_GRACE = 2 * 3600  # a rotated refresh token works this long, until its successor is used
+# Failed admin (HTTP Basic) attempts allowed from one client address: (count, seconds).
+ADMIN_FAILURES = (10, 300)
 
 SCOPE_ACCESS = "com.atproto.access"
 SCOPE_APP_PASS = "com.atproto.appPass"
@@ -157,39 +160,6 @@ class AuthInfo:
         return self.scope in (SCOPE_APP_PASS, SCOPE_APP_PASS_PRIVILEGED)
 
 
-class RateLimiter:
-    """Fixed-window counters in files under `ratelimit/`, shared by all workers."""
-
-    def __init__(self, root, tmp, enabled: bool = True) -> None:
-        self.root = root
-        self.tmp = tmp
-        self.enabled = enabled
-
-    def hit(self, key: str, limit: int, window: int) -> None:
-        """Count one event for `key`; raise 429 when the window's limit is spent."""
-        if not self.enabled:
-            return
-        ensure_dir(self.root)
-        name = hashlib.sha256(key.encode()).hexdigest()[:32]
-        path = self.root / name
-        now = int(time.time())
-        with flock(self.root / (name + ".lock")):
-            data = read_file(path)
-            start, count = (now, 0)
-            if data:
-                s, c = data.decode().split()
-                if now - int(s) < window:
-                    start, count = int(s), int(c)
-            if count >= limit:
-                reset = start + window
-                raise RateLimited("Rate Limit Exceeded", headers={
-                    "Retry-After": str(max(1, reset - now)),
-                    "RateLimit-Limit": str(limit), "RateLimit-Remaining": "0",
-                    "RateLimit-Reset": str(reset), "RateLimit-Policy": f"{limit};w={window}",
-                })
-            write_file(path, f"{start} {count + 1}".encode(), self.tmp, durable=False)
-
-
 class Auth:
     """Token issue and verification for one PDS."""
 
@@ -198,8 +168,7 @@ class Auth:
         self.settings = ctx.settings
         self.secret = ctx.settings.jwt_secret
         self.service_did = ctx.settings.service_did
-        self.limiter = RateLimiter(ctx.data.ratelimit, ctx.data.tmp,
-                                   enabled=ctx.settings.rate_limits)
+        self.limiter = RateLimiter(ctx.data.ratelimit, enabled=ctx.settings.rate_limits)
 
     # --- issue --------------------------------------------------------------------------
 
@@ -238,7 +207,7 @@ class Auth:
         did, jti = info.did, info.jti
         gen = (info.payload or {}).get(GENERATION)  # the account's: checked by `admit`
         accounts = self.ctx.accounts
-        with flock(self.ctx.data.account(did) / "SESSIONS.LOCK"):
+        with flock(self.ctx.data.account(did) / SESSIONS_LOCK):
             session = accounts.get_session(did, jti)
             if session is None:
                 raise InvalidInput("Token has been revoked", "ExpiredToken")
@@ -262,22 +231,25 @@ class Auth:
 
     # --- verify -------------------------------------------------------------------------
 
-    async def check(self, kind: AuthKind, header: str, nsid: str) -> AuthInfo | None:
+    async def check(self, kind: AuthKind, header: str, nsid: str,
+                    ip: str = "") -> AuthInfo | None:
         """Authenticate a call of method `nsid` whose `Authorization` header is `header`
-        ("" when absent) as the method requires; raises a PdsError if it can't. Every
-        credential naming an account is then admitted (or refused) by `admit`."""
-        info = await self._credential(kind, header, nsid)
+        ("" when absent), from client address `ip`, as the method requires; raises a
+        PdsError if it can't. Every credential naming an account is then admitted (or
+        refused) by `admit`."""
+        info = await self._credential(kind, header, nsid, ip)
         if info is not None and info.did is not None:
             await asyncio.to_thread(self.admit, info)
         return info
 
-    async def _credential(self, kind: AuthKind, header: str, nsid: str) -> AuthInfo | None:
+    async def _credential(self, kind: AuthKind, header: str, nsid: str,
+                          ip: str) -> AuthInfo | None:
         """The credential `header` presents, verified (signature, type, scope, audience)
         but not yet held against the account it names."""
         if kind == AuthKind.NONE:
             return None
         if kind == AuthKind.ADMIN:
-            return self._admin(header)
+            return await asyncio.to_thread(self._admin, header, ip)
         if kind == AuthKind.REFRESH:
             return self._bearer(header, refresh=True)
         if kind == AuthKind.OPTIONAL:
@@ -285,7 +257,7 @@ class Auth:
                 return None
             if header.startswith("Basic "):
                 # The admin may read what the public can't (e.g. a taken-down repo).
-                return self._admin(header)
+                return await asyncio.to_thread(self._admin, header, ip)
             return self._bearer(header, refresh=False, nsid=nsid)
         if kind in (AuthKind.ACCESS_OR_SERVICE, AuthKind.SERVICE_OPTIONAL):
             token = self._token(header, required=kind == AuthKind.ACCESS_OR_SERVICE)
@@ -321,17 +293,31 @@ class Auth:
             # Issued to an account of this DID that was deleted: not to this one.
             raise AuthFailed("Account not found", "AccountNotFound")
 
-    def _admin(self, header: str) -> AuthInfo:
+    def _admin(self, header: str, ip: str = "") -> AuthInfo:
+        """HTTP Basic as user `admin` (blocking: failed attempts are counted per client
+        address in the data dir, and refused once ADMIN_FAILURES are spent)."""
         if not header.startswith("Basic "):
             raise AuthRequired("Authentication Required")
-        try:
-            user, _, password = base64.b64decode(header[6:]).decode().partition(":")
-        except (ValueError, UnicodeDecodeError):
-            raise AuthRequired("Invalid authorization header") from None
-        expected = self.settings.admin_password
-        if not expected or user != "admin" or not hmac.compare_digest(password, expected):
+        key = "admin-fail:" + ip
+        self.limiter.check(key, *ADMIN_FAILURES)
+        if not self._admin_password_ok(header[6:]):
+            self.limiter.record(key, *ADMIN_FAILURES)
             raise AuthRequired("Invalid admin credentials")
         return AuthInfo(kind="admin")
+
+    def _admin_password_ok(self, encoded: str) -> bool:
+        """Whether base64 `encoded` is `admin:<the admin password>`. Compared as bytes
+        (any password, in any encoding) in constant time, user and password alike."""
+        try:
+            raw = base64.b64decode(encoded.strip(), validate=True)
+        except ValueError:  # not base64, or not ASCII at all
+            return False
+        user, sep, password = raw.partition(b":")
+        # As the environment gave it (surrogateescape: bytes not UTF-8 come back as they were).
+        expected = self.settings.admin_password.encode("utf-8", "surrogateescape")
+        user_ok = hmac.compare_digest(user, b"admin")
+        password_ok = hmac.compare_digest(password, expected)
+        return bool(expected) and bool(sep) and user_ok and password_ok
 
     @staticmethod
     def _token(header: str, required: bool = True) -> str | None:

@@ -21,7 +21,7 @@ from cbrrr import CID
 
 from ..errors import InvalidInput, PayloadTooLarge
 from ..repo.codec import InvalidData, cid_str, decode, find_blob_refs
-from ..store.blobs import BlobStore, BlobTooLarge, Upload
+from ..store.blobs import BlobStore, BlobTooLarge, QuotaExceeded, Upload
 from ..store.repo import CommitHooks, CommitResult, Op, RepoError, Write
 from .account import Use, load, require
 from .auth import AuthInfo
@@ -120,25 +120,51 @@ async def _receive(upload: Upload, chunks: AsyncIterable[bytes], limit: int) -> 
         await asyncio.to_thread(upload.write, bytes(buffer), limit)
 
 
+def _quota_refusal(used: int, quota: int) -> PayloadTooLarge:
+    return PayloadTooLarge(f"Blob storage quota exceeded: {used} of {quota} bytes in use")
+
+
+def _start_upload(ctx: AppContext, did: str, limit: int, length: int | None
+                  ) -> tuple[Upload, int]:
+    """The checks before an upload's first byte is read (the account, the upload rate,
+    the declared length against the size limit and the quota); returns the upload and
+    how many bytes it may have (blocking)."""
+    require(load(ctx, did), Use.MANAGE, did)
+    rate = ctx.settings.blob_upload_rate
+    if rate:
+        ctx.auth.limiter.hit("blob-upload:" + did, rate, 3600)
+    if length is not None and length > limit:
+        raise PayloadTooLarge("request entity too large")
+    store = blob_store(ctx, did)
+    quota = ctx.settings.blob_quota
+    if quota:
+        used = store.usage()
+        if used + (length or 1) > quota:
+            raise _quota_refusal(used, quota)
+        limit = min(limit, quota - used)
+    return store.start_upload(), limit
+
+
 async def receive_blob(ctx: AppContext, did: str, chunks: AsyncIterable[bytes], mime: str,
                        limit: int, length: int | None = None) -> tuple[CID, dict]:
     """uploadBlob: store a blob of account `did` as its bytes arrive, refusing it past
-    `limit` bytes (at once when its declared `length` is over); returns (cid, metadata).
-    It stays a temporary upload until a record refers to it."""
-    def start() -> Upload:
-        require(load(ctx, did), Use.MANAGE, did)
-        if length is not None and length > limit:
-            raise PayloadTooLarge("request entity too large")
-        return blob_store(ctx, did).start_upload()
-
-    upload = await asyncio.to_thread(start)
+    `limit` bytes (at once when its declared `length` is over) or past what the account's
+    blob quota leaves (`PDS_BLOB_QUOTA`), and refusing uploads over the account's upload
+    rate (`PDS_BLOB_UPLOAD_RATE`); returns (cid, metadata). It stays a temporary upload
+    until a record refers to it."""
+    upload, room = await asyncio.to_thread(_start_upload, ctx, did, limit, length)
+    quota = ctx.settings.blob_quota or None
     try:
-        await _receive(upload, chunks, limit)
+        await _receive(upload, chunks, room)
         if upload.size == 0:
             raise InvalidInput("Blob is empty")
-        return await asyncio.to_thread(upload.finish, mime)
+        return await asyncio.to_thread(upload.finish, mime, quota)
     except BlobTooLarge:
+        if upload.size <= limit and quota is not None:  # cut off by the quota's room
+            raise _quota_refusal(quota - room, quota) from None
         raise PayloadTooLarge("request entity too large") from None
+    except QuotaExceeded as e:
+        raise _quota_refusal(e.used, e.quota) from None
     except BaseException:
         await asyncio.shield(asyncio.to_thread(upload.abort))
         raise

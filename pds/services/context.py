@@ -11,7 +11,7 @@ from ..config import Settings
 from ..repo.signing_keys import PrivateKey, load_private_key
 from ..store.accounts import AccountStore
 from ..store.files import read_file, try_flock
-from ..store.layout import BLOB_GC_LOCK, SNAPSHOT_LOCK, DataDir
+from ..store.layout import BLOB_GC_LOCK, PRUNE_LOCK, SNAPSHOT_LOCK, DataDir
 from ..store.repo import Repo
 
 SNAPSHOT_MAX_AGE = 300.0  # seconds an export snapshot may lag a changing repo
@@ -102,6 +102,8 @@ class AppContext:
                 await asyncio.to_thread(checkpoint, self.data, retention)
                 if rounds % 300 == 1:  # every ~10 minutes
                     await asyncio.to_thread(self.collect_blobs)
+                if rounds % 300 == 2:  # every ~10 minutes
+                    await asyncio.to_thread(self.prune)
                 if rounds % 30 == 15:  # every minute
                     await asyncio.to_thread(self.refresh_snapshots)
             except Exception:  # noqa: BLE001 - try again next round
@@ -120,6 +122,15 @@ class AppContext:
                 with self.repo(did).lock():
                     removed += store.gc()
             return removed
+
+    def prune(self) -> int:
+        """Remove refresh sessions that can no longer be used and rate-limit counters
+        whose window is over (one worker at a time); returns how many files went."""
+        from .sessions import prune_sessions
+        with try_flock(self.data.tmp / PRUNE_LOCK) as held:
+            if not held:
+                return 0
+            return prune_sessions(self) + self.auth.limiter.prune()
 
     def refresh_snapshots(self, max_age: float = SNAPSHOT_MAX_AGE) -> int:
         """Bring export snapshots older than `max_age` seconds up to their repo's HEAD (one

@@ -15,6 +15,8 @@ from typing import Any
 from ..errors import AuthFailed, InvalidInput
 from ..repo.syntax import is_valid_did, is_valid_nsid
 from ..store.accounts import now_iso
+from ..store.files import flock
+from ..store.layout import SESSIONS_LOCK
 from . import auth as A
 from .account import Account, Use, load, require
 from .accounts import did_doc
@@ -32,7 +34,10 @@ def find_account(ctx: AppContext, identifier: str) -> Account | None:
     if identifier.startswith("did:"):
         did = identifier
     elif "@" in identifier:
-        did = ctx.accounts.did_for_email(identifier)
+        try:
+            did = ctx.accounts.did_for_email(identifier)
+        except ValueError:  # an address no account can have
+            return None
     else:
         did = ctx.accounts.did_for_handle(identifier.lower())
     if did is None or not is_valid_did(did):
@@ -41,14 +46,27 @@ def find_account(ctx: AppContext, identifier: str) -> Account | None:
     return None if acct is None or acct.deleted else acct
 
 
+# Login attempts allowed, as (count, seconds): from one client address in all, and for one
+# identifier from one address (as the reference keys them: `<identifier>-<ip>`), so that a
+# stranger's guesses from elsewhere never lock the owner out of their own account.
+LOGIN_PER_IP = (100, 300)
+LOGIN_PER_IDENTIFIER = ((30, 300), (300, 86400))
+
+
+def limit_login(ctx: AppContext, identifier: str, ip: str) -> None:
+    """Count a login attempt; RateLimited when one of its windows is spent."""
+    ctx.auth.limiter.hit("login-ip:" + ip, *LOGIN_PER_IP)
+    who = f"{identifier.strip().lower()}-{ip}"
+    for n, window in LOGIN_PER_IDENTIFIER:
+        ctx.auth.limiter.hit(f"login-id:{window}:{who}", n, window)
+
+
 def login(ctx: AppContext, identifier: Any, password: Any, ip: str,
           allow_takendown: bool = False) -> dict:
     """com.atproto.server.createSession: password or app password."""
     if not isinstance(identifier, str) or not identifier or not isinstance(password, str):
         raise InvalidInput("Invalid identifier or password")
-    ctx.auth.limiter.hit("login-ip:" + ip, 100, 300)
-    ctx.auth.limiter.hit("login-id:" + identifier.lower(), 30, 300)
-    ctx.auth.limiter.hit("login-id-day:" + identifier.lower(), 300, 86400)
+    limit_login(ctx, identifier, ip)
     acct = find_account(ctx, identifier)
     if acct is None:
         # Spend the same effort as a real check, so timing doesn't reveal accounts.
@@ -110,10 +128,39 @@ def logout(ctx: AppContext, info: A.AuthInfo) -> None:
     ctx.accounts.delete_session(info.did, info.jti)
 
 
+def _spent(session: Any, now: float) -> bool:
+    """Whether a stored refresh session can no longer be used: expired, or rotated
+    longer ago than the grace period (a token whose successor is in use)."""
+    if not isinstance(session, dict):
+        return True
+    expires, rotated = session.get("expiresAt"), session.get("rotatedAt")
+    if isinstance(expires, int | float) and expires <= now:
+        return True
+    return session.get("next") is not None and isinstance(rotated, int | float) \
+        and now - rotated > A.REFRESH_GRACE
+
+
+def prune_sessions(ctx: AppContext, now: float | None = None) -> int:
+    """Remove every account's refresh sessions that can no longer be used (blocking);
+    returns how many. Under each account's rotation lock, so no rotation races it."""
+    now = time.time() if now is None else now
+    removed = 0
+    for did in ctx.accounts.list_dids():
+        try:
+            with flock(ctx.data.account(did) / SESSIONS_LOCK):
+                for jti, session in ctx.accounts.sessions(did).items():
+                    if _spent(session, now):
+                        ctx.accounts.delete_session(did, jti)
+                        removed += 1
+        except FileNotFoundError:  # the account was deleted meanwhile
+            continue
+    return removed
+
+
 def revoke_all_sessions(ctx: AppContext, did: str, app_password: str | None = None) -> None:
     """Drop refresh sessions (all of them, or those of one app password)."""
     for jti, s in ctx.accounts.sessions(did).items():
-        if app_password is None or s.get("appPassword") == app_password:
+        if app_password is None or (s or {}).get("appPassword") == app_password:
             ctx.accounts.delete_session(did, jti)
 
 

@@ -43,7 +43,11 @@ async def read_document(ctx: Any, host: str, name: str) -> bytes | None:
     or None when there is none or `host` can't be a directory of ours."""
     if len(host) > 253 + 6 or not _HOST.fullmatch(host) or ".." in host:
         return None
-    return await asyncio.to_thread(read_file, ctx.data.well_known(host) / name)
+    try:
+        directory = ctx.data.well_known(host)
+    except ValueError:  # too long to be a directory of ours
+        return None
+    return await asyncio.to_thread(read_file, directory / name)
 
 
 def _json_bytes(doc: dict[str, Any]) -> bytes:
@@ -172,7 +176,10 @@ class Publisher:
         host = did_web_host(did)
         if host is None:
             return None
-        data = read_file(self.ctx.data.well_known(host) / "did.json")
+        try:
+            data = read_file(self.ctx.data.well_known(host) / "did.json")
+        except ValueError:  # too long to be a directory here: not one of our DIDs
+            return None
         if data is None:
             return None
         try:

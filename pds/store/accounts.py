@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -97,8 +98,8 @@ class AccountStore:
 
     # --- handle and email claims ------------------------------------------------------
 
-    def _claim(self, index: Path, name: str, did: str, exclusive: bool = False) -> None:
-        path = index / name
+    def _claim(self, path: Path, did: str, exclusive: bool = False) -> None:
+        name = path.name
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         except FileExistsError:
@@ -111,16 +112,24 @@ class AccountStore:
         finally:
             os.close(fd)
 
-    def _lookup(self, index: Path, name: str) -> str | None:
-        if "/" in name or "\x00" in name or name in ("", ".", ".."):
+    @staticmethod
+    def _lookup(entry: Callable[[str], Path], name: str, refuse: bool = False) -> str | None:
+        """The DID an index entry names; None when there is none, or (unless `refuse`)
+        when `name` can't be an entry at all (the layout refuses it before any path is
+        built)."""
+        try:
+            path = entry(name)
+        except ValueError:
+            if refuse:
+                raise
             return None
-        data = read_file(index / name)
+        data = read_file(path)
         return data.decode().strip() if data else None
 
-    def _release(self, index: Path, name: str, did: str) -> None:
-        if self._lookup(index, name) == did:
+    def _release(self, entry: Callable[[str], Path], name: str, did: str) -> None:
+        if self._lookup(entry, name) == did:
             try:
-                os.unlink(index / name)
+                os.unlink(entry(name))
             except FileNotFoundError:
                 pass
 
@@ -130,13 +139,13 @@ class AccountStore:
         handle derive the same did:web, and only the first may go on."""
         if not is_valid_handle(handle):
             raise ValueError(f"invalid handle {handle!r}")
-        self._claim(self.handles, handle.lower(), did, exclusive)
+        self._claim(self.data.handle(handle.lower()), did, exclusive)
 
     def did_for_handle(self, handle: str) -> str | None:
-        return self._lookup(self.handles, handle.lower())
+        return self._lookup(self.data.handle, handle.lower())
 
     def release_handle(self, handle: str, did: str) -> None:
-        self._release(self.handles, handle.lower(), did)
+        self._release(self.data.handle, handle.lower(), did)
 
     @staticmethod
     def _email_key(email: str) -> str:
@@ -144,15 +153,18 @@ class AccountStore:
 
     def claim_email(self, email: str, did: str) -> None:
         key = self._email_key(email)
-        if "/" in key or key.startswith(".") or not key:
+        if key.startswith("."):
             raise ValueError("invalid email")
-        self._claim(self.emails, key, did)
+        self._claim(self.data.email(key), did)
 
     def did_for_email(self, email: str) -> str | None:
-        return self._lookup(self.emails, self._email_key(email))
+        """The account an address belongs to, or None. An address no file can be named
+        for (over 255 bytes...) is refused (InvalidName, a ValueError): no account can
+        have it, and a sign-up must hear so before it claims anything."""
+        return self._lookup(self.data.email, self._email_key(email), refuse=True)
 
     def release_email(self, email: str, did: str) -> None:
-        self._release(self.emails, self._email_key(email), did)
+        self._release(self.data.email, self._email_key(email), did)
 
     # --- tombstones of deleted accounts -------------------------------------------------
 
@@ -186,9 +198,10 @@ class AccountStore:
     # --- refresh sessions -------------------------------------------------------------
 
     def _session_path(self, did: str, jti: str) -> Path:
-        if not jti.replace("-", "").replace("_", "").isalnum():
+        if not jti.replace("-", "").replace("_", "").isascii() or \
+                not jti.replace("-", "").replace("_", "").isalnum():
             raise ValueError("bad session id")
-        return self.data.account(did) / SESSIONS / jti
+        return self.data.session(did, jti)
 
     def put_session(self, did: str, jti: str, session: dict) -> None:
         path = self._session_path(did, jti)
@@ -208,25 +221,28 @@ class AccountStore:
         except (FileNotFoundError, ValueError):
             pass
 
-    def sessions(self, did: str) -> dict[str, dict]:
+    def sessions(self, did: str) -> dict[str, dict | None]:
         d = self.data.account(did) / SESSIONS
-        out: dict[str, dict] = {}
+        out: dict[str, dict | None] = {}
         try:
             names = os.listdir(d)
         except FileNotFoundError:
             return out
         for n in names:
             data = read_file(d / n)
-            if data:
-                out[n] = json.loads(data)
+            try:
+                out[n] = json.loads(data) if data else None
+            except ValueError:
+                out[n] = None  # unreadable: no session anyone can use
         return out
 
     # --- invite codes -------------------------------------------------------------------
 
     def _invite_path(self, code: str) -> Path:
-        if not code.replace("-", "").isalnum():
+        if not isinstance(code, str) or not code.isascii() or \
+                not code.replace("-", "").isalnum():
             raise ValueError("bad invite code")
-        return self.invites / f"{code}.json"
+        return self.data.invite(code)
 
     def put_invite(self, invite: dict) -> None:
         write_file(self._invite_path(invite["code"]), json.dumps(invite).encode(), self.data.tmp)

@@ -22,7 +22,8 @@ from cbrrr import CID
 
 from ..repo.codec import raw_cid_for
 from .blocks import shard_path
-from .files import ensure_dir, fsync_dir, read_file, write_all, write_file
+from .files import ensure_dir, flock, fsync_dir, read_file, write_all, write_file
+from .layout import BLOBS_LOCK
 
 TEMP_GRACE = 3600  # seconds an unreferenced upload is kept
 
@@ -31,12 +32,23 @@ class BlobTooLarge(Exception):
     pass
 
 
+class QuotaExceeded(Exception):
+    """Storing an upload would take the account's blobs over its quota."""
+
+    def __init__(self, used: int, quota: int) -> None:
+        super().__init__(f"{used} of {quota} bytes in use")
+        self.used = used
+        self.quota = quota
+
+
 class BlobStore:
     """The blobs directory of one account."""
 
     def __init__(self, root: Path, tmp: Path) -> None:
         self.root = root
         self.tmp = tmp
+        # flock: one upload at a time is counted against the quota and stored.
+        self.lock_path = root.parent / BLOBS_LOCK
 
     def path(self, cid: CID | str) -> Path:
         return shard_path(self.root, cid if isinstance(cid, str) else cid.encode())
@@ -77,6 +89,27 @@ class BlobStore:
         self._write_meta(cid, meta)
         fsync_dir(path.parent)
         return meta
+
+    def usage(self) -> int:
+        """Bytes of every blob stored, referenced or not (by the files' sizes)."""
+        total = 0
+        try:
+            shards = os.scandir(self.root)
+        except FileNotFoundError:
+            return 0
+        with shards:
+            for shard in shards:
+                if not shard.is_dir():
+                    continue
+                with os.scandir(shard.path) as entries:
+                    for entry in entries:
+                        if entry.name.endswith(".json"):
+                            continue
+                        try:
+                            total += entry.stat().st_size
+                        except FileNotFoundError:  # collected meanwhile
+                            pass
+        return total
 
     # --- references ---------------------------------------------------------------------
 
@@ -149,13 +182,23 @@ class Upload:
         self.hash.update(chunk)
         write_all(self.fd, chunk)
 
-    def finish(self, mime: str) -> tuple[CID, dict]:
-        """fsync, move into place, and record the metadata; returns (cid, metadata)."""
+    def finish(self, mime: str, quota: int | None = None) -> tuple[CID, dict]:
+        """fsync, move into place, and record the metadata; returns (cid, metadata).
+        With a `quota` (bytes), a new blob that would take the account's blobs over it
+        is dropped instead: QuotaExceeded."""
         os.fsync(self.fd)
         os.close(self.fd)
         self.fd = -1
         cid = CID(raw_cid_for(b"").cid_bytes[:4] + self.hash.digest())
-        return cid, self.store._commit_upload(self.path, cid, self.size, mime)
+        if quota is None:
+            return cid, self.store._commit_upload(self.path, cid, self.size, mime)
+        with flock(self.store.lock_path):
+            if not self.store.path(cid).exists():  # a blob stored already costs nothing
+                used = self.store.usage()
+                if used + self.size > quota:
+                    self.abort()
+                    raise QuotaExceeded(used, quota)
+            return cid, self.store._commit_upload(self.path, cid, self.size, mime)
 
     def abort(self) -> None:
         if self.fd >= 0:

@@ -11,18 +11,22 @@ the README's "The data directory").
     seq/                    the firehose event log (seqlog.py names its files)
     well-known/<host>/      atproto-did and did.json, static files
     tombstones/<did>        a deleted account's DID: never handed out again
-    ratelimit/              login and sign-up rate limits
+    ratelimit/              rate-limit counters (logins, sign-ups, admin logins, uploads)
     tmp/                    staging for atomic renames (same filesystem as the rest)
 
 Every path a request can name goes through here after its syntax check (`account`
-refuses anything but a DID), so nothing outside the data dir is reachable.
+refuses anything but a DID), so nothing outside the data dir is reachable; and every
+name taken from a request is held to `file_name` first (at most NAME_MAX bytes of UTF-8,
+no separator or NUL), so none reaches the filesystem to fail there (ENAMETOOLONG): it is
+refused with `InvalidName`, which lookups read as "no such thing".
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from ..repo.syntax import is_valid_did
+from ..errors import InvalidName
+from ..repo.syntax import is_valid_did, quote_input
 
 # --- top level ----------------------------------------------------------------------------
 
@@ -43,6 +47,9 @@ INIT_DIRS = (ACCOUNTS, HANDLES, EMAILS, INVITES, SEQ, TMP, WELL_KNOWN)
 # Locks of the jobs one worker at a time runs, in tmp/.
 BLOB_GC_LOCK = "BLOBGC.LOCK"
 SNAPSHOT_LOCK = "SNAPSHOT.LOCK"
+PRUNE_LOCK = "PRUNE.LOCK"
+# The longest name of one directory entry, in bytes (ext4, xfs, btrfs, tmpfs: 255).
+NAME_MAX = 255
 
 # --- seq/ (the event log; see seqlog.py) ------------------------------------------------------
 
@@ -66,10 +73,30 @@ LOCK = "LOCK"                    # flock: one writer per repo; the pending-commi
 BLOCKS = "blocks"                # blocks/<xx>/<cid>
 BLOBS = "blobs"                  # blobs/<xx>/<cid> and <cid>.json
 SESSIONS = "sessions"            # sessions/<id>: refresh sessions
+SESSIONS_LOCK = "SESSIONS.LOCK"  # flock: one refresh-token rotation (or pruning) at a time
+BLOBS_LOCK = "BLOBS.LOCK"        # flock: one upload counted against the blob quota at a time
 JOURNAL = "journal.log"          # commits not yet checkpointed (accounts off the firehose)
 JOURNAL_LEGACY = "journal"       # journal/<rev>.car: the journal of earlier versions
 REVS = "revs"                    # "<rev> <commit cid>" per commit
 SNAPSHOT = "export.car"          # the export snapshot: derived, safe to delete
+
+
+def file_name(name: str, what: str = "name", suffix: str = "",
+              error: str | None = None) -> str:
+    """`name` if it (with `suffix`) can be one entry of a directory: a non-empty string of
+    valid UTF-8 within NAME_MAX bytes, with no `/` or NUL, and not `.` or `..`. Else
+    `InvalidName` (saying what the `what` was; `error` names the protocol's error)."""
+    if not isinstance(name, str) or not name or name in (".", "..") or "/" in name \
+            or "\x00" in name:
+        raise InvalidName(f"invalid {what}: {quote_input(str(name))}", error)
+    try:
+        size = len(name.encode()) + len(suffix.encode())
+    except UnicodeEncodeError:  # lone surrogates: no file can be named so
+        raise InvalidName(f"invalid {what}: not valid Unicode", error) from None
+    if size > NAME_MAX:
+        raise InvalidName(f"{what} is too long ({size} bytes, at most {NAME_MAX} here)",
+                          error)
+    return name
 
 
 class DataDir:
@@ -127,14 +154,32 @@ class DataDir:
         return self.tombstones / self.account(did).name
 
     def well_known(self, host: str) -> Path:
-        """The static files served for host name `host` (checked by the caller)."""
-        return self.root / WELL_KNOWN / host
+        """The static files served for host name `host` (its syntax checked by the
+        caller; its length here)."""
+        return self.root / WELL_KNOWN / file_name(host, "host name")
 
     def account(self, did: str) -> Path:
-        """An account's directory; refuses anything but a syntactically valid DID."""
-        if not is_valid_did(did) or "/" in did or did in (".", ".."):
-            raise ValueError(f"not a DID: {did!r}")
-        return self.accounts / did
+        """An account's directory; refuses anything but a syntactically valid DID, and a
+        valid DID too long to be a directory name (no account here can have it)."""
+        if not isinstance(did, str) or not is_valid_did(did):
+            raise InvalidName(f"not a DID: {quote_input(str(did))}")
+        return self.accounts / file_name(did, "DID")
+
+    def handle(self, handle: str) -> Path:
+        """`handles/<handle>` (lowercase, as claimed)."""
+        return self.handles / file_name(handle, "handle")
+
+    def email(self, key: str) -> Path:
+        """`emails/<email>` (normalised by the caller)."""
+        return self.emails / file_name(key, "email", error="InvalidEmail")
+
+    def invite(self, code: str) -> Path:
+        """`invites/<code>.json`."""
+        return self.invites / (file_name(code, "invite code", ".json") + ".json")
+
+    def session(self, did: str, jti: str) -> Path:
+        """`accounts/<did>/sessions/<jti>`: one refresh session."""
+        return self.account(did) / SESSIONS / file_name(jti, "session id")
 
     def signing_key(self, did: str) -> Path:
         return self.account(did) / SIGNING_KEY

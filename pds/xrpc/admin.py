@@ -47,6 +47,7 @@ async def update_subject_status(call: Call) -> Answer:
     subject = call.field("subject", kind=dict)
     did = _did(svc.subject_did(subject))
     takedown = call.field("takedown", required=False, kind=dict)
+    call.field("deactivated", required=False, kind=dict)  # checked; not supported yet
     applied = None
     if takedown is not None:
         applied = takedown.get("applied")
@@ -102,11 +103,13 @@ async def disable_invite_codes(call: Call) -> Answer:
 
 @procedure("com.atproto.admin.disableAccountInvites", auth=AuthKind.ADMIN)
 async def disable_account_invites(call: Call) -> Answer:
+    call.field("note", required=False)  # checked (a string); not kept
     await svc.set_account_invites(call.ctx, _did(call.field("account")), enabled=False)
     return None
 
 
 @procedure("com.atproto.admin.enableAccountInvites", auth=AuthKind.ADMIN)
 async def enable_account_invites(call: Call) -> Answer:
+    call.field("note", required=False)  # checked (a string); not kept
     await svc.set_account_invites(call.ctx, _did(call.field("account")), enabled=True)
     return None

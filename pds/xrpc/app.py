@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -49,7 +50,10 @@ Answer = dict[str, Any] | Raw | None
 
 
 def dumps(value: Any) -> bytes:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+    try:
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+    except UnicodeEncodeError:  # a lone surrogate (echoed input): JSON can escape it
+        return json.dumps(value, separators=(",", ":")).encode()
 
 
 class Call:
@@ -182,7 +186,7 @@ class XrpcResource:
                 f"{'GET' if method.kind == 'query' else 'POST'}")
         call = Call(self.ctx, req, resp, nsid)
         call.auth = await self.ctx.auth.check(method.auth, req.get_header("Authorization") or "",
-                                              nsid)
+                                              nsid, call.ip)
         if kind == "procedure" and method.body == "json":
             call.body = await _read_json(req)
         result = await method.handler(call)
@@ -202,9 +206,26 @@ async def _read_json(req: falcon.asgi.Request) -> Any:
     if ctype and ctype != "application/json":
         raise InvalidInput(f"Wrong request encoding (Content-Type): {ctype}")
     try:
-        return json.loads(data)
+        value = json.loads(data)
     except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: deep nesting
         raise InvalidInput("Request body is not valid JSON") from None
+    if _SURROGATE_ESCAPE.search(data) and not _is_unicode(value):
+        raise InvalidInput("Request body is not valid JSON: a string is not valid Unicode")
+    return value
+
+
+# `\ud800`..`\udfff` in JSON text: a surrogate, one of a pair (an emoji) or alone.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _is_unicode(value: Any) -> bool:
+    """Whether every string in a parsed JSON value (keys too) is valid Unicode: JSON's
+    escapes can spell a lone surrogate, which no UTF-8 (no file, no record) can hold."""
+    try:
+        json.dumps(value, ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def write_result(resp: falcon.asgi.Response, result: Any) -> None:

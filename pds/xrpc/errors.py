@@ -14,6 +14,7 @@ from ..errors import (
     AuthRequired,
     Forbidden,
     InvalidInput,
+    InvalidName,
     NotSupported,
     PayloadTooLarge,
     PdsError,
@@ -43,6 +44,7 @@ class Answer:
 
 ERRORS: dict[type[PdsError], Answer] = {
     InvalidInput: Answer(400, "InvalidRequest"),
+    InvalidName: Answer(400, "InvalidRequest"),
     AuthRequired: Answer(401, "AuthenticationRequired",
                          {"WWW-Authenticate": 'Bearer realm="pds"'}),
     AuthFailed: Answer(401, "AuthenticationRequired"),

@@ -18,7 +18,7 @@ def _swap(value: object, name: str) -> object:
 
 
 def _validation_status(call: Call) -> str:
-    validate = call.body.get("validate") if isinstance(call.body, dict) else None
+    validate = call.field("validate", required=False, kind=bool)
     if validate is True:
         # We hold no lexicons to validate against: refuse rather than pretend.
         raise InvalidInput("Lexicon validation is not supported; omit validate or use false")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from ..errors import InvalidInput, NotSupported
+from ..repo.string_formats import is_valid_datetime
 from ..repo.syntax import is_valid_did
 from ..services import accounts as svc
 from ..services import sessions
@@ -102,7 +103,11 @@ async def create_invite_codes(call: Call) -> Answer:
 
 @query("com.atproto.server.getAccountInviteCodes", auth=AuthKind.ACCESS_FULL)
 async def get_account_invite_codes(call: Call) -> Answer:
+    include_used = call.param_bool("includeUsed", default=True)
+    call.param_bool("createAvailable", default=True)  # checked; codes are made by the admin
     codes = await asyncio.to_thread(svc.account_invite_codes, call.ctx, call.auth.did)
+    if not include_used:
+        codes = [c for c in codes if len(c["uses"]) < c["available"]]
     return {"codes": codes}
 
 
@@ -115,6 +120,8 @@ async def activate_account(call: Call) -> Answer:
 @procedure("com.atproto.server.deactivateAccount", auth=AuthKind.ACCESS_FULL)
 async def deactivate_account(call: Call) -> Answer:
     delete_after = call.field("deleteAfter", required=False)
+    if delete_after is not None and not is_valid_datetime(delete_after):
+        raise InvalidInput("deleteAfter must be a datetime")
     await call.ctx.lifecycle.deactivate(call.auth.did, delete_after)
     return None
 
