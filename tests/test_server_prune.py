@@ -10,10 +10,8 @@ import signal
 import time
 from pathlib import Path
 
-from harness import free_port, init_data_dir
-from ops_util import wait_for
+from harness import children, free_port, init_data_dir, wait_for
 from server_util import Api, ok, running_server
-from test_server_limits import worker_pids
 
 from pds.config import Settings
 from pds.services.auth import REFRESH_GRACE
@@ -113,7 +111,7 @@ def test_served_maintenance_prunes(tmp_path):
         sessions = _plant_sessions(data / "accounts" / acct.did / "sessions", now)
         counters = _plant_counters(data / "ratelimit", now)
         # Fresh workers run the maintenance's first round within seconds.
-        old = worker_pids(server.proc.pid)
+        old = children(server.proc.pid)
         for pid in old:
             os.kill(pid, signal.SIGKILL)
         gone = [data / "accounts" / acct.did / "sessions" / n
