@@ -156,6 +156,14 @@ class AuthInfo:
     payload: dict | None = None
 
     @property
+    def account(self) -> str:
+        """The DID of the account this credential acts for: every credential but the
+        admin's names one."""
+        if self.did is None:
+            raise AuthRequired("Authentication Required")
+        return self.did
+
+    @property
     def is_app_password(self) -> bool:
         return self.scope in (SCOPE_APP_PASS, SCOPE_APP_PASS_PRIVILEGED)
 
@@ -204,7 +212,9 @@ class Auth:
         Within a grace period, the old token may be presented again (a client that lost
         the answer) and yields the same successor, until that successor is used itself.
         """
-        did, jti = info.did, info.jti
+        did, jti = info.account, info.jti
+        if jti is None:
+            raise InvalidInput("Token has been revoked", "ExpiredToken")
         gen = (info.payload or {}).get(GENERATION)  # the account's: checked by `admit`
         accounts = self.ctx.accounts
         with flock(self.ctx.data.account(did) / SESSIONS_LOCK):
@@ -334,6 +344,8 @@ class Auth:
         """A session token (HS256, ours) checked as a token: signature, expiry, audience,
         type and scope. Pure: the account is `admit`'s business."""
         token = self._token(header)
+        if token is None:  # _token refuses a missing one itself; this is for the types
+            raise AuthRequired("Authentication Required")
         typ = "refresh+jwt" if refresh else "at+jwt"
         try:
             jwt_header = jwt.get_unverified_header(token)

@@ -15,7 +15,7 @@ import re
 from collections.abc import AsyncIterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from cbrrr import CID
 
@@ -214,7 +214,7 @@ class BlobAnswer:
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
 
-def _byte_range(header: str | None, size: int) -> tuple[int, int] | None | bool:
+def _byte_range(header: str | None, size: int) -> tuple[int, int] | None | Literal[False]:
     """(first, last) byte of a satisfiable single Range; None for no (usable) Range; False
     when the Range can't be satisfied."""
     m = _RANGE.match(header.strip()) if header else None

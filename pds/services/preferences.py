@@ -34,7 +34,7 @@ def check_preferences(prefs: list[Any]) -> list[dict]:
 
 
 def _get(ctx: AppContext, auth: AuthInfo) -> list[dict]:
-    prefs = ctx.accounts.read_doc(auth.did, PREFERENCES, [])
+    prefs = ctx.accounts.read_doc(auth.account, PREFERENCES, [])
     if auth.is_app_password:
         prefs = [p for p in prefs if p.get("$type") not in PRIVATE_PREFS]
     return prefs
@@ -46,13 +46,13 @@ async def get_preferences(ctx: AppContext, auth: AuthInfo) -> list[dict]:
 
 
 def _put(ctx: AppContext, auth: AuthInfo, prefs: list[dict]) -> None:
-    old = ctx.accounts.read_doc(auth.did, PREFERENCES, [])
+    old = ctx.accounts.read_doc(auth.account, PREFERENCES, [])
     if auth.is_app_password:
         if any(p["$type"] in PRIVATE_PREFS for p in prefs):
             raise InvalidInput("Do not have authorization to set preferences.")
         # Keep what an app password cannot see.
         prefs = [p for p in old if p.get("$type") in PRIVATE_PREFS] + prefs
-    ctx.accounts.write_doc(auth.did, PREFERENCES, prefs)
+    ctx.accounts.write_doc(auth.account, PREFERENCES, prefs)
 
 
 async def put_preferences(ctx: AppContext, auth: AuthInfo, prefs: list[dict]) -> None:

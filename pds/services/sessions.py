@@ -31,6 +31,7 @@ _DUMMY_HASH = A.hash_password(secrets.token_hex(8))
 def find_account(ctx: AppContext, identifier: str) -> Account | None:
     """An account by handle, email or DID."""
     identifier = identifier.strip()
+    did: str | None
     if identifier.startswith("did:"):
         did = identifier
     elif "@" in identifier:
@@ -74,11 +75,11 @@ def login(ctx: AppContext, identifier: Any, password: Any, ip: str,
         raise AuthFailed("Invalid identifier or password")
     scope, app_password = A.SCOPE_ACCESS, None
     if not (acct.password_hash and A.verify_password(password, acct.password_hash)):
-        app_password = _match_app_password(ctx, acct.did, password)
-        if app_password is None:
+        matched = _match_app_password(ctx, acct.did, password)
+        if matched is None:
             raise AuthFailed("Invalid identifier or password")
-        scope = A.SCOPE_APP_PASS_PRIVILEGED if app_password[1] else A.SCOPE_APP_PASS
-        app_password = app_password[0]
+        app_password, privileged = matched
+        scope = A.SCOPE_APP_PASS_PRIVILEGED if privileged else A.SCOPE_APP_PASS
     require(acct, Use.LOGIN, acct.did, privileged=allow_takendown)
     if acct.takendown:
         scope = A.SCOPE_TAKENDOWN
@@ -113,19 +114,20 @@ def session_view(ctx: AppContext, acct: Account, scope: str | None) -> dict:
 
 def get_session(ctx: AppContext, info: A.AuthInfo) -> dict:
     """com.atproto.server.getSession."""
-    acct = require(load(ctx, info.did), Use.MANAGE, info.did)
+    acct = require(load(ctx, info.account), Use.MANAGE, info.account)
     return session_view(ctx, acct, info.scope)
 
 
 def refresh(ctx: AppContext, info: A.AuthInfo) -> dict:
     """com.atproto.server.refreshSession: a new token pair for a live refresh token."""
-    acct = require(load(ctx, info.did), Use.REFRESH, info.did)
+    acct = require(load(ctx, info.account), Use.REFRESH, info.account)
     tokens = ctx.auth.rotate(info)
     return {**tokens, **session_view(ctx, acct, A.SCOPE_ACCESS)}
 
 
 def logout(ctx: AppContext, info: A.AuthInfo) -> None:
-    ctx.accounts.delete_session(info.did, info.jti)
+    if info.jti is not None:
+        ctx.accounts.delete_session(info.account, info.jti)
 
 
 def _spent(session: Any, now: float) -> bool:
@@ -283,7 +285,7 @@ def recommended_did_credentials(ctx: AppContext, did: str) -> dict:
     """getRecommendedDidCredentials: what the account's DID document should hold to be
     hosted here."""
     acct = require(load(ctx, did), Use.MANAGE, did)
-    key = ctx.local_signing_key(did)
+    key = ctx.signing_key(did)
     rotation = ctx.identity.plc_rotation_key().public_key().did_key()
     return {
         "rotationKeys": [rotation],
