@@ -17,17 +17,12 @@ import time
 import httpx
 import pytest
 from harness import free_port, start_server
-from server_util import Api, diff_snapshots, err, ok, running_server, snapshot
+from server_util import Api, api_fixture, diff_snapshots, err, ok, snapshot
 
 HOST = "pds.test"
 
 
-@pytest.fixture(scope="module")
-def api(tmp_path_factory):
-    with running_server(tmp_path_factory.mktemp("signup")) as server:
-        client = Api(server)
-        yield client
-        client.close()
+api = api_fixture()
 
 
 # --- 1: the email check runs in linear time on bounded input --------------------------------

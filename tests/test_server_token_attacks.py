@@ -14,19 +14,13 @@ from __future__ import annotations
 
 import time
 
-import pytest
-from server_util import Api, diff_snapshots, err, ok, running_server, snapshot
+from server_util import Api, api_fixture, diff_snapshots, err, ok, snapshot
 
 COLL = "com.example.note"
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(100)
 
 
-@pytest.fixture(scope="module")
-def api(tmp_path_factory):
-    with running_server(tmp_path_factory.mktemp("tokens")) as server:
-        client = Api(server)
-        yield client
-        client.close()
+api = api_fixture()
 
 
 def _takedown(api: Api, did: str, applied: bool) -> None:

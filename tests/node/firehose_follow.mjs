@@ -23,16 +23,14 @@
 // Exits non-zero with a message on the first failed check.
 
 import assert from 'node:assert/strict'
-import http from 'node:http'
 import net from 'node:net'
 import { createRequire } from 'node:module'
 import readline from 'node:readline'
 import { parseArgs } from 'node:util'
 
-import identity from '@atproto/identity'
 import sync from '@atproto/sync'
+import { localIdResolver } from './local_identity.mjs'
 
-const { IdResolver, MemoryCache } = identity
 const { Firehose } = sync
 
 // The @atproto/repo that @atproto/sync itself resolves (its CIDs are the events' CIDs).
@@ -70,35 +68,7 @@ async function until(what, cond, ms = TIMEOUT_MS) {
   }
 }
 
-// --- identity: the local PLC for DIDs; handles over HTTP from the PDS (no DNS for .test) ---
-
-function wellKnownDid(handle) {
-  const url = new URL(PDS)
-  return new Promise((resolve) => {
-    const req = http.get({
-      host: url.hostname, port: url.port, path: '/.well-known/atproto-did',
-      headers: { Host: handle }, timeout: 30_000,
-    }, (res) => {
-      let body = ''
-      res.setEncoding('utf8')
-      res.on('data', (d) => { body += d })
-      res.on('end', () => {
-        const did = body.split('\n')[0].trim()
-        resolve(res.statusCode === 200 && did.startsWith('did:') ? did : undefined)
-      })
-    })
-    req.on('timeout', () => req.destroy(new Error('timeout')))
-    req.on('error', () => resolve(undefined))
-  })
-}
-
-function makeIdResolver() {
-  const resolver = new IdResolver({ plcUrl: PLC, timeout: 30_000, didCache: new MemoryCache() })
-  resolver.handle.resolveDns = async () => undefined
-  resolver.handle.resolveDnsBackup = async () => undefined
-  resolver.handle.resolveHttp = async (handle) => wellKnownDid(handle)
-  return resolver
-}
+const makeIdResolver = () => localIdResolver(PDS, PLC)
 
 // --- the consumer ---------------------------------------------------------------------
 

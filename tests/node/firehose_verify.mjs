@@ -20,7 +20,6 @@
 // goes to stdout. Exits non-zero with a message on the first failed check.
 
 import assert from 'node:assert/strict'
-import http from 'node:http'
 import { createRequire } from 'node:module'
 import net from 'node:net'
 import readline from 'node:readline'
@@ -28,11 +27,10 @@ import { parseArgs } from 'node:util'
 import { deflateSync } from 'node:zlib'
 
 import api from '@atproto/api'
-import identity from '@atproto/identity'
 import sync from '@atproto/sync'
+import { localIdResolver } from './local_identity.mjs'
 
 const { AtpAgent } = api
-const { IdResolver, MemoryCache } = identity
 const { Firehose } = sync
 
 // The @atproto/repo (and CID class) that @atproto/sync itself resolves: its CIDs and
@@ -128,38 +126,7 @@ function png(seed, size = 8) {
   ])
 }
 
-// --- identity: the local PLC for DIDs; handles over HTTP from the PDS --------------------
-
-/** GET http://<pds>/.well-known/atproto-did with `Host: <handle>` (no DNS for `.test`). */
-function wellKnownDid(handle) {
-  const url = new URL(PDS)
-  return new Promise((resolve) => {
-    const req = http.get({
-      host: url.hostname, port: url.port, path: '/.well-known/atproto-did',
-      headers: { Host: handle }, timeout: 30_000,
-    }, (res) => {
-      let body = ''
-      res.setEncoding('utf8')
-      res.on('data', (d) => { body += d })
-      res.on('end', () => {
-        const did = body.split('\n')[0].trim()
-        resolve(res.statusCode === 200 && did.startsWith('did:') ? did : undefined)
-      })
-    })
-    req.on('timeout', () => req.destroy(new Error('timeout')))
-    req.on('error', () => resolve(undefined))
-  })
-}
-
-function makeIdResolver() {
-  const resolver = new IdResolver({ plcUrl: PLC, timeout: 30_000, didCache: new MemoryCache() })
-  // The handle resolver's own logic (resolve(): DNS first, then HTTPS well-known) is kept;
-  // only the transport is local: `.test` has no DNS and the PDS speaks plain HTTP.
-  resolver.handle.resolveDns = async () => undefined
-  resolver.handle.resolveDnsBackup = async () => undefined
-  resolver.handle.resolveHttp = async (handle) => wellKnownDid(handle)
-  return resolver
-}
+const makeIdResolver = () => localIdResolver(PDS, PLC)
 
 // --- consumers --------------------------------------------------------------------------
 
