@@ -159,23 +159,23 @@ def test_a_stranger_cannot_lock_the_owner_out(api):
     """Failed logins are limited per identifier *and* client address (as the reference
     keys them): a stranger guessing from one address spends only that address's
     attempts, never the owner's."""
-    _invited(api, "owner")
+    _invited(api, "keeper")
     stranger, home = "203.0.113.7", "198.51.100.2"
     for _ in range(30):
-        err(_login(api, "owner.test", "guess", stranger), 401, "AuthenticationRequired")
+        err(_login(api, "keeper.test", "guess", stranger), 401, "AuthenticationRequired")
     root = api.server.data_dir
     before = snapshot(root)
     # The stranger's address is refused from now on, even with the right password...
     for password in ("guess", PASSWORD):
-        r = _login(api, "owner.test", password, stranger)
+        r = _login(api, "keeper.test", password, stranger)
         err(r, 429, "RateLimitExceeded")
         assert r.headers["ratelimit-policy"] == "30;w=300"
-    err(_login(api, "OWNER.test", PASSWORD, stranger), 429, "RateLimitExceeded")
+    err(_login(api, "KEEPER.test", PASSWORD, stranger), 429, "RateLimitExceeded")
     assert diff_snapshots(before, snapshot(root)) == []  # no session was made
     # ...while the owner, from home, gets in (and may still mistype).
-    err(_login(api, "owner.test", "typo", home), 401, "AuthenticationRequired")
-    session = ok(_login(api, "owner.test", PASSWORD, home))
-    assert session["handle"] == "owner.test"
+    err(_login(api, "keeper.test", "typo", home), 401, "AuthenticationRequired")
+    session = ok(_login(api, "keeper.test", PASSWORD, home))
+    assert session["handle"] == "keeper.test"
 
 
 def _basic(password: bytes, user: bytes = b"admin") -> dict:
@@ -240,7 +240,7 @@ def test_blob_quota_per_account(api):
     assert diff_snapshots(before, snapshot(root)) == []
     # What is left still fits.
     ok(_upload(api, tok, secrets.token_bytes(3000)))
-    other = _invited(api, "other")
+    other = _invited(api, "otherone")
     ok(_upload(api, other["accessJwt"], secrets.token_bytes(8000)))
 
 
