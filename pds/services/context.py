@@ -26,7 +26,6 @@ class AppContext:
         self.accounts = AccountStore(self.data)
         self._repos: dict[str, Repo] = {}
         self._keys: dict[str, PrivateKey] = {}
-        self.fallback: Any = None
         from .auth import Auth
         from .firehose import Broadcaster, Crawlers, Sequencer
         from .identity import Identity

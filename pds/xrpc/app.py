@@ -16,7 +16,6 @@ import falcon.asgi
 
 from .. import __version__
 from ..errors import InvalidInput, NotSupported, PayloadTooLarge, PdsError
-from ..repo.syntax import is_valid_nsid
 from . import registry
 from .body import RequestBody
 from .errors import INTERNAL, MethodNotAllowed, UpgradeRequired, answer_for, render
@@ -175,10 +174,6 @@ class XrpcResource:
                 raise MethodNotAllowed("subscriptions are GET only")
             raise UpgradeRequired("Upgrade Required: use a WebSocket")
         if method is None:
-            fallback = getattr(self.ctx, "fallback", None)
-            if fallback is not None and is_valid_nsid(nsid):
-                await fallback(req, resp, nsid)
-                return
             raise NotSupported("Method Not Implemented")
         if method.kind != kind:
             raise InvalidInput(
