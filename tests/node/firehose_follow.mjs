@@ -24,21 +24,11 @@
 
 import assert from 'node:assert/strict'
 import net from 'node:net'
-import { createRequire } from 'node:module'
 import readline from 'node:readline'
 import { parseArgs } from 'node:util'
 
-import sync from '@atproto/sync'
 import { localIdResolver } from './local_identity.mjs'
-
-const { Firehose } = sync
-
-// The @atproto/repo that @atproto/sync itself resolves (its CIDs are the events' CIDs).
-const require = createRequire(import.meta.url)
-const fromSync = createRequire(require.resolve('@atproto/sync'))
-const repoLib = fromSync('@atproto/repo')
-const fromRepo = createRequire(fromSync.resolve('@atproto/repo'))
-const { cborDecode } = fromRepo('@atproto/common')
+import { Firehose, cborDecode, repoLib } from './sync_libs.mjs'
 
 const { values: opts } = parseArgs({
   options: {

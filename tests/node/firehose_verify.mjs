@@ -20,27 +20,16 @@
 // goes to stdout. Exits non-zero with a message on the first failed check.
 
 import assert from 'node:assert/strict'
-import { createRequire } from 'node:module'
 import net from 'node:net'
 import readline from 'node:readline'
 import { parseArgs } from 'node:util'
 import { deflateSync } from 'node:zlib'
 
 import api from '@atproto/api'
-import sync from '@atproto/sync'
 import { localIdResolver } from './local_identity.mjs'
+import { CID, Firehose, cborDecode, repoLib } from './sync_libs.mjs'
 
 const { AtpAgent } = api
-const { Firehose } = sync
-
-// The @atproto/repo (and CID class) that @atproto/sync itself resolves: its CIDs and
-// block maps are the ones its events carry.
-const require = createRequire(import.meta.url)
-const fromSync = createRequire(require.resolve('@atproto/sync'))
-const repoLib = fromSync('@atproto/repo')
-const fromRepo = createRequire(fromSync.resolve('@atproto/repo'))
-const { cborDecode } = fromRepo('@atproto/common')
-const { CID } = fromRepo('multiformats/cid')
 
 const { values: opts } = parseArgs({
   options: {
