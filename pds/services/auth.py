@@ -25,7 +25,7 @@ import nacl.pwhash
 from ..errors import AuthFailed, AuthRequired, InvalidInput
 from ..repo.keys import PublicKey
 from ..repo.signing_keys import PrivateKey
-from ..repo.syntax import is_valid_did, is_valid_nsid
+from ..repo.syntax import is_valid_did
 from ..store.files import flock
 from ..store.layout import SESSIONS_LOCK
 from ..store.ratelimit import RateLimiter
@@ -408,10 +408,6 @@ class Auth:
         if local is not None:
             return local.public_key()
         return await self.ctx.identity.atproto_key(did, force=force)
-
-    def check_lxm(self, lxm: str | None) -> None:
-        if lxm is not None and not is_valid_nsid(lxm):
-            raise InvalidInput("lxm must be an NSID")
 
 
 def _jwt_alg(token: str) -> str | None:
