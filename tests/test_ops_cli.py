@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import pty
 import select
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -109,6 +110,16 @@ def test_init_goes_on_over_an_interrupted_init_but_not_over_other_files(
     (other / "notes.txt").write_text("mine")
     assert "not empty" in no_traceback(run_pds("init", "--data-dir", str(other), check=False))
     assert sorted(os.listdir(other)) == ["notes.txt"]
+
+
+def test_init_takes_the_checkouts_own_data_dir(tmp_path: Path) -> None:
+    """The quick start runs `pds init` on the default ./data, which in a checkout holds
+    the repo's data/README.md: init goes on and leaves that file alone."""
+    data = tmp_path / "data"
+    shutil.copytree(Path(__file__).resolve().parents[1] / "data", data)
+    run_pds("init", "--data-dir", str(data), "--dev")
+    assert (data / "pds.env").exists() and (data / "README.md").exists()
+    (data / "README.md").unlink()  # the checkout's, not the program's (end-of-run check)
 
 
 def test_init_makes_a_data_dir_nobody_else_reads(tmp_path: Path) -> None:

@@ -25,7 +25,8 @@ log = logging.getLogger("pds")
 
 # What a data dir holds before `pds init` writes pds.env, its last step: a directory with
 # nothing else in it is the leftover of an interrupted init, and init may go on over it.
-_INIT_NAMES = {*INIT_DIRS, FORMAT_FILE, RATELIMIT, "lost+found"}
+# README.md: the checkout's own ./data (the quick start's default data dir) holds one.
+_INIT_NAMES = {*INIT_DIRS, FORMAT_FILE, RATELIMIT, "lost+found", "README.md"}
 
 
 def _check_empty(root: Path) -> None:
