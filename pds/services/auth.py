@@ -224,9 +224,9 @@ class Auth:
             now = int(time.time())
             nxt = session.get("next")
             if nxt is not None:
-                if now - session["rotatedAt"] > REFRESH_GRACE or \
-                        accounts.get_session(did, nxt) is None or \
-                        accounts.get_session(did, nxt).get("next") is not None:
+                successor = accounts.get_session(did, nxt)
+                if now - session["rotatedAt"] > REFRESH_GRACE or successor is None or \
+                        successor.get("next") is not None:
                     accounts.delete_session(did, jti)
                     raise InvalidInput("Token has been revoked", "ExpiredToken")
                 return {"accessJwt": self._access(did, gen, session["scope"], now),
