@@ -288,12 +288,6 @@ class Identity(Publisher):
         doc = await self.resolve_did(did, force=force)
         return service_endpoint_from_doc(doc, fragment, None, did) if doc else None
 
-    @staticmethod
-    def handle_from_doc(doc: dict[str, Any]) -> str | None:
-        """The first `at://` alsoKnownAs handle of a document (see
-        :func:`pds.repo.did.handle_from_doc`)."""
-        return handle_from_doc(doc)
-
     # ---- Resolving handles -------------------------------------------------------------
 
     async def resolve_handle(self, handle: str) -> str | None:
