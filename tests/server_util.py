@@ -189,9 +189,11 @@ def snapshot(root: Path, tops: tuple[str, ...] = ("accounts", "handles", "emails
     for top in tops:
         for dirpath, dirnames, filenames in os.walk(root / top):
             for n in dirnames + filenames:
-                if top == "tmp" and (n.startswith(".") or n.endswith(".LOCK")):
-                    # write_file's staging names and lock files: background maintenance
-                    # (checkpoints, blob collection) makes them at any time.
+                if top == "tmp" and (n.startswith(".") or n.endswith(".LOCK")
+                                     or n == "CHANGES"):
+                    # write_file's staging names, lock files and the change clock:
+                    # background maintenance (checkpoints, blob collection) makes them
+                    # at any time.
                     continue
                 if n == "export.car":
                     continue

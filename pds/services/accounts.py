@@ -247,7 +247,7 @@ def _materialise_account(ctx: AppContext, acct: dict, key: Any, migrating: bool)
     if not migrating:
         # The first commit is made durable by the repo's own journal, flushed at once
         # (sign-ups are rare); its #commit event follows the account's, as below.
-        repo = Repo(acct_dir, ctx.data.tmp, did, key)
+        repo = Repo(acct_dir, ctx.data.tmp, did, key, clock=ctx.data.clock)
         first_commit = repo.create(key)
         repo.checkpoint()
     ctx.accounts.put(acct)
@@ -335,5 +335,6 @@ def delete_account(ctx: AppContext, did: str) -> None:
     acct_dir = ctx.data.account(did)
     grave = ctx.data.tmp / f"deleted-{int(time.time())}-{secrets.token_hex(4)}"
     acct_dir.rename(grave)
+    ctx.accounts.changed(did)
     ctx.forget(did)
     shutil.rmtree(grave, ignore_errors=True)

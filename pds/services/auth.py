@@ -29,6 +29,7 @@ from ..repo.syntax import is_valid_did
 from ..store.files import flock
 from ..store.layout import SESSIONS_LOCK
 from ..store.ratelimit import RateLimiter
+from . import reads
 from .account import Account, Use, load, require
 
 ACCESS_TTL = 2 * 3600
@@ -249,7 +250,7 @@ class Auth:
         refused) by `admit`."""
         info = await self._credential(kind, header, nsid, ip)
         if info is not None and info.did is not None:
-            await asyncio.to_thread(self.admit, info)
+            await reads.read(self.admit, info)
         return info
 
     async def _credential(self, kind: AuthKind, header: str, nsid: str,

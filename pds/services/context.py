@@ -69,7 +69,7 @@ class AppContext:
         repo = self._repos.get(did)
         if repo is None:
             repo = Repo(self.data.account(did), self.data.tmp, did, self.local_signing_key(did),
-                        wal=self.events)
+                        wal=self.events, clock=self.data.clock)
             self._repos[did] = repo
         return repo
 

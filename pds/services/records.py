@@ -24,6 +24,7 @@ from ..store.repo import (
     RepoNotFound,
     Write,
 )
+from . import reads
 from .account import Account, Use, find, load, require
 from .accounts import did_doc
 from .blobs import BlobHooks, BlobMissing, blob_store
@@ -176,7 +177,7 @@ def _get_record(ctx: AppContext, repo: str, collection: str, rkey: str,
 async def get_record(ctx: AppContext, repo: str, collection: str, rkey: str,
                      cid: CID | None = None) -> dict:
     """getRecord: {uri, cid, value} of a record (at version `cid`, when given)."""
-    return await asyncio.to_thread(_get_record, ctx, repo, collection, rkey, cid)
+    return await reads.read(_get_record, ctx, repo, collection, rkey, cid)
 
 
 def _list_records(ctx: AppContext, repo: str, collection: str, limit: int,
@@ -193,8 +194,7 @@ def _list_records(ctx: AppContext, repo: str, collection: str, limit: int,
 async def list_records(ctx: AppContext, repo: str, collection: str, limit: int,
                        cursor: str | None = None, reverse: bool = False) -> Page[dict]:
     """listRecords: a collection's records, newest rkey first unless `reverse`."""
-    return await asyncio.to_thread(_list_records, ctx, repo, collection, limit, cursor,
-                                   reverse)
+    return await reads.read(_list_records, ctx, repo, collection, limit, cursor, reverse)
 
 
 def _describe_repo(ctx: AppContext, repo: str) -> dict:

@@ -43,7 +43,7 @@ class AccountStore:
         self.handles = data.handles
         self.emails = data.emails
         self.invites = data.invites
-        self._cache: dict[str, tuple[float, dict]] = {}
+        self._cache: dict[str, tuple[bytes, dict]] = {}
 
     def ensure(self) -> None:
         for d in (self.handles, self.emails, self.invites):
@@ -55,20 +55,22 @@ class AccountStore:
         return self.data.account(did) / ACCOUNT_JSON
 
     def get(self, did: str) -> dict | None:
-        """The account record, or None (also for malformed DIDs)."""
-        try:
-            path = self._path(did)
-            mtime = os.stat(path).st_mtime_ns
-        except (ValueError, FileNotFoundError):
-            return None
+        """The account record, or None (also for malformed DIDs). Served from this
+        process's cache while the change clock says no account record changed since."""
+        stamp = self.data.clock.stamp()
         hit = self._cache.get(did)
-        if hit and hit[0] == mtime:
+        if hit is not None and stamp is not None and hit[0] == stamp:
             return hit[1]
-        data = read_file(path)
+        try:
+            data = read_file(self._path(did))
+        except ValueError:
+            return None
         if data is None:
+            self._cache.pop(did, None)
             return None
         acct = json.loads(data)
-        self._cache[did] = (mtime, acct)
+        if stamp is not None:
+            self._cache[did] = (stamp, acct)
         return acct
 
     def put(self, acct: dict) -> None:
@@ -76,7 +78,12 @@ class AccountStore:
         path = self._path(acct["did"])
         ensure_dir(path.parent)
         write_file(path, json.dumps(acct, indent=1).encode(), self.data.tmp, mode=0o600)
-        self._cache.pop(acct["did"], None)
+        self.changed(acct["did"])
+
+    def changed(self, did: str) -> None:
+        """After `did`'s record changed or went: every process's cached copy is stale."""
+        self._cache.pop(did, None)
+        self.data.clock.tick()
 
     def update(self, did: str, **changes: Any) -> dict:
         """Change fields of an account record under its lock."""

@@ -16,6 +16,8 @@ import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
+from .clock import need_disk
+
 
 def fsync_dir(path: str | os.PathLike) -> None:
     """Make a directory's entries (renames, new files) durable."""
@@ -35,7 +37,9 @@ def write_all(fd: int, data: bytes) -> None:
 
 def read_whole(path: str | os.PathLike) -> bytes:
     """A file's bytes through plain descriptors (no buffered file object: the store reads
-    many small files). FileNotFoundError when absent."""
+    many small files). FileNotFoundError when absent; WouldBlock inside `cached_only`
+    (clock.py), where a read must not touch the disk."""
+    need_disk()
     fd = os.open(path, os.O_RDONLY)
     try:
         data = os.read(fd, _READ_SIZE)

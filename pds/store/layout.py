@@ -23,10 +23,12 @@ refused with `InvalidName`, which lookups read as "no such thing".
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 from ..errors import InvalidName
 from ..repo.syntax import is_valid_did, quote_input
+from .clock import ChangeClock
 
 # --- top level ----------------------------------------------------------------------------
 
@@ -48,6 +50,8 @@ INIT_DIRS = (ACCOUNTS, HANDLES, EMAILS, INVITES, SEQ, TMP, WELL_KNOWN)
 BLOB_GC_LOCK = "BLOBGC.LOCK"
 SNAPSHOT_LOCK = "SNAPSHOT.LOCK"
 PRUNE_LOCK = "PRUNE.LOCK"
+# The change clock every process maps (clock.py), in tmp/: not data, not backed up.
+CHANGES = "CHANGES"
 # The longest name of one directory entry, in bytes (ext4, xfs, btrfs, tmpfs: 255).
 NAME_MAX = 255
 
@@ -120,6 +124,11 @@ class DataDir:
     @property
     def tmp(self) -> Path:
         return self.root / TMP
+
+    @functools.cached_property
+    def clock(self) -> ChangeClock:
+        """This data dir's change clock (mapped on first use, once per process)."""
+        return ChangeClock(self.tmp / CHANGES)
 
     @property
     def accounts(self) -> Path:

@@ -64,7 +64,7 @@ def replay_events(data: DataDir) -> int:
         last = seq
         if event is None:
             continue
-        repo = Repo(data.account(event.did), data.tmp, event.did)
+        repo = Repo(data.account(event.did), data.tmp, event.did, clock=data.clock)
         if not repo.root.is_dir():
             continue  # the account was deleted since
         with repo.lock():
@@ -80,7 +80,7 @@ def replay_journals(data: DataDir) -> int:
     """Roll forward every account's journal that holds entries; returns entries."""
     replayed = 0
     for did in AccountStore(data).list_dids():
-        repo = Repo(data.account(did), data.tmp, did)
+        repo = Repo(data.account(did), data.tmp, did, clock=data.clock)
         if repo.journal.pending():
             replayed += repo.recover()
     return replayed
@@ -112,7 +112,7 @@ def _applied_upto(data: DataDir, log_: EventLog, cp: int) -> int:
     for seq, event in logged_commits(log_, cp, log_.head()):
         if event is not None:
             if event.did not in heads:
-                h = Repo(data.account(event.did), data.tmp, event.did).head()
+                h = Repo(data.account(event.did), data.tmp, event.did, clock=data.clock).head()
                 heads[event.did] = h.rev if h else ""
             if heads[event.did] < event.rev:
                 break

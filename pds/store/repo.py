@@ -36,6 +36,7 @@ from ..repo.signing_keys import PrivateKey
 from ..repo.syntax import InvalidSyntax, ensure_valid_nsid, ensure_valid_record_key
 from ..repo.tid import next_tid
 from .blocks import BlockStore
+from .clock import ChangeClock
 from .files import flock, read_file, read_whole, replace_in_place, write_file
 from .journal import Journal, syncfs
 from .layout import BLOCKS, HEAD, HEAD_SPARE, LOCK, REVS
@@ -165,7 +166,7 @@ class Repo(RepoReads):
     `export.car` (names in layout.py)."""
 
     def __init__(self, root: Path, tmp: Path, did: str, key: PrivateKey | None = None,
-                 wal: WriteAhead | None = None) -> None:
+                 wal: WriteAhead | None = None, clock: ChangeClock | None = None) -> None:
         self.root = root
         self.tmp = tmp
         self.did = did
@@ -181,27 +182,34 @@ class Repo(RepoReads):
         self._head_file = str(root / HEAD)
         self._head_spare = str(root / HEAD_SPARE)
         self._revs_file = str(root / REVS)
-        # The last HEAD read and commit parsed (reads check HEAD on every call).
-        self._last_head: tuple[bytes, Head] | None = None
+        # Ticked after every change of HEAD; the last HEAD read is reused while the
+        # clock still shows the stamp read before it (clock.py).
+        self.clock = clock
+        self._last_head: tuple[bytes | None, bytes, Head] | None = None
         self._last_commit: tuple[CID, Commit] | None = None
 
     # --- HEAD -----------------------------------------------------------------------
 
     def head(self) -> Head | None:
-        """The current commit (CID and rev), read from disk; None before the first."""
+        """The current commit (CID and rev); None before the first. From memory while
+        the change clock shows no HEAD changed since the last read, else from disk."""
+        stamp = None if self.clock is None else self.clock.stamp()
+        last = self._last_head
+        if last is not None and stamp is not None and last[0] == stamp:
+            return last[2]
         try:
             data = read_whole(self._head_file)
         except FileNotFoundError:
             return None
-        last = self._last_head
-        if last is not None and last[0] == data:
-            return last[1]  # unchanged since the last read: skip parsing the CID again
+        if last is not None and last[1] == data:
+            self._last_head = (stamp, data, last[2])
+            return last[2]  # unchanged since the last read: skip parsing the CID again
         try:
             cid_s, rev = data.decode().split()
             head = Head(CID.decode(cid_s), rev)
         except (ValueError, UnicodeDecodeError) as e:
             raise CorruptRepo(f"unreadable HEAD for {self.did}") from e
-        self._last_head = (data, head)
+        self._last_head = (stamp, data, head)
         return head
 
     def recovery_head(self) -> Head | None:
@@ -231,6 +239,8 @@ class Repo(RepoReads):
             write_file(self._head_file, data, self.tmp, durable=True)
         else:  # flushed by the next checkpoint; the write-ahead record covers it until then
             replace_in_place(self._head_file, self._head_spare, data, self.tmp)
+        if self.clock is not None:
+            self.clock.tick()
 
     def append_rev(self, rev: str, cid: CID) -> None:
         """Add a commit to the `revs` log (what `export_car(since)` looks revs up in)."""

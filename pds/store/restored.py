@@ -135,7 +135,7 @@ def _new_commit(data: DataDir, did: str) -> tuple | None:
     checkpointed: (cid, commit block, rev). None when the repo has no commit; its current
     commit when it can't be signed (no readable key: then relays get that one)."""
     root = data.account(did)
-    repo = Repo(root, data.tmp, did)
+    repo = Repo(root, data.tmp, did, clock=data.clock)
     try:
         head = repo.head()
         if head is None:
