@@ -141,14 +141,15 @@ class Mailer:
             except Exception:  # noqa: BLE001 - the next round tries again
                 log.exception("mail delivery failed")
 
-    def deliver(self, now: float | None = None) -> int:
-        """Send every message that is due (one worker at a time); how many went."""
+    def deliver(self, retry_all: bool = False) -> int:
+        """Send every message that is due (with `retry_all`: every one, failed or waiting
+        for its retry); one process at a time. How many the server accepted."""
         with try_flock(self.ctx.data.tmp / MAIL_LOCK) as held:
             if not held:
                 return 0
-            now = time.time() if now is None else now
-            due = [d for d in self.spool_dir.messages()
-                   if not d.get("failed") and d.get("nextAttemptAt", 0) <= now]
+            now = time.time()
+            due = [d for d in self.spool_dir.messages() if retry_all or
+                   (not d.get("failed") and d.get("nextAttemptAt", 0) <= now)]
             return self._deliver(due) if due else 0
 
     def _deliver(self, due: list[dict[str, Any]]) -> int:
