@@ -328,3 +328,22 @@ def test_mail_text_has_the_token_on_its_own_line(api: Api, smtp: SmtpServer) -> 
     text = body(smtp.inbox.wait(acct.email)[0]).replace("\r\n", "\n")
     token = token_of(smtp.inbox.to(acct.email)[0])
     assert f"\n{token}\n" in text and acct.handle in text
+
+
+def test_smtp_settings_are_checked(tmp_path: Path) -> None:
+    from pds.config import Settings, SettingsError
+    from pds.services.mailer import SmtpTarget
+    for bad in ("http://mail.example.com", "smtp://", "smtp://host:0", "smtp://host:99999",
+                "smtps://host/path", "smtp://host?x=1", "smtp://" + "a" * 3000):
+        with pytest.raises(SettingsError, match="PDS_EMAIL_SMTP_URL"):
+            Settings.load(tmp_path, env={"PDS_EMAIL_SMTP_URL": bad})
+    with pytest.raises(SettingsError, match="PDS_EMAIL_FROM_ADDRESS"):
+        Settings.load(tmp_path, env={"PDS_EMAIL_FROM_ADDRESS": "nobody"})
+    with pytest.raises(SettingsError, match="PDS_EMAIL_FROM_ADDRESS"):
+        Settings.load(tmp_path, env={"PDS_EMAIL_FROM_ADDRESS": "a@b.c\r\nBcc: x@y.z"})
+    s = Settings.load(tmp_path, env={"PDS_HOSTNAME": "pds.example.com",
+                                     "PDS_EMAIL_SMTP_URL": "smtps://me%40x.org:p%3Aw%2F@mx"})
+    assert s.email_from_address == "noreply@pds.example.com"
+    assert SmtpTarget.parse(s.email_smtp_url) == SmtpTarget("mx", 465, True, "me@x.org", "p:w/")
+    assert SmtpTarget.parse("smtp://mx") == SmtpTarget("mx", 587, False, "", "")
+    assert SmtpTarget.parse("smtp://mx:2525").port == 2525
