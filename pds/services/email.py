@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import secrets
-import time
 
 from ..errors import InvalidInput
 from ..store.tokens import TokenStore
@@ -87,10 +86,10 @@ def spend(ctx: AppContext, did: str, purpose: str, token: str) -> None:
     ctx.auth.limiter.hit(f"email-token-use:{purpose}:{did}", *USE_LIMIT)
     if not isinstance(token, str) or not 0 < len(token) <= 64:
         raise InvalidInput("Token is invalid", "InvalidToken")
-    issued = TokenStore(ctx.data).consume(did, purpose, token)
-    if issued is None:
+    found = TokenStore(ctx.data).consume(did, purpose, token, TOKEN_TTL)
+    if found is None:
         raise InvalidInput("Token is invalid", "InvalidToken")
-    if time.time() - issued >= TOKEN_TTL:
+    if found == "expired":
         raise InvalidInput("Token is expired", "ExpiredToken")
 
 

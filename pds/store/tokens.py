@@ -52,9 +52,10 @@ class TokenStore:
             return False
         return hmac.compare_digest(stored, token_hash(token))
 
-    def consume(self, did: str, purpose: str, token: str) -> float | None:
-        """Remove the stored token if `token` is it, returning when it was issued; None
-        (and nothing removed) when there is none or it differs."""
+    def consume(self, did: str, purpose: str, token: str, max_age: float) -> str | None:
+        """Spend `token`: "ok" (and removed) when it is the stored one and under `max_age`
+        seconds old; "expired" (left in place: a refusal changes nothing) when it is the
+        stored one but older; None when there is none or it differs."""
         path = self.path(did, purpose)
         while True:
             try:
@@ -72,9 +73,11 @@ class TokenStore:
                     stored, issued = "", 0.0  # torn or damaged: matches nothing
                 if not hmac.compare_digest(stored, token_hash(token)):
                     return None
+                if time.time() - issued >= max_age:
+                    return "expired"
                 os.unlink(path)
                 fsync_dir(path.parent)
-                return issued
+                return "ok"
             finally:
                 os.close(fd)
 
