@@ -19,7 +19,8 @@ TOKEN_LINE = re.compile(r"^([A-Z2-7]{5}-[A-Z2-7]{5})$", re.MULTILINE)
 class Inbox:
     """aiosmtpd handler: keeps every message it accepts."""
 
-    def __init__(self) -> None:
+    def __init__(self, save_dir: Path | None = None) -> None:
+        self.save_dir = save_dir  # each message also written there, as <n>.eml
         self.messages: list[Message] = []
         self.envelopes: list[tuple[str, list[str]]] = []
         self.lock = threading.Lock()
@@ -29,6 +30,9 @@ class Inbox:
         with self.lock:
             self.messages.append(msg)
             self.envelopes.append((envelope.mail_from, list(envelope.rcpt_tos)))
+            if self.save_dir is not None:
+                (self.save_dir / f"{len(self.messages):06d}.eml").write_bytes(
+                    envelope.original_content or envelope.content)
         return "250 OK"
 
     def to(self, address: str) -> list[Message]:
@@ -49,9 +53,10 @@ class Inbox:
 class SmtpServer:
     """An aiosmtpd server on a loopback port that can be stopped and started again."""
 
-    def __init__(self, port: int | None = None, **controller: Any) -> None:
+    def __init__(self, port: int | None = None, save_dir: Path | None = None,
+                 **controller: Any) -> None:
         self.port = port or free_port()
-        self.inbox = Inbox()
+        self.inbox = Inbox(save_dir)
         self.extra = controller
         self.controller: Controller | None = None
 
