@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .files import ensure_dir, read_file, write_file
+from .files import ensure_dir, fsync_dir, read_file, write_file
 from .layout import DataDir
 
 SUFFIX = ".json"
@@ -46,7 +46,9 @@ class MailSpool:
         mid = f"{time.time_ns():020d}-{secrets.token_hex(4)}"
         doc = {"id": mid, "to": to, "subject": subject, "text": text,
                "createdAt": int(time.time()), "attempts": 0, "nextAttemptAt": 0}
-        ensure_dir(self.root, 0o700)
+        if not self.root.is_dir():  # the first message: make mail/ itself durable too
+            ensure_dir(self.root, 0o700)
+            fsync_dir(self.data.root)
         write_file(self._path(mid), json.dumps(doc).encode(), self.data.tmp, mode=0o600)
         return mid
 

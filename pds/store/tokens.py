@@ -38,7 +38,9 @@ class TokenStore:
     def put(self, did: str, purpose: str, token: str, issued_at: float | None = None) -> None:
         """Store `token` (hashed) for `purpose`, replacing any earlier one; durable."""
         path = self.path(did, purpose)
-        ensure_dir(path.parent, 0o700)
+        if not path.parent.is_dir():  # the account's first token: tokens/ made durable too
+            ensure_dir(path.parent, 0o700)
+            fsync_dir(path.parent.parent)
         doc = {"hash": token_hash(token),
                "issuedAt": int(time.time() if issued_at is None else issued_at)}
         write_file(path, json.dumps(doc).encode(), self.data.tmp, mode=0o600)
