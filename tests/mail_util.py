@@ -25,6 +25,13 @@ class Inbox:
         self.envelopes: list[tuple[str, list[str]]] = []
         self.lock = threading.Lock()
 
+    async def handle_RCPT(self, server: Any, session: Any, envelope: Any,  # noqa: N802
+                          address: str, rcpt_options: list[str]) -> str:
+        if address.startswith("refused"):  # a mailbox the server refuses for good
+            return "550 5.1.1 no such mailbox"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
         msg = email.message_from_bytes(envelope.original_content or envelope.content)
         with self.lock:

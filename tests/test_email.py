@@ -348,3 +348,36 @@ def test_smtp_settings_are_checked(tmp_path: Path) -> None:
     assert SmtpTarget.parse(s.email_smtp_url) == SmtpTarget("mx", 465, True, "me@x.org", "p:w/")
     assert SmtpTarget.parse("smtp://mx") == SmtpTarget("mx", 587, False, "", "")
     assert SmtpTarget.parse("smtp://mx:2525").port == 2525
+
+
+# --- the sender, in process against aiosmtpd -------------------------------------------------
+
+
+def _mail_context(tmp_path: Path, url: str):  # type: ignore[no-untyped-def]
+    import dataclasses
+    ctx = app_context(tmp_path / "data")
+    ctx.settings = dataclasses.replace(ctx.settings, email_smtp_url=url)
+    return ctx
+
+
+def test_retries_back_off_and_refusals_stay(tmp_path: Path, smtp: SmtpServer) -> None:
+    from harness import free_port
+    down = _mail_context(tmp_path, f"smtp://127.0.0.1:{free_port()}")
+    mid = down.mailer.spool("someone@example.com", "subject", "text\n")
+    assert down.mailer.deliver() == 0
+    doc = down.mailer.spool_dir.get(mid)
+    assert doc["attempts"] == 1 and doc["nextAttemptAt"] >= time.time() + 3
+    assert down.mailer.deliver() == 0  # not due yet: no attempt
+    assert down.mailer.spool_dir.get(mid)["attempts"] == 1
+    down.mailer.deliver(retry_all=True)
+    doc = down.mailer.spool_dir.get(mid)
+    assert doc["attempts"] == 2 and doc["nextAttemptAt"] >= time.time() + 8  # doubled
+
+    up = _mail_context(tmp_path, smtp.url)
+    refused = up.mailer.spool("refused@example.com", "subject", "text\n")
+    assert up.mailer.deliver(retry_all=True) == 1  # the first one went; the refusal stays
+    assert up.mailer.spool_dir.ids() == [refused]
+    doc = up.mailer.spool_dir.get(refused)
+    assert doc["failed"] is True and "550" in doc["lastError"]
+    assert up.mailer.deliver() == 0  # failed for good: not tried again by itself
+    assert [m["To"] for m in smtp.inbox.to("someone@example.com")] == ["someone@example.com"]
