@@ -277,6 +277,7 @@ class _Loader:
             log_level=self.get("LOG_LEVEL", "info", _choice(*LOG_LEVELS)),
             access_log=self.get("ACCESS_LOG", "true", parse_bool),
             email_smtp_url=self.get("EMAIL_SMTP_URL", "", check_smtp_url),
-            email_from_address=self.get("EMAIL_FROM_ADDRESS", f"noreply@{hostname.split(':')[0]}",
+            email_from_address=self.get("EMAIL_FROM_ADDRESS",
+                                        "noreply@" + hostname.split(":")[0],
                                         check_email_address),
         )

@@ -381,3 +381,16 @@ def test_retries_back_off_and_refusals_stay(tmp_path: Path, smtp: SmtpServer) ->
     assert doc["failed"] is True and "550" in doc["lastError"]
     assert up.mailer.deliver() == 0  # failed for good: not tried again by itself
     assert [m["To"] for m in smtp.inbox.to("someone@example.com")] == ["someone@example.com"]
+
+
+def test_a_display_name_in_the_from_address(tmp_path: Path, smtp: SmtpServer) -> None:
+    import dataclasses
+    ctx = _mail_context(tmp_path, smtp.url)
+    ctx.settings = dataclasses.replace(ctx.settings,
+                                       email_from_address="My PDS <pds@example.org>")
+    ctx.mailer.spool("named@example.com", "subject", "text\n")
+    assert ctx.mailer.deliver() == 1
+    [mail] = smtp.inbox.to("named@example.com")
+    assert mail["From"] == "My PDS <pds@example.org>"
+    assert mail["Message-ID"].endswith("@example.org>")
+    assert ("pds@example.org", ["named@example.com"]) in smtp.inbox.envelopes

@@ -20,7 +20,7 @@ import ssl
 import time
 from dataclasses import dataclass
 from email.message import EmailMessage
-from email.utils import format_datetime, make_msgid
+from email.utils import format_datetime, make_msgid, parseaddr
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -85,14 +85,16 @@ def _message(doc: dict[str, Any], sender: str) -> EmailMessage:
     msg["Subject"] = doc["subject"]
     msg["Date"] = format_datetime(
         datetime.datetime.fromtimestamp(doc["createdAt"], datetime.UTC))
-    msg["Message-ID"] = make_msgid(idstring=doc["id"], domain=sender.rpartition("@")[2])
+    msg["Message-ID"] = make_msgid(idstring=doc["id"],
+                                   domain=parseaddr(sender)[1].rpartition("@")[2])
     msg.set_content(doc["text"])
     return msg
 
 
 def _send_one(smtp: smtplib.SMTP, doc: dict[str, Any], sender: str) -> None:
     try:
-        smtp.send_message(_message(doc, sender), from_addr=sender, to_addrs=[doc["to"]])
+        smtp.send_message(_message(doc, sender), from_addr=parseaddr(sender)[1],
+                          to_addrs=[doc["to"]])
     except smtplib.SMTPRecipientsRefused as e:
         codes = [code for code, _ in e.recipients.values()]
         if all(code >= 500 for code in codes):
