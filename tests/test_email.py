@@ -394,3 +394,18 @@ def test_a_display_name_in_the_from_address(tmp_path: Path, smtp: SmtpServer) ->
     assert mail["From"] == "My PDS <pds@example.org>"
     assert mail["Message-ID"].endswith("@example.org>")
     assert ("pds@example.org", ["named@example.com"]) in smtp.inbox.envelopes
+
+
+def test_verify_checks_the_spool(tmp_path: Path) -> None:
+    from pds.store.verify import verify_data_dir
+    ctx = app_context(tmp_path / "data")
+    good = ctx.mailer.spool("a@example.com", "subject", "text\n")
+    torn = ctx.mailer.spool("b@example.com", "subject", "text\n")
+    report = verify_data_dir(ctx.data.root)
+    assert report.ok and report.mail == 2, report.problems
+    (ctx.data.mail / f"{torn}.json").write_bytes(b'{"id": "')
+    (ctx.data.mail / f"{good}.json").chmod(0o644)
+    (ctx.data.mail / "stray").write_text("x")
+    problems = verify_data_dir(ctx.data.root).problems
+    assert sorted(p.split(":")[0] for p in problems) == [
+        f"mail/{good}.json", f"mail/{torn}.json", "mail/stray"], problems
