@@ -92,6 +92,8 @@ def test_spool_survives_kill9_and_delivers_after_restart(new_server) -> None:  #
 def test_without_smtp_mail_waits_for_the_operator(new_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     server = new_server()
     data = server.data_dir
+    # `pds init` shows how to set SMTP up, commented out.
+    assert "\n# PDS_EMAIL_SMTP_URL=smtps://" in (data / "pds.env").read_text()
     api = Api(server)
     acct = api.create_account()
     ok(api.post("com.atproto.identity.requestPlcOperationSignature", token=acct.access))
