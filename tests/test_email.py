@@ -208,6 +208,12 @@ def test_expired_tokens_are_refused(api: Api, smtp: SmtpServer) -> None:
                                                       "password": NEW_PASSWORD}),
         400, "ExpiredToken")
     ok(_session(api, acct))
+    # use_token (signPlcOperation's check) likewise.
+    token = _plant_expired(root, acct.did, "plc_operation")
+    for _ in range(2):
+        with pytest.raises(InvalidInput) as expired:
+            _use(root, acct.did, "plc_operation", token)
+        assert expired.value.error == "ExpiredToken"
     # A token just inside its lifetime still works.
     fresh = new_token()
     TokenStore(DataDir(root)).put(acct.did, "confirm_email", fresh,
