@@ -93,6 +93,35 @@ def check_url(value: str) -> str:
     return value.rstrip("/")
 
 
+def check_smtp_url(value: str) -> str:
+    """`smtp://` or `smtps://` with a host, optionally user:password (URL-encoded) and
+    port; empty: no mail is sent (it stays in the spool)."""
+    if not value:
+        return ""
+    if len(value) > 2048:
+        raise SettingsError("is too long")
+    example = "such as smtps://user:password@smtp.example.com"
+    try:
+        parts = urlsplit(value)
+        port = parts.port
+    except ValueError:
+        raise SettingsError(f"is not an SMTP URL {example}") from None
+    if parts.scheme not in ("smtp", "smtps") or not parts.hostname or port == 0 \
+            or parts.path not in ("", "/") or parts.query:
+        raise SettingsError(f"is not an SMTP URL {example} (smtp:// or smtps://, a host, "
+                            "an optional port; user and password URL-encoded)")
+    return value
+
+
+def check_email_address(value: str) -> str:
+    """A bare address (`pds@example.com`) or `Name <address>`; empty: none."""
+    if len(value) > 320 or any(c in value for c in "\r\n") or \
+            (value and "@" not in value):
+        raise SettingsError(f"{value[:80]!r} is not an email address such as "
+                            "noreply@pds.example.com")
+    return value.strip()
+
+
 def check_handle_domain(value: str) -> str:
     """A handle suffix: `.example.com` (the leading dot is added when missing)."""
     domain = value if value.startswith(".") else "." + value
@@ -162,6 +191,8 @@ class Settings:
     rate_limits: bool = True
     log_level: str = "info"
     access_log: bool = True
+    email_smtp_url: str = ""  # empty: mail stays in the spool
+    email_from_address: str = ""
 
     @property
     def public_url(self) -> str:
@@ -245,4 +276,8 @@ class _Loader:
             rate_limits=self.get("RATE_LIMITS", "true", parse_bool),
             log_level=self.get("LOG_LEVEL", "info", _choice(*LOG_LEVELS)),
             access_log=self.get("ACCESS_LOG", "true", parse_bool),
+            email_smtp_url=self.get("EMAIL_SMTP_URL", "", check_smtp_url),
+            email_from_address=self.get("EMAIL_FROM_ADDRESS",
+                                        "noreply@" + hostname.split(":")[0],
+                                        check_email_address),
         )

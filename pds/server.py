@@ -33,7 +33,7 @@ _on_term: list[Callable[[], None]] = []
 
 def build_app(settings: Settings) -> RequestBody:
     """The ASGI app of one worker: its own AppContext and every XRPC module registered."""
-    from .xrpc import actor, admin, identity, repo, server, sync  # noqa: F401  (register)
+    from .xrpc import actor, admin, email, identity, repo, server, sync  # noqa: F401 (register)
     from .xrpc.app import create_app
     from .xrpc.wellknown import add_routes
 

@@ -33,6 +33,8 @@ PLACEHOLDERS = {
     "seq": r"\d{16}",
     "pid": r"\d+",
     "random": r"[0-9a-f]+",
+    "purpose": r"confirm_email|update_email|reset_password|delete_account|plc_operation|2fa",
+    "id": r"\d{20}-[0-9a-f]{8}",  # a spooled mail: "<unix ns>-<random>"
 }
 
 

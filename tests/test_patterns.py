@@ -55,6 +55,8 @@ AUDIT = {
     ("pds.repo.did", "%3a"): "a literal (re.sub of '%3a'), on a checked DID",
     ("pds.xrpc.app", "_SURROGATE_ESCAPE"):
         "fixed length (6 bytes): a scan, one step per byte of a body <= the JSON limit",
+    ("pds.store.mailspool", "_ID"):
+        "fixed length (29): digits, '-', hex; length == 29 checked first",
     ("pds.store.recovery", "_STAGING"):
         "anchored: a prefix, digits, one separator; file names (<= 255 bytes)",
 }

@@ -129,7 +129,9 @@ def test_readme_layout_is_a_real_data_dir(tmp_path) -> None:
     env = {"PDS_RATE_LIMITS": "true", "PDS_INVITE_REQUIRED": "true",
            # Nobody listens there: the announcements fail (and are logged), but the PDS
            # keeps the time of the last write for them.
-           "PDS_CRAWLERS": f"http://127.0.0.1:{free_port()}"}
+           "PDS_CRAWLERS": f"http://127.0.0.1:{free_port()}",
+           # Nor there: mail stays in the spool, and the sender takes its lock.
+           "PDS_EMAIL_SMTP_URL": f"smtp://127.0.0.1:{free_port()}"}
     seen: set[tuple[str, bool]] = set()
     backup = tmp_path / "backup"
     with running_server(tmp_path, env=env) as server:

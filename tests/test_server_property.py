@@ -37,7 +37,7 @@ from server_util import Api, diff_snapshots, ok, running_server, snapshot
 
 from pds.services.auth import AuthKind
 
-for _name in ("actor", "admin", "identity", "repo", "server", "sync"):
+for _name in ("actor", "admin", "email", "identity", "repo", "server", "sync"):
     importlib.import_module(f"pds.xrpc.{_name}")  # every handler registers itself
 from pds.xrpc import registry  # noqa: E402
 

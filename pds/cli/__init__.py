@@ -17,6 +17,7 @@ from .. import __version__
 from .admin_cmds import account, invite, request_crawl
 from .common import CliError
 from .data_cmds import backup, restore, verify
+from .mail_cmds import mail
 from .setup_cmds import init, serve
 
 
@@ -31,7 +32,7 @@ def cli() -> None:
     """
 
 
-for command in (init, serve, verify, backup, restore, account, invite, request_crawl):
+for command in (init, serve, verify, backup, restore, account, invite, mail, request_crawl):
     cli.add_command(command)
 
 

@@ -28,7 +28,8 @@ def verify(data_dir: Path) -> None:
         click.echo(f"PROBLEM {p}")
     counts = ", ".join(plural(n, w) for n, w in (
         (report.accounts, "account"), (report.blocks, "block"), (report.records, "record"),
-        (report.blobs, "blob"), (report.events, "event")))
+        (report.blobs, "blob"), (report.events, "event"),
+        (report.mail, "spooled message")))
     click.echo(f"{counts}: {'OK' if report.ok else plural(len(report.problems), 'problem')}")
     if not report.ok:
         raise click.exceptions.Exit(1)

@@ -46,6 +46,7 @@ class Account:
     delete_after: str | None = None
     takedown_ref: str | None = None
     generation: str | None = None  # None: made before accounts had one (its tokens neither)
+    email_auth_factor: bool = False  # sign-in codes mailed on each password login (2FA)
 
     @classmethod
     def from_record(cls, rec: dict[str, Any]) -> Account:
@@ -59,7 +60,8 @@ class Account:
                    deactivated_at=rec.get("deactivatedAt"),
                    delete_after=rec.get("deleteAfter"),
                    takedown_ref=rec.get("takedownRef"),
-                   generation=rec.get("generation"))
+                   generation=rec.get("generation"),
+                   email_auth_factor=bool(rec.get("emailAuthFactor")))
 
     @property
     def active(self) -> bool:

@@ -45,7 +45,8 @@ def check_email(email: Any) -> str:
     return email
 
 
-def _check_password(password: Any) -> str:
+def check_new_password(password: Any) -> str:
+    """A password a new account or a reset may set."""
     if not isinstance(password, str) or not password:
         raise InvalidInput("Password is required")
     if len(password) > 256:
@@ -92,7 +93,7 @@ def parse_signup(ctx: AppContext, body: dict, service_auth: A.AuthInfo | None) -
             raise AuthFailed("Service auth by the DID being migrated is required")
     password = body.get("password")
     if password is not None or not migrating:
-        password = _check_password(password)
+        password = check_new_password(password)
     invite = body.get("inviteCode")
     if ctx.settings.invite_required and (not isinstance(invite, str) or not invite):
         raise InvalidInput("No invite code provided", "InvalidInviteCode")

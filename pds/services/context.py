@@ -30,12 +30,14 @@ class AppContext:
         from .firehose import Broadcaster, Crawlers, Sequencer
         from .identity import Identity
         from .lifecycle import Lifecycle
+        from .mailer import Mailer
         self.auth = Auth(self)
         self.identity = Identity(self)
         self.lifecycle = Lifecycle(self)
         self.events = Sequencer(self)
         self.broadcaster = Broadcaster(self)
         self.crawlers = Crawlers(self)
+        self.mailer = Mailer(self)
         self.loop: Any = None
 
     @cached_property
@@ -86,6 +88,7 @@ class AppContext:
         self.loop = asyncio.get_running_loop()
         self.broadcaster.start()
         self._checkpointer = self.loop.create_task(self._checkpoint_loop())
+        self._mail_sender = self.loop.create_task(self.mailer.run())
 
     async def _checkpoint_loop(self) -> None:
         import asyncio
@@ -149,9 +152,10 @@ class AppContext:
             return done
 
     async def shutdown(self) -> None:
-        task = getattr(self, "_checkpointer", None)
-        if task is not None:
-            task.cancel()
+        for name in ("_checkpointer", "_mail_sender"):
+            task = getattr(self, name, None)
+            if task is not None:
+                task.cancel()
         await self.broadcaster.stop()
 
     def forget(self, did: str) -> None:

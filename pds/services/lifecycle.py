@@ -10,24 +10,17 @@ callers already off the event loop (the command line, `asyncio.to_thread`).
 from __future__ import annotations
 
 import asyncio
-import hmac
-import json
-import os
-import secrets
 import time
 from typing import Any
 
 from ..errors import AuthFailed, InvalidInput
 from ..store.accounts import Taken
-from ..store.files import read_file, write_file
 from . import accounts as acc
-from . import handles
+from . import email, handles
 from .account import DEACTIVATED, TAKENDOWN, Account, Use, load, require
 from .auth import hash_password, verify_password
 from .context import AppContext
 from .sessions import revoke_all_sessions
-
-DELETE_TOKEN_TTL = 15 * 60
 
 
 class Lifecycle:
@@ -80,25 +73,15 @@ class Lifecycle:
     # --- deletion -------------------------------------------------------------------------
 
     async def request_delete_token(self, did: str) -> None:
-        """requestAccountDelete. No mail transport: the token is written to the account's
-        own directory, where the operator (or a mail hook) can find it."""
-        token = f"{secrets.token_hex(3)}-{secrets.token_hex(3)}".upper()
-        data = json.dumps({"token": token, "expiresAt": int(time.time()) + DELETE_TOKEN_TTL})
-        await asyncio.to_thread(write_file, self.ctx.data.account(did) / "delete_token",
-                                data.encode(), self.ctx.data.tmp, mode=0o600)
+        """requestAccountDelete: a `delete_account` token mailed to the account."""
+        await email.send_token(self.ctx, did, "delete_account")
 
     def _check_delete_token(self, did: str, password: str, token: str, ip: str) -> None:
         self.ctx.auth.limiter.hit("delete-ip:" + ip, 50, 3600)
         acct = self._account(did)
         if not (acct.password_hash and verify_password(password, acct.password_hash)):
             raise AuthFailed("Invalid did or password")
-        path = self.ctx.data.account(did) / "delete_token"
-        stored = read_file(path)
-        info = json.loads(stored) if stored else None
-        if not info or info["expiresAt"] < time.time() or \
-                not hmac.compare_digest(info["token"], token.strip().upper()):
-            raise InvalidInput("Token is invalid", "InvalidToken")
-        os.unlink(path)
+        email.spend(self.ctx, did, "delete_account", token)
 
     async def delete_with_token(self, did: str, password: str, token: str, ip: str) -> None:
         """deleteAccount: by the account's password and a token from requestAccountDelete."""

@@ -21,6 +21,7 @@ from . import auth as A
 from .account import Account, Use, load, require
 from .accounts import did_doc
 from .context import AppContext
+from .email_flows import second_factor
 
 MAX_APP_PASSWORDS = 50
 APP_PASSWORDS = "app_passwords.json"
@@ -63,8 +64,9 @@ def limit_login(ctx: AppContext, identifier: str, ip: str) -> None:
 
 
 def login(ctx: AppContext, identifier: Any, password: Any, ip: str,
-          allow_takendown: bool = False) -> dict:
-    """com.atproto.server.createSession: password or app password."""
+          allow_takendown: bool = False, auth_factor_token: Any = None) -> dict:
+    """com.atproto.server.createSession: password or app password (a password login of an
+    account with sign-in codes on needs the mailed code too)."""
     if not isinstance(identifier, str) or not identifier or not isinstance(password, str):
         raise InvalidInput("Invalid identifier or password")
     limit_login(ctx, identifier, ip)
@@ -81,6 +83,8 @@ def login(ctx: AppContext, identifier: Any, password: Any, ip: str,
         app_password, privileged = matched
         scope = A.SCOPE_APP_PASS_PRIVILEGED if privileged else A.SCOPE_APP_PASS
     require(acct, Use.LOGIN, acct.did, privileged=allow_takendown)
+    if app_password is None:  # app passwords are for apps: no codes (as Bluesky)
+        second_factor(ctx, acct, auth_factor_token)
     if acct.takendown:
         scope = A.SCOPE_TAKENDOWN
     tokens = ctx.auth.issue_session(acct, scope, app_password)
@@ -104,7 +108,7 @@ def session_view(ctx: AppContext, acct: Account, scope: str | None) -> dict:
                                 A.SCOPE_APP_PASS, A.SCOPE_TAKENDOWN):
         out["email"] = acct.email
         out["emailConfirmed"] = bool(acct.email_confirmed_at)
-        out["emailAuthFactor"] = False
+        out["emailAuthFactor"] = acct.email_auth_factor
     try:
         out["didDoc"] = did_doc(ctx, acct.did, acct.handle)
     except Exception:  # noqa: BLE001 - a doc we can't render is left out, not fatal

@@ -20,7 +20,8 @@ What a repeated backup into the same DEST does with what the source deleted sinc
   copied once and never removed (a blob or an expired event deleted in the source stays);
 - everything else is small mutable state and is mirrored exactly: account records,
   signing keys, HEAD, refresh sessions, app passwords, handle and email claims, invite
-  codes, well-known files, tombstones of deleted accounts, and whole accounts. A session
+  codes, well-known files, tombstones of deleted accounts, the mail spool (mail the SMTP
+  server has not accepted yet), and whole accounts. A session
   revoked, a handle released or an account deleted in the source is gone from the copy
   too (and the deleted account's tombstone is in it), so a backup never brings back
   what was taken away before it was made. (Restoring an older backup is the other half:
@@ -65,6 +66,7 @@ from .layout import (
     HEAD,
     HEAD_SPARE,
     INVITES,
+    MAIL,
     SEQ,
     SEQ_FLOOR,
     SEQ_HEAD,
@@ -90,7 +92,7 @@ _ACCOUNT_IMMUTABLE = (BLOCKS, BLOBS)
 # Derived (the export snapshot, rebuilt on the first export) or a spare: left out.
 _ACCOUNT_LEFT_OUT = (SNAPSHOT, HEAD_SPARE)
 # Top-level trees of small mutable files: mirrored.
-_TOP_DIRS = (HANDLES, EMAILS, INVITES, WELL_KNOWN, TOMBSTONES)
+_TOP_DIRS = (HANDLES, EMAILS, INVITES, WELL_KNOWN, TOMBSTONES, MAIL)
 _SEQ_ROUNDS = 10  # step 5 repeats at most this often (each round is a short window)
 
 

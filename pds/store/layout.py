@@ -12,6 +12,7 @@ the README's "The data directory").
     well-known/<host>/      atproto-did and did.json, static files
     tombstones/<did>        a deleted account's DID: never handed out again
     ratelimit/              rate-limit counters (logins, sign-ups, admin logins, uploads)
+    mail/<id>.json          the mail spool: messages not yet accepted by the SMTP server
     tmp/                    staging for atomic renames (same filesystem as the rest)
 
 Every path a request can name goes through here after its syntax check (`account`
@@ -43,6 +44,7 @@ SEQ = "seq"
 WELL_KNOWN = "well-known"
 TOMBSTONES = "tombstones"  # tombstones/<did>: made on the first deletion
 RATELIMIT = "ratelimit"
+MAIL = "mail"  # mail/<id>.json: the spool of outgoing mail (0600: it carries tokens)
 TMP = "tmp"
 # The directories `pds init` makes (and the format-0 migration adds).
 INIT_DIRS = (ACCOUNTS, HANDLES, EMAILS, INVITES, SEQ, TMP, WELL_KNOWN)
@@ -52,6 +54,7 @@ SNAPSHOT_LOCK = "SNAPSHOT.LOCK"
 PRUNE_LOCK = "PRUNE.LOCK"
 # The change clock every process maps (clock.py), in tmp/: not data, not backed up.
 CHANGES = "CHANGES"
+MAIL_LOCK = "MAIL.LOCK"  # one worker delivers the mail spool at a time
 # The longest name of one directory entry, in bytes (ext4, xfs, btrfs, tmpfs: 255).
 NAME_MAX = 255
 
@@ -83,6 +86,7 @@ JOURNAL = "journal.log"          # commits not yet checkpointed (accounts off th
 JOURNAL_LEGACY = "journal"       # journal/<rev>.car: the journal of earlier versions
 REVS = "revs"                    # "<rev> <commit cid>" per commit
 SNAPSHOT = "export.car"          # the export snapshot: derived, safe to delete
+TOKENS = "tokens"                # tokens/<purpose>: an emailed token's hash (0600)
 
 
 def file_name(name: str, what: str = "name", suffix: str = "",
@@ -157,6 +161,10 @@ class DataDir:
     @property
     def tombstones(self) -> Path:
         return self.root / TOMBSTONES
+
+    @property
+    def mail(self) -> Path:
+        return self.root / MAIL
 
     def tombstone(self, did: str) -> Path:
         """The tombstone of a deleted account's DID; refuses anything but a DID."""

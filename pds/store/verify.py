@@ -44,6 +44,7 @@ class Report:
     records: int = 0
     blobs: int = 0
     events: int = 0
+    mail: int = 0  # messages in the mail spool
 
     def add(self, problem: str) -> None:
         self.problems.append(problem)
@@ -256,7 +257,36 @@ def verify_data_dir(root: str | os.PathLike, progress: Progress | None = None) -
     ticker.end("blocks")
     verify_events(data, heads, report, ticker)
     ticker.end("events")
+    verify_mail(data, report)
     return report
+
+
+def verify_mail(data: DataDir, report: Report) -> None:
+    """The mail spool: each file a message named by its id, readable by its owner only
+    (it carries a token)."""
+    import json
+    import stat
+
+    from .mailspool import SUFFIX, is_message_id
+    if not data.mail.is_dir():
+        return
+    for name in sorted(os.listdir(data.mail)):
+        path = data.mail / name
+        mid = name.removesuffix(SUFFIX)
+        if not name.endswith(SUFFIX) or not is_message_id(mid):
+            report.add(f"mail/{name}: not a spooled message")
+            continue
+        report.mail += 1
+        try:
+            doc = json.loads(read_file(path) or b"")
+            good = doc["id"] == mid and all(isinstance(doc[k], str)
+                                            for k in ("to", "subject", "text"))
+        except (ValueError, KeyError, TypeError):
+            good = False
+        if not good:
+            report.add(f"mail/{name}: unreadable message")
+        if stat.S_IMODE(path.stat().st_mode) & 0o077:
+            report.add(f"mail/{name}: readable by others (should be 0600)")
 
 
 def _dids(data: DataDir) -> Iterator[str]:

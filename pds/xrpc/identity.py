@@ -6,7 +6,7 @@ import asyncio
 
 from ..errors import InvalidInput
 from ..repo.syntax import is_valid_handle
-from ..services import sessions
+from ..services import email, sessions
 from ..services.auth import AuthKind
 from .app import Answer, Call
 from .registry import procedure, query
@@ -33,3 +33,9 @@ async def update_handle(call: Call) -> Answer:
 async def get_recommended_did_credentials(call: Call) -> Answer:
     return await asyncio.to_thread(sessions.recommended_did_credentials, call.ctx,
                                    call.auth.did)
+
+
+@procedure("com.atproto.identity.requestPlcOperationSignature", auth=AuthKind.ACCESS_FULL)
+async def request_plc_operation_signature(call: Call) -> Answer:
+    await email.send_token(call.ctx, call.auth.did, "plc_operation")
+    return None

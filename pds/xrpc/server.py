@@ -34,8 +34,9 @@ async def create_session(call: Call) -> Answer:
     identifier = call.field("identifier")
     password = call.field("password")
     allow_takendown = bool(call.field("allowTakendown", required=False, kind=bool))
+    factor = call.field("authFactorToken", required=False)
     return await asyncio.to_thread(sessions.login, call.ctx, identifier, password, call.ip,
-                                   allow_takendown)
+                                   allow_takendown, factor)
 
 
 @procedure("com.atproto.server.refreshSession", auth=AuthKind.REFRESH)
