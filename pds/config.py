@@ -162,6 +162,7 @@ class Settings:
     rate_limits: bool = True
     log_level: str = "info"
     access_log: bool = True
+    validate_output: bool = False  # check every JSON answer against its lexicon (tests)
 
     @property
     def public_url(self) -> str:
@@ -245,4 +246,5 @@ class _Loader:
             rate_limits=self.get("RATE_LIMITS", "true", parse_bool),
             log_level=self.get("LOG_LEVEL", "info", _choice(*LOG_LEVELS)),
             access_log=self.get("ACCESS_LOG", "true", parse_bool),
+            validate_output=self.get("VALIDATE_OUTPUT", "false", parse_bool),
         )

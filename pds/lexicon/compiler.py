@@ -28,7 +28,7 @@ def checker(lex: Lexicons, ref: str, mode: str = "value") -> Check:
     key = f"{mode} {ref}"
     found = lex.compiled.get(key)
     if found is not None:
-        return found  # type: ignore[no-any-return]
+        return found
     with lex.lock:
         defn = lex.get_def(ref)
         if defn is None:
@@ -77,7 +77,7 @@ def compile_def(lex: Lexicons, d: dict, nsid: str, mode: str) -> Check:
 
 
 def _object(lex: Lexicons, d: dict, nsid: str, mode: str) -> Check:
-    props = d.get("properties") if isinstance(d.get("properties"), dict) else {}
+    props: dict = d["properties"] if isinstance(d.get("properties"), dict) else {}
     nullable = frozenset(d.get("nullable") or ())
     fields = {key: compile_def(lex, sub, nsid, mode)
               for key, sub in props.items() if isinstance(sub, dict)}

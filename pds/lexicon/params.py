@@ -4,6 +4,7 @@ must be there. Parameters the lexicon doesn't name are left alone."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from .compiler import compile_def
@@ -33,7 +34,7 @@ def _compiled(lex: Lexicons, nsid: str) -> list[tuple[str, str, str | None, bool
     key = f"params {nsid}"
     found = lex.compiled.get(key)
     if found is not None:
-        return found  # type: ignore[no-any-return]
+        return list(found)
     d = method_def(lex, nsid)
     params = d.get("parameters") if d is not None else None
     props = params.get("properties") if isinstance(params, dict) else None
@@ -51,7 +52,7 @@ def _compiled(lex: Lexicons, nsid: str) -> list[tuple[str, str, str | None, bool
     return out
 
 
-def check_params(lex: Lexicons, nsid: str, params: dict[str, str | list[str]]) -> None:
+def check_params(lex: Lexicons, nsid: str, params: Mapping[str, Any]) -> None:
     """The query parameters of a call (as parsed: a name given twice holds a list)
     against the method's lexicon. An empty value counts as absent."""
     for name, kind, item_type, required, check in _compiled(lex, nsid):

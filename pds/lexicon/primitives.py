@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import datetime
+import re
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-import regex
+import regex  # type: ignore[import-untyped]
 from cbrrr import CID
 
 from ..repo.string_formats import is_valid_cid, is_valid_datetime, is_valid_language, is_valid_uri
@@ -50,9 +52,30 @@ Check = Callable[[Any, str, list], None]
 # counts them; `regex` implements UAX #29 in C.
 _GRAPHEME = regex.compile(r"\X")
 
+# ISO 8601 forms the reference's lexicon validator takes besides atproto's strict
+# datetime (it is lenient: a date alone, no seconds, no time zone, a +hhmm offset).
+_ISO_DATETIME = re.compile(
+    r"([0-9]{4})-([0-9]{2})-([0-9]{2})"
+    r"(?:T[0-9]{2}:[0-9]{2}(?::[0-9]{2}(?:\.[0-9]{1,20})?)?(?:Z|[+-][0-9]{2}:?[0-9]{2})?)?")
+
+
+def is_lenient_datetime(s: str) -> bool:
+    """A datetime as the reference's lexicons accept it (`isDatetimeStringLenient`)."""
+    if is_valid_datetime(s):
+        return True
+    m = _ISO_DATETIME.fullmatch(s) if len(s) <= 64 else None
+    if m is None:
+        return False
+    try:
+        datetime.date(int(m.group(1)), int(m.group(2)), int(m.group(3)))
+    except ValueError:
+        return False
+    return True
+
+
 # The reference's messages for the string formats (its validators/formats.ts).
 FORMATS: dict[str, tuple[Callable[[str], bool], str]] = {
-    "datetime": (is_valid_datetime,
+    "datetime": (is_lenient_datetime,
                  "must be an valid atproto datetime (both RFC-3339 and ISO-8601)"),
     "uri": (is_valid_uri, "must be a uri"),
     "at-uri": (is_valid_at_uri, "must be a valid at-uri"),

@@ -20,6 +20,7 @@ from typing import Any, Literal
 from cbrrr import CID
 
 from ..errors import InvalidInput, PayloadTooLarge
+from ..lexicon.primitives import BlobRule, LexiconError, check_blob
 from ..repo.codec import InvalidData, cid_str, decode, find_blob_refs
 from ..store.blobs import BlobStore, BlobTooLarge, QuotaExceeded, Upload
 from ..store.repo import CommitHooks, CommitResult, Op, RepoError, Write
@@ -50,14 +51,21 @@ class BlobMissing(RepoError):
     """A record refers to a blob that was never uploaded."""
 
 
+class InvalidBlob(RepoError):
+    """A record's blob is not of a type or size its lexicon allows."""
+
+
 class BlobHooks(CommitHooks):
     """Keep blob references in step with the records that make them."""
 
-    def __init__(self, store: BlobStore, read_block: Any, on_commit: Any = None) -> None:
+    def __init__(self, store: BlobStore, read_block: Any, on_commit: Any = None,
+                 rules: dict[str, list[BlobRule]] | None = None) -> None:
         self.store = store
         self.read_block = read_block
         self.on_commit = on_commit
         self.added: dict[str, set[CID]] = {}
+        # record path -> the blobs its lexicon constrains (accept, maxSize)
+        self.rules = rules or {}
 
     def prepare(self, ops: list[Op], writes: list[Write]) -> None:
         by_path = {w.path: w for w in writes}
@@ -72,11 +80,23 @@ class BlobHooks(CommitHooks):
             for cid in refs:
                 if not self.store.has(cid):
                     raise BlobMissing(f"Could not find blob: {cid.encode()}")
+            self._check_rules(op.path, w.collection)
             self.added[op.path] = refs
         # Only now, when every write is known good, record the new references.
         for path, refs in self.added.items():
             for cid in refs:
                 self.store.add_ref(cid, path)
+
+    def _check_rules(self, path: str, collection: str) -> None:
+        """The stored type and size of each blob a record's lexicon constrains (what was
+        uploaded, not what the record says) against the lexicon's accept and maxSize."""
+        for rule in self.rules.get(path, ()):
+            meta = self.store.meta(rule.cid) or {}
+            try:
+                check_blob(rule.path, str(meta.get("mimeType", "")), int(meta.get("size", 0)),
+                           rule.accept, rule.max_size)
+            except LexiconError as e:
+                raise InvalidBlob(f"Invalid {collection} record: {e}") from None
 
     def finish(self, result: CommitResult) -> None:
         for op in result.ops:

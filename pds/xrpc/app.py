@@ -16,7 +16,7 @@ import falcon.asgi
 
 from .. import __version__
 from ..errors import InvalidInput, NotSupported, PayloadTooLarge, PdsError
-from . import registry
+from . import registry, validation
 from .body import RequestBody
 from .errors import INTERNAL, MethodNotAllowed, UpgradeRequired, answer_for, render
 
@@ -182,9 +182,15 @@ class XrpcResource:
         call = Call(self.ctx, req, resp, nsid)
         call.auth = await self.ctx.auth.check(method.auth, req.get_header("Authorization") or "",
                                               nsid, call.ip)
-        if kind == "procedure" and method.body == "json":
+        json_body = kind == "procedure" and method.body == "json"
+        if json_body:
             call.body = await _read_json(req)
+        validation.check_call(nsid, call.req.params, call.body, json_body)
+        if json_body and call.body is None:
+            call.body = {}  # no body: as the lexicon saw it, an empty object
         result = await method.handler(call)
+        if self.ctx.settings.validate_output and isinstance(result, dict):
+            validation.check_answer(nsid, result)
         write_result(resp, result)
 
 

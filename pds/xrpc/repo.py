@@ -17,23 +17,22 @@ def _swap(value: object, name: str) -> object:
     return svc.parse_cid_field(value, name)
 
 
-def _validation_status(call: Call) -> str:
-    validate = call.field("validate", required=False, kind=bool)
-    if validate is True:
-        # We hold no lexicons to validate against: refuse rather than pretend.
-        raise InvalidInput("Lexicon validation is not supported; omit validate or use false")
-    return "unknown"
+def _status(answer: dict, status: str | None) -> dict:
+    """`validationStatus` when the record was validated (validate: false leaves it out)."""
+    if status is not None:
+        answer["validationStatus"] = status
+    return answer
 
 
 async def _write_one(call: Call, repo: str, write: Write) -> dict:
     """Commit one record write; the answer of createRecord and putRecord."""
-    swap_commit = _swap(call.field("swapCommit", required=False), "swapCommit")
-    status = _validation_status(call)
-    result = await svc.commit(call.ctx, call.auth.did, repo, [write], swap_commit)
+    swap_commit = _swap(call.body.get("swapCommit"), "swapCommit")
+    result, statuses = await svc.write_records(call.ctx, call.auth.did, repo, [write],
+                                               swap_commit, call.body.get("validate"))
     op = result.ops[0]
     assert op.cid is not None  # a create or update names its record
-    return {"uri": f"at://{result.did}/{op.path}", "cid": op.cid.encode(),
-            "commit": svc.commit_result_view(result), "validationStatus": status}
+    return _status({"uri": f"at://{result.did}/{op.path}", "cid": op.cid.encode(),
+                    "commit": svc.commit_result_view(result)}, statuses[0])
 
 
 @procedure("com.atproto.repo.createRecord", auth=AuthKind.ACCESS)
@@ -106,19 +105,19 @@ async def apply_writes(call: Call) -> Answer:
     items = call.field("writes", kind=list)
     if len(items) > svc.MAX_OPS:
         raise InvalidInput(f"Too many writes. Max: {svc.MAX_OPS}")
-    swap_commit = _swap(call.field("swapCommit", required=False), "swapCommit")
-    status = _validation_status(call)
+    swap_commit = _swap(call.body.get("swapCommit"), "swapCommit")
     writes = [_parse_write(item) for item in items]
-    result = await svc.commit(call.ctx, call.auth.did, repo, writes, swap_commit)
+    result, statuses = await svc.write_records(call.ctx, call.auth.did, repo, writes,
+                                               swap_commit, call.body.get("validate"))
     results = []
-    for op in result.ops:
+    for op, status in zip(result.ops, statuses, strict=True):
         if op.action == "delete":
             results.append({"$type": "com.atproto.repo.applyWrites#deleteResult"})
         else:
             assert op.cid is not None  # a create or update names its record
-            results.append({"$type": f"com.atproto.repo.applyWrites#{op.action}Result",
-                            "uri": f"at://{result.did}/{op.path}", "cid": op.cid.encode(),
-                            "validationStatus": status})
+            results.append(_status({
+                "$type": f"com.atproto.repo.applyWrites#{op.action}Result",
+                "uri": f"at://{result.did}/{op.path}", "cid": op.cid.encode()}, status))
     return {"commit": svc.commit_result_view(result), "results": results}
 
 
