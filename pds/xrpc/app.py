@@ -180,14 +180,14 @@ class XrpcResource:
                 f"Incorrect HTTP method ({req.method}) expected "
                 f"{'GET' if method.kind == 'query' else 'POST'}")
         call = Call(self.ctx, req, resp, nsid)
+        validation.check_query(nsid, req.params)  # the lexicon's parameters
         call.auth = await self.ctx.auth.check(method.auth, req.get_header("Authorization") or "",
                                               nsid, call.ip)
-        json_body = kind == "procedure" and method.body == "json"
-        if json_body:
+        if kind == "procedure" and method.body == "json":
             call.body = await _read_json(req)
-        validation.check_call(nsid, call.req.params, call.body, json_body)
-        if json_body and call.body is None:
-            call.body = {}  # no body: as the lexicon saw it, an empty object
+            validation.check_body(nsid, call.body)  # the lexicon's input
+            if call.body is None:
+                call.body = {}  # no body: what the lexicon saw, an empty object
         result = await method.handler(call)
         if self.ctx.settings.validate_output and isinstance(result, dict):
             validation.check_answer(nsid, result)
@@ -367,6 +367,8 @@ class Lifespan:
         self.ctx = ctx
 
     async def process_startup(self, scope: dict, event: dict) -> None:
+        outputs = bool(getattr(getattr(self.ctx, "settings", None), "validate_output", False))
+        await asyncio.to_thread(validation.preload, list(registry.METHODS), outputs)
         start = getattr(self.ctx, "startup", None)
         if start is not None:
             await start()

@@ -20,13 +20,18 @@ from ..lexicon.validate import check_input, check_output
 log = logging.getLogger("pds.xrpc")
 
 
-def check_call(nsid: str, params: Mapping[str, Any], body: Any, json_body: bool) -> None:
-    """The parameters and (when the method takes JSON) the body of a call."""
-    lex = official()
+def check_query(nsid: str, params: Mapping[str, Any]) -> None:
+    """A call's query parameters (before its credentials, as the reference does)."""
     try:
-        check_params(lex, nsid, params)
-        if json_body:
-            check_input(lex, nsid, body)
+        check_params(official(), nsid, params)
+    except LexiconError as e:
+        raise InvalidInput(str(e)) from None
+
+
+def check_body(nsid: str, body: Any) -> None:
+    """A procedure's JSON body (after its credentials)."""
+    try:
+        check_input(official(), nsid, body)
     except LexiconError as e:
         raise InvalidInput(str(e)) from None
 
@@ -42,3 +47,16 @@ def check_answer(nsid: str, answer: Any) -> None:
     except LexiconError as e:
         log.error("answer of %s does not fit its lexicon: %s", nsid, e)
         raise OutputInvalid(f"{nsid}: {e}") from None
+
+
+def preload(nsids: list[str], outputs: bool) -> None:
+    """Read and compile the lexicons of these methods now (blocking: a worker's start-up
+    runs it in a thread), so no request waits on a lexicon file."""
+    lex = official()
+    checks = [check_params, check_input] + ([check_output] if outputs else [])
+    for nsid in nsids:
+        for check in checks:
+            try:
+                check(lex, nsid, {})
+            except LexiconError:
+                pass  # an empty call misses what is required: compiled all the same
