@@ -1,7 +1,8 @@
 """The official TypeScript clients against a real `pds serve` with did:plc accounts.
 
 `tests/node/api_flow.mjs` drives the server with `@atproto/api` (sign-up on the local PLC
-directory, logins, posts, blobs, pagination, swaps, app passwords, session rotation,
+directory, logins, posts, blobs, records of every kind written with `validate: true` and
+checked against the official lexicons, pagination, swaps, app passwords, session rotation,
 refusals); `tests/node/repo_verify.mjs` checks every hosted repository with
 `@atproto/repo` (getRepo CAR, commit signatures against the PLC's keys, MST against
 listRecords, getRecord proofs). Each script exits non-zero with a message on the first
