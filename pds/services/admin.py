@@ -18,25 +18,31 @@ from .pagination import Page, paginate
 REPO_REF = "com.atproto.admin.defs#repoRef"
 
 
-def _invites_by_account(ctx: AppContext) -> dict[str, list[dict]]:
-    out: dict[str, list[dict]] = {}
-    for invite in ctx.accounts.list_invites():
-        out.setdefault(invite.get("forAccount") or "", []).append(acc.invite_view(invite))
-    return out
+class Invites:
+    """Every invite code's view, by the account it belongs to and by code."""
+
+    def __init__(self, ctx: AppContext | None = None) -> None:
+        self.by_account: dict[str, list[dict]] = {}
+        self.by_code: dict[str, dict] = {}
+        for invite in ctx.accounts.list_invites() if ctx is not None else ():
+            view = acc.invite_view(invite)
+            self.by_account.setdefault(invite.get("forAccount") or "", []).append(view)
+            self.by_code[view["code"]] = view
 
 
-def account_view(acct: Account, invites: dict[str, list[dict]]) -> dict:
-    """com.atproto.admin.defs#accountView (`invites`: every code, by account)."""
+def account_view(acct: Account, invites: Invites) -> dict:
+    """com.atproto.admin.defs#accountView."""
     out: dict[str, Any] = {"did": acct.did, "handle": acct.handle,
                            "indexedAt": acct.created_at,
                            "invitesDisabled": acct.invites_disabled,
-                           "invites": invites.get(acct.did, [])}
+                           "invites": invites.by_account.get(acct.did, [])}
     if acct.email:
         out["email"] = acct.email
     if acct.email_confirmed_at:
         out["emailConfirmedAt"] = acct.email_confirmed_at
-    if acct.invite_code:
-        out["invitedBy"] = {"code": acct.invite_code}
+    used = invites.by_code.get(acct.invite_code or "")
+    if used is not None:  # the code it signed up with (an #inviteCode view)
+        out["invitedBy"] = used
     if acct.deactivated_at:
         out["deactivatedAt"] = acct.deactivated_at
     return out
@@ -44,7 +50,7 @@ def account_view(acct: Account, invites: dict[str, list[dict]]) -> dict:
 
 def _account_info(ctx: AppContext, did: str) -> dict:
     acct = require(load(ctx, did), Use.MANAGE, did)
-    return account_view(acct, _invites_by_account(ctx))
+    return account_view(acct, Invites(ctx))
 
 
 async def account_info(ctx: AppContext, did: str) -> dict:
@@ -54,7 +60,7 @@ async def account_info(ctx: AppContext, did: str) -> dict:
 
 def _account_infos(ctx: AppContext, dids: list[str]) -> list[dict]:
     found = [a for a in (load(ctx, did) for did in dids) if a is not None]
-    invites = _invites_by_account(ctx) if found else {}
+    invites = Invites(ctx) if found else Invites()
     return [account_view(a, invites) for a in found]
 
 
@@ -69,7 +75,7 @@ def _search(ctx: AppContext, email: str, limit: int, cursor: str | None) -> Page
         return a if a and (not email or email in (a.email or "").lower()) else None
 
     page = paginate(ctx.accounts.list_dids(), limit, cursor, load=match)
-    invites = _invites_by_account(ctx) if page.items else {}
+    invites = Invites(ctx) if page.items else Invites()
     return Page([account_view(a, invites) for a in page.items], page.cursor)
 
 
