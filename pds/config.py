@@ -93,6 +93,20 @@ def check_url(value: str) -> str:
     return value.rstrip("/")
 
 
+def check_contact_email(value: str) -> str:
+    """An email address people can write to (shown by describeServer)."""
+    local, at, domain = value.partition("@")
+    if len(value) > 254 or not (local and at and "." in domain) or any(c.isspace()
+                                                                      for c in value):
+        raise SettingsError(f"{value!r} is not an email address such as admin@example.com")
+    return value
+
+
+def _optional(check: Callable[[str], str]) -> Callable[[str], str]:
+    """A check that lets an empty value (unset) through."""
+    return lambda v: check(v) if v else ""
+
+
 def check_handle_domain(value: str) -> str:
     """A handle suffix: `.example.com` (the leading dot is added when missing)."""
     domain = value if value.startswith(".") else "." + value
@@ -163,6 +177,9 @@ class Settings:
     log_level: str = "info"
     access_log: bool = True
     validate_output: bool = False  # check every JSON answer against its lexicon (tests)
+    privacy_policy_url: str = ""  # describeServer's links
+    terms_of_service_url: str = ""
+    contact_email: str = ""  # describeServer's contact
 
     @property
     def public_url(self) -> str:
@@ -247,4 +264,7 @@ class _Loader:
             log_level=self.get("LOG_LEVEL", "info", _choice(*LOG_LEVELS)),
             access_log=self.get("ACCESS_LOG", "true", parse_bool),
             validate_output=self.get("VALIDATE_OUTPUT", "false", parse_bool),
+            privacy_policy_url=self.get("PRIVACY_POLICY_URL", "", _optional(check_url)),
+            terms_of_service_url=self.get("TERMS_OF_SERVICE_URL", "", _optional(check_url)),
+            contact_email=self.get("CONTACT_EMAIL", "", _optional(check_contact_email)),
         )

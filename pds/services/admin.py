@@ -10,12 +10,16 @@ import asyncio
 from typing import Any
 
 from ..errors import InvalidInput
+from ..repo.codec import cid_str
 from . import accounts as acc
 from .account import Account, Use, find, load, require
+from .blobs import blob_store
 from .context import AppContext
 from .pagination import Page, paginate
 
 REPO_REF = "com.atproto.admin.defs#repoRef"
+BLOB_REF = "com.atproto.admin.defs#repoBlobRef"
+STRONG_REF = "com.atproto.repo.strongRef"
 
 
 class Invites:
@@ -85,7 +89,7 @@ async def search_accounts(ctx: AppContext, email: str, limit: int,
     return await asyncio.to_thread(_search, ctx, email.lower(), limit, cursor)
 
 
-def _subject_status(ctx: AppContext, did: str) -> dict:
+def _repo_status(ctx: AppContext, did: str) -> dict:
     acct = require(load(ctx, did), Use.MANAGE, did)
     takedown: dict[str, Any] = {"applied": acct.takendown}
     if acct.takedown_ref:
@@ -93,9 +97,48 @@ def _subject_status(ctx: AppContext, did: str) -> dict:
     return {"subject": {"$type": REPO_REF, "did": did}, "takedown": takedown}
 
 
-async def subject_status(ctx: AppContext, did: str) -> dict:
-    """getSubjectStatus of a repo subject: whether it is taken down."""
-    return await asyncio.to_thread(_subject_status, ctx, did)
+def _not_found() -> InvalidInput:
+    return InvalidInput("Subject not found", "NotFound")
+
+
+def _blob_status(ctx: AppContext, did: str, cid: str) -> dict:
+    require(load(ctx, did), Use.MANAGE, did)
+    if not blob_store(ctx, did).has(cid):
+        raise _not_found()
+    # Blobs are taken down with their account, never one by one: never applied here.
+    return {"subject": {"$type": BLOB_REF, "did": did, "cid": cid},
+            "takedown": {"applied": False}}
+
+
+def _record_status(ctx: AppContext, uri: str) -> dict:
+    did, _, path = uri.removeprefix("at://").partition("/")
+    acct = require(find(ctx, did), Use.MANAGE, did)
+    found = ctx.repo(acct.did).get_record(path) if path.count("/") == 1 else None
+    if found is None:
+        raise _not_found()
+    # Records are taken down with their account, never one by one: never applied here.
+    return {"subject": {"$type": STRONG_REF, "uri": f"at://{acct.did}/{path}",
+                        "cid": cid_str(found[0])}, "takedown": {"applied": False}}
+
+
+def _subject_status(ctx: AppContext, did: str | None, uri: str | None,
+                    blob: str | None) -> dict:
+    if blob is not None:
+        if did is None:
+            raise InvalidInput("Must provide a did to request blob state")
+        return _blob_status(ctx, did, blob)
+    if uri is not None:
+        return _record_status(ctx, uri)
+    if did is not None:
+        return _repo_status(ctx, did)
+    raise InvalidInput("No provided subject")
+
+
+async def subject_status(ctx: AppContext, did: str | None, uri: str | None = None,
+                         blob: str | None = None) -> dict:
+    """getSubjectStatus of a blob (with its account's `did`), a record (`uri`) or an
+    account (`did`), as the reference answers it; NotFound when there is no such one."""
+    return await asyncio.to_thread(_subject_status, ctx, did, uri, blob)
 
 
 async def takedown(ctx: AppContext, did: str, applied: bool | None,

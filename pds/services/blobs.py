@@ -223,12 +223,18 @@ async def receive_blob(ctx: AppContext, did: str, chunks: AsyncIterable[bytes], 
 
 
 async def list_blobs(ctx: AppContext, did: str, auth: AuthInfo | None, limit: int,
-                     cursor: str | None) -> Page[str]:
-    """listBlobs: the CIDs of the blobs the repo's records refer to."""
+                     cursor: str | None, since: str | None = None) -> Page[str]:
+    """listBlobs: the CIDs of the blobs the repo's records refer to; with `since` (a
+    rev), those of the records created or updated after it."""
     def run() -> Page[str]:
         hosted(ctx, did, auth)
-        # Referenced blobs only: temporary uploads are not part of the repo.
-        cids = sorted(c for c, m in blob_store(ctx, did).iter_meta() if m["refs"])
+        if since is not None:
+            repo = ctx.repo(did)
+            cids = sorted({cid_str(ref.cid) for rec in repo.records_since(since)
+                           for ref in find_blob_refs(decode(repo.blocks.get(rec)))})
+        else:
+            # Referenced blobs only: temporary uploads are not part of the repo.
+            cids = sorted(c for c, m in blob_store(ctx, did).iter_meta() if m["refs"])
         return paginate(cids, limit, cursor)
     return await asyncio.to_thread(run)
 

@@ -242,9 +242,13 @@ def _describe_repo(ctx: AppContext, repo: str) -> dict:
     except Exception:  # noqa: BLE001 - a doc we can't render is left out, not fatal
         doc = None
     return {"handle": acct.handle, "did": acct.did, "didDoc": doc,
-            "collections": collections, "handleIsCorrect": True}
+            "collections": collections}
 
 
 async def describe_repo(ctx: AppContext, repo: str) -> dict:
-    """describeRepo: the account's handle, DID document and collections."""
-    return await asyncio.to_thread(_describe_repo, ctx, repo)
+    """describeRepo: the account's handle, DID document and collections, and whether
+    the handle and the DID name each other (the handle resolves to the DID, the DID's
+    document claims the handle: checked as anyone would, remembered a while)."""
+    out = await asyncio.to_thread(_describe_repo, ctx, repo)
+    out["handleIsCorrect"] = await ctx.identity.handle_is_correct(out["handle"], out["did"])
+    return out

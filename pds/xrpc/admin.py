@@ -38,8 +38,9 @@ async def search_accounts(call: Call) -> Answer:
 
 @query("com.atproto.admin.getSubjectStatus", auth=AuthKind.ADMIN)
 async def get_subject_status(call: Call) -> Answer:
-    did = _did(call.param("did", required=True))
-    return await svc.subject_status(call.ctx, did)
+    # (their formats are the lexicon's, checked before this runs)
+    return await svc.subject_status(call.ctx, call.param("did"), call.param("uri"),
+                                    call.param("blob"))
 
 
 @procedure("com.atproto.admin.updateSubjectStatus", auth=AuthKind.ADMIN)

@@ -17,9 +17,12 @@ from .registry import procedure, query
 @query("com.atproto.server.describeServer")
 async def describe_server(call: Call) -> Answer:
     s = call.ctx.settings
+    links = {"privacyPolicy": s.privacy_policy_url, "termsOfService": s.terms_of_service_url}
     return {"did": s.service_did, "availableUserDomains": s.handle_domains,
             "inviteCodeRequired": s.invite_required, "phoneVerificationRequired": False,
-            "links": {}, "contact": {}}
+            "blobUploadLimit": s.blob_limit,
+            "links": {k: v for k, v in links.items() if v},
+            "contact": {"email": s.contact_email} if s.contact_email else {}}
 
 
 @procedure("com.atproto.server.createAccount", auth=AuthKind.SERVICE_OPTIONAL)

@@ -96,8 +96,7 @@ async def list_blobs(call: Call) -> Answer:
     did = _did_param(call)
     limit = call.param_int("limit", 500, 1, 1000)
     cursor = call.param("cursor")
-    _since_param(call)  # checked; every referenced blob is listed
-    page = await blobs.list_blobs(call.ctx, did, call.auth, limit, cursor)
+    page = await blobs.list_blobs(call.ctx, did, call.auth, limit, cursor, _since_param(call))
     return page.answer("cids")
 
 
