@@ -18,7 +18,6 @@ import re
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-import regex  # type: ignore[import-untyped]
 from cbrrr import CID
 
 from ..repo.string_formats import is_valid_cid, is_valid_datetime, is_valid_language, is_valid_uri
@@ -48,9 +47,7 @@ class BlobRule(NamedTuple):
 
 Check = Callable[[Any, str, list], None]
 
-# An extended grapheme cluster (Unicode's user-perceived character), as the reference
-# counts them; `regex` implements UAX #29 in C.
-_GRAPHEME = regex.compile(r"\X")
+_GRAPHEME: Any = None  # `regex`'s \X, compiled on first use
 
 # ISO 8601 forms the reference's lexicon validator takes besides atproto's strict
 # datetime (it is lenient: a date alone, no seconds, no time zone, a +hhmm offset).
@@ -91,7 +88,13 @@ FORMATS: dict[str, tuple[Callable[[str], bool], str]] = {
 
 
 def graphemes(s: str) -> int:
-    """How many extended grapheme clusters `s` holds."""
+    """How many extended grapheme clusters (Unicode's user-perceived characters, UAX
+    #29, as the reference counts them) `s` holds. `regex` implements them in C; it is
+    imported only when a string is long enough to need counting (1.7 MB a process)."""
+    global _GRAPHEME
+    if _GRAPHEME is None:
+        import regex  # type: ignore[import-untyped]
+        _GRAPHEME = regex.compile(r"\X")
     return sum(1 for _ in _GRAPHEME.finditer(s))
 
 
