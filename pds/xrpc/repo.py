@@ -37,20 +37,17 @@ async def _write_one(call: Call, repo: str, write: Write) -> dict:
 
 @procedure("com.atproto.repo.createRecord", auth=AuthKind.ACCESS)
 async def create_record(call: Call) -> Answer:
-    repo = call.field("repo")
-    collection = svc.check_collection(call.field("collection"))
-    rkey = call.field("rkey", required=False)
-    rkey = svc.check_rkey(rkey) if rkey is not None else svc.new_rkey()
-    record = svc.parse_record(collection, call.field("record", kind=dict))
+    # (the input's types and formats are the lexicon's, checked before this runs)
+    repo, collection = call.body["repo"], call.body["collection"]
+    rkey = call.body.get("rkey") or svc.new_rkey()
+    record = svc.parse_record(collection, call.body["record"])
     return await _write_one(call, repo, Write("create", collection, rkey, record))
 
 
 @procedure("com.atproto.repo.putRecord", auth=AuthKind.ACCESS)
 async def put_record(call: Call) -> Answer:
-    repo = call.field("repo")
-    collection = svc.check_collection(call.field("collection"))
-    rkey = svc.check_rkey(call.field("rkey"))
-    record = svc.parse_record(collection, call.field("record", kind=dict))
+    repo, collection, rkey = call.body["repo"], call.body["collection"], call.body["rkey"]
+    record = svc.parse_record(collection, call.body["record"])
     # swapRecord: absent = no check; null = must not exist; a CID = must be that.
     if "swapRecord" not in call.body:
         swap = ANY
@@ -63,11 +60,9 @@ async def put_record(call: Call) -> Answer:
 
 @procedure("com.atproto.repo.deleteRecord", auth=AuthKind.ACCESS)
 async def delete_record(call: Call) -> Answer:
-    repo = call.field("repo")
-    collection = svc.check_collection(call.field("collection"))
-    rkey = svc.check_rkey(call.field("rkey"))
-    swap_commit = _swap(call.field("swapCommit", required=False), "swapCommit")
-    swap_record = _swap(call.field("swapRecord", required=False), "swapRecord")
+    repo, collection, rkey = call.body["repo"], call.body["collection"], call.body["rkey"]
+    swap_commit = _swap(call.body.get("swapCommit"), "swapCommit")
+    swap_record = _swap(call.body.get("swapRecord"), "swapRecord")
     write = Write("delete", collection, rkey, None, swap_record)
     result = await svc.delete_record(call.ctx, call.auth.did, repo, write, swap_commit)
     if result is None:
@@ -82,17 +77,12 @@ _WRITE_TYPES = {
 }
 
 
-def _parse_write(item: object) -> Write:
-    """One item of applyWrites' `writes`."""
-    if not isinstance(item, dict) or item.get("$type") not in _WRITE_TYPES:
-        raise InvalidInput("Invalid write: unknown $type")
+def _parse_write(item: dict) -> Write:
+    """One item of applyWrites' `writes` (its shape checked by the lexicon: a closed
+    union of the three)."""
     action = _WRITE_TYPES[item["$type"]]
-    collection = svc.check_collection(item.get("collection"))
-    if action == "create":
-        rkey = item.get("rkey")
-        rkey = svc.check_rkey(rkey) if rkey is not None else svc.new_rkey()
-    else:
-        rkey = svc.check_rkey(item.get("rkey"))
+    collection = item["collection"]
+    rkey = (item.get("rkey") or svc.new_rkey()) if action == "create" else item["rkey"]
     record = None
     if action != "delete":
         record = svc.parse_record(collection, item.get("value"))
@@ -101,8 +91,7 @@ def _parse_write(item: object) -> Write:
 
 @procedure("com.atproto.repo.applyWrites", auth=AuthKind.ACCESS)
 async def apply_writes(call: Call) -> Answer:
-    repo = call.field("repo")
-    items = call.field("writes", kind=list)
+    repo, items = call.body["repo"], call.body["writes"]
     if len(items) > svc.MAX_OPS:
         raise InvalidInput(f"Too many writes. Max: {svc.MAX_OPS}")
     swap_commit = _swap(call.body.get("swapCommit"), "swapCommit")
@@ -124,8 +113,8 @@ async def apply_writes(call: Call) -> Answer:
 @query("com.atproto.repo.getRecord")
 async def get_record(call: Call) -> Answer:
     repo = call.param("repo", required=True)
-    collection = svc.check_collection(call.param("collection", required=True))
-    rkey = svc.check_rkey(call.param("rkey", required=True))
+    collection = call.param("collection", required=True)
+    rkey = call.param("rkey", required=True)
     cid_param = call.param("cid")
     cid = svc.parse_cid_field(cid_param, "cid") if cid_param else None
     return await svc.get_record(call.ctx, repo, collection, rkey, cid)
@@ -134,7 +123,7 @@ async def get_record(call: Call) -> Answer:
 @query("com.atproto.repo.listRecords")
 async def list_records(call: Call) -> Answer:
     repo = call.param("repo", required=True)
-    collection = svc.check_collection(call.param("collection", required=True))
+    collection = call.param("collection", required=True)
     limit = call.param_int("limit", 50, 1, 100)
     cursor = call.param("cursor")
     if cursor is not None:
