@@ -299,3 +299,27 @@ def test_input_bodies_are_checked_against_the_method() -> None:
     ]:
         with pytest.raises(LexiconError, match=message):
             check_input(lex, nsid, body)
+
+
+# --- answers (what PDS_VALIDATE_OUTPUT turns on in the tests' servers) --------------------
+
+
+def test_answers_that_drift_from_their_lexicon_are_caught() -> None:
+    from pds.xrpc.validation import OutputInvalid, check_answer
+    good = {"did": "did:web:pds.test", "availableUserDomains": [".test"],
+            "links": {"privacyPolicy": "https://example.com/p"}, "blobUploadLimit": 5}
+    check_answer("com.atproto.server.describeServer", good)
+    for drift, message in [
+        ({**good, "did": None}, "Output/did must be a string"),
+        ({**good, "blobUploadLimit": "5"}, "Output/blobUploadLimit must be an integer"),
+        ({k: v for k, v in good.items() if k != "availableUserDomains"},
+         'Output must have the property "availableUserDomains"'),
+    ]:
+        with pytest.raises(OutputInvalid, match=re.escape(message)):
+            check_answer("com.atproto.server.describeServer", drift)
+    view = {"code": "x", "available": 1, "disabled": False, "forAccount": "did:web:a.test",
+            "createdBy": "admin", "createdAt": "2026-01-01T00:00:00Z", "uses": []}
+    account = {"did": "did:web:a.test", "handle": "a.test", "indexedAt": "2026-01-01T00:00:00Z"}
+    check_answer("com.atproto.admin.getAccountInfo", {**account, "invitedBy": view})
+    with pytest.raises(OutputInvalid, match='Output/invitedBy must have the property'):
+        check_answer("com.atproto.admin.getAccountInfo", {**account, "invitedBy": {"code": "x"}})
