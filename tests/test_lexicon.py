@@ -323,3 +323,10 @@ def test_answers_that_drift_from_their_lexicon_are_caught() -> None:
     check_answer("com.atproto.admin.getAccountInfo", {**account, "invitedBy": view})
     with pytest.raises(OutputInvalid, match='Output/invitedBy must have the property'):
         check_answer("com.atproto.admin.getAccountInfo", {**account, "invitedBy": {"code": "x"}})
+
+
+def test_the_readme_names_the_lexicon_set_in_use() -> None:
+    from pds.lexicon import LEXICON_SET
+    package, version = LEXICON_SET.split()
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert f"the `{package}`\npackage ships: version {version}" in readme, LEXICON_SET
