@@ -67,7 +67,7 @@ class Lexicons:
 
     def __init__(self, loader: Callable[[str], dict | None]) -> None:
         self._loader = loader
-        self._docs: dict[str, dict | None] = {}
+        self._docs: dict[str, dict] = {}
         self.compiled: dict[str, Any] = {}  # the compiler's cache: ref -> checker
         self.lock = threading.RLock()
 
@@ -78,15 +78,17 @@ class Lexicons:
         return cls(by_id.get)
 
     def doc(self, nsid: str) -> dict | None:
-        """The document of `nsid`, or None when the set has none."""
-        try:
-            return self._docs[nsid]
-        except KeyError:
-            pass
+        """The document of `nsid`, or None when the set has none. Only documents found
+        are kept (at most the set's few hundred): a miss is asked again each time, so
+        records of ever new unknown collections can't grow the cache."""
+        found = self._docs.get(nsid)
+        if found is not None:
+            return found
         with self.lock:
-            if nsid not in self._docs:
-                self._docs[nsid] = self._loader(nsid)
-            return self._docs[nsid]
+            found = self._docs.get(nsid) or self._loader(nsid)
+            if found is not None:
+                self._docs[nsid] = found
+            return found
 
     def get_def(self, ref: str) -> dict | None:
         """The definition a reference names: `nsid`, `nsid#main` or `nsid#name`."""
