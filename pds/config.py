@@ -120,6 +120,18 @@ def check_email_address(value: str) -> str:
         raise SettingsError(f"{value[:80]!r} is not an email address such as "
                             "noreply@pds.example.com")
     return value.strip()
+def check_contact_email(value: str) -> str:
+    """An email address people can write to (shown by describeServer)."""
+    local, at, domain = value.partition("@")
+    if len(value) > 254 or not (local and at and "." in domain) or any(c.isspace()
+                                                                      for c in value):
+        raise SettingsError(f"{value!r} is not an email address such as admin@example.com")
+    return value
+
+
+def _optional(check: Callable[[str], str]) -> Callable[[str], str]:
+    """A check that lets an empty value (unset) through."""
+    return lambda v: check(v) if v else ""
 
 
 def check_handle_domain(value: str) -> str:
@@ -193,6 +205,10 @@ class Settings:
     access_log: bool = True
     email_smtp_url: str = ""  # empty: mail stays in the spool
     email_from_address: str = ""
+    validate_output: bool = False  # check every JSON answer against its lexicon (tests)
+    privacy_policy_url: str = ""  # describeServer's links
+    terms_of_service_url: str = ""
+    contact_email: str = ""  # describeServer's contact
 
     @property
     def public_url(self) -> str:
@@ -280,4 +296,8 @@ class _Loader:
             email_from_address=self.get("EMAIL_FROM_ADDRESS",
                                         "noreply@" + hostname.split(":")[0],
                                         check_email_address),
+            validate_output=self.get("VALIDATE_OUTPUT", "false", parse_bool),
+            privacy_policy_url=self.get("PRIVACY_POLICY_URL", "", _optional(check_url)),
+            terms_of_service_url=self.get("TERMS_OF_SERVICE_URL", "", _optional(check_url)),
+            contact_email=self.get("CONTACT_EMAIL", "", _optional(check_contact_email)),
         )

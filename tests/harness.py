@@ -140,7 +140,8 @@ def pds_command() -> list[str]:
 def clean_env(extra: dict | None = None) -> dict:
     """The environment for a `pds` subprocess: no stray PDS_* settings of the caller."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PDS_")}
-    return {**env, "PDS_RATE_LIMITS": "false", **(extra or {})}
+    # Every JSON answer is checked against its lexicon: a shape that drifts fails (500).
+    return {**env, "PDS_RATE_LIMITS": "false", "PDS_VALIDATE_OUTPUT": "true", **(extra or {})}
 
 
 def run_pds(*args: str, env: dict | None = None, check: bool = True,

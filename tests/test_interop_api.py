@@ -1,7 +1,8 @@
 """The official TypeScript clients against a real `pds serve` with did:plc accounts.
 
 `tests/node/api_flow.mjs` drives the server with `@atproto/api` (sign-up on the local PLC
-directory, logins, posts, blobs, pagination, swaps, app passwords, session rotation,
+directory, logins, posts, blobs, records of every kind written with `validate: true` and
+checked against the official lexicons, pagination, swaps, app passwords, session rotation,
 refusals); `tests/node/repo_verify.mjs` checks every hosted repository with
 `@atproto/repo` (getRepo CAR, commit signatures against the PLC's keys, MST against
 listRecords, getRecord proofs). Each script exits non-zero with a message on the first
@@ -160,3 +161,31 @@ def test_repo_verify(node: str, pds: Server, plc_url: str, seeded: str) -> None:
     out = last_json_line(run_script(node, pds, "repo_verify.mjs", "--pds", pds.url,
                                     "--plc", plc_url, "--did", ",".join(dids)))
     assert out["verified"] == dids
+
+
+def test_describe_repo_checks_the_handle_both_ways(pds: Server) -> None:
+    """handleIsCorrect: the handle resolves to the DID and the DID's document (the PLC
+    directory's) claims the handle. A DID whose PLC document names another handle is
+    not correct, though its handle here still resolves to it."""
+    import asyncio
+
+    from pds.config import Settings
+    from pds.services.context import AppContext
+
+    with httpx.Client(base_url=pds.url, timeout=60) as http:
+        dids = [_call(http, "com.atproto.server.createAccount", json={
+            "handle": f"{name}.test", "email": f"{name}@example.com",
+            "password": "a password"})["did"] for name in ("truthful", "disowned")]
+        # Only the directory changes: the PDS still holds disowned.test for the DID.
+        ctx = AppContext(Settings.load(pds.data_dir))
+
+        async def move() -> None:
+            try:
+                await ctx.identity.update_plc(dids[1], handle="elsewhere.test")
+            finally:
+                await ctx.http.aclose()
+        asyncio.run(move())
+        for did, correct in zip(dids, (True, False), strict=True):
+            got = http.get("/xrpc/com.atproto.repo.describeRepo", params={"repo": did})
+            assert got.status_code == 200, got.text
+            assert got.json()["handleIsCorrect"] is correct, (did, got.json())

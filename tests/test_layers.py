@@ -15,10 +15,11 @@ from pds.errors import PdsError
 ROOT = Path(pds.__file__).parent
 
 # (package, packages it must not import). Arrows point down: cli/server > xrpc > services
-# > repo/store, with repo pure data under the store.
+# > repo/store/lexicon, with repo pure data under the store and the lexicon checkers.
 FORBIDDEN = {
     "pds.errors": ["pds"],
     "pds.repo": ["pds.store", "pds.services", "pds.xrpc", "pds.cli", "pds.server"],
+    "pds.lexicon": ["pds.store", "pds.services", "pds.xrpc", "pds.cli", "pds.server"],
     "pds.store": ["pds.services", "pds.xrpc", "pds.cli", "pds.server"],
     "pds.services": ["pds.xrpc", "pds.cli", "pds.server"],
     "pds.xrpc": ["pds.store", "pds.cli", "pds.server"],

@@ -53,6 +53,8 @@ AUDIT = {
         "labels split by '.', at most 63 characters of backtracking each; the input is a "
         "checked handle or the host of a checked DID (<= 2048)",
     ("pds.repo.did", "%3a"): "a literal (re.sub of '%3a'), on a checked DID",
+    ("pds.lexicon.primitives", "_ISO_DATETIME"):
+        "fixed fields, fraction <= 20 digits, nothing repeats; length <= 64 checked first",
     ("pds.xrpc.app", "_SURROGATE_ESCAPE"):
         "fixed length (6 bytes): a scan, one step per byte of a body <= the JSON limit",
     ("pds.store.mailspool", "_ID"):

@@ -46,7 +46,9 @@ def test_health(api):
 def test_describe_repo_lists_collections(api):
     acct = api.create_account("collector")
     for coll in ("com.example.b", "com.example.a", "com.example.a", "app.bsky.feed.post"):
-        ok(api.create_record(acct, {"x": 1}, collection=coll))
+        # (a post must be a valid one: its lexicon is known)
+        ok(api.create_record(acct, {"x": 1, "text": "hi", "createdAt": "2026-01-01T00:00:00Z"},
+                             collection=coll))
     d = ok(api.get("com.atproto.repo.describeRepo", repo=acct.handle))
     assert d["did"] == acct.did and d["handle"] == acct.handle
     assert d["collections"] == ["app.bsky.feed.post", "com.example.a", "com.example.b"]

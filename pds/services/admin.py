@@ -10,33 +10,43 @@ import asyncio
 from typing import Any
 
 from ..errors import InvalidInput
+from ..repo.codec import cid_str
 from . import accounts as acc
 from .account import Account, Use, find, load, require
+from .blobs import blob_store
 from .context import AppContext
 from .pagination import Page, paginate
 
 REPO_REF = "com.atproto.admin.defs#repoRef"
+BLOB_REF = "com.atproto.admin.defs#repoBlobRef"
+STRONG_REF = "com.atproto.repo.strongRef"
 
 
-def _invites_by_account(ctx: AppContext) -> dict[str, list[dict]]:
-    out: dict[str, list[dict]] = {}
-    for invite in ctx.accounts.list_invites():
-        out.setdefault(invite.get("forAccount") or "", []).append(acc.invite_view(invite))
-    return out
+class Invites:
+    """Every invite code's view, by the account it belongs to and by code."""
+
+    def __init__(self, ctx: AppContext | None = None) -> None:
+        self.by_account: dict[str, list[dict]] = {}
+        self.by_code: dict[str, dict] = {}
+        for invite in ctx.accounts.list_invites() if ctx is not None else ():
+            view = acc.invite_view(invite)
+            self.by_account.setdefault(invite.get("forAccount") or "", []).append(view)
+            self.by_code[view["code"]] = view
 
 
-def account_view(acct: Account, invites: dict[str, list[dict]]) -> dict:
-    """com.atproto.admin.defs#accountView (`invites`: every code, by account)."""
+def account_view(acct: Account, invites: Invites) -> dict:
+    """com.atproto.admin.defs#accountView."""
     out: dict[str, Any] = {"did": acct.did, "handle": acct.handle,
                            "indexedAt": acct.created_at,
                            "invitesDisabled": acct.invites_disabled,
-                           "invites": invites.get(acct.did, [])}
+                           "invites": invites.by_account.get(acct.did, [])}
     if acct.email:
         out["email"] = acct.email
     if acct.email_confirmed_at:
         out["emailConfirmedAt"] = acct.email_confirmed_at
-    if acct.invite_code:
-        out["invitedBy"] = {"code": acct.invite_code}
+    used = invites.by_code.get(acct.invite_code or "")
+    if used is not None:  # the code it signed up with (an #inviteCode view)
+        out["invitedBy"] = used
     if acct.deactivated_at:
         out["deactivatedAt"] = acct.deactivated_at
     return out
@@ -44,7 +54,7 @@ def account_view(acct: Account, invites: dict[str, list[dict]]) -> dict:
 
 def _account_info(ctx: AppContext, did: str) -> dict:
     acct = require(load(ctx, did), Use.MANAGE, did)
-    return account_view(acct, _invites_by_account(ctx))
+    return account_view(acct, Invites(ctx))
 
 
 async def account_info(ctx: AppContext, did: str) -> dict:
@@ -54,7 +64,7 @@ async def account_info(ctx: AppContext, did: str) -> dict:
 
 def _account_infos(ctx: AppContext, dids: list[str]) -> list[dict]:
     found = [a for a in (load(ctx, did) for did in dids) if a is not None]
-    invites = _invites_by_account(ctx) if found else {}
+    invites = Invites(ctx) if found else Invites()
     return [account_view(a, invites) for a in found]
 
 
@@ -69,7 +79,7 @@ def _search(ctx: AppContext, email: str, limit: int, cursor: str | None) -> Page
         return a if a and (not email or email in (a.email or "").lower()) else None
 
     page = paginate(ctx.accounts.list_dids(), limit, cursor, load=match)
-    invites = _invites_by_account(ctx) if page.items else {}
+    invites = Invites(ctx) if page.items else Invites()
     return Page([account_view(a, invites) for a in page.items], page.cursor)
 
 
@@ -79,7 +89,7 @@ async def search_accounts(ctx: AppContext, email: str, limit: int,
     return await asyncio.to_thread(_search, ctx, email.lower(), limit, cursor)
 
 
-def _subject_status(ctx: AppContext, did: str) -> dict:
+def _repo_status(ctx: AppContext, did: str) -> dict:
     acct = require(load(ctx, did), Use.MANAGE, did)
     takedown: dict[str, Any] = {"applied": acct.takendown}
     if acct.takedown_ref:
@@ -87,9 +97,48 @@ def _subject_status(ctx: AppContext, did: str) -> dict:
     return {"subject": {"$type": REPO_REF, "did": did}, "takedown": takedown}
 
 
-async def subject_status(ctx: AppContext, did: str) -> dict:
-    """getSubjectStatus of a repo subject: whether it is taken down."""
-    return await asyncio.to_thread(_subject_status, ctx, did)
+def _not_found() -> InvalidInput:
+    return InvalidInput("Subject not found", "NotFound")
+
+
+def _blob_status(ctx: AppContext, did: str, cid: str) -> dict:
+    require(load(ctx, did), Use.MANAGE, did)
+    if not blob_store(ctx, did).has(cid):
+        raise _not_found()
+    # Blobs are taken down with their account, never one by one: never applied here.
+    return {"subject": {"$type": BLOB_REF, "did": did, "cid": cid},
+            "takedown": {"applied": False}}
+
+
+def _record_status(ctx: AppContext, uri: str) -> dict:
+    did, _, path = uri.removeprefix("at://").partition("/")
+    acct = require(find(ctx, did), Use.MANAGE, did)
+    found = ctx.repo(acct.did).get_record(path) if path.count("/") == 1 else None
+    if found is None:
+        raise _not_found()
+    # Records are taken down with their account, never one by one: never applied here.
+    return {"subject": {"$type": STRONG_REF, "uri": f"at://{acct.did}/{path}",
+                        "cid": cid_str(found[0])}, "takedown": {"applied": False}}
+
+
+def _subject_status(ctx: AppContext, did: str | None, uri: str | None,
+                    blob: str | None) -> dict:
+    if blob is not None:
+        if did is None:
+            raise InvalidInput("Must provide a did to request blob state")
+        return _blob_status(ctx, did, blob)
+    if uri is not None:
+        return _record_status(ctx, uri)
+    if did is not None:
+        return _repo_status(ctx, did)
+    raise InvalidInput("No provided subject")
+
+
+async def subject_status(ctx: AppContext, did: str | None, uri: str | None = None,
+                         blob: str | None = None) -> dict:
+    """getSubjectStatus of a blob (with its account's `did`), a record (`uri`) or an
+    account (`did`), as the reference answers it; NotFound when there is no such one."""
+    return await asyncio.to_thread(_subject_status, ctx, did, uri, blob)
 
 
 async def takedown(ctx: AppContext, did: str, applied: bool | None,

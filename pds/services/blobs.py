@@ -20,6 +20,7 @@ from typing import Any, Literal
 from cbrrr import CID
 
 from ..errors import InvalidInput, PayloadTooLarge
+from ..lexicon.primitives import BlobRule, LexiconError, check_blob
 from ..repo.codec import InvalidData, cid_str, decode, find_blob_refs
 from ..store.blobs import BlobStore, BlobTooLarge, QuotaExceeded, Upload
 from ..store.repo import CommitHooks, CommitResult, Op, RepoError, Write
@@ -50,14 +51,21 @@ class BlobMissing(RepoError):
     """A record refers to a blob that was never uploaded."""
 
 
+class InvalidBlob(RepoError):
+    """A record's blob is not of a type or size its lexicon allows."""
+
+
 class BlobHooks(CommitHooks):
     """Keep blob references in step with the records that make them."""
 
-    def __init__(self, store: BlobStore, read_block: Any, on_commit: Any = None) -> None:
+    def __init__(self, store: BlobStore, read_block: Any, on_commit: Any = None,
+                 rules: dict[str, list[BlobRule]] | None = None) -> None:
         self.store = store
         self.read_block = read_block
         self.on_commit = on_commit
         self.added: dict[str, set[CID]] = {}
+        # record path -> the blobs its lexicon constrains (accept, maxSize)
+        self.rules = rules or {}
 
     def prepare(self, ops: list[Op], writes: list[Write]) -> None:
         by_path = {w.path: w for w in writes}
@@ -72,11 +80,23 @@ class BlobHooks(CommitHooks):
             for cid in refs:
                 if not self.store.has(cid):
                     raise BlobMissing(f"Could not find blob: {cid.encode()}")
+            self._check_rules(op.path, w.collection)
             self.added[op.path] = refs
         # Only now, when every write is known good, record the new references.
         for path, refs in self.added.items():
             for cid in refs:
                 self.store.add_ref(cid, path)
+
+    def _check_rules(self, path: str, collection: str) -> None:
+        """The stored type and size of each blob a record's lexicon constrains (what was
+        uploaded, not what the record says) against the lexicon's accept and maxSize."""
+        for rule in self.rules.get(path, ()):
+            meta = self.store.meta(rule.cid) or {}
+            try:
+                check_blob(rule.path, str(meta.get("mimeType", "")), int(meta.get("size", 0)),
+                           rule.accept, rule.max_size)
+            except LexiconError as e:
+                raise InvalidBlob(f"Invalid {collection} record: {e}") from None
 
     def finish(self, result: CommitResult) -> None:
         for op in result.ops:
@@ -108,16 +128,44 @@ def record_blob_refs(ctx: AppContext, did: str) -> Iterator[tuple[str, str, bool
 # --- uploads --------------------------------------------------------------------------------
 
 
-async def _receive(upload: Upload, chunks: AsyncIterable[bytes], limit: int) -> None:
-    """Write an upload's bytes as they arrive, a buffer-full at a time from a thread."""
+# Magic numbers of the media types records ask for (lexicons' `accept`): the stored type
+# is what the bytes are, as the reference's upload decides it, whatever the client said
+# (clients send `*/*` or nothing). (offset, bytes, type); `ftyp` boxes by their brand.
+_MAGIC: list[tuple[int, bytes, str]] = [
+    (0, b"\x89PNG\r\n\x1a\n", "image/png"), (0, b"\xff\xd8\xff", "image/jpeg"),
+    (0, b"GIF87a", "image/gif"), (0, b"GIF89a", "image/gif"), (8, b"WEBP", "image/webp"),
+    (0, b"\x1aE\xdf\xa3", "video/webm"), (0, b"%PDF-", "application/pdf"),
+]
+_BRANDS = {b"avif": "image/avif", b"heic": "image/heic", b"heix": "image/heic",
+           b"mif1": "image/heif", b"qt  ": "video/quicktime"}
+SNIFF_BYTES = 16
+
+
+def sniff_mime(head: bytes) -> str | None:
+    """The media type the first bytes of a file show, when they show one."""
+    for offset, magic, mime in _MAGIC:
+        if head[offset:offset + len(magic)] == magic:
+            return mime
+    if head[4:8] == b"ftyp":
+        return _BRANDS.get(head[8:12], "video/mp4")
+    return None
+
+
+async def _receive(upload: Upload, chunks: AsyncIterable[bytes], limit: int) -> bytes:
+    """Write an upload's bytes as they arrive, a buffer-full at a time from a thread;
+    returns its first bytes (to tell its type by)."""
     buffer = bytearray()
+    head = b""
     async for chunk in chunks:
+        if len(head) < SNIFF_BYTES:
+            head += chunk[:SNIFF_BYTES - len(head)]
         buffer += chunk
         if len(buffer) >= UPLOAD_BUFFER:
             await asyncio.to_thread(upload.write, bytes(buffer), limit)
             buffer.clear()
     if buffer:
         await asyncio.to_thread(upload.write, bytes(buffer), limit)
+    return head
 
 
 def _quota_refusal(used: int, quota: int) -> PayloadTooLarge:
@@ -147,7 +195,8 @@ def _start_upload(ctx: AppContext, did: str, limit: int, length: int | None
 
 async def receive_blob(ctx: AppContext, did: str, chunks: AsyncIterable[bytes], mime: str,
                        limit: int, length: int | None = None) -> tuple[CID, dict]:
-    """uploadBlob: store a blob of account `did` as its bytes arrive, refusing it past
+    """uploadBlob: store a blob of account `did` as its bytes arrive (its type: what its
+    first bytes show, else `mime`, what the client said), refusing it past
     `limit` bytes (at once when its declared `length` is over) or past what the account's
     blob quota leaves (`PDS_BLOB_QUOTA`), and refusing uploads over the account's upload
     rate (`PDS_BLOB_UPLOAD_RATE`); returns (cid, metadata). It stays a temporary upload
@@ -155,10 +204,10 @@ async def receive_blob(ctx: AppContext, did: str, chunks: AsyncIterable[bytes], 
     upload, room = await asyncio.to_thread(_start_upload, ctx, did, limit, length)
     quota = ctx.settings.blob_quota or None
     try:
-        await _receive(upload, chunks, room)
+        head = await _receive(upload, chunks, room)
         if upload.size == 0:
             raise InvalidInput("Blob is empty")
-        return await asyncio.to_thread(upload.finish, mime, quota)
+        return await asyncio.to_thread(upload.finish, sniff_mime(head) or mime, quota)
     except BlobTooLarge:
         if upload.size <= limit and quota is not None:  # cut off by the quota's room
             raise _quota_refusal(quota - room, quota) from None
@@ -174,12 +223,18 @@ async def receive_blob(ctx: AppContext, did: str, chunks: AsyncIterable[bytes], 
 
 
 async def list_blobs(ctx: AppContext, did: str, auth: AuthInfo | None, limit: int,
-                     cursor: str | None) -> Page[str]:
-    """listBlobs: the CIDs of the blobs the repo's records refer to."""
+                     cursor: str | None, since: str | None = None) -> Page[str]:
+    """listBlobs: the CIDs of the blobs the repo's records refer to; with `since` (a
+    rev), those of the records created or updated after it."""
     def run() -> Page[str]:
         hosted(ctx, did, auth)
-        # Referenced blobs only: temporary uploads are not part of the repo.
-        cids = sorted(c for c, m in blob_store(ctx, did).iter_meta() if m["refs"])
+        if since is not None:
+            repo = ctx.repo(did)
+            cids = sorted({cid_str(ref.cid) for rec in repo.records_since(since)
+                           for ref in find_blob_refs(decode(repo.blocks.get(rec)))})
+        else:
+            # Referenced blobs only: temporary uploads are not part of the repo.
+            cids = sorted(c for c, m in blob_store(ctx, did).iter_meta() if m["refs"])
         return paginate(cids, limit, cursor)
     return await asyncio.to_thread(run)
 

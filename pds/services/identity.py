@@ -76,6 +76,7 @@ PLC_RESPONSE_MAX_BYTES = 1024 * 1024  # audit logs of busy DIDs are long, but no
 FETCH_TIMEOUT = 5.0  # DID documents
 HANDLE_TIMEOUT = 3.0  # each of DNS and HTTPS handle resolution
 HANDLE_REDIRECTS = 3
+HANDLE_CHECK_TTL = 300.0  # seconds describeRepo's handleIsCorrect is trusted
 
 # What a failed resolution may raise; each means "no answer", never an error to the caller.
 # RecursionError: a document nested too deeply.
@@ -92,6 +93,8 @@ class Identity(Publisher):
         # did -> (expires at, document); plain dict keeps insertion order for eviction.
         self._did_cache: dict[str, tuple[float, dict[str, Any]]] = {}
         self._dns_resolver: Any = None
+        # "<handle> <did>" -> (expires at, whether they name each other)
+        self._handle_checks: dict[str, tuple[float, bool]] = {}
 
     # ---- PLC: keys, operations ---------------------------------------------------------
 
@@ -354,6 +357,20 @@ class Identity(Publisher):
             return False
         doc = await self.resolve_did(did, force=force)
         return doc is not None and handle_from_doc(doc) == handle
+
+    async def handle_is_correct(self, handle: str, did: str) -> bool:
+        """`verify_handle`, remembered for HANDLE_CHECK_TTL (describeRepo asks it on
+        every call; an external handle would be a DNS query each time)."""
+        key = f"{handle} {did}"
+        hit = self._handle_checks.get(key)
+        now = time.monotonic()
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        ok = await self.verify_handle(handle, did)
+        if len(self._handle_checks) >= DID_CACHE_MAX:
+            self._handle_checks.clear()
+        self._handle_checks[key] = (now + HANDLE_CHECK_TTL, ok)
+        return ok
 
     # ---- Guarded fetching --------------------------------------------------------------
 

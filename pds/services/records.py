@@ -12,6 +12,9 @@ from typing import Any
 from cbrrr import CID
 
 from ..errors import AuthFailed, InvalidInput
+from ..lexicon import LexiconError, official
+from ..lexicon.primitives import BlobRule
+from ..lexicon.validate import check_record
 from ..repo.codec import InvalidData, cid_str, decode_json, encode, json_to_value, parse_cid
 from ..repo.syntax import is_valid_nsid, is_valid_record_key
 from ..repo.tid import next_tid
@@ -27,7 +30,7 @@ from ..store.repo import (
 from . import reads
 from .account import Account, Use, find, load, require
 from .accounts import did_doc
-from .blobs import BlobHooks, BlobMissing, blob_store
+from .blobs import BlobHooks, BlobMissing, InvalidBlob, blob_store
 from .context import AppContext
 from .pagination import Page, paginate
 
@@ -76,7 +79,7 @@ def parse_cid_field(value: Any, name: str) -> CID:
 # The lexicons' names for what the repository refuses; any other refusal is InvalidRequest.
 _REFUSALS: dict[type[RepoError], str] = {
     RecordNotFound: "RecordNotFound", InvalidSwap: "InvalidSwap",
-    RepoNotFound: "RepoNotFound", BlobMissing: "BlobNotFound",
+    RepoNotFound: "RepoNotFound", BlobMissing: "BlobNotFound", InvalidBlob: "InvalidRequest",
 }
 
 
@@ -90,13 +93,15 @@ def commit_result_view(result: CommitResult) -> dict:
 
 
 def apply_writes(ctx: AppContext, did: str, writes: list[Write],
-                 swap_commit: Any = ANY) -> CommitResult:
-    """The write path of every record endpoint (blocking: call it from a thread)."""
+                 swap_commit: Any = ANY, rules: dict[str, list[BlobRule]] | None = None
+                 ) -> CommitResult:
+    """The write path of every record endpoint (blocking: call it from a thread).
+    `rules`: per record path, the blobs whose stored type and size its lexicon limits."""
     if len(writes) > MAX_OPS:
         raise InvalidInput(f"Too many writes. Max: {MAX_OPS}")
     require(load(ctx, did), Use.WRITE, did)
     repo = ctx.repo(did)
-    hooks = BlobHooks(blob_store(ctx, did), repo.blocks.get, ctx.after_commit)
+    hooks = BlobHooks(blob_store(ctx, did), repo.blocks.get, ctx.after_commit, rules)
     try:
         return repo.apply_writes(writes, swap_commit=swap_commit, hooks=hooks)
     except RepoError as e:
@@ -131,11 +136,43 @@ def _commit(ctx: AppContext, caller: str, repo: Any, writes: list[Write],
     return apply_writes(ctx, _own_repo(ctx, caller, repo), writes, swap_commit)
 
 
-async def commit(ctx: AppContext, caller: str, repo: Any, writes: list[Write],
-                 swap_commit: Any = ANY) -> CommitResult:
-    """createRecord/putRecord/applyWrites: commit `writes` to the repo `repo` names (DID
-    or handle), which must be the caller's."""
-    return await asyncio.to_thread(_commit, ctx, caller, repo, writes, swap_commit)
+def check_writes(writes: list[Write], validate: bool | None
+                 ) -> tuple[list[str | None], dict[str, list[BlobRule]]]:
+    """Each record against its lexicon, as `validate` asks (see `lexicon.validate`): the
+    `validationStatus` of each write (None: not validated, or a delete) and the blobs
+    whose stored type and size the lexicons limit. One invalid record refuses them all."""
+    statuses: list[str | None] = []
+    rules: dict[str, list[BlobRule]] = {}
+    lex = official()
+    for w in writes:
+        if w.record is None:
+            statuses.append(None)
+            continue
+        try:
+            checked = check_record(lex, w.collection, w.rkey, w.record, validate)
+        except LexiconError as e:
+            raise InvalidInput(str(e)) from None
+        statuses.append(checked.status)
+        if checked.blobs:
+            rules[w.path] = checked.blobs
+    return statuses, rules
+
+
+def _write(ctx: AppContext, caller: str, repo: Any, writes: list[Write], swap_commit: Any,
+           validate: bool | None) -> tuple[CommitResult, list[str | None]]:
+    did = _own_repo(ctx, caller, repo)
+    statuses, rules = check_writes(writes, validate)
+    return apply_writes(ctx, did, writes, swap_commit, rules), statuses
+
+
+async def write_records(ctx: AppContext, caller: str, repo: Any, writes: list[Write],
+                        swap_commit: Any = ANY, validate: bool | None = None
+                        ) -> tuple[CommitResult, list[str | None]]:
+    """createRecord/putRecord/applyWrites: check the records against their lexicons
+    (`validate`: None, True or False, as the lexicon of these methods says), then commit
+    `writes` to the repo `repo` names (DID or handle), which must be the caller's.
+    Returns the commit and each write's `validationStatus` (None: leave it out)."""
+    return await asyncio.to_thread(_write, ctx, caller, repo, writes, swap_commit, validate)
 
 
 def _delete(ctx: AppContext, caller: str, repo: Any, write: Write,
@@ -205,9 +242,13 @@ def _describe_repo(ctx: AppContext, repo: str) -> dict:
     except Exception:  # noqa: BLE001 - a doc we can't render is left out, not fatal
         doc = None
     return {"handle": acct.handle, "did": acct.did, "didDoc": doc,
-            "collections": collections, "handleIsCorrect": True}
+            "collections": collections}
 
 
 async def describe_repo(ctx: AppContext, repo: str) -> dict:
-    """describeRepo: the account's handle, DID document and collections."""
-    return await asyncio.to_thread(_describe_repo, ctx, repo)
+    """describeRepo: the account's handle, DID document and collections, and whether
+    the handle and the DID name each other (the handle resolves to the DID, the DID's
+    document claims the handle: checked as anyone would, remembered a while)."""
+    out = await asyncio.to_thread(_describe_repo, ctx, repo)
+    out["handleIsCorrect"] = await ctx.identity.handle_is_correct(out["handle"], out["did"])
+    return out

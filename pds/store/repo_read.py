@@ -166,6 +166,26 @@ class RepoReads:
         for cid in {*d.creates.values(), *(n for _, n in d.updates.values())}:
             yield cid, self.blocks.get(cid)
 
+    def records_since(self, since: str) -> list[CID]:
+        """The records (their CIDs) created or updated by commits after rev `since`
+        (revs are TIDs, so they sort by time): every record when no commit of this repo
+        is at or before it."""
+        tree = self.tree()
+        old = self._commit_at_or_before(since)
+        if old is None:
+            return [cid for _path, cid in tree.items()]
+        d = diff(MST(self.loader, parse_commit(self.blocks.get(old)).data), tree)
+        return [*d.creates.values(), *(new for _old, new in d.updates.values())]
+
+    def _commit_at_or_before(self, rev: str) -> CID | None:
+        data = read_file(self.root / REVS)
+        found = None
+        for line in (data or b"").decode().splitlines():
+            r, _, c = line.partition(" ")
+            if r <= rev:
+                found = c
+        return CID.decode(found) if found else None
+
     def _commit_at(self, rev: str) -> CID | None:
         data = read_file(self.root / REVS)
         if data is None:

@@ -18,13 +18,13 @@ def _did(value: object) -> str:
 
 @query("com.atproto.admin.getAccountInfo", auth=AuthKind.ADMIN)
 async def get_account_info(call: Call) -> Answer:
-    did = _did(call.param("did", required=True))
-    return await svc.account_info(call.ctx, did)
+    # (a DID: the lexicon's format for every `did` and `account` here, checked before)
+    return await svc.account_info(call.ctx, call.param("did", required=True))
 
 
 @query("com.atproto.admin.getAccountInfos", auth=AuthKind.ADMIN)
 async def get_account_infos(call: Call) -> Answer:
-    dids = [_did(did) for did in call.param_list("dids")]
+    dids = call.param_list("dids")
     return {"infos": await svc.account_infos(call.ctx, dids)}
 
 
@@ -38,8 +38,9 @@ async def search_accounts(call: Call) -> Answer:
 
 @query("com.atproto.admin.getSubjectStatus", auth=AuthKind.ADMIN)
 async def get_subject_status(call: Call) -> Answer:
-    did = _did(call.param("did", required=True))
-    return await svc.subject_status(call.ctx, did)
+    # (their formats are the lexicon's, checked before this runs)
+    return await svc.subject_status(call.ctx, call.param("did"), call.param("uri"),
+                                    call.param("blob"))
 
 
 @procedure("com.atproto.admin.updateSubjectStatus", auth=AuthKind.ADMIN)
@@ -59,14 +60,13 @@ async def update_subject_status(call: Call) -> Answer:
 
 @procedure("com.atproto.admin.deleteAccount", auth=AuthKind.ADMIN)
 async def delete_account(call: Call) -> Answer:
-    await svc.delete_account(call.ctx, _did(call.field("did")))
+    await svc.delete_account(call.ctx, call.body["did"])
     return None
 
 
 @procedure("com.atproto.admin.updateAccountHandle", auth=AuthKind.ADMIN)
 async def update_account_handle(call: Call) -> Answer:
-    did = _did(call.field("did"))
-    await svc.update_handle(call.ctx, did, call.field("handle"))
+    await svc.update_handle(call.ctx, call.body["did"], call.body["handle"])
     return None
 
 
@@ -78,8 +78,7 @@ async def update_account_email(call: Call) -> Answer:
 
 @procedure("com.atproto.admin.updateAccountPassword", auth=AuthKind.ADMIN)
 async def update_account_password(call: Call) -> Answer:
-    did = _did(call.field("did"))
-    password = call.field("password")
+    did, password = call.body["did"], call.body["password"]
     if not password or len(password) > 256:
         raise InvalidInput("Invalid password")
     await svc.update_password(call.ctx, did, password)
@@ -104,12 +103,12 @@ async def disable_invite_codes(call: Call) -> Answer:
 @procedure("com.atproto.admin.disableAccountInvites", auth=AuthKind.ADMIN)
 async def disable_account_invites(call: Call) -> Answer:
     call.field("note", required=False)  # checked (a string); not kept
-    await svc.set_account_invites(call.ctx, _did(call.field("account")), enabled=False)
+    await svc.set_account_invites(call.ctx, call.body["account"], enabled=False)
     return None
 
 
 @procedure("com.atproto.admin.enableAccountInvites", auth=AuthKind.ADMIN)
 async def enable_account_invites(call: Call) -> Answer:
     call.field("note", required=False)  # checked (a string); not kept
-    await svc.set_account_invites(call.ctx, _did(call.field("account")), enabled=True)
+    await svc.set_account_invites(call.ctx, call.body["account"], enabled=True)
     return None

@@ -16,7 +16,7 @@ import falcon.asgi
 
 from .. import __version__
 from ..errors import InvalidInput, NotSupported, PayloadTooLarge, PdsError
-from . import registry
+from . import registry, validation
 from .body import RequestBody
 from .errors import INTERNAL, MethodNotAllowed, UpgradeRequired, answer_for, render
 
@@ -180,11 +180,17 @@ class XrpcResource:
                 f"Incorrect HTTP method ({req.method}) expected "
                 f"{'GET' if method.kind == 'query' else 'POST'}")
         call = Call(self.ctx, req, resp, nsid)
+        validation.check_query(nsid, req.params)  # the lexicon's parameters
         call.auth = await self.ctx.auth.check(method.auth, req.get_header("Authorization") or "",
                                               nsid, call.ip)
         if kind == "procedure" and method.body == "json":
             call.body = await _read_json(req)
+            validation.check_body(nsid, call.body)  # the lexicon's input
+            if call.body is None:
+                call.body = {}  # no body: what the lexicon saw, an empty object
         result = await method.handler(call)
+        if self.ctx.settings.validate_output and isinstance(result, dict):
+            validation.check_answer(nsid, result)
         write_result(resp, result)
 
 
@@ -361,6 +367,8 @@ class Lifespan:
         self.ctx = ctx
 
     async def process_startup(self, scope: dict, event: dict) -> None:
+        outputs = bool(getattr(getattr(self.ctx, "settings", None), "validate_output", False))
+        await asyncio.to_thread(validation.preload, list(registry.METHODS), outputs)
         start = getattr(self.ctx, "startup", None)
         if start is not None:
             await start()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 
 from ..errors import InvalidInput
-from ..repo.syntax import is_valid_handle
 from ..services import email, sessions
 from ..services.auth import AuthKind
 from .app import Answer, Call
@@ -14,9 +13,7 @@ from .registry import procedure, query
 
 @query("com.atproto.identity.resolveHandle")
 async def resolve_handle(call: Call) -> Answer:
-    handle = call.param("handle", required=True)
-    if not is_valid_handle(handle):
-        raise InvalidInput("Invalid handle")
+    handle = call.param("handle", required=True)  # a handle: its lexicon's format
     did = await call.ctx.identity.resolve_handle(handle.lower())
     if did is None:
         raise InvalidInput("Unable to resolve handle", "HandleNotFound")

@@ -17,41 +17,37 @@ def _swap(value: object, name: str) -> object:
     return svc.parse_cid_field(value, name)
 
 
-def _validation_status(call: Call) -> str:
-    validate = call.field("validate", required=False, kind=bool)
-    if validate is True:
-        # We hold no lexicons to validate against: refuse rather than pretend.
-        raise InvalidInput("Lexicon validation is not supported; omit validate or use false")
-    return "unknown"
+def _status(answer: dict, status: str | None) -> dict:
+    """`validationStatus` when the record was validated (validate: false leaves it out)."""
+    if status is not None:
+        answer["validationStatus"] = status
+    return answer
 
 
 async def _write_one(call: Call, repo: str, write: Write) -> dict:
     """Commit one record write; the answer of createRecord and putRecord."""
-    swap_commit = _swap(call.field("swapCommit", required=False), "swapCommit")
-    status = _validation_status(call)
-    result = await svc.commit(call.ctx, call.auth.did, repo, [write], swap_commit)
+    swap_commit = _swap(call.body.get("swapCommit"), "swapCommit")
+    result, statuses = await svc.write_records(call.ctx, call.auth.did, repo, [write],
+                                               swap_commit, call.body.get("validate"))
     op = result.ops[0]
     assert op.cid is not None  # a create or update names its record
-    return {"uri": f"at://{result.did}/{op.path}", "cid": op.cid.encode(),
-            "commit": svc.commit_result_view(result), "validationStatus": status}
+    return _status({"uri": f"at://{result.did}/{op.path}", "cid": op.cid.encode(),
+                    "commit": svc.commit_result_view(result)}, statuses[0])
 
 
 @procedure("com.atproto.repo.createRecord", auth=AuthKind.ACCESS)
 async def create_record(call: Call) -> Answer:
-    repo = call.field("repo")
-    collection = svc.check_collection(call.field("collection"))
-    rkey = call.field("rkey", required=False)
-    rkey = svc.check_rkey(rkey) if rkey is not None else svc.new_rkey()
-    record = svc.parse_record(collection, call.field("record", kind=dict))
+    # (the input's types and formats are the lexicon's, checked before this runs)
+    repo, collection = call.body["repo"], call.body["collection"]
+    rkey = call.body.get("rkey") or svc.new_rkey()
+    record = svc.parse_record(collection, call.body["record"])
     return await _write_one(call, repo, Write("create", collection, rkey, record))
 
 
 @procedure("com.atproto.repo.putRecord", auth=AuthKind.ACCESS)
 async def put_record(call: Call) -> Answer:
-    repo = call.field("repo")
-    collection = svc.check_collection(call.field("collection"))
-    rkey = svc.check_rkey(call.field("rkey"))
-    record = svc.parse_record(collection, call.field("record", kind=dict))
+    repo, collection, rkey = call.body["repo"], call.body["collection"], call.body["rkey"]
+    record = svc.parse_record(collection, call.body["record"])
     # swapRecord: absent = no check; null = must not exist; a CID = must be that.
     if "swapRecord" not in call.body:
         swap = ANY
@@ -64,11 +60,9 @@ async def put_record(call: Call) -> Answer:
 
 @procedure("com.atproto.repo.deleteRecord", auth=AuthKind.ACCESS)
 async def delete_record(call: Call) -> Answer:
-    repo = call.field("repo")
-    collection = svc.check_collection(call.field("collection"))
-    rkey = svc.check_rkey(call.field("rkey"))
-    swap_commit = _swap(call.field("swapCommit", required=False), "swapCommit")
-    swap_record = _swap(call.field("swapRecord", required=False), "swapRecord")
+    repo, collection, rkey = call.body["repo"], call.body["collection"], call.body["rkey"]
+    swap_commit = _swap(call.body.get("swapCommit"), "swapCommit")
+    swap_record = _swap(call.body.get("swapRecord"), "swapRecord")
     write = Write("delete", collection, rkey, None, swap_record)
     result = await svc.delete_record(call.ctx, call.auth.did, repo, write, swap_commit)
     if result is None:
@@ -83,17 +77,12 @@ _WRITE_TYPES = {
 }
 
 
-def _parse_write(item: object) -> Write:
-    """One item of applyWrites' `writes`."""
-    if not isinstance(item, dict) or item.get("$type") not in _WRITE_TYPES:
-        raise InvalidInput("Invalid write: unknown $type")
+def _parse_write(item: dict) -> Write:
+    """One item of applyWrites' `writes` (its shape checked by the lexicon: a closed
+    union of the three)."""
     action = _WRITE_TYPES[item["$type"]]
-    collection = svc.check_collection(item.get("collection"))
-    if action == "create":
-        rkey = item.get("rkey")
-        rkey = svc.check_rkey(rkey) if rkey is not None else svc.new_rkey()
-    else:
-        rkey = svc.check_rkey(item.get("rkey"))
+    collection = item["collection"]
+    rkey = (item.get("rkey") or svc.new_rkey()) if action == "create" else item["rkey"]
     record = None
     if action != "delete":
         record = svc.parse_record(collection, item.get("value"))
@@ -102,31 +91,30 @@ def _parse_write(item: object) -> Write:
 
 @procedure("com.atproto.repo.applyWrites", auth=AuthKind.ACCESS)
 async def apply_writes(call: Call) -> Answer:
-    repo = call.field("repo")
-    items = call.field("writes", kind=list)
+    repo, items = call.body["repo"], call.body["writes"]
     if len(items) > svc.MAX_OPS:
         raise InvalidInput(f"Too many writes. Max: {svc.MAX_OPS}")
-    swap_commit = _swap(call.field("swapCommit", required=False), "swapCommit")
-    status = _validation_status(call)
+    swap_commit = _swap(call.body.get("swapCommit"), "swapCommit")
     writes = [_parse_write(item) for item in items]
-    result = await svc.commit(call.ctx, call.auth.did, repo, writes, swap_commit)
+    result, statuses = await svc.write_records(call.ctx, call.auth.did, repo, writes,
+                                               swap_commit, call.body.get("validate"))
     results = []
-    for op in result.ops:
+    for op, status in zip(result.ops, statuses, strict=True):
         if op.action == "delete":
             results.append({"$type": "com.atproto.repo.applyWrites#deleteResult"})
         else:
             assert op.cid is not None  # a create or update names its record
-            results.append({"$type": f"com.atproto.repo.applyWrites#{op.action}Result",
-                            "uri": f"at://{result.did}/{op.path}", "cid": op.cid.encode(),
-                            "validationStatus": status})
+            results.append(_status({
+                "$type": f"com.atproto.repo.applyWrites#{op.action}Result",
+                "uri": f"at://{result.did}/{op.path}", "cid": op.cid.encode()}, status))
     return {"commit": svc.commit_result_view(result), "results": results}
 
 
 @query("com.atproto.repo.getRecord")
 async def get_record(call: Call) -> Answer:
     repo = call.param("repo", required=True)
-    collection = svc.check_collection(call.param("collection", required=True))
-    rkey = svc.check_rkey(call.param("rkey", required=True))
+    collection = call.param("collection", required=True)
+    rkey = call.param("rkey", required=True)
     cid_param = call.param("cid")
     cid = svc.parse_cid_field(cid_param, "cid") if cid_param else None
     return await svc.get_record(call.ctx, repo, collection, rkey, cid)
@@ -135,7 +123,7 @@ async def get_record(call: Call) -> Answer:
 @query("com.atproto.repo.listRecords")
 async def list_records(call: Call) -> Answer:
     repo = call.param("repo", required=True)
-    collection = svc.check_collection(call.param("collection", required=True))
+    collection = call.param("collection", required=True)
     limit = call.param_int("limit", 50, 1, 100)
     cursor = call.param("cursor")
     if cursor is not None:

@@ -6,7 +6,6 @@ import asyncio
 
 from ..errors import InvalidInput, NotSupported
 from ..repo.string_formats import is_valid_datetime
-from ..repo.syntax import is_valid_did
 from ..services import accounts as svc
 from ..services import sessions
 from ..services.auth import AuthKind
@@ -17,9 +16,12 @@ from .registry import procedure, query
 @query("com.atproto.server.describeServer")
 async def describe_server(call: Call) -> Answer:
     s = call.ctx.settings
+    links = {"privacyPolicy": s.privacy_policy_url, "termsOfService": s.terms_of_service_url}
     return {"did": s.service_did, "availableUserDomains": s.handle_domains,
             "inviteCodeRequired": s.invite_required, "phoneVerificationRequired": False,
-            "links": {}, "contact": {}}
+            "blobUploadLimit": s.blob_limit,
+            "links": {k: v for k, v in links.items() if v},
+            "contact": {"email": s.contact_email} if s.contact_email else {}}
 
 
 @procedure("com.atproto.server.createAccount", auth=AuthKind.SERVICE_OPTIONAL)
@@ -80,9 +82,7 @@ async def create_invite_code(call: Call) -> Answer:
     use_count = call.field("useCount", kind=int)
     if use_count < 1:
         raise InvalidInput("useCount must be at least 1")
-    for_account = call.field("forAccount", required=False)
-    if for_account is not None and not is_valid_did(for_account):
-        raise InvalidInput("forAccount must be a DID")
+    for_account = call.body.get("forAccount")  # a DID: its lexicon's format
     out = await asyncio.to_thread(svc.create_invites, call.ctx, use_count, 1,
                                   [for_account] if for_account else None)
     return {"code": out[0]["codes"][0]}
@@ -94,10 +94,7 @@ async def create_invite_codes(call: Call) -> Answer:
     count = call.field("codeCount", required=False, kind=int) or 1
     if use_count < 1 or not 1 <= count <= 100:
         raise InvalidInput("useCount must be >= 1 and codeCount 1..100")
-    for_accounts = call.field("forAccounts", required=False, kind=list)
-    if for_accounts is not None and not all(isinstance(d, str) and is_valid_did(d)
-                                            for d in for_accounts):
-        raise InvalidInput("forAccounts must be DIDs")
+    for_accounts = call.body.get("forAccounts")  # DIDs: its lexicon's format
     return {"codes": await asyncio.to_thread(svc.create_invites, call.ctx, use_count, count,
                                              for_accounts)}
 

@@ -7,9 +7,7 @@ import falcon.asgi
 
 from ..errors import InvalidInput
 from ..repo.codec import InvalidData, parse_cid
-from ..repo.syntax import is_valid_did, is_valid_tid
 from ..services import blobs
-from ..services import records as rsvc
 from ..services import sync as svc
 from ..services.auth import AuthKind
 from ..services.context import AppContext
@@ -19,18 +17,16 @@ from .registry import query, subscription
 CAR_TYPE = "application/vnd.ipld.car"
 
 
+# The parameters' formats (did, tid, nsid, record-key, cid) are their lexicons', checked
+# before a handler runs (validation.py).
+
+
 def _did_param(call: Call) -> str:
-    did = call.param("did", required=True)
-    if not is_valid_did(did):
-        raise InvalidInput("Invalid did")
-    return did
+    return call.param("did", required=True)
 
 
 def _since_param(call: Call) -> str | None:
-    since = call.param("since")
-    if since is not None and not is_valid_tid(since):
-        raise InvalidInput("since must be a TID")
-    return since
+    return call.param("since")
 
 
 @query("com.atproto.sync.getRepo", auth=AuthKind.OPTIONAL)
@@ -49,8 +45,8 @@ async def get_checkout(call: Call) -> Answer:
 @query("com.atproto.sync.getRecord", auth=AuthKind.OPTIONAL)
 async def get_record(call: Call) -> Answer:
     did = _did_param(call)
-    collection = rsvc.check_collection(call.param("collection", required=True))
-    rkey = rsvc.check_rkey(call.param("rkey", required=True))
+    collection = call.param("collection", required=True)
+    rkey = call.param("rkey", required=True)
     return Raw(await svc.record_proof(call.ctx, did, call.auth, collection, rkey), CAR_TYPE)
 
 
@@ -96,8 +92,7 @@ async def list_blobs(call: Call) -> Answer:
     did = _did_param(call)
     limit = call.param_int("limit", 500, 1, 1000)
     cursor = call.param("cursor")
-    _since_param(call)  # checked; every referenced blob is listed
-    page = await blobs.list_blobs(call.ctx, did, call.auth, limit, cursor)
+    page = await blobs.list_blobs(call.ctx, did, call.auth, limit, cursor, _since_param(call))
     return page.answer("cids")
 
 

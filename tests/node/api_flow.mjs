@@ -303,6 +303,59 @@ main(async () => {
     assert.deepEqual(await head(A.did), h0, 'head moved after a refused write')
   })
 
+  // --- validate: true: every record checked against the official lexicons -------------
+
+  await step('validate: true on posts, replies, likes, follows, an image post, a profile', async () => {
+    const create = async (acct, collection, record, extra = {}) => {
+      const res = await acct.agent.com.atproto.repo.createRecord({ repo: acct.did, collection,
+        record: { $type: collection, ...record }, validate: true, ...extra })
+      assert.equal(res.data.validationStatus, 'valid', `${collection}: ${JSON.stringify(res.data)}`)
+      return { uri: res.data.uri, cid: res.data.cid }
+    }
+    const rt = new RichText({ text: `validated, @${B.handle} https://example.com #lexicon` })
+    await rt.detectFacets(A.agent)
+    const png = makePng(4, 3, 9)
+    const image = (await A.agent.uploadBlob(png, { encoding: 'image/png' })).data.blob
+    const root = await create(A, POST, { text: rt.text, facets: rt.facets, langs: ['en'],
+      createdAt: now(), embed: { $type: 'app.bsky.embed.images', images: [
+        { alt: 'tiny', image, aspectRatio: { width: 4, height: 3 } }] } })
+    await create(B, POST, { text: 'validated reply', createdAt: now(),
+      reply: { root, parent: root } })
+    await create(B, 'app.bsky.feed.like', { subject: root, createdAt: now() })
+    await create(B, 'app.bsky.graph.follow', { subject: A.did, createdAt: now() })
+    const profile = await B.agent.com.atproto.repo.putRecord({ repo: B.did,
+      collection: 'app.bsky.actor.profile', rkey: 'self', validate: true,
+      record: { $type: 'app.bsky.actor.profile', displayName: 'Bob' } })
+    assert.equal(profile.data.validationStatus, 'valid')
+    const batch = await A.agent.com.atproto.repo.applyWrites({ repo: A.did, validate: true,
+      writes: [{ $type: 'com.atproto.repo.applyWrites#create', collection: POST,
+        value: { $type: POST, text: 'in a batch', createdAt: now() } }] })
+    assert.equal(batch.data.results[0].validationStatus, 'valid')
+
+    // Refusals: an invalid record, an unknown lexicon, a key of the wrong type.
+    const h0 = await head(A.did)
+    const refused = async (params, message, label) => {
+      try {
+        await A.agent.com.atproto.repo.createRecord({ repo: A.did, validate: true, ...params })
+      } catch (e) {
+        assert.equal(e.status, 400, label)
+        assert.equal(e.error, 'InvalidRequest', label)
+        assert.ok(e.message.includes(message), `${label}: ${e.message}`)
+        return
+      }
+      assert.fail(`${label}: accepted`)
+    }
+    await refused({ collection: POST, record: { $type: POST, text: 'x'.repeat(301),
+      createdAt: now() } }, 'Record/text must not be longer than 300 graphemes', 'long post')
+    await refused({ collection: POST, record: { $type: POST, text: 'no date' } },
+      'Record must have the property "createdAt"', 'post without createdAt')
+    await refused({ collection: 'com.example.unknown', record: { $type: 'com.example.unknown' } },
+      'Unknown lexicon type: com.example.unknown', 'unknown lexicon')
+    await refused({ collection: 'app.bsky.actor.profile', rkey: 'other',
+      record: { $type: 'app.bsky.actor.profile' } }, 'must be "self"', 'profile key')
+    assert.deepEqual(await head(A.did), h0, 'head moved after a refused write')
+  })
+
   // --- pagination -------------------------------------------------------------------
 
   await step('listRecords pagination, both directions', async () => {
@@ -339,7 +392,7 @@ main(async () => {
   // --- updates, deletes, applyWrites, swaps -------------------------------------------
 
   await step('putRecord update and deleteRecord', async () => {
-    const rkey = `fixed-${run}`
+    const rkey = '3jzfcijpj2z2a' // a post's key is a TID (its lexicon's key type)
     const c1 = await A.agent.com.atproto.repo.putRecord({ repo: A.did, collection: POST, rkey,
       record: { $type: POST, text: 'v1', createdAt: now() } })
     const c2 = await A.agent.com.atproto.repo.putRecord({ repo: A.did, collection: POST, rkey,
@@ -396,7 +449,7 @@ main(async () => {
     const target = await A.agent.post({ text: 'swap target' })
     const current = await head(A.did)
     assert.notEqual(current.cid, stale.cid)
-    const rkey = `swap-${run}`
+    const rkey = '3jzfcijpj2z2b' // a TID: the key type of a post
     const err = await expectXrpcError(A.agent.com.atproto.repo.createRecord({
       repo: A.did, collection: POST, rkey, swapCommit: stale.cid,
       record: { $type: POST, text: 'must not land', createdAt: now() } }),

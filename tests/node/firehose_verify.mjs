@@ -51,6 +51,9 @@ const N_LIVE = Number(opts.live)
 const N_REPLAY = Number(opts.replay)
 const TIMEOUT_MS = Number(opts.timeout) * 1000
 const RUN = Math.random().toString(36).slice(2, 8)
+// An explicit post key: a TID, the key type of app.bsky.feed.post's lexicon.
+const BATCH_RKEY = '3kz' + Array.from({ length: 10 },
+  () => '234567abcdefghijklmnopqrstuvwxyz'[Math.floor(Math.random() * 32)]).join('')
 const PASSWORD = `fh-${RUN}-password`
 const POST = 'app.bsky.feed.post'
 const PROFILE = 'app.bsky.actor.profile'
@@ -295,7 +298,7 @@ async function writesPart2(a, posts) {
   })
   let res = await a.agent.com.atproto.repo.applyWrites({ repo: a.did, writes: [
     w('create', undefined, text('batch create 1')),
-    w('create', `b${RUN}x`, text('batch create 2 (explicit rkey)')),
+    w('create', BATCH_RKEY, text('batch create 2 (explicit rkey)')),
     w('update', posts[2], text('batch update')),
     w('delete', posts[3]),
   ] })
@@ -307,7 +310,7 @@ async function writesPart2(a, posts) {
     w('delete', burst[0]),
     w('update', burst[1], text('burst 1, edited')),
     w('create', undefined, text('batch create 3')),
-    w('delete', `b${RUN}x`),
+    w('delete', BATCH_RKEY),
   ] })
   ack(a.did, res.data.commit, `${a.name}: applyWrites delete+update+create+delete`)
   await putRecord(a, BULK, 'big1', { $type: BULK, filler: 'edit'.repeat(BIG / 4) },
