@@ -154,6 +154,7 @@ class AuthInfo:
     token: str | None = None
     app_password: str | None = None
     payload: dict | None = None
+    headers: dict[str, str] | None = None  # to set on the answer (an OAuth DPoP nonce)
 
     @property
     def account(self) -> str:
@@ -242,12 +243,21 @@ class Auth:
     # --- verify -------------------------------------------------------------------------
 
     async def check(self, kind: AuthKind, header: str, nsid: str,
-                    ip: str = "") -> AuthInfo | None:
+                    ip: str = "", dpop: tuple[str, str, str | None] | None = None
+                    ) -> AuthInfo | None:
         """Authenticate a call of method `nsid` whose `Authorization` header is `header`
         ("" when absent), from client address `ip`, as the method requires; raises a
-        PdsError if it can't. Every credential naming an account is then admitted (or
-        refused) by `admit`."""
-        info = await self._credential(kind, header, nsid, ip)
+        PdsError if it can't. `dpop`: the request's (HTTP method, path, DPoP header), for
+        an OAuth access token (`Authorization: DPoP ...`). Every credential naming an
+        account is then admitted (or refused) by `admit`."""
+        if header[:5].lower() == "dpop " and kind not in (AuthKind.NONE, AuthKind.ADMIN,
+                                                          AuthKind.REFRESH):
+            method, path, proof = dpop or ("", "", None)
+            info: AuthInfo | None = await asyncio.to_thread(
+                self.ctx.oauth.tokens.resource, header, proof, method, path, nsid,
+                kind == AuthKind.ACCESS_FULL)
+        else:
+            info = await self._credential(kind, header, nsid, ip)
         if info is not None and info.did is not None:
             await asyncio.to_thread(self.admit, info)
         return info

@@ -181,7 +181,10 @@ class XrpcResource:
                 f"{'GET' if method.kind == 'query' else 'POST'}")
         call = Call(self.ctx, req, resp, nsid)
         call.auth = await self.ctx.auth.check(method.auth, req.get_header("Authorization") or "",
-                                              nsid, call.ip)
+                                              nsid, call.ip,
+                                              (req.method, req.path, req.get_header("DPoP")))
+        if call.auth is not None and call.auth.headers:
+            resp.set_headers(call.auth.headers)
         if kind == "procedure" and method.body == "json":
             call.body = await _read_json(req)
         result = await method.handler(call)
