@@ -84,7 +84,8 @@ class OAuthTester:
         return self.post("/oauth/par", {k: v for k, v in form.items() if v is not None})
 
     def sign_in_and_approve(self, request_uri: str, identifier: str, password: str,
-                            client_id: str = LOOPBACK_CLIENT) -> dict[str, str]:
+                            client_id: str = LOOPBACK_CLIENT, remember: bool = False
+                            ) -> dict[str, str]:
         """The page's forms: visit, sign in, authorize; the redirect's query."""
         r = self.http.get("/oauth/authorize", params={"client_id": client_id,
                                                        "request_uri": request_uri})
@@ -93,17 +94,19 @@ class OAuthTester:
         jar = {"pds-csrf": csrf}
         r = self.http.post("/oauth/authorize", cookies=jar, data={
             "csrf": csrf, "request_uri": request_uri, "action": "sign_in",
-            "identifier": identifier, "password": password})
+            "identifier": identifier, "password": password,
+            **({"remember": "on"} if remember else {})})
         assert r.status_code == 200 and "Authorize" in r.text, r.text
         r = self.http.post("/oauth/authorize", cookies=jar, data={
             "csrf": csrf, "request_uri": request_uri, "action": "authorize"})
         assert r.status_code == 303, r.text
         return {k: v[0] for k, v in parse_qs(urlsplit(r.headers["location"]).query).items()}
 
-    def tokens(self, identifier: str, password: str) -> dict:
+    def tokens(self, identifier: str, password: str, remember: bool = False) -> dict:
         """PAR, sign in, consent, code exchange: the token answer."""
         request_uri = self.par().json()["request_uri"]
-        answer = self.sign_in_and_approve(request_uri, identifier, password)
+        answer = self.sign_in_and_approve(request_uri, identifier, password,
+                                          remember=remember)
         r = self.post("/oauth/token", self.code_form(answer["code"]))
         assert r.status_code == 200, r.text
         return r.json()

@@ -29,6 +29,8 @@ PLACEHOLDERS = {
     "jti": r"[A-Za-z0-9_-]+",
     "code": r"[A-Za-z0-9.-]+",
     "hash": r"[0-9a-f]{32}",
+    "sha256": r"[0-9a-f]{64}",
+    "id": r"(?:req|ses|dev)-[0-9a-f]{32}",  # OAuth state: request, session, device
     "shard": r"\d{8,}",
     "seq": r"\d{16}",
     "pid": r"\d+",

@@ -65,6 +65,9 @@ from .layout import (
     HEAD,
     HEAD_SPARE,
     INVITES,
+    OAUTH,
+    OAUTH_JTI,
+    OAUTH_LOCK,
     SEQ,
     SEQ_FLOOR,
     SEQ_HEAD,
@@ -307,6 +310,10 @@ def _copy_rest(src: Path, dest: Path, accounts: list[str], ticker: Ticker) -> No
                 remove(dest / ACCOUNTS / did)
     for d in _TOP_DIRS:
         _copy_tree(src / d, dest / d, mirror=True, ticker=ticker)
+    # OAuth grants and remembered browsers, so apps stay signed in after a restore; the
+    # DPoP jti claims (minutes-long) and the lock are left out.
+    _copy_tree(src / OAUTH, dest / OAUTH, skip=(OAUTH_JTI, OAUTH_LOCK), mirror=True,
+               ticker=ticker)
     ticker.end("files")
 
 

@@ -29,7 +29,7 @@ text-decoration:underline;font-weight:400}
 .error{background:#fef2f2;border:1px solid #fca5a5;color:#991b1b;padding:.7rem;
 border-radius:8px}
 ul.asks{padding-left:1.2rem}ul.asks li{margin:.35rem 0}
-.app{font-weight:700}.muted{color:#4b5563;font-size:.9rem}
+.app{font-weight:700}.muted{color:#4b5563;font-size:.9rem;overflow-wrap:anywhere}
 .grant{border-top:1px solid #e5e7eb;padding:.75rem 0}
 """
 
