@@ -91,13 +91,13 @@ class OAuthTester:
                                                        "request_uri": request_uri})
         assert r.status_code == 200, r.text
         csrf = cookie(r, "pds-csrf")
-        jar = {"pds-csrf": csrf}
-        r = self.http.post("/oauth/authorize", cookies=jar, data={
+        jar = {"Cookie": f"pds-csrf={csrf}"}
+        r = self.http.post("/oauth/authorize", headers=jar, data={
             "csrf": csrf, "request_uri": request_uri, "action": "sign_in",
             "identifier": identifier, "password": password,
             **({"remember": "on"} if remember else {})})
         assert r.status_code == 200 and "Authorize" in r.text, r.text
-        r = self.http.post("/oauth/authorize", cookies=jar, data={
+        r = self.http.post("/oauth/authorize", headers=jar, data={
             "csrf": csrf, "request_uri": request_uri, "action": "authorize"})
         assert r.status_code == 303, r.text
         return {k: v[0] for k, v in parse_qs(urlsplit(r.headers["location"]).query).items()}

@@ -213,23 +213,23 @@ def test_page_refuses_bad_password_and_forged_posts(app: OAuthTester, alice: Acc
     csrf = cookie(r, "pds-csrf")
     form = {"csrf": csrf, "request_uri": request_uri, "action": "sign_in",
             "identifier": alice.handle, "password": "wrong password"}
-    r = app.http.post("/oauth/authorize", cookies={"pds-csrf": csrf}, data=form)
+    r = app.http.post("/oauth/authorize", headers={"Cookie": "pds-csrf=" + csrf}, data=form)
     assert r.status_code == 401 and "Wrong handle" in r.text
     # No CSRF cookie (a cross-site form post): refused, nothing signed in.
     r = app.http.post("/oauth/authorize", data={**form, "password": alice.password})
     assert r.status_code == 403
-    r = app.http.post("/oauth/authorize", cookies={"pds-csrf": "other"},
+    r = app.http.post("/oauth/authorize", headers={"Cookie": "pds-csrf=" + "other"},
                       data={**form, "action": "authorize"})
     assert r.status_code == 403
     # Another browser (another CSRF cookie) can't approve what this one signed in.
-    r = app.http.post("/oauth/authorize", cookies={"pds-csrf": csrf},
+    r = app.http.post("/oauth/authorize", headers={"Cookie": "pds-csrf=" + csrf},
                       data={**form, "password": alice.password})
     assert r.status_code == 200 and "Authorize" in r.text
-    r = app.http.post("/oauth/authorize", cookies={"pds-csrf": "other-browser"}, data={
+    r = app.http.post("/oauth/authorize", headers={"Cookie": "pds-csrf=" + "other-browser"}, data={
         "csrf": "other-browser", "request_uri": request_uri, "action": "authorize"})
     assert r.status_code == 403
     # Deny: back to the app with access_denied.
-    r = app.http.post("/oauth/authorize", cookies={"pds-csrf": csrf}, data={
+    r = app.http.post("/oauth/authorize", headers={"Cookie": "pds-csrf=" + csrf}, data={
         "csrf": csrf, "request_uri": request_uri, "action": "deny"})
     assert r.status_code == 303
     assert r.headers["location"].startswith(REDIRECT + "?")

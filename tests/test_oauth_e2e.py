@@ -16,7 +16,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from harness import running_server
+from harness import free_port, init_data_dir, running_server, start_server
+from ops_util import nginx_binary, start_nginx
 from server_util import Api
 
 NODE_DIR = Path(__file__).resolve().parent / "node"
@@ -56,3 +57,31 @@ def test_official_client_and_browser(tmp_path: Path) -> None:
         assert r.status_code == 200 and r.json()["value"]["text"] == "hello via oauth"
     for name in ("oauth-sign-in.png", "oauth-consent.png", "oauth-account.png"):
         assert (SHOTS / name).stat().st_size > 1000
+
+
+def test_official_client_through_nginx(tmp_path: Path) -> None:
+    """The same flow through the shipped nginx config, the app behind it on another
+    port: the issuer, every endpoint and every DPoP `htu` are the public URL (nginx's),
+    never the app's own address."""
+    if nginx_binary() is None:
+        pytest.skip("nginx is not installed (looked on PATH and in /usr/sbin)")
+    port = free_port()
+    data = tmp_path / "data"
+    init_data_dir(data, port)  # the public host name is nginx's: localhost:<port>
+    app = start_server(data, workers=2, env={"PDS_BEHIND_NGINX": "true"}, wait=60)
+    try:
+        nginx = start_nginx(tmp_path / "nginx", data, f"127.0.0.1:{app.port}", port=port)
+        try:
+            with Api(app) as api:
+                alice = api.create_account()
+                meta = api.http.get("/.well-known/oauth-authorization-server").json()
+                assert meta["issuer"] == f"http://localhost:{port}"
+                found = run_flow(nginx.url, f"http://localhost:{port}", alice.handle,
+                                 alice.password)
+            assert found["did"] == alice.did and found["signedOut"]
+            assert any("/oauth/token" in line for line in nginx.access_log())
+        finally:
+            nginx.stop()
+    finally:
+        app.stop()
+    assert "Traceback" not in app.log()
