@@ -11,7 +11,7 @@ import re
 import secrets
 import time
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 import httpx
 import jwt
@@ -78,6 +78,7 @@ class OAuthTester:
 
     def par(self, client_id: str = LOOPBACK_CLIENT, **extra: Any) -> httpx.Response:
         self.verifier, challenge = pkce()
+        self.client_id = client_id
         form = {"client_id": client_id, "response_type": "code", "redirect_uri": REDIRECT,
                 "scope": "atproto transition:generic", "state": "st-" + secrets.token_hex(4),
                 "code_challenge": challenge, "code_challenge_method": "S256", **extra}
@@ -97,6 +98,7 @@ class OAuthTester:
             "identifier": identifier, "password": password,
             **({"remember": "on"} if remember else {})})
         assert r.status_code == 200 and "Authorize" in r.text, r.text
+        self.consent_html = r.text
         r = self.http.post("/oauth/authorize", headers=jar, data={
             "csrf": csrf, "request_uri": request_uri, "action": "authorize"})
         assert r.status_code == 303, r.text
@@ -113,18 +115,19 @@ class OAuthTester:
 
     def code_form(self, code: str, verifier: str | None = None) -> dict:
         return {"grant_type": "authorization_code", "code": code, "redirect_uri": REDIRECT,
-                "code_verifier": verifier or self.verifier, "client_id": LOOPBACK_CLIENT}
+                "code_verifier": verifier or self.verifier,
+                "client_id": getattr(self, "client_id", LOOPBACK_CLIENT)}
 
     def xrpc(self, method: str, nsid: str, token: str, key: DpopKey | None = None,
-             proof_url: str | None = None, proof: str | None = None, **kw: Any
-             ) -> httpx.Response:
+             proof_url: str | None = None, proof: str | None = None,
+             headers_extra: dict | None = None, **kw: Any) -> httpx.Response:
         """An XRPC call with a DPoP-bound token (retrying once on use_dpop_nonce)."""
         for _ in range(2):
             p = proof or (key or self.key).proof(
                 method, proof_url or f"{self.public}/xrpc/{nsid}", nonce=self.nonce,
                 token=token)
             r = self.http.request(method, "/xrpc/" + nsid, headers={
-                "Authorization": f"DPoP {token}", "DPoP": p}, **kw)
+                "Authorization": f"DPoP {token}", "DPoP": p, **(headers_extra or {})}, **kw)
             self.nonce = r.headers.get("DPoP-Nonce", self.nonce)
             if r.status_code != 401 or 'error="use_dpop_nonce"' not in \
                     r.headers.get("WWW-Authenticate", "") or proof is not None:
@@ -143,3 +146,8 @@ def cookie(resp: httpx.Response, name: str) -> str:
 
 def dumps(value: Any) -> str:
     return json.dumps(value)
+
+
+def loopback_client(scope: str) -> str:
+    """A loopback client_id declaring `scope` (redirecting to REDIRECT)."""
+    return "http://localhost?" + urlencode({"redirect_uri": REDIRECT, "scope": scope})

@@ -9,7 +9,14 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from oauth_util import LOOPBACK_CLIENT, REDIRECT, DpopKey, OAuthTester, cookie
+from oauth_util import (
+    LOOPBACK_CLIENT,
+    REDIRECT,
+    DpopKey,
+    OAuthTester,
+    cookie,
+    loopback_client,
+)
 from server_util import Account, Api, api_fixture
 
 api = api_fixture()
@@ -234,3 +241,38 @@ def test_page_refuses_bad_password_and_forged_posts(app: OAuthTester, alice: Acc
     assert r.status_code == 303
     assert r.headers["location"].startswith(REDIRECT + "?")
     assert "error=access_denied" in r.headers["location"]
+
+
+def test_granular_scopes(app: OAuthTester, alice: Account, api: Api) -> None:
+    scope = "atproto repo:com.example.note?action=create blob:image/*"
+    client = loopback_client(scope)
+    request_uri = app.par(client_id=client, scope=scope).json()["request_uri"]
+    code = app.sign_in_and_approve(request_uri, alice.handle, alice.password,
+                                   client_id=client)["code"]
+    assert "Upload files of type: image/any" in app.consent_html
+    assert "records of kind: com.example.note (create only)" in app.consent_html
+    tok = app.post("/oauth/token", app.code_form(code)).json()
+    at = tok["access_token"]
+    assert create(app, at, alice.did).status_code == 200
+    # Another collection, another action: refused, naming the scope needed.
+    r = app.xrpc("POST", "com.atproto.repo.createRecord", at, json={
+        "repo": alice.did, "collection": "com.example.other", "record": POST})
+    assert r.status_code == 403 and r.json()["error"] == "ScopeMissingError"
+    assert 'repo:com.example.other?action=create' in r.json()["message"]
+    r = app.xrpc("POST", "com.atproto.repo.deleteRecord", at, json={
+        "repo": alice.did, "collection": "com.example.note", "rkey": "whatever"})
+    assert r.status_code == 403 and "action=delete" in r.json()["message"]
+    r = app.xrpc("POST", "com.atproto.repo.applyWrites", at, json={
+        "repo": alice.did, "writes": [{"$type": "com.atproto.repo.applyWrites#delete",
+                                       "collection": "com.example.note", "rkey": "x"}]})
+    assert r.status_code == 403
+    # Blobs: images yes, anything else no.
+    r = app.xrpc("POST", "com.atproto.repo.uploadBlob", at, content=b"\x89PNG..",
+                 headers_extra={"Content-Type": "image/png"})
+    assert r.status_code == 200, r.text
+    r = app.xrpc("POST", "com.atproto.repo.uploadBlob", at, content=b"text",
+                 headers_extra={"Content-Type": "text/plain"})
+    assert r.status_code == 403 and 'blob:text/plain' in r.json()["message"]
+    # A scope the client never declared is refused at PAR.
+    r = app.par(client_id=client, scope="atproto transition:generic")
+    assert r.status_code == 400 and r.json()["error"] == "invalid_scope"

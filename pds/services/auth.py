@@ -14,6 +14,7 @@ import hmac
 import json
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -155,6 +156,8 @@ class AuthInfo:
     app_password: str | None = None
     payload: dict | None = None
     headers: dict[str, str] | None = None  # to set on the answer (an OAuth DPoP nonce)
+    # An OAuth grant's check of the method's input (repo writes: collection and action).
+    check_input: Callable[[Any], None] | None = None
 
     @property
     def account(self) -> str:
@@ -243,18 +246,18 @@ class Auth:
     # --- verify -------------------------------------------------------------------------
 
     async def check(self, kind: AuthKind, header: str, nsid: str,
-                    ip: str = "", dpop: tuple[str, str, str | None] | None = None
+                    ip: str = "", request: dict[str, str | None] | None = None
                     ) -> AuthInfo | None:
         """Authenticate a call of method `nsid` whose `Authorization` header is `header`
         ("" when absent), from client address `ip`, as the method requires; raises a
-        PdsError if it can't. `dpop`: the request's (HTTP method, path, DPoP header), for
-        an OAuth access token (`Authorization: DPoP ...`). Every credential naming an
+        PdsError if it can't. `request`: the request's `method`, `path` and headers
+        `dpop`, `content-type`, `atproto-proxy`, for an OAuth access token
+        (`Authorization: DPoP ...`). Every credential naming an
         account is then admitted (or refused) by `admit`."""
         if header[:5].lower() == "dpop " and kind not in (AuthKind.NONE, AuthKind.ADMIN,
                                                           AuthKind.REFRESH):
-            method, path, proof = dpop or ("", "", None)
             info: AuthInfo | None = await asyncio.to_thread(
-                self.ctx.oauth.tokens.resource, header, proof, method, path, nsid,
+                self.ctx.oauth.tokens.resource, header, request or {}, nsid,
                 kind == AuthKind.ACCESS_FULL)
         else:
             info = await self._credential(kind, header, nsid, ip)

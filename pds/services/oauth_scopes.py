@@ -10,7 +10,11 @@ account's email address. A method outside the grant answers 403 `ScopeMissingErr
 
 from __future__ import annotations
 
-from ..errors import Forbidden, OAuthError
+from collections.abc import Callable
+from typing import Any
+
+from ..errors import OAuthError
+from . import oauth_perms as P
 
 ATPROTO = "atproto"
 GENERIC = "transition:generic"
@@ -43,7 +47,7 @@ def parse(scope: object, allowed: str) -> str:
         raise OAuthError('the "atproto" scope is required', "invalid_scope")
     declared = set(allowed.split())
     for s in asked:
-        if s not in SUPPORTED:
+        if s not in SUPPORTED and P.parse_perm(s) is None:
             raise OAuthError(f"scope {s!r} is not supported", "invalid_scope")
         if s not in declared:
             raise OAuthError(f"scope {s!r} is not in the client's metadata", "invalid_scope")
@@ -52,22 +56,96 @@ def parse(scope: object, allowed: str) -> str:
 
 def describe(scope: str) -> list[str]:
     """What a grant lets the app do, one plain sentence each."""
-    return [PLAIN_WORDS[s] for s in scope.split() if s in PLAIN_WORDS]
+    out = []
+    for s in scope.split():
+        if s in PLAIN_WORDS:
+            out.append(PLAIN_WORDS[s])
+        else:
+            p = P.parse_perm(s)
+            if p is not None:
+                out.append(_plain(p))
+    return out
 
 
-def require(scope: str, nsid: str, privileged: bool) -> None:
-    """Refuse `nsid` to an OAuth token granted `scope` when the grant doesn't cover it.
+def _plain(p: P.Perm) -> str:
+    what = ", ".join(p.values).replace("*", "any")
+    actions = p.params.get("action", ())
+    if p.resource == "repo":
+        return f"Create, change or delete your records of kind: {what}" + (
+            f" ({', '.join(actions)} only)" if actions else "")
+    if p.resource == "blob":
+        return f"Upload files of type: {what}"
+    if p.resource == "rpc":
+        aud = p.params.get("aud", ("*",))[0]
+        return f"Call {what} for you at {'any service' if aud == '*' else aud}"
+    if p.resource == "account":
+        return f"{'Change' if 'manage' in actions else 'See'} your account's {what}"
+    return f"Change your {'handle' if what == 'handle' else 'identity'}"
 
-    `privileged`: the method is one an app password may not call (account management)."""
+
+# Methods checked against a granular permission other than rpc: (resource, value, action).
+_METHODS = {
+    "com.atproto.repo.uploadBlob": ("blob", "", None),
+    "com.atproto.identity.updateHandle": ("identity", "handle", None),
+    "com.atproto.identity.requestPlcOperationSignature": ("identity", "*", None),
+    "com.atproto.identity.signPlcOperation": ("identity", "*", None),
+    "com.atproto.identity.submitPlcOperation": ("identity", "*", None),
+    "com.atproto.server.requestEmailUpdate": ("account", "email", "manage"),
+    "com.atproto.server.updateEmail": ("account", "email", "manage"),
+    "com.atproto.server.requestEmailConfirmation": ("account", "email", "manage"),
+    "com.atproto.server.confirmEmail": ("account", "email", "manage"),
+    "com.atproto.server.activateAccount": ("account", "status", "manage"),
+    "com.atproto.server.deactivateAccount": ("account", "status", "manage"),
+}
+_REPO_WRITES = {"com.atproto.repo.createRecord": ("create",),
+                "com.atproto.repo.putRecord": ("create", "update"),
+                "com.atproto.repo.deleteRecord": ("delete",),
+                "com.atproto.repo.applyWrites": ()}
+_WRITE_ACTIONS = {"com.atproto.repo.applyWrites#create": "create",
+                  "com.atproto.repo.applyWrites#update": "update",
+                  "com.atproto.repo.applyWrites#delete": "delete"}
+
+InputCheck = Callable[[Any], None]
+
+
+def require(scope: str, nsid: str, privileged: bool, content_type: str = "",
+            proxy: str | None = None) -> InputCheck | None:
+    """Refuse `nsid` to an OAuth token granted `scope` when the grant doesn't cover it
+    (403 ScopeMissingError naming the scope needed). `privileged`: a method an app
+    password may not call (account management). A repo write is checked against its
+    input: the returned function takes the parsed body."""
     granted = set(scope.split())
-    if nsid.startswith("chat.bsky."):
-        needed = CHAT
-    elif privileged:
+    perms = [p for p in map(P.parse_perm, granted) if p is not None]
+    if nsid in _IDENTIFY_ONLY:
+        return None
+    if nsid.startswith("chat.bsky.") and CHAT in granted:
+        return None
+    if GENERIC in granted and not privileged and not nsid.startswith("chat.bsky."):
+        return None
+    if nsid in _REPO_WRITES:
+        return lambda body: _check_writes(perms, nsid, body)
+    if nsid in _METHODS:
+        resource, value, action = _METHODS[nsid]
+        P.require(perms, resource, value or content_type.split(";")[0].strip().lower(),
+                  action)
+        return None
+    if privileged:
         # Account management stays with the account's own password session.
-        raise Forbidden(f'Missing required scope "account:*" for {nsid}', "ScopeMissingError")
-    elif nsid in _IDENTIFY_ONLY:
+        raise P.missing("account:repo?action=manage")
+    P.require(perms, "rpc", nsid, aud=proxy)
+    return None
+
+
+def _check_writes(perms: list[P.Perm], nsid: str, body: Any) -> None:
+    """A repo write's collections and actions against the grant."""
+    if not isinstance(body, dict):
+        return  # the handler refuses a body without the fields
+    if nsid != "com.atproto.repo.applyWrites":
+        for action in _REPO_WRITES[nsid]:
+            P.require(perms, "repo", str(body.get("collection")), action)
         return
-    else:
-        needed = GENERIC
-    if needed not in granted:
-        raise Forbidden(f'Missing required scope "{needed}"', "ScopeMissingError")
+    writes = body.get("writes")
+    for w in writes if isinstance(writes, list) else []:
+        if isinstance(w, dict):
+            P.require(perms, "repo", str(w.get("collection")),
+                      _WRITE_ACTIONS.get(str(w.get("$type")), "create"))

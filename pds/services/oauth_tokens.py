@@ -189,8 +189,8 @@ class Tokens:
             raise _unauthorized("invalid_token", "Token could not be verified") from None
         return claims
 
-    def resource(self, header: str, proof: str | None, method: str, path: str,
-                 nsid: str, privileged: bool) -> AuthInfo:
+    def resource(self, header: str, request: dict[str, str | None], nsid: str,
+                 privileged: bool) -> AuthInfo:
         """An `Authorization: DPoP <token>` call of XRPC method `nsid` (blocking): the
         token, its proof (key, method, URL, nonce, `ath`, replay), its session, its
         scope. Refusals are the reference's (401 invalid_token / invalid_dpop_proof /
@@ -200,7 +200,8 @@ class Tokens:
             raise _unauthorized("invalid_token", "Malformed token")
         claims = self._decode(token)
         try:
-            bound = self.oauth.dpop.check(proof, method, path, access_token=token)
+            bound = self.oauth.dpop.check(request.get("dpop"), request.get("method") or "",
+                                          request.get("path") or "", access_token=token)
         except OAuthError as e:  # use_dpop_nonce: at a resource it is a 401 challenge
             raise OAuthUnauthorized(e.message, e.error, {
                 **e.headers, **dpop_challenge(e.error or "use_dpop_nonce", e.message)}) \
@@ -212,9 +213,12 @@ class Tokens:
         if session is None or session.get("did") != claims["sub"]:
             raise _unauthorized("invalid_token", "Token has been revoked")
         scope = str(claims.get("scope", ""))
-        oauth_scopes.require(scope, nsid, privileged)
+        check = oauth_scopes.require(scope, nsid, privileged,
+                                     request.get("content-type") or "",
+                                     request.get("atproto-proxy"))
         return AuthInfo(kind="access", did=claims["sub"], scope=scope, token=token,
-                        payload=claims, headers={"DPoP-Nonce": self.oauth.dpop.nonce()})
+                        payload=claims, headers={"DPoP-Nonce": self.oauth.dpop.nonce()},
+                        check_input=check)
 
 
 def _unauthorized(error: str, message: str) -> OAuthUnauthorized:

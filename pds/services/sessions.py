@@ -100,8 +100,11 @@ def _match_app_password(ctx: AppContext, did: str, password: str) -> tuple[str, 
 def session_view(ctx: AppContext, acct: Account, scope: str | None) -> dict:
     """The account fields of createSession/getSession."""
     out: dict[str, Any] = {"handle": acct.handle, "did": acct.did}
-    if acct.email and scope in (A.SCOPE_ACCESS, A.SCOPE_APP_PASS_PRIVILEGED,
-                                A.SCOPE_APP_PASS, A.SCOPE_TAKENDOWN):
+    # An OAuth app sees the address only with transition:email (or account:email).
+    oauth_email = bool(scope) and any(s in ("transition:email", "account:email")
+                                      for s in str(scope).split())
+    if acct.email and (oauth_email or scope in (A.SCOPE_ACCESS, A.SCOPE_APP_PASS_PRIVILEGED,
+                                                A.SCOPE_APP_PASS, A.SCOPE_TAKENDOWN)):
         out["email"] = acct.email
         out["emailConfirmed"] = bool(acct.email_confirmed_at)
         out["emailAuthFactor"] = False
