@@ -24,6 +24,7 @@ from ..store.oauth import OAuthStore
 from . import auth as A
 from . import oauth_scopes
 from .account import Use, load, require
+from .oauth_client_auth import SIGNING_ALGS, authenticate
 from .oauth_clients import Client, get_client
 from .oauth_dpop import ALGS, Dpop
 
@@ -90,7 +91,8 @@ class OAuth:
             "require_request_uri_registration": True,
             "authorization_endpoint": f"{u}/oauth/authorize",
             "token_endpoint": f"{u}/oauth/token",
-            "token_endpoint_auth_methods_supported": ["none"],
+            "token_endpoint_auth_methods_supported": ["none", "private_key_jwt"],
+            "token_endpoint_auth_signing_alg_values_supported": SIGNING_ALGS,
             "revocation_endpoint": f"{u}/oauth/revoke",
             "pushed_authorization_request_endpoint": f"{u}/oauth/par",
             "require_pushed_authorization_requests": True,
@@ -111,7 +113,9 @@ class OAuth:
         """POST /oauth/par: check and store an authorization request (PKCE S256, DPoP)."""
         bound = await asyncio.to_thread(self.dpop.check, proof, "POST", "/oauth/par")
         client = await get_client(self.ctx, form.get("client_id"))
+        client_auth = await authenticate(self.ctx, client, form)
         rec = _request_fields(form, client)
+        rec["clientAuth"] = client_auth
         if rec["jkt"] is not None and rec["jkt"] != bound.jkt:
             raise OAuthError("dpop_jkt does not match the DPoP proof", "invalid_request")
         rec["jkt"] = bound.jkt

@@ -9,7 +9,8 @@ Two kinds, as the atproto OAuth profile has them:
   scope in the query (`redirect_uri`, repeatable; `scope`); defaults
   `http://127.0.0.1/` and `http://[::1]/`, scope `atproto`.
 
-Only public clients (`token_endpoint_auth_method: none`) are served for now.
+Public clients (`token_endpoint_auth_method: none`) and confidential ones
+(`private_key_jwt`, see `oauth_client_auth`).
 """
 
 from __future__ import annotations
@@ -40,6 +41,9 @@ class Client:
     name: str
     uri: str | None
     loopback: bool
+    auth_method: str = "none"               # or "private_key_jwt"
+    jwks: tuple[dict, ...] | None = None    # its public keys, inline...
+    jwks_uri: str | None = None             # ...or where to fetch them
 
 
 def _invalid(message: str) -> OAuthError:
@@ -118,8 +122,7 @@ def parse_metadata(client_id: str, doc: Any) -> Client:
     if doc.get("dpop_bound_access_tokens") is not True:
         raise _invalid("dpop_bound_access_tokens must be true")
     method = doc.get("token_endpoint_auth_method", "none")
-    if method != "none":
-        raise _invalid(f"token_endpoint_auth_method {method!r} is not supported here")
+    jwks, jwks_uri = _keys_of(doc, method)
     scope = doc.get("scope")
     if not isinstance(scope, str) or "atproto" not in scope.split():
         raise _invalid('scope must include "atproto"')
@@ -130,4 +133,22 @@ def parse_metadata(client_id: str, doc: Any) -> Client:
     uri = doc.get("client_uri")
     return Client(client_id, tuple(uris), scope,
                   name if isinstance(name, str) and name else urlsplit(client_id).hostname
-                  or client_id, uri if isinstance(uri, str) else None, False)
+                  or client_id, uri if isinstance(uri, str) else None, False,
+                  method, jwks, jwks_uri)
+
+
+def _keys_of(doc: dict, method: Any) -> tuple[tuple[dict, ...] | None, str | None]:
+    """A confidential client's keys (inline `jwks` or a `jwks_uri`); none for a public
+    one."""
+    if method == "none":
+        return None, None
+    if method != "private_key_jwt":
+        raise _invalid(f"token_endpoint_auth_method {method!r} is not supported here")
+    if doc.get("token_endpoint_auth_signing_alg") not in ("ES256", "ES256K", "ES384", "ES512"):
+        raise _invalid("token_endpoint_auth_signing_alg must be an ES* algorithm")
+    jwks, jwks_uri = doc.get("jwks"), doc.get("jwks_uri")
+    if isinstance(jwks, dict) and isinstance(jwks.get("keys"), list):
+        return tuple(k for k in jwks["keys"] if isinstance(k, dict)), None
+    if isinstance(jwks_uri, str) and jwks_uri.startswith("https://"):
+        return None, jwks_uri
+    raise _invalid("a private_key_jwt client needs jwks or an https jwks_uri")

@@ -141,16 +141,22 @@ class Dpop:
         return Proof(jkt=jkt, jti=jti)
 
     def _claim(self, jti: str) -> None:
-        """Refuse a jti seen before, by any worker (O_EXCL is atomic across processes)."""
-        name = hashlib.sha256(jti.encode()).hexdigest()
+        if self.seen("dpop:" + jti):
+            raise _bad("DPoP proof replayed")
+
+    def seen(self, key: str) -> bool:
+        """Whether `key` (a jti, namespaced) was claimed before, by any worker; claims it
+        if not (O_EXCL is atomic across processes)."""
+        name = hashlib.sha256(key.encode()).hexdigest()
         try:
             fd = os.open(self.replay_dir / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except FileExistsError:
-            raise _bad("DPoP proof replayed") from None
+            return True
         except FileNotFoundError:
-            self.replay_dir.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.replay_dir / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            self.replay_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            return self.seen(key)
         os.close(fd)
+        return False
 
     def prune(self, now: float | None = None) -> int:
         """Remove jti claims older than REPLAY_KEEP; returns how many went."""

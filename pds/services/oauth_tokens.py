@@ -2,9 +2,10 @@
 access tokens admitted on XRPC.
 
 A grant is a session file `oauth/sessions/<sid>`: the account (and its generation), the
-client, the scope, the DPoP key's thumbprint (`jkt`), the hash of the live refresh token
-and of the ones it replaced. Lifetimes are the reference's for public clients: access
-tokens 1 hour (TOKEN_MAX_AGE), a session 2 weeks (SESSION_LIFETIME).
+client and how it authenticated, the scope, the DPoP key's thumbprint (`jkt`), the hash
+of the live refresh token and of the ones it replaced. Lifetimes are the reference's:
+access tokens 1 hour (TOKEN_MAX_AGE); a public client's session 2 weeks; a confidential
+client's 3 months from its last refresh, 2 years at most.
 
 - A refresh token is spent on use; presenting a spent one again revokes the session
   (someone holds a copy).
@@ -32,10 +33,14 @@ from ..store.layout import OAUTH_CODES, OAUTH_REQUESTS, OAUTH_SESSIONS
 from . import oauth_scopes
 from .account import load
 from .auth import GENERATION, AuthInfo
+from .oauth_client_auth import authenticate
+from .oauth_clients import get_client
 from .oauth_dpop import Proof, dpop_challenge
 
 ACCESS_TTL = 3600
-SESSION_TTL = 14 * 24 * 3600
+SESSION_TTL = 14 * 24 * 3600             # a public client's whole session
+REFRESH_TTL_CONFIDENTIAL = 90 * 24 * 3600  # a confidential client's, renewed on use...
+SESSION_TTL_CONFIDENTIAL = 730 * 24 * 3600  # ...up to this long in all
 MAX_TOKEN = 4096
 
 
@@ -67,14 +72,20 @@ class Tokens:
         client_id = form.get("client_id")
         if not isinstance(client_id, str):
             raise OAuthError('"client_id" is required', "invalid_request")
+        if grant not in ("authorization_code", "refresh_token"):
+            raise OAuthError("grant_type must be authorization_code or refresh_token",
+                             "unsupported_grant_type")
+        client = await get_client(self.oauth.ctx, client_id)
+        auth = await authenticate(self.oauth.ctx, client, form)
         if grant == "authorization_code":
-            return await asyncio.to_thread(self._exchange_code, form, client_id, bound)
+            return await asyncio.to_thread(self._exchange_code, form, client_id, bound, auth)
         if grant == "refresh_token":
-            return await asyncio.to_thread(self._refresh, form, client_id, bound)
+            return await asyncio.to_thread(self._refresh, form, client_id, bound, auth)
         raise OAuthError("grant_type must be authorization_code or refresh_token",
                          "unsupported_grant_type")
 
-    def _exchange_code(self, form: dict[str, Any], client_id: str, bound: Proof) -> dict:
+    def _exchange_code(self, form: dict[str, Any], client_id: str, bound: Proof,
+                       auth: dict) -> dict:
         code, verifier = form.get("code"), form.get("code_verifier")
         if not isinstance(code, str) or not code.startswith("cod-") or len(code) > 200:
             raise _grant_error("Invalid code")
@@ -92,6 +103,8 @@ class Tokens:
             self.store.delete(OAUTH_REQUESTS, entry["request"])
             _check_exchange(rec, form, client_id, verifier, bound)
             assert rec is not None  # _check_exchange refuses a missing request
+            if rec.get("clientAuth", {}).get("method") != auth["method"]:
+                raise _grant_error("The client authenticated differently at PAR")
             sid = "ses-" + secrets.token_hex(16)
             self.store.put(OAUTH_CODES, _digest(code),
                            {**entry, "spent": True, "session": sid})
@@ -101,10 +114,11 @@ class Tokens:
         now = int(time.time())
         session = {"did": acct.did, "gen": acct.generation, "clientId": client_id,
                    "scope": rec["scope"], "jkt": bound.jkt, "createdAt": now,
-                   "expiresAt": now + SESSION_TTL, "spent": []}
-        return self._issue(sid, session)
+                   "clientAuth": auth, "spent": []}
+        return self._issue(sid, _extend(session, now))
 
-    def _refresh(self, form: dict[str, Any], client_id: str, bound: Proof) -> dict:
+    def _refresh(self, form: dict[str, Any], client_id: str, bound: Proof,
+                 auth: dict) -> dict:
         token = form.get("refresh_token")
         if not isinstance(token, str) or not token.startswith("ref-") or len(token) > 300:
             raise _grant_error("Invalid refresh token")
@@ -123,8 +137,10 @@ class Tokens:
                 raise _grant_error("This refresh token belongs to another client")
             if session["jkt"] != bound.jkt:
                 raise _grant_error("The DPoP key does not match this session's")
+            if session.get("clientAuth", {}).get("method") != auth["method"]:
+                raise _grant_error("The client authenticated differently")
             session["spent"] = [*session["spent"][-50:], h]
-            return self._issue(sid, session)
+            return self._issue(sid, _extend(session, int(time.time())))
 
     def _issue(self, sid: str, session: dict) -> dict:
         """A new access token and refresh token for a session (written back)."""
@@ -219,6 +235,18 @@ class Tokens:
         return AuthInfo(kind="access", did=claims["sub"], scope=scope, token=token,
                         payload=claims, headers={"DPoP-Nonce": self.oauth.dpop.nonce()},
                         check_input=check)
+
+
+def _extend(session: dict, now: int) -> dict:
+    """The session's expiry: fixed for a public client, renewed on each refresh (up to
+    its whole lifetime) for a confidential one, as the reference's lifetimes are."""
+    created = session["createdAt"]
+    if session.get("clientAuth", {}).get("method") == "private_key_jwt":
+        session["expiresAt"] = min(now + REFRESH_TTL_CONFIDENTIAL,
+                                   created + SESSION_TTL_CONFIDENTIAL)
+    else:
+        session["expiresAt"] = created + SESSION_TTL
+    return session
 
 
 def _unauthorized(error: str, message: str) -> OAuthUnauthorized:
