@@ -256,13 +256,19 @@ class Auth:
         account is then admitted (or refused) by `admit`."""
         if header[:5].lower() == "dpop " and kind not in (AuthKind.NONE, AuthKind.ADMIN,
                                                           AuthKind.REFRESH):
-            info: AuthInfo | None = await asyncio.to_thread(
-                self.ctx.oauth.tokens.resource, header, request or {}, nsid,
-                kind == AuthKind.ACCESS_FULL)
-        else:
-            info = await self._credential(kind, header, nsid, ip)
+            # One thread hop for the whole check: token, proof, grant, then the account.
+            return await asyncio.to_thread(self._oauth, header, request or {}, nsid, kind)
+        info = await self._credential(kind, header, nsid, ip)
         if info is not None and info.did is not None:
             await asyncio.to_thread(self.admit, info)
+        return info
+
+    def _oauth(self, header: str, request: dict[str, str | None], nsid: str,
+               kind: AuthKind) -> AuthInfo:
+        """An OAuth access token with its DPoP proof, admitted (blocking)."""
+        info: AuthInfo = self.ctx.oauth.tokens.resource(header, request, nsid,
+                                                        kind == AuthKind.ACCESS_FULL)
+        self.admit(info)
         return info
 
     async def _credential(self, kind: AuthKind, header: str, nsid: str,

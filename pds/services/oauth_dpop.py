@@ -24,6 +24,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import jwt
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from ..errors import OAuthError, OAuthUnauthorized
 
@@ -84,11 +88,18 @@ class Dpop:
         self._key = hmac.new(secret.encode(), b"pds dpop nonce", hashlib.sha256).digest()
         self.public_url = public_url.rstrip("/")
         self.replay_dir = replay_dir
+        self._memo: dict[int, str] = {}  # window -> nonce
 
     # --- nonces ---------------------------------------------------------------------
 
     def _nonce_at(self, window: int) -> str:
-        return b64url(hmac.new(self._key, str(window).encode(), hashlib.sha256).digest()[:18])
+        nonce = self._memo.get(window)
+        if nonce is None:
+            if len(self._memo) > 16:
+                self._memo.clear()
+            nonce = self._memo[window] = b64url(
+                hmac.new(self._key, str(window).encode(), hashlib.sha256).digest()[:18])
+        return nonce
 
     def nonce(self, now: float | None = None) -> str:
         """The current server nonce (the same in every worker)."""
@@ -96,7 +107,7 @@ class Dpop:
 
     def nonce_ok(self, nonce: str, now: float | None = None) -> bool:
         w = int((time.time() if now is None else now) // NONCE_WINDOW)
-        return any(hmac.compare_digest(nonce, self._nonce_at(w + d)) for d in (-2, -1, 0, 1))
+        return any(hmac.compare_digest(nonce, self._nonce_at(w + d)) for d in (0, -1, -2, 1))
 
     # --- proofs ---------------------------------------------------------------------
 
@@ -176,12 +187,32 @@ class Dpop:
         return removed
 
 
+# EC curves of the algorithms checked directly with `cryptography` (the common case:
+# atproto clients sign proofs with ES256); other algorithms go through pyjwt.
+_EC = {"ES256": ("P-256", ec.SECP256R1, hashes.SHA256, 32),
+       "ES256K": ("secp256k1", ec.SECP256K1, hashes.SHA256, 32),
+       "ES384": ("P-384", ec.SECP384R1, hashes.SHA384, 48)}
+# Public keys already built from a JWK, by (alg, x, y): a client signs every proof of a
+# session with one key, so it is parsed once per worker.
+_keys: dict[tuple[str, str, str], ec.EllipticCurvePublicKey] = {}
+
+
+def _segment(text: str) -> Any:
+    return json.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
+
+
 def _verify_signature(proof: str) -> tuple[dict, dict]:
     """The header and claims of a proof signed by the public key in its header."""
+    parts = proof.split(".")
     try:
-        header = jwt.get_unverified_header(proof)
-    except jwt.PyJWTError:
+        if len(parts) != 3:
+            raise ValueError
+        header, payload = _segment(parts[0]), _segment(parts[1])
+        sig = base64.urlsafe_b64decode(parts[2] + "=" * (-len(parts[2]) % 4))
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise _bad("DPoP proof is not a JWT") from None
+    if not isinstance(header, dict) or not isinstance(payload, dict):
+        raise _bad("DPoP proof is not a JWT")
     if header.get("typ") != "dpop+jwt":
         raise _bad('DPoP proof "typ" must be "dpop+jwt"')
     alg, jwk = header.get("alg"), header.get("jwk")
@@ -189,16 +220,46 @@ def _verify_signature(proof: str) -> tuple[dict, dict]:
         raise _bad("DPoP proof needs a supported alg and a jwk")
     if any(k in jwk for k in ("d", "p", "q", "dp", "dq", "qi", "k")):
         raise _bad("DPoP jwk must be a public key")
+    signing_input = proof[:len(parts[0]) + len(parts[1]) + 1].encode()
+    if alg in _EC:
+        _verify_ec(alg, jwk, signing_input, sig)
+    else:
+        _verify_other(alg, jwk, proof)
+    return header, payload
+
+
+def _verify_ec(alg: str, jwk: dict, signing_input: bytes, sig: bytes) -> None:
+    crv, curve, digest, size = _EC[alg]
+    x, y = jwk.get("x"), jwk.get("y")
+    if jwk.get("kty") != "EC" or jwk.get("crv") != crv or not isinstance(x, str) \
+            or not isinstance(y, str) or len(sig) != 2 * size:
+        raise _bad("DPoP proof key or signature does not fit its alg")
+    key = _keys.get((alg, x, y))
+    try:
+        if key is None:
+            nums = ec.EllipticCurvePublicNumbers(
+                int.from_bytes(base64.urlsafe_b64decode(x + "=" * (-len(x) % 4)), "big"),
+                int.from_bytes(base64.urlsafe_b64decode(y + "=" * (-len(y) % 4)), "big"),
+                curve())
+            key = nums.public_key()
+            if len(_keys) > 10_000:
+                _keys.clear()
+            _keys[(alg, x, y)] = key
+        der = encode_dss_signature(int.from_bytes(sig[:size], "big"),
+                                   int.from_bytes(sig[size:], "big"))
+        key.verify(der, signing_input, ec.ECDSA(digest()))
+    except (ValueError, InvalidSignature):
+        raise _bad("DPoP proof signature could not be verified") from None
+
+
+def _verify_other(alg: str, jwk: dict, proof: str) -> None:
     try:
         key: Any = jwt.PyJWK(jwk, algorithm=alg)
-        payload = jwt.decode(proof, key, algorithms=[alg],
-                             options={"verify_aud": False, "verify_exp": False,
-                                      "verify_iat": False, "verify_nbf": False})
+        jwt.decode(proof, key, algorithms=[alg],
+                   options={"verify_aud": False, "verify_exp": False, "verify_iat": False,
+                            "verify_nbf": False})
     except (jwt.PyJWTError, ValueError, TypeError, KeyError):
         raise _bad("DPoP proof signature could not be verified") from None
-    if not isinstance(payload, dict):
-        raise _bad("DPoP proof claims must be an object")
-    return header, payload
 
 
 def _normal_htu(htu: Any) -> str | None:

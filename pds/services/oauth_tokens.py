@@ -194,11 +194,12 @@ class Tokens:
 
     def _decode(self, token: str) -> dict:
         try:
-            if jwt.get_unverified_header(token).get("typ") != "at+jwt":
+            full = jwt.decode_complete(token, self.key, algorithms=["HS256"],
+                                       audience=self.audience, issuer=self.oauth.issuer,
+                                       options={"require": ["exp", "sub", "sid", "cnf"]})
+            if full["header"].get("typ") != "at+jwt":
                 raise jwt.InvalidTokenError("typ")
-            claims: dict = jwt.decode(token, self.key, algorithms=["HS256"],
-                                      audience=self.audience, issuer=self.oauth.issuer,
-                                      options={"require": ["exp", "sub", "sid", "cnf"]})
+            claims: dict = full["payload"]
         except jwt.ExpiredSignatureError:
             raise _unauthorized("invalid_token", "Token has expired") from None
         except jwt.PyJWTError:
