@@ -19,7 +19,7 @@ from oauth_util import (
 )
 from server_util import Account, Api, api_fixture
 
-api = api_fixture()
+api = api_fixture(env={"PDS_RATE_LIMITS": "true"})  # the page's login limits
 
 POST = {"$type": "com.example.note", "text": "via oauth", "createdAt": "2026-01-01T00:00:00Z"}
 
@@ -276,3 +276,15 @@ def test_granular_scopes(app: OAuthTester, alice: Account, api: Api) -> None:
     # A scope the client never declared is refused at PAR.
     r = app.par(client_id=client, scope="atproto transition:generic")
     assert r.status_code == 400 and r.json()["error"] == "invalid_scope"
+
+
+def test_page_sign_in_is_rate_limited(app: OAuthTester) -> None:
+    request_uri = app.par().json()["request_uri"]
+    r = app.http.get("/oauth/authorize", params={"client_id": LOOPBACK_CLIENT,
+                                                 "request_uri": request_uri})
+    csrf = cookie(r, "pds-csrf")
+    form = {"csrf": csrf, "request_uri": request_uri, "action": "sign_in",
+            "identifier": "nobody-guessing.test", "password": "guess"}
+    statuses = [app.http.post("/oauth/authorize", headers={"Cookie": f"pds-csrf={csrf}"},
+                              data=form).status_code for _ in range(31)]
+    assert statuses[:30] == [401] * 30 and statuses[30] == 429, statuses

@@ -106,3 +106,21 @@ def test_scope_parsing() -> None:
     assert oauth_perms.allows(perms, "account", "email", "read")
     assert oauth_perms.parse_perm("repo?action=destroy") is None
     assert oauth_perms.parse_perm("rpc:app.bsky.feed.getTimeline") is None  # aud required
+
+
+def test_verify_checks_oauth_state(tmp_path: Path) -> None:
+    from server_util import app_context
+
+    from pds.store.layout import OAUTH_DEVICES, OAUTH_SESSIONS
+    from pds.store.verify import verify_data_dir
+    ctx = app_context(tmp_path)
+    ctx.oauth.store.put(OAUTH_SESSIONS, "ses-" + "1" * 32, {"expiresAt": 2**40})
+    assert verify_data_dir(tmp_path).ok
+    (tmp_path / "oauth" / OAUTH_SESSIONS / ("ses-" + "2" * 32)).write_text("{not json")
+    ctx.oauth.store.put(OAUTH_DEVICES, "dev-" + "3" * 32, {"did": "x"})
+    (tmp_path / "oauth" / OAUTH_SESSIONS / ("ses-" + "1" * 32)).chmod(0o644)
+    problems = verify_data_dir(tmp_path).problems
+    assert len(problems) == 3, problems
+    assert any("not a JSON record" in p for p in problems)
+    assert any("no expiresAt" in p for p in problems)
+    assert any("mode 644" in p for p in problems)

@@ -105,3 +105,27 @@ class OAuthStore:
                     self.delete(kind, name)
                     removed += 1
         return removed
+
+
+def verify(data: DataDir) -> list[str]:
+    """`pds verify`'s look at the OAuth state: each record a JSON object with an expiry,
+    readable by the service's user only (0600). Returns the problems found."""
+    problems = []
+    for kind in KINDS:
+        try:
+            entries = list(os.scandir(data.oauth / kind))
+        except FileNotFoundError:
+            continue
+        for entry in entries:
+            where = f"oauth/{kind}/{entry.name}"
+            try:
+                rec = json.loads(read_file(entry.path) or b"")
+                mode = entry.stat().st_mode
+            except (ValueError, OSError):
+                problems.append(f"{where}: not a JSON record")
+                continue
+            if not isinstance(rec, dict) or not isinstance(rec.get("expiresAt"), int):
+                problems.append(f"{where}: not an OAuth record (no expiresAt)")
+            if mode & 0o077:
+                problems.append(f"{where}: readable by others (mode {mode & 0o777:o})")
+    return problems
