@@ -201,6 +201,10 @@ def test_scope_is_enforced(app: OAuthTester, alice: Account, api: Api) -> None:
     assert len(api.list_records(alice.did)) == before  # nothing written
     assert app.xrpc("GET", "com.atproto.server.getSession",
                     tok["access_token"]).status_code == 200
+    # A public read is anyone's: the token only says who asks.
+    r = app.xrpc("GET", "com.atproto.sync.getRepo", tok["access_token"],
+                 params={"did": alice.did})
+    assert r.status_code == 200, r.text
     # Account management is never an app's, even with transition:generic.
     full = app.tokens(alice.handle, alice.password)
     r = app.xrpc("POST", "com.atproto.server.createAppPassword", full["access_token"],

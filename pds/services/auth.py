@@ -266,8 +266,9 @@ class Auth:
     def _oauth(self, header: str, request: dict[str, str | None], nsid: str,
                kind: AuthKind) -> AuthInfo:
         """An OAuth access token with its DPoP proof, admitted (blocking)."""
-        info: AuthInfo = self.ctx.oauth.tokens.resource(header, request, nsid,
-                                                        kind == AuthKind.ACCESS_FULL)
+        info: AuthInfo = self.ctx.oauth.tokens.resource(
+            header, request, nsid, privileged=kind == AuthKind.ACCESS_FULL,
+            public=kind in (AuthKind.OPTIONAL, AuthKind.SERVICE_OPTIONAL))
         self.admit(info)
         return info
 

@@ -207,10 +207,11 @@ class Tokens:
         return claims
 
     def resource(self, header: str, request: dict[str, str | None], nsid: str,
-                 privileged: bool) -> AuthInfo:
+                 privileged: bool = False, public: bool = False) -> AuthInfo:
         """An `Authorization: DPoP <token>` call of XRPC method `nsid` (blocking): the
         token, its proof (key, method, URL, nonce, `ath`, replay), its session, its
-        scope. Refusals are the reference's (401 invalid_token / invalid_dpop_proof /
+        scope (unless the method is `public`: anyone may call it, the token only says who
+        asks). Refusals are the reference's (401 invalid_token / invalid_dpop_proof /
         use_dpop_nonce with WWW-Authenticate; 403 ScopeMissingError)."""
         token = header[5:].strip()
         if not token or len(token) > MAX_TOKEN:
@@ -230,9 +231,9 @@ class Tokens:
         if session is None or session.get("did") != claims["sub"]:
             raise _unauthorized("invalid_token", "Token has been revoked")
         scope = str(claims.get("scope", ""))
-        check = oauth_scopes.require(scope, nsid, privileged,
-                                     request.get("content-type") or "",
-                                     request.get("atproto-proxy"))
+        check = None if public else oauth_scopes.require(
+            scope, nsid, privileged, request.get("content-type") or "",
+            request.get("atproto-proxy"))
         return AuthInfo(kind="access", did=claims["sub"], scope=scope, token=token,
                         payload=claims, headers={"DPoP-Nonce": self.oauth.dpop.nonce()},
                         check_input=check)
