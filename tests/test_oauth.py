@@ -292,3 +292,18 @@ def test_page_sign_in_is_rate_limited(app: OAuthTester) -> None:
     statuses = [app.http.post("/oauth/authorize", headers={"Cookie": f"pds-csrf={csrf}"},
                               data=form).status_code for _ in range(31)]
     assert statuses[:30] == [401] * 30 and statuses[30] == 429, statuses
+
+
+def test_password_change_ends_grants(app: OAuthTester, api: Api) -> None:
+    bob = api.create_account()
+    tok = app.tokens(bob.handle, bob.password)
+    assert create(app, tok["access_token"], bob.did).status_code == 200
+    r = api.post("com.atproto.admin.updateAccountPassword",
+                 {"did": bob.did, "password": "a new password"}, headers=api.admin_headers())
+    assert r.status_code == 200, r.text
+    r = create(app, tok["access_token"], bob.did)
+    assert r.status_code == 401 and r.json()["error"] == "invalid_token"
+    r = app.post("/oauth/token", {"grant_type": "refresh_token",
+                                  "client_id": LOOPBACK_CLIENT,
+                                  "refresh_token": tok["refresh_token"]})
+    assert r.status_code == 400 and r.json()["error"] == "invalid_grant"

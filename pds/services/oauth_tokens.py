@@ -29,7 +29,7 @@ from typing import Any
 import jwt
 
 from ..errors import OAuthError, OAuthUnauthorized
-from ..store.layout import OAUTH_CODES, OAUTH_REQUESTS, OAUTH_SESSIONS
+from ..store.layout import OAUTH_CODES, OAUTH_DEVICES, OAUTH_REQUESTS, OAUTH_SESSIONS
 from . import oauth_scopes
 from .account import load
 from .auth import GENERATION, AuthInfo
@@ -189,6 +189,14 @@ class Tokens:
         session = self.store.get(OAUTH_SESSIONS, sid) if sid.startswith("ses-") else None
         if session is not None and session.get("did") == did:
             self.store.delete(OAUTH_SESSIONS, sid)
+
+    def revoke_account(self, did: str) -> None:
+        """End every grant and remembered browser of an account (its password changed,
+        it was taken down)."""
+        for kind in (OAUTH_SESSIONS, OAUTH_DEVICES):
+            for name, rec in list(self.store.scan(kind)):
+                if rec.get("did") == did:
+                    self.store.delete(kind, name)
 
     # --- access tokens on XRPC --------------------------------------------------------
 

@@ -163,10 +163,13 @@ def prune_sessions(ctx: AppContext, now: float | None = None) -> int:
 
 
 def revoke_all_sessions(ctx: AppContext, did: str, app_password: str | None = None) -> None:
-    """Drop refresh sessions (all of them, or those of one app password)."""
+    """Drop refresh sessions (all of them, or those of one app password). All of them
+    means the account's OAuth grants and remembered browsers too."""
     for jti, s in ctx.accounts.sessions(did).items():
         if app_password is None or (s or {}).get("appPassword") == app_password:
             ctx.accounts.delete_session(did, jti)
+    if app_password is None:
+        ctx.oauth.tokens.revoke_account(did)
 
 
 # --- app passwords ----------------------------------------------------------------------
