@@ -5,6 +5,7 @@ it in test_oauth_e2e.py.)"""
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator
 
@@ -307,3 +308,36 @@ def test_password_change_ends_grants(app: OAuthTester, api: Api) -> None:
                                   "client_id": LOOPBACK_CLIENT,
                                   "refresh_token": tok["refresh_token"]})
     assert r.status_code == 400 and r.json()["error"] == "invalid_grant"
+
+
+def test_account_page_lists_and_revokes(app: OAuthTester, api: Api) -> None:
+    carol = api.create_account()
+    tok = app.tokens(carol.handle, carol.password)
+    r = app.http.get("/oauth/account")
+    assert r.status_code == 200 and "Sign in to see the apps" in r.text
+    csrf = cookie(r, "pds-csrf")
+    jar = {"Cookie": f"pds-csrf={csrf}"}
+    r = app.http.post("/oauth/account", headers=jar, data={
+        "csrf": csrf, "action": "sign_in", "identifier": carol.email,
+        "password": carol.password})
+    assert r.status_code == 200 and "Authorized apps" in r.text, r.text
+    assert "a development app on this computer" in r.text
+    device = cookie(r, "pds-device")
+    jar = {"Cookie": f"pds-csrf={csrf}; pds-device={device}"}
+    grant = re.search(r'name="id" value="(ses-[0-9a-f]+)"', r.text)
+    assert grant is not None
+    # Without the CSRF token nothing happens.
+    r = app.http.post("/oauth/account", headers=jar, data={
+        "action": "revoke", "id": grant.group(1)})
+    assert r.status_code == 403
+    assert create(app, tok["access_token"], carol.did).status_code == 200
+    r = app.http.post("/oauth/account", headers=jar, data={
+        "csrf": csrf, "action": "revoke", "id": grant.group(1)})
+    assert r.status_code == 200 and "No apps are authorized" in r.text
+    r = create(app, tok["access_token"], carol.did)
+    assert r.status_code == 401 and r.json()["error"] == "invalid_token"
+    r = app.http.post("/oauth/account", headers=jar, data={"csrf": csrf,
+                                                            "action": "sign_out"})
+    assert "Sign in to see the apps" in r.text
+    r = app.http.get("/oauth/account", headers=jar)  # the device cookie is spent
+    assert "Sign in to see the apps" in r.text

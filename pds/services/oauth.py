@@ -116,6 +116,7 @@ class OAuth:
         client_auth = await authenticate(self.ctx, client, form)
         rec = _request_fields(form, client)
         rec["clientAuth"] = client_auth
+        rec["clientName"] = client.name
         if rec["jkt"] is not None and rec["jkt"] != bound.jkt:
             raise OAuthError("dpop_jkt does not match the DPoP proof", "invalid_request")
         rec["jkt"] = bound.jkt

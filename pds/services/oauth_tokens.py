@@ -114,7 +114,8 @@ class Tokens:
         now = int(time.time())
         session = {"did": acct.did, "gen": acct.generation, "clientId": client_id,
                    "scope": rec["scope"], "jkt": bound.jkt, "createdAt": now,
-                   "clientAuth": auth, "spent": []}
+                   "clientAuth": auth, "clientName": rec.get("clientName") or client_id,
+                   "spent": []}
         return self._issue(sid, _extend(session, now))
 
     def _refresh(self, form: dict[str, Any], client_id: str, bound: Proof,
@@ -181,6 +182,7 @@ class Tokens:
     def grants(self, did: str) -> list[dict]:
         """The apps an account has authorized (live sessions), newest first."""
         out = [{"id": sid, "clientId": s["clientId"], "scope": s["scope"],
+                "clientName": s.get("clientName") or s["clientId"],
                 "createdAt": s["createdAt"]}
                for sid, s in self.store.scan(OAUTH_SESSIONS) if s.get("did") == did]
         return sorted(out, key=lambda g: -g["createdAt"])

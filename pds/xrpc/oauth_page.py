@@ -11,7 +11,8 @@ _STYLE = """
 *{box-sizing:border-box}
 body{margin:0;font:16px/1.5 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;
 background:#f3f4f6;color:#111827}
-main{max-width:26rem;margin:2rem auto;padding:1.5rem;background:#fff;border-radius:12px;
+main{max-width:26rem;margin:2rem auto;overflow-wrap:anywhere;padding:1.5rem;
+background:#fff;border-radius:12px;
 box-shadow:0 1px 3px rgba(0,0,0,.12)}
 h1{font-size:1.35rem;margin:0 0 .25rem}
 p.host{color:#4b5563;margin:0 0 1.25rem;font-size:.9rem}
@@ -119,7 +120,8 @@ def _account(page: Page, csrf: str) -> str:
     for g in page.grants:
         asks = "; ".join(g["asks"])
         rows.append(
-            f'<div class="grant"><div class="app">{escape(g["clientId"])}</div>'
+            f'<div class="grant"><div class="app">{escape(g["clientName"])}</div>'
+            f'<div class="muted">{escape(g["clientId"])}</div>'
             f'<div class="muted">{escape(asks)}</div>'
             f'<form method="post" action="/oauth/account">{_hidden(csrf)}'
             f'<input type="hidden" name="id" value="{escape(g["id"])}">'
