@@ -99,6 +99,7 @@ class OAuthTester:
             **({"remember": "on"} if remember else {})})
         assert r.status_code == 200 and "Authorize" in r.text, r.text
         self.consent_html = r.text
+        self.last_sign_in = r
         r = self.http.post("/oauth/authorize", headers=jar, data={
             "csrf": csrf, "request_uri": request_uri, "action": "authorize"})
         assert r.status_code == 303, r.text

@@ -341,3 +341,24 @@ def test_account_page_lists_and_revokes(app: OAuthTester, api: Api) -> None:
     assert "Sign in to see the apps" in r.text
     r = app.http.get("/oauth/account", headers=jar)  # the device cookie is spent
     assert "Sign in to see the apps" in r.text
+
+
+def test_prompt_none_and_login(app: OAuthTester, alice: Account) -> None:
+    r = app.par(prompt="none")
+    request_uri = r.json()["request_uri"]
+    r = app.http.get("/oauth/authorize", params={"client_id": LOOPBACK_CLIENT,
+                                                 "request_uri": request_uri})
+    assert r.status_code == 303 and "error=login_required" in r.headers["location"]
+    assert app.par(prompt="bogus").json()["error"] == "invalid_request"
+    # prompt=login: the password is asked even of a remembered browser.
+    request_uri = app.par().json()["request_uri"]
+    app.sign_in_and_approve(request_uri, alice.handle, alice.password, remember=True)
+    device = cookie(app.last_sign_in, "pds-device")
+    request_uri = app.par(prompt="login").json()["request_uri"]
+    r = app.http.get("/oauth/authorize", headers={"Cookie": f"pds-device={device}"},
+                     params={"client_id": LOOPBACK_CLIENT, "request_uri": request_uri})
+    assert r.status_code == 200 and "Password" in r.text
+    request_uri = app.par().json()["request_uri"]
+    r = app.http.get("/oauth/authorize", headers={"Cookie": f"pds-device={device}"},
+                     params={"client_id": LOOPBACK_CLIENT, "request_uri": request_uri})
+    assert r.status_code == 200 and "Authorize app" in r.text and "Password" not in r.text

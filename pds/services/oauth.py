@@ -218,9 +218,12 @@ class OAuth:
 
     def deny(self, p: Pending) -> str:
         """The user said no: the request is gone; where to send the browser."""
+        return self.refuse(p, "access_denied", "The user denied access")
+
+    def refuse(self, p: Pending, error: str, description: str) -> str:
+        """End the request with an error for the app; where to send the browser."""
         self.store.delete(OAUTH_REQUESTS, p.request_id)
-        return self.redirect(p.rec, {"error": "access_denied",
-                                     "error_description": "The user denied access"})
+        return self.redirect(p.rec, {"error": error, "error_description": description})
 
     def redirect(self, rec: dict, params: dict[str, str]) -> str:
         """The client's redirect URI with the answer (RFC 9207: `iss` included)."""
@@ -238,6 +241,17 @@ class OAuth:
 
 def _digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _prompt(form: dict[str, Any]) -> str | None:
+    """OpenID's `prompt`: "login" always asks for the password, "none" never shows the
+    page (this server always asks for consent, so it answers consent_required or
+    login_required), "consent" and "select_account" are what the page does anyway."""
+    prompt = _field(form, "prompt", required=False)
+    if prompt not in (None, "login", "none", "consent", "select_account"):
+        raise OAuthError("prompt must be login, none, consent or select_account",
+                         "invalid_request")
+    return prompt
 
 
 def _request_fields(form: dict[str, Any], client: Client) -> dict:
@@ -268,5 +282,6 @@ def _request_fields(form: dict[str, Any], client: Client) -> dict:
     return {"clientId": client.client_id, "redirectUri": redirect_uri, "scope": scope,
             "state": _field(form, "state", required=False), "codeChallenge": challenge,
             "responseMode": mode, "loginHint": _field(form, "login_hint", required=False),
+            "prompt": _prompt(form),
             "jkt": _field(form, "dpop_jkt", required=False),
             "expiresAt": int(time.time()) + PAR_TTL}

@@ -49,8 +49,14 @@ async def visit(ctx: Any, client_id: Any, request_uri: Any, browser: str,
     already signed in (for this request, or remembered)."""
     oauth = ctx.oauth
     p = await oauth.pending(client_id, request_uri)
+    prompt = p.rec.get("prompt")
+    if prompt == "none":
+        known = await asyncio.to_thread(oauth.remembered, device)
+        error = "consent_required" if known else "login_required"
+        return Page("redirect", p, redirect=await asyncio.to_thread(
+            oauth.refuse, p, error, "The user must be asked"))
     did = oauth.signed_in(p, browser)
-    if did is None:
+    if did is None and prompt != "login":
         did = await asyncio.to_thread(oauth.remembered, device)
         if did is not None:
             await asyncio.to_thread(oauth.use_device, p, did, browser)
