@@ -124,3 +124,27 @@ def test_verify_checks_oauth_state(tmp_path: Path) -> None:
     assert any("not a JSON record" in p for p in problems)
     assert any("no expiresAt" in p for p in problems)
     assert any("mode 644" in p for p in problems)
+
+
+def test_maintenance_prunes_expired_state(tmp_path: Path) -> None:
+    import os
+
+    from server_util import app_context
+
+    from pds.store.layout import OAUTH_CODES, OAUTH_REQUESTS, OAUTH_SESSIONS
+    ctx = app_context(tmp_path)
+    store = ctx.oauth.store
+    now = int(time.time())
+    store.put(OAUTH_REQUESTS, "req-" + "1" * 32, {"expiresAt": now - 1})
+    store.put(OAUTH_CODES, "a" * 64, {"expiresAt": now - 1})
+    store.put(OAUTH_SESSIONS, "ses-" + "2" * 32, {"expiresAt": now + 3600})
+    assert not ctx.oauth.dpop.seen("dpop:old") and not ctx.oauth.dpop.seen("dpop:new")
+    jti_dir = tmp_path / "oauth" / "dpop-jti"
+    old = sorted(jti_dir.iterdir(), key=lambda p: p.stat().st_mtime_ns)[0]
+    os.utime(old, (now - 3600, now - 3600))
+    assert ctx.prune() == 3  # the two expired records and the old jti claim
+    assert not (tmp_path / "oauth" / OAUTH_REQUESTS / ("req-" + "1" * 32)).exists()
+    assert not (tmp_path / "oauth" / OAUTH_CODES / ("a" * 64)).exists()
+    assert (tmp_path / "oauth" / OAUTH_SESSIONS / ("ses-" + "2" * 32)).exists()
+    assert [p.name for p in jti_dir.iterdir()] != [old.name]
+    assert len(list(jti_dir.iterdir())) == 1
