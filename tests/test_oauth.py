@@ -52,6 +52,14 @@ def test_metadata_names_the_public_url(api: Api) -> None:
     assert "ES256" in meta["dpop_signing_alg_values_supported"]
     res = api.http.get("/.well-known/oauth-protected-resource").json()
     assert res["authorization_servers"] == [issuer] and res["resource"] == issuer
+    # Browser apps call PAR and token cross-origin, with a DPoP header.
+    r = api.http.options("/oauth/token", headers={
+        "Origin": "https://app.example", "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "dpop,content-type"})
+    assert r.status_code == 200
+    assert "dpop" in r.headers["Access-Control-Allow-Headers"].lower()
+    assert "DPoP-Nonce" in r.headers.get("Access-Control-Expose-Headers", "") or \
+        r.headers["Access-Control-Allow-Origin"] == "*"
 
 
 def test_full_flow_refresh_and_revoke(app: OAuthTester, alice: Account, api: Api) -> None:
