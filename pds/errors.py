@@ -56,3 +56,13 @@ class RateLimited(PdsError):
 
 class NotSupported(PdsError):
     """A method (or a use of one) this PDS does not implement."""
+
+
+class OAuthError(InvalidInput):
+    """An OAuth 2.0 refusal (400): `error` is its RFC 6749 / RFC 9449 code
+    (`invalid_request`, `invalid_grant`, `use_dpop_nonce`...), `message` its description."""
+
+
+class OAuthUnauthorized(AuthFailed):
+    """An OAuth refusal answered 401 (`invalid_dpop_proof`, `invalid_token`,
+    `use_dpop_nonce` at a resource), with its `WWW-Authenticate: DPoP ...` header."""

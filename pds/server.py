@@ -33,13 +33,17 @@ _on_term: list[Callable[[], None]] = []
 
 def build_app(settings: Settings) -> RequestBody:
     """The ASGI app of one worker: its own AppContext and every XRPC module registered."""
-    from .xrpc import actor, admin, email, identity, repo, server, sync  # noqa: F401 (register)
+    from .xrpc import actor, admin, email, identity, oauth, repo, server, sync  # noqa: F401
     from .xrpc.app import create_app
     from .xrpc.wellknown import add_routes
 
     ctx = AppContext(settings)
     _on_term.append(ctx.broadcaster.shutdown)
-    return create_app(ctx, lambda app: add_routes(app, ctx))
+
+    def routes(app: Any) -> None:
+        add_routes(app, ctx)
+        oauth.add_routes(app, ctx)
+    return create_app(ctx, routes)
 
 
 def _post_worker_init(worker: Any) -> None:

@@ -169,12 +169,14 @@ class Nginx:
         stop_process(self.proc, signal.SIGQUIT, 20)  # SIGQUIT: graceful
 
 
-def start_nginx(work: Path, data_dir: Path, upstream: str, wait: float = 30.0) -> Nginx:
-    """nginx (from nginx.conf.example) on a free loopback port, in front of `upstream`."""
+def start_nginx(work: Path, data_dir: Path, upstream: str, wait: float = 30.0,
+                port: int | None = None) -> Nginx:
+    """nginx (from nginx.conf.example) on a loopback port (`port`, else a free one), in
+    front of `upstream`."""
     binary = nginx_binary()
     assert binary is not None
     work.mkdir(parents=True, exist_ok=True)
-    port = free_port()
+    port = free_port() if port is None else port
     site = work / "pds-site.conf"
     site.write_text(site_config(NGINX_EXAMPLE.read_text(), port, data_dir, upstream,
                                 work / "access.log"))

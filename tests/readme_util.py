@@ -29,12 +29,14 @@ PLACEHOLDERS = {
     "jti": r"[A-Za-z0-9_-]+",
     "code": r"[A-Za-z0-9.-]+",
     "hash": r"[0-9a-f]{32}",
+    "sha256": r"[0-9a-f]{64}",
+    "id": r"(?:req|ses|dev)-[0-9a-f]{32}",  # OAuth state: request, session, device
     "shard": r"\d{8,}",
     "seq": r"\d{16}",
     "pid": r"\d+",
     "random": r"[0-9a-f]+",
     "purpose": r"confirm_email|update_email|reset_password|delete_account|plc_operation|2fa",
-    "id": r"\d{20}-[0-9a-f]{8}",  # a spooled mail: "<unix ns>-<random>"
+    "mailid": r"\d{20}-[0-9a-f]{8}",  # a spooled mail: "<unix ns>-<random>"
 }
 
 

@@ -21,6 +21,7 @@ import socket
 
 import pytest
 from harness import free_port, run_pds, running_server, wait_for
+from oauth_util import OAuthTester
 from readme_util import ROOT, layout_entries, settings_rows, unlisted, unseen, walk
 from server_util import Api, blob_ref, err, ok, subscribe_url
 
@@ -165,6 +166,15 @@ def test_readme_layout_is_a_real_data_dir(tmp_path) -> None:
                     {"preferences": [{"$type": "app.bsky.actor.defs#adultContentPref",
                                       "enabled": False}]}, token=alice.access))
         ok(api.post("com.atproto.server.requestAccountDelete", token=bob.access))
+
+        # An app signs in with OAuth (a remembered browser, a grant, a spent code, a
+        # pending request, DPoP jti claims).
+        app = OAuthTester(server.url, f"http://localhost:{server.port}")
+        tok = app.tokens("alice.test", alice.password, remember=True)
+        assert app.xrpc("GET", "com.atproto.server.getSession",
+                        tok["access_token"]).status_code == 200
+        assert app.par().status_code == 201
+        app.close()
 
         # An account change (takedown and its reversal) and a whole-repo export.
         for applied in (True, False):

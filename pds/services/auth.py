@@ -14,6 +14,7 @@ import hmac
 import json
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -155,6 +156,9 @@ class AuthInfo:
     token: str | None = None
     app_password: str | None = None
     payload: dict | None = None
+    headers: dict[str, str] | None = None  # to set on the answer (an OAuth DPoP nonce)
+    # An OAuth grant's check of the method's input (repo writes: collection and action).
+    check_input: Callable[[Any], None] | None = None
 
     @property
     def account(self) -> str:
@@ -243,14 +247,30 @@ class Auth:
     # --- verify -------------------------------------------------------------------------
 
     async def check(self, kind: AuthKind, header: str, nsid: str,
-                    ip: str = "") -> AuthInfo | None:
+                    ip: str = "", request: dict[str, str | None] | None = None
+                    ) -> AuthInfo | None:
         """Authenticate a call of method `nsid` whose `Authorization` header is `header`
         ("" when absent), from client address `ip`, as the method requires; raises a
-        PdsError if it can't. Every credential naming an account is then admitted (or
-        refused) by `admit`."""
+        PdsError if it can't. `request`: the request's `method`, `path` and headers
+        `dpop`, `content-type`, `atproto-proxy`, for an OAuth access token
+        (`Authorization: DPoP ...`). Every credential naming an
+        account is then admitted (or refused) by `admit`."""
+        if header[:5].lower() == "dpop " and kind not in (AuthKind.NONE, AuthKind.ADMIN,
+                                                          AuthKind.REFRESH):
+            # One thread hop for the whole check: token, proof, grant, then the account.
+            return await asyncio.to_thread(self._oauth, header, request or {}, nsid, kind)
         info = await self._credential(kind, header, nsid, ip)
         if info is not None and info.did is not None:
             await reads.read(self.admit, info)
+        return info
+
+    def _oauth(self, header: str, request: dict[str, str | None], nsid: str,
+               kind: AuthKind) -> AuthInfo:
+        """An OAuth access token with its DPoP proof, admitted (blocking)."""
+        info: AuthInfo = self.ctx.oauth.tokens.resource(
+            header, request, nsid, privileged=kind == AuthKind.ACCESS_FULL,
+            public=kind in (AuthKind.OPTIONAL, AuthKind.SERVICE_OPTIONAL))
+        self.admit(info)
         return info
 
     async def _credential(self, kind: AuthKind, header: str, nsid: str,

@@ -32,6 +32,8 @@ class AppContext:
         from .lifecycle import Lifecycle
         from .mailer import Mailer
         self.auth = Auth(self)
+        from .oauth import OAuth
+        self.oauth = OAuth(self)
         self.identity = Identity(self)
         self.lifecycle = Lifecycle(self)
         self.events = Sequencer(self)
@@ -126,13 +128,14 @@ class AppContext:
             return removed
 
     def prune(self) -> int:
-        """Remove refresh sessions that can no longer be used and rate-limit counters
-        whose window is over (one worker at a time); returns how many files went."""
+        """Remove refresh sessions that can no longer be used, rate-limit counters
+        whose window is over and expired OAuth state (one worker at a time); returns how
+        many files went."""
         from .sessions import prune_sessions
         with try_flock(self.data.tmp / PRUNE_LOCK) as held:
             if not held:
                 return 0
-            return prune_sessions(self) + self.auth.limiter.prune()
+            return prune_sessions(self) + self.auth.limiter.prune() + self.oauth.prune()
 
     def refresh_snapshots(self, max_age: float = SNAPSHOT_MAX_AGE) -> int:
         """Bring export snapshots older than `max_age` seconds up to their repo's HEAD (one

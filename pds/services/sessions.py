@@ -104,8 +104,11 @@ def _match_app_password(ctx: AppContext, did: str, password: str) -> tuple[str, 
 def session_view(ctx: AppContext, acct: Account, scope: str | None) -> dict:
     """The account fields of createSession/getSession."""
     out: dict[str, Any] = {"handle": acct.handle, "did": acct.did}
-    if acct.email and scope in (A.SCOPE_ACCESS, A.SCOPE_APP_PASS_PRIVILEGED,
-                                A.SCOPE_APP_PASS, A.SCOPE_TAKENDOWN):
+    # An OAuth app sees the address only with transition:email (or account:email).
+    oauth_email = bool(scope) and any(s in ("transition:email", "account:email")
+                                      for s in str(scope).split())
+    if acct.email and (oauth_email or scope in (A.SCOPE_ACCESS, A.SCOPE_APP_PASS_PRIVILEGED,
+                                                A.SCOPE_APP_PASS, A.SCOPE_TAKENDOWN)):
         out["email"] = acct.email
         out["emailConfirmed"] = bool(acct.email_confirmed_at)
         out["emailAuthFactor"] = acct.email_auth_factor
@@ -164,10 +167,13 @@ def prune_sessions(ctx: AppContext, now: float | None = None) -> int:
 
 
 def revoke_all_sessions(ctx: AppContext, did: str, app_password: str | None = None) -> None:
-    """Drop refresh sessions (all of them, or those of one app password)."""
+    """Drop refresh sessions (all of them, or those of one app password). All of them
+    means the account's OAuth grants and remembered browsers too."""
     for jti, s in ctx.accounts.sessions(did).items():
         if app_password is None or (s or {}).get("appPassword") == app_password:
             ctx.accounts.delete_session(did, jti)
+    if app_password is None:
+        ctx.oauth.tokens.revoke_account(did)
 
 
 # --- app passwords ----------------------------------------------------------------------

@@ -67,6 +67,9 @@ from .layout import (
     HEAD_SPARE,
     INVITES,
     MAIL,
+    OAUTH,
+    OAUTH_JTI,
+    OAUTH_LOCK,
     SEQ,
     SEQ_FLOOR,
     SEQ_HEAD,
@@ -309,6 +312,10 @@ def _copy_rest(src: Path, dest: Path, accounts: list[str], ticker: Ticker) -> No
                 remove(dest / ACCOUNTS / did)
     for d in _TOP_DIRS:
         _copy_tree(src / d, dest / d, mirror=True, ticker=ticker)
+    # OAuth grants and remembered browsers, so apps stay signed in after a restore; the
+    # DPoP jti claims (minutes-long) and the lock are left out.
+    _copy_tree(src / OAUTH, dest / OAUTH, skip=(OAUTH_JTI, OAUTH_LOCK), mirror=True,
+               ticker=ticker)
     ticker.end("files")
 
 

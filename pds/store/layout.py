@@ -46,6 +46,7 @@ TOMBSTONES = "tombstones"  # tombstones/<did>: made on the first deletion
 RATELIMIT = "ratelimit"
 MAIL = "mail"  # mail/<id>.json: the spool of outgoing mail (0600: it carries tokens)
 TMP = "tmp"
+OAUTH = "oauth"  # OAuth state (oauth/<kind>/<id>, 0600 files), below
 # The directories `pds init` makes (and the format-0 migration adds).
 INIT_DIRS = (ACCOUNTS, HANDLES, EMAILS, INVITES, SEQ, TMP, WELL_KNOWN)
 # Locks of the jobs one worker at a time runs, in tmp/.
@@ -68,6 +69,15 @@ CHECKPOINT_LOCK = "CHECKPOINT.LOCK"  # flock: one worker checkpoints at a time
 SEQ_FLOOR = "FLOOR"              # "<floor> <head then>" per restore: no seq below the floor
 SEQ_INODE = "INODE"              # "<st_dev> <st_ino>" of seq/ at the last start (restored.py)
 LAST_WRITE = "LAST_WRITE"        # when the last write was (relays are re-announced after quiet)
+
+# --- oauth/ (the authorization server's state; pds/services/oauth*.py) ---------------------
+
+OAUTH_REQUESTS = "requests"      # requests/<id>: a pushed authorization request, then its code
+OAUTH_CODES = "codes"            # codes/<hash>: an authorization code -> its request
+OAUTH_SESSIONS = "sessions"      # sessions/<id>: a grant (its refresh token's hash, scope...)
+OAUTH_DEVICES = "devices"        # devices/<id>: a remembered browser ("remember this device")
+OAUTH_JTI = "dpop-jti"           # dpop-jti/<hash>: a DPoP proof's jti, seen once (O_EXCL)
+OAUTH_LOCK = "LOCK"              # flock: one refresh-token rotation or code exchange at a time
 
 # --- accounts/<did>/ --------------------------------------------------------------------------
 
@@ -203,6 +213,14 @@ class DataDir:
 
     def blobs(self, did: str) -> Path:
         return self.account(did) / BLOBS
+
+    @property
+    def oauth(self) -> Path:
+        return self.root / OAUTH
+
+    def oauth_file(self, kind: str, name: str) -> Path:
+        """`oauth/<kind>/<name>`: one piece of OAuth state (`name` made by us, checked)."""
+        return self.oauth / kind / file_name(name, "OAuth id")
 
     def init_dirs(self) -> list[Path]:
         """The directories a new data dir starts with."""

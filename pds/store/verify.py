@@ -28,6 +28,7 @@ from ..repo.syntax import is_valid_did
 from .blobs import BlobStore
 from .files import read_file
 from .layout import ACCOUNT_JSON, BLOBS, REVS, SIGNING_KEY, SNAPSHOT, DataDir
+from .oauth import verify as verify_oauth
 from .progress import Progress, Ticker
 from .repo import Repo
 from .seqlog import EventLog
@@ -258,6 +259,8 @@ def verify_data_dir(root: str | os.PathLike, progress: Progress | None = None) -
     verify_events(data, heads, report, ticker)
     ticker.end("events")
     verify_mail(data, report)
+    for problem in verify_oauth(data):
+        report.add(problem)
     return report
 
 

@@ -182,16 +182,26 @@ class XrpcResource:
         call = Call(self.ctx, req, resp, nsid)
         validation.check_query(nsid, req.params)  # the lexicon's parameters
         call.auth = await self.ctx.auth.check(method.auth, req.get_header("Authorization") or "",
-                                              nsid, call.ip)
+                                              nsid, call.ip, _oauth_request(req))
+        if call.auth is not None and call.auth.headers:
+            resp.set_headers(call.auth.headers)
         if kind == "procedure" and method.body == "json":
             call.body = await _read_json(req)
             validation.check_body(nsid, call.body)  # the lexicon's input
             if call.body is None:
                 call.body = {}  # no body: what the lexicon saw, an empty object
+        if call.auth is not None and call.auth.check_input is not None:
+            call.auth.check_input(call.body)  # an OAuth grant's repo permissions
         result = await method.handler(call)
         if self.ctx.settings.validate_output and isinstance(result, dict):
             validation.check_answer(nsid, result)
         write_result(resp, result)
+
+
+def _oauth_request(req: falcon.asgi.Request) -> dict[str, str | None]:
+    """What an OAuth (DPoP) credential is checked against besides the token."""
+    return {"method": req.method, "path": req.path, "dpop": req.get_header("DPoP"),
+            "content-type": req.content_type, "atproto-proxy": req.get_header("atproto-proxy")}
 
 
 async def _read_json(req: falcon.asgi.Request) -> Any:

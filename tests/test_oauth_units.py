@@ -1,0 +1,150 @@
+"""OAuth pieces checked directly: confidential-client assertions (private_key_jwt),
+DPoP nonce windows, scope parsing. The served flow is in test_oauth.py."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
+from oauth_util import b64url
+
+from pds.errors import OAuthError
+from pds.services import oauth_perms, oauth_scopes
+from pds.services.oauth_client_auth import ASSERTION_TYPE, verify_assertion
+from pds.services.oauth_clients import parse_metadata
+from pds.services.oauth_dpop import NONCE_WINDOW, Dpop
+
+CLIENT_ID = "https://app.example.com/client-metadata.json"
+ISSUER = "https://pds.example.com"
+
+
+def es256_key(kid: str) -> tuple[ec.EllipticCurvePrivateKey, dict]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    n = key.public_key().public_numbers()
+    return key, {"kty": "EC", "crv": "P-256", "kid": kid, "alg": "ES256",
+                 "x": b64url(n.x.to_bytes(32, "big")), "y": b64url(n.y.to_bytes(32, "big"))}
+
+
+def metadata(jwk: dict) -> dict:
+    return {"client_id": CLIENT_ID, "redirect_uris": ["https://app.example.com/cb"],
+            "scope": "atproto transition:generic", "dpop_bound_access_tokens": True,
+            "grant_types": ["authorization_code", "refresh_token"],
+            "response_types": ["code"], "token_endpoint_auth_method": "private_key_jwt",
+            "token_endpoint_auth_signing_alg": "ES256", "jwks": {"keys": [jwk]}}
+
+
+def assertion(key: ec.EllipticCurvePrivateKey, kid: str, **claims: object) -> dict:
+    body = {"iss": CLIENT_ID, "sub": CLIENT_ID, "aud": ISSUER, "iat": int(time.time()),
+            "jti": f"j{time.monotonic_ns()}", **claims}
+    token = jwt.encode(body, key, algorithm="ES256", headers={"kid": kid})
+    return {"client_assertion_type": ASSERTION_TYPE, "client_assertion": token}
+
+
+def test_private_key_jwt(tmp_path: Path) -> None:
+    key, jwk = es256_key("k1")
+    client = parse_metadata(CLIENT_ID, metadata(jwk))
+    assert client.auth_method == "private_key_jwt" and client.jwks == (jwk,)
+    seen = Dpop("s", ISSUER, tmp_path).seen
+    form = assertion(key, "k1")
+    assert verify_assertion(client, [jwk], form, ISSUER, seen) == "k1"
+    refusals = [
+        form,  # replayed
+        assertion(key, "k1", aud="https://elsewhere.example"),
+        assertion(key, "k1", iat=int(time.time()) - 600),
+        assertion(key, "k1", sub="https://other.example/meta.json"),
+        assertion(es256_key("k1")[0], "k1"),  # another key under the same kid
+        {**assertion(key, "k1"), "client_assertion_type": "other"},
+    ]
+    for bad in refusals:
+        with pytest.raises(OAuthError) as e:
+            verify_assertion(client, [jwk], bad, ISSUER, seen)
+        assert e.value.error == "invalid_client"
+
+
+def test_confidential_metadata_needs_keys() -> None:
+    _key, jwk = es256_key("k1")
+    doc = metadata(jwk)
+    del doc["jwks"]
+    with pytest.raises(OAuthError):
+        parse_metadata(CLIENT_ID, doc)
+    with pytest.raises(OAuthError):
+        parse_metadata(CLIENT_ID, {**metadata(jwk), "token_endpoint_auth_method": "secret"})
+    assert parse_metadata(CLIENT_ID, {**doc, "jwks_uri": "https://app.example.com/jwks"}
+                          ).jwks_uri == "https://app.example.com/jwks"
+
+
+def test_nonces_rotate_and_agree_across_instances(tmp_path: Path) -> None:
+    a, b = Dpop("secret", ISSUER, tmp_path), Dpop("secret", ISSUER, tmp_path)
+    now = 1_800_000_000.0
+    assert a.nonce(now) == b.nonce(now)  # two workers: the same nonce
+    assert a.nonce(now) != a.nonce(now + NONCE_WINDOW)  # it rotates
+    assert b.nonce_ok(a.nonce(now), now + NONCE_WINDOW)  # and stays good a while
+    assert not b.nonce_ok(a.nonce(now), now + 5 * NONCE_WINDOW)  # then goes stale
+    assert not Dpop("other", ISSUER, tmp_path).nonce_ok(a.nonce(now), now)
+
+
+def test_scope_parsing() -> None:
+    declared = "atproto transition:generic repo:app.bsky.feed.post blob:image/*"
+    assert oauth_scopes.parse("atproto repo:app.bsky.feed.post", declared) == \
+        "atproto repo:app.bsky.feed.post"
+    for bad in ("transition:generic", "atproto unknown:thing", "atproto repo:x.y.z",
+                "atproto " + "x" * 5000):
+        with pytest.raises(OAuthError) as e:
+            oauth_scopes.parse(bad, declared)
+        assert e.value.error == "invalid_scope"
+    perms = [p for p in map(oauth_perms.parse_perm, (
+        "repo?collection=a.b.c&action=delete", "rpc:*?aud=did:web:x%23svc",
+        "account:email?action=manage")) if p is not None]
+    assert len(perms) == 3
+    assert oauth_perms.allows(perms, "repo", "a.b.c", "delete")
+    assert not oauth_perms.allows(perms, "repo", "a.b.c", "create")
+    assert oauth_perms.allows(perms, "rpc", "app.bsky.feed.getTimeline", aud="did:web:x#svc")
+    assert not oauth_perms.allows(perms, "rpc", "app.bsky.feed.getTimeline", aud="did:web:y")
+    assert oauth_perms.allows(perms, "account", "email", "read")
+    assert oauth_perms.parse_perm("repo?action=destroy") is None
+    assert oauth_perms.parse_perm("rpc:app.bsky.feed.getTimeline") is None  # aud required
+
+
+def test_verify_checks_oauth_state(tmp_path: Path) -> None:
+    from server_util import app_context
+
+    from pds.store.layout import OAUTH_DEVICES, OAUTH_SESSIONS
+    from pds.store.verify import verify_data_dir
+    ctx = app_context(tmp_path)
+    ctx.oauth.store.put(OAUTH_SESSIONS, "ses-" + "1" * 32, {"expiresAt": 2**40})
+    assert verify_data_dir(tmp_path).ok
+    (tmp_path / "oauth" / OAUTH_SESSIONS / ("ses-" + "2" * 32)).write_text("{not json")
+    ctx.oauth.store.put(OAUTH_DEVICES, "dev-" + "3" * 32, {"did": "x"})
+    (tmp_path / "oauth" / OAUTH_SESSIONS / ("ses-" + "1" * 32)).chmod(0o644)
+    problems = verify_data_dir(tmp_path).problems
+    assert len(problems) == 3, problems
+    assert any("not a JSON record" in p for p in problems)
+    assert any("no expiresAt" in p for p in problems)
+    assert any("mode 644" in p for p in problems)
+
+
+def test_maintenance_prunes_expired_state(tmp_path: Path) -> None:
+    import os
+
+    from server_util import app_context
+
+    from pds.store.layout import OAUTH_CODES, OAUTH_REQUESTS, OAUTH_SESSIONS
+    ctx = app_context(tmp_path)
+    store = ctx.oauth.store
+    now = int(time.time())
+    store.put(OAUTH_REQUESTS, "req-" + "1" * 32, {"expiresAt": now - 1})
+    store.put(OAUTH_CODES, "a" * 64, {"expiresAt": now - 1})
+    store.put(OAUTH_SESSIONS, "ses-" + "2" * 32, {"expiresAt": now + 3600})
+    assert not ctx.oauth.dpop.seen("dpop:old") and not ctx.oauth.dpop.seen("dpop:new")
+    jti_dir = tmp_path / "oauth" / "dpop-jti"
+    old = sorted(jti_dir.iterdir(), key=lambda p: p.stat().st_mtime_ns)[0]
+    os.utime(old, (now - 3600, now - 3600))
+    assert ctx.prune() == 3  # the two expired records and the old jti claim
+    assert not (tmp_path / "oauth" / OAUTH_REQUESTS / ("req-" + "1" * 32)).exists()
+    assert not (tmp_path / "oauth" / OAUTH_CODES / ("a" * 64)).exists()
+    assert (tmp_path / "oauth" / OAUTH_SESSIONS / ("ses-" + "2" * 32)).exists()
+    assert [p.name for p in jti_dir.iterdir()] != [old.name]
+    assert len(list(jti_dir.iterdir())) == 1
