@@ -56,3 +56,11 @@ class RateLimited(PdsError):
 
 class NotSupported(PdsError):
     """A method (or a use of one) this PDS does not implement."""
+
+
+class UpstreamFailure(PdsError):
+    """A service this PDS forwarded to could not be reached, or answered unusably."""
+
+
+class UpstreamTimeout(UpstreamFailure):
+    """A service this PDS forwarded to did not answer in time."""

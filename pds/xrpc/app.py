@@ -15,8 +15,8 @@ import falcon
 import falcon.asgi
 
 from .. import __version__
-from ..errors import InvalidInput, NotSupported, PayloadTooLarge, PdsError
-from . import registry
+from ..errors import InvalidInput, PayloadTooLarge, PdsError
+from . import proxy, registry
 from .body import RequestBody
 from .errors import INTERNAL, MethodNotAllowed, UpgradeRequired, answer_for, render
 
@@ -173,8 +173,9 @@ class XrpcResource:
             if kind != "query":
                 raise MethodNotAllowed("subscriptions are GET only")
             raise UpgradeRequired("Upgrade Required: use a WebSocket")
-        if method is None:
-            raise NotSupported("Method Not Implemented")
+        if method is None:  # not served here: forwarded (issue 13)
+            await proxy.forward(Call(self.ctx, req, resp, nsid))
+            return
         if method.kind != kind:
             raise InvalidInput(
                 f"Incorrect HTTP method ({req.method}) expected "
