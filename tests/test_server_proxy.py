@@ -40,6 +40,10 @@ class Stub:
     def log(self) -> list[dict]:
         return httpx.get(self.url + "/_log", timeout=10).json()
 
+    def connections(self) -> int:
+        """TCP connections it accepted (this question's own among them)."""
+        return int(httpx.get(self.url + "/_connections", timeout=10).json()["count"])
+
     def calls(self, nsid: str) -> list[dict]:
         return [e for e in self.log() if e["nsid"] == nsid]
 
@@ -301,3 +305,50 @@ def test_no_new_upstream_connection_per_request(api: Api, user: User,
         ok(api.get("app.bsky.feed.getTimeline", user.access))
     ports = {e["remotePort"] for e in stubs["appview"].log()[before:]}
     assert len(ports) <= 4, ports  # kept-alive connections of two workers, not twenty
+
+
+# --- SSRF ------------------------------------------------------------------------------------
+
+
+def plc_service_did(plc: str, endpoints: dict[str, str]) -> str:
+    """A did:plc registered at the local directory whose services are `endpoints`."""
+    from pds.repo.plc import plc_did_for_genesis, sign_plc_op
+    from pds.repo.signing_keys import generate_signing_key
+    key = generate_signing_key()
+    did_key = key.public_key().did_key()
+    op = sign_plc_op({
+        "type": "plc_operation", "rotationKeys": [did_key],
+        "verificationMethods": {"atproto": did_key}, "alsoKnownAs": [],
+        "services": {sid: {"type": "BskyAppView", "endpoint": url}
+                     for sid, url in endpoints.items()},
+        "prev": None}, key)
+    did = plc_did_for_genesis(op)
+    httpx.post(f"{plc}/{did}", json=op, timeout=10).raise_for_status()
+    return did
+
+
+def test_ssrf_proxy_targets_refused_outside_dev(stubs: dict[str, Stub], plc_url: str,
+                                                 tmp_path_factory: pytest.TempPathFactory
+                                                 ) -> None:
+    target = stubs["chat"]
+    port = target.url.rsplit(":", 1)[1]
+    did = plc_service_did(plc_url, {
+        "loopback": f"https://localhost:{port}", "ip": f"https://127.0.0.1:{port}",
+        "plain": target.url, "private": "https://10.20.30.40", "linklocal":
+        "https://169.254.169.254", "v6": f"https://[::1]:{port}"})
+    base = tmp_path_factory.mktemp("proxy-ssrf")
+    env = {**service_env(stubs), "PDS_DEV": "false"}
+    with running_server(base, env=env, did_method="plc", plc_url=plc_url) as server, \
+            Api(server) as client:
+        user = sign_up(client)
+        before, app_before = target.connections(), stubs["appview"].connections()
+        for sid in ("loopback", "ip", "plain", "private", "linklocal", "v6"):
+            t0 = time.monotonic()
+            err(client.get("chat.bsky.convo.listConvos", user.access,
+                           headers={"atproto-proxy": f"{did}#{sid}"}), 502, "UpstreamFailure")
+            assert time.monotonic() - t0 < 5, sid  # refused, not attempted
+        # The configured AppView on loopback is no exception outside dev.
+        err(client.get("app.bsky.feed.getTimeline", user.access), 502, "UpstreamFailure")
+        # Nothing connected to either (the only new connections: these two questions).
+        assert target.connections() == before + 1
+        assert stubs["appview"].connections() == app_before + 1

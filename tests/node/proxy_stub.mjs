@@ -5,7 +5,7 @@
 // Usage: node proxy_stub.mjs <port> <plc url> [name]
 // Prints "STUB_READY <did>" once listening on 127.0.0.1:<port>. Its DID document
 // (/.well-known/did.json) lists #bsky_appview, #bsky_chat and #atproto_labeler at itself.
-// GET /_log answers what it received: one entry per XRPC call (method, path, headers,
+// GET /_connections counts the TCP connections it accepted. GET /_log answers what it received: one entry per XRPC call (method, path, headers,
 // body, verified token payload, or the verification error). Exits when stdin closes.
 //
 // Methods: any app.bsky.* / chat.bsky.* / com.atproto.moderation.* query answers
@@ -136,12 +136,15 @@ const server = http.createServer((req, res) => {
   const url = new URL(req.url, self)
   if (url.pathname === '/.well-known/did.json') return json(res, 200, didDoc)
   if (url.pathname === '/_log') return json(res, 200, log)
+  if (url.pathname === '/_connections') return json(res, 200, { count: connections })
   if (url.pathname.startsWith('/xrpc/')) {
     return xrpc(req, res, url).catch((err) => json(res, 500, { error: 'StubBroke',
       message: String(err) }))
   }
   return json(res, 404, { error: 'NotFound' })
 })
+let connections = 0 // TCP connections accepted, whatever came over them
+server.on('connection', () => { connections += 1 })
 server.keepAliveTimeout = 60_000
 server.listen(port, '127.0.0.1', () => process.stdout.write(`STUB_READY ${did}\n`))
 process.stdin.on('end', () => process.exit(0))
