@@ -126,3 +126,20 @@ def test_keys_descending_and_answers() -> None:
     assert page.items == [("b", 2)] and page.cursor == "b"
     assert page.answer("rows", lambda r: r[1]) == {"rows": [2], "cursor": "b"}
     assert paginate([], 5).answer("rows") == {"rows": []}
+
+
+def test_declared_age_counts_whole_years() -> None:
+    from datetime import date
+
+    from pds.services.preferences import declared_age
+    details = {"$type": "app.bsky.actor.defs#personalDetailsPref"}
+    today = date(2026, 6, 15)
+    for birth, flags in (("2008-06-15", (True, True, True)), ("2008-06-16", (True, True, False)),
+                         ("2013-06-15T00:00:00Z", (True, False, False)),
+                         ("2013-06-16", (False, False, False))):
+        got = declared_age([{**details, "birthDate": birth}], today)
+        assert got is not None
+        assert (got["isOverAge13"], got["isOverAge16"], got["isOverAge18"]) == flags, birth
+    for bad in ("", "not a date", 5, "2013-13-45", "x" * 100):
+        assert declared_age([{**details, "birthDate": bad}], today) is None
+    assert declared_age([], today) is None

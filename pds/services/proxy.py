@@ -185,8 +185,8 @@ class Proxy:
         request = self.client.build_request(call.method, _join(base, call.path, self.ctx),
                                             headers=headers, content=content)
         try:
-            upstream = await asyncio.wait_for(self.client.send(request, stream=True),
-                                              HEADERS_TIMEOUT)
+            async with asyncio.timeout(HEADERS_TIMEOUT):  # no task per call, unlike wait_for
+                upstream = await self.client.send(request, stream=True)
         except (TimeoutError, httpx.TimeoutException):
             log.warning("upstream %s timed out", base)
             raise UpstreamTimeout("Upstream service timed out") from None
