@@ -352,3 +352,40 @@ def test_ssrf_proxy_targets_refused_outside_dev(stubs: dict[str, Stub], plc_url:
         # Nothing connected to either (the only new connections: these two questions).
         assert target.connections() == before + 1
         assert stubs["appview"].connections() == app_before + 1
+
+
+# --- the app.bsky methods the PDS answers itself -----------------------------------------------
+
+
+def test_get_feed_goes_with_a_token_for_the_feed_generator(api: Api, user: User,
+                                                           stubs: dict[str, Stub]) -> None:
+    feed = "at://did:plc:aaaaaaaaaaaaaaaaaaaaaaaa/app.bsky.feed.generator/hot"
+    body = ok(api.get("app.bsky.feed.getFeed", user.access, feed=feed, limit=5))
+    assert body["stub"] == "appview" and body["feed"] == []
+    call = stubs["appview"].calls("app.bsky.feed.getFeed")[-1]
+    assert "verifyError" not in call, call
+    # As the reference: the generator's DID (from its record) is the audience, and the
+    # method the skeleton's; the query went on unchanged.
+    assert call["payload"]["aud"] == "did:web:feedgen.example.com"
+    assert call["payload"]["lxm"] == "app.bsky.feed.getFeedSkeleton"
+    assert call["payload"]["iss"] == user.did and "limit=5" in call["path"]
+    err(api.get("app.bsky.feed.getFeed", user.access,
+                feed=feed.replace("/hot", "/nodid")), 400, "UnknownFeed")
+    err(api.get("app.bsky.feed.getFeed", user.access,
+                feed=feed.replace("/hot", "/missing")), 400, "UnknownFeed")
+    err(api.get("app.bsky.feed.getFeed", user.access, feed="not-a-uri"), 400)
+    err(api.get("app.bsky.feed.getFeed", feed=feed), 401)
+
+
+def test_register_push_reaches_the_notification_service(api: Api, user: User,
+                                                        stubs: dict[str, Stub]) -> None:
+    for stub in (stubs["appview"], stubs["chat"]):  # the AppView; a DID's #bsky_notif
+        push = {"serviceDid": stub.did, "token": "device-token", "platform": "web",
+                "appId": "xyz.blueskyweb.app"}
+        ok(api.post("app.bsky.notification.registerPush", push, user.access))
+        calls = stub.calls("app.bsky.notification.registerPush")
+        assert_verified(calls, user.did, stub.did, "app.bsky.notification.registerPush")
+        assert json.loads(calls[-1]["body"]) == push
+    err(api.post("app.bsky.notification.registerPush",
+                 {"serviceDid": "did:plc:aaaaaaaaaaaaaaaaaaaaaaaa", "token": "t",
+                  "platform": "web", "appId": "x"}, user.access), 400)

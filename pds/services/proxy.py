@@ -67,6 +67,8 @@ LIMITS = httpx.Limits(max_connections=100, max_keepalive_connections=20,
                       keepalive_expiry=30.0)
 
 REPORT_METHOD = "com.atproto.moderation.createReport"
+FEED_SKELETON = "app.bsky.feed.getFeedSkeleton"
+REGISTER_PUSH = "app.bsky.notification.registerPush"
 # Request headers passed upstream (the reference's list); the body's only with a body.
 REQUEST_HEADERS = ("accept-language", "atproto-accept-labelers", "x-bsky-topics")
 BODY_HEADERS = ("content-type", "content-encoding", "content-length")
@@ -142,6 +144,72 @@ class Proxy:
         url, aud = await self.target(call.nsid, call.headers.get("atproto-proxy"))
         token = await self._token(info.account, aud, call.nsid)
         return await self._send(call, url, token)
+
+    async def get_feed(self, call: Forward, did: str, feed: str) -> Answer:
+        """app.bsky.feed.getFeed for account `did`: the feed generator's DID read from its
+        record (asked of the AppView), then the call forwarded to the AppView (or the
+        `atproto-proxy` service) with a token for the generator, `lxm` getFeedSkeleton,
+        as the reference does."""
+        parts = feed.removeprefix("at://").split("/") if feed.startswith("at://") else []
+        if len(parts) != 3 or not all(parts) or len(feed) > 8192:
+            raise InvalidInput("feed must be an at:// URI of a feed generator record")
+        s = self.ctx.settings
+        if not s.bsky_app_view_url:
+            raise InvalidInput("No service configured for app.bsky.feed.getFeed")
+        url, _ = await self.target(call.nsid, call.headers.get("atproto-proxy"))
+        record = await self._get_json(s.bsky_app_view_url, "com.atproto.repo.getRecord",
+                                      {"repo": parts[0], "collection": parts[1],
+                                       "rkey": parts[2]})
+        value = record.get("value") if isinstance(record, dict) else None
+        feed_did = value.get("did") if isinstance(value, dict) else None
+        if not isinstance(feed_did, str) or not is_valid_did(feed_did):
+            raise InvalidInput("could not resolve feed did", "UnknownFeed")
+        token = await self._token(did, feed_did, FEED_SKELETON)
+        return await self._send(call, url, token)
+
+    async def register_push(self, did: str, body: dict) -> None:
+        """app.bsky.notification.registerPush: `body` sent to the notification service
+        `serviceDid` names (the AppView's URL when it is the AppView, else its DID's
+        `#bsky_notif` service) with a token for it."""
+        service_did = body.get("serviceDid")
+        if not isinstance(service_did, str) or not is_valid_did(service_did):
+            raise InvalidInput("serviceDid must be a DID")
+        s = self.ctx.settings
+        url = s.bsky_app_view_url if service_did == s.bsky_app_view_did else None
+        if not url:
+            doc = await self.ctx.identity.resolve_did(service_did)
+            url = service_endpoint_from_doc(doc, "bsky_notif", "BskyNotificationService",
+                                            service_did) if doc else None
+        if not url:
+            raise InvalidInput("invalid notification service details in did document: "
+                               f"{service_did}")
+        token = await self._token(did, service_did, REGISTER_PUSH)
+        data = json.dumps(body).encode()
+        call = Forward(REGISTER_PUSH, "POST", "/xrpc/" + REGISTER_PUSH,
+                       {"content-type": "application/json", "content-length": str(len(data))},
+                       _once(data))
+        answer = await self._send(call, url, token)
+        if not isinstance(answer.body, bytes):
+            await _drain(answer.body)
+        if answer.status >= 400:
+            raise UpstreamFailure("the notification service refused the registration")
+
+    async def _get_json(self, base: str, nsid: str, params: dict[str, str]) -> object:
+        """An unauthenticated query of `base` (the configured AppView), its JSON answer."""
+        url = _join(base, "/xrpc/" + nsid, self.ctx)
+        try:
+            async with asyncio.timeout(HEADERS_TIMEOUT):
+                resp = await self.client.get(url, params=params)
+        except (TimeoutError, httpx.TimeoutException):
+            raise UpstreamTimeout("Upstream service timed out") from None
+        except (httpx.HTTPError, fetch.FetchError, OSError):
+            raise UpstreamFailure("Upstream service unreachable") from None
+        if resp.status_code != 200:
+            raise InvalidInput("could not resolve feed did", "UnknownFeed")
+        try:
+            return json.loads(resp.content)
+        except (ValueError, RecursionError):
+            raise UpstreamFailure("Upstream answered garbage") from None
 
     # --- where to ---------------------------------------------------------------------
 
@@ -280,3 +348,12 @@ async def _error_answer(upstream: httpx.Response) -> Answer:
     kept = [(n, upstream.headers[n]) for n in ERROR_HEADERS if n in upstream.headers]
     return Answer(status, [*kept, ("content-type", "application/json; charset=utf-8")], body)
 
+
+
+async def _once(data: bytes) -> AsyncIterator[bytes]:
+    yield data
+
+
+async def _drain(body: AsyncIterator[bytes]) -> None:
+    async for _ in body:
+        pass

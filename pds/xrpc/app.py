@@ -34,9 +34,10 @@ EXPOSE_HEADERS = [
 
 
 class Raw:
-    """A non-JSON answer: bytes or a (sync) byte iterator, with a content type."""
+    """A non-JSON answer: bytes or a byte iterator (sync, or async: a forwarded answer),
+    with a content type."""
 
-    def __init__(self, body: bytes | Iterator[bytes], content_type: str,
+    def __init__(self, body: bytes | Iterator[bytes] | AsyncIterator[bytes], content_type: str,
                  headers: dict[str, str] | None = None, status: int = 200) -> None:
         self.body = body
         self.content_type = content_type
@@ -233,6 +234,8 @@ def write_result(resp: falcon.asgi.Response, result: Any) -> None:
             resp.set_header(k, v)
         if isinstance(result.body, bytes | bytearray):
             resp.data = bytes(result.body)
+        elif isinstance(result.body, AsyncIterator):
+            resp.stream = result.body
         else:
             resp.stream = _async_chunks(result.body)
         return

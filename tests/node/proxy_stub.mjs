@@ -38,6 +38,7 @@ const didDoc = {
     { id: '#bsky_appview', type: 'BskyAppView', serviceEndpoint: self },
     { id: '#bsky_chat', type: 'BskyChatService', serviceEndpoint: self },
     { id: '#atproto_labeler', type: 'AtprotoLabeler', serviceEndpoint: self },
+    { id: '#bsky_notif', type: 'BskyNotificationService', serviceEndpoint: self },
   ],
 }
 
@@ -58,8 +59,16 @@ async function verify(req, nsid) {
   const auth = req.headers.authorization ?? ''
   if (!auth.startsWith('Bearer ')) throw new Error('no bearer token')
   const getKey = (iss, force) => resolver.did.resolveAtprotoKey(iss, force)
+  // getFeed's token is for the feed generator (an AppView passes it on): any audience
+  // here, the test checks it is the generator's; the method is the skeleton's.
+  if (nsid === 'app.bsky.feed.getFeed') {
+    return verifyJwt(auth.slice(7), null, 'app.bsky.feed.getFeedSkeleton', getKey)
+  }
   return verifyJwt(auth.slice(7), did, nsid, getKey)
 }
+
+// Feed generator records, as an AppView serves them (com.atproto.repo.getRecord).
+const FEED_DID = 'did:web:feedgen.example.com'
 
 async function xrpc(req, res, url) {
   const nsid = url.pathname.slice('/xrpc/'.length)
@@ -68,6 +77,13 @@ async function xrpc(req, res, url) {
     remotePort: req.socket.remotePort }
   log.push(entry)
   entry.body = req.method === 'POST' ? await readBody(req) : null
+  if (nsid === 'com.atproto.repo.getRecord') {
+    const q = Object.fromEntries(url.searchParams)
+    if (q.rkey === 'missing') return json(res, 400, { error: 'RecordNotFound', message: 'no' })
+    const uri = `at://${q.repo}/${q.collection}/${q.rkey}`
+    const value = q.rkey === 'nodid' ? { displayName: 'x' } : { did: FEED_DID }
+    return json(res, 200, { uri, value })
+  }
   try {
     entry.payload = await verify(req, nsid)
   } catch (err) {
@@ -114,6 +130,7 @@ async function xrpc(req, res, url) {
     case 'com.example.stub.headers':
       return json(res, 200, { headers: req.headers })
     case 'app.bsky.graph.muteActor':
+    case 'app.bsky.notification.registerPush':
       res.writeHead(200)
       return res.end()
     default: {
@@ -125,6 +142,7 @@ async function xrpc(req, res, url) {
         'com.atproto.moderation.createReport': { id: 1, ...(body ?? {}),
           reportedBy: entry.payload.iss, createdAt: new Date().toISOString() },
         'chat.bsky.convo.listConvos': { convos: [] },
+        'app.bsky.feed.getFeed': { feed: [] },
       }[nsid] ?? {}
       return json(res, 200, { ...shape, ok: true, stub: name, nsid, query: q,
         iss: entry.payload.iss, body }, rev)
