@@ -61,6 +61,7 @@ HEADERS_TIMEOUT = 10.0  # seconds for the upstream's status and headers (as the 
 BODY_TIMEOUT = 30.0  # seconds between two chunks of its body (as the reference)
 CONNECT_TIMEOUT = 5.0
 MAX_RESPONSE = 10 * 1024 * 1024  # bytes of a forwarded answer (as the reference)
+SMALL_BODY = 64 * 1024  # bytes of an answer of known length sent in one piece
 ERROR_BODY_MAX = 64 * 1024  # bytes of an upstream error read to re-send its name, message
 PROXY_HEADER_MAX = 2048 + 256  # a DID (at most 2 KB), '#' and a service id
 LIMITS = httpx.Limits(max_connections=100, max_keepalive_connections=20,
@@ -268,6 +269,18 @@ class Proxy:
             await upstream.aclose()
             raise UpstreamFailure("Upstream response too large")
         kept = [(n, upstream.headers[n]) for n in RESPONSE_HEADERS if n in upstream.headers]
+        if length and length.isdigit() and int(length) <= SMALL_BODY:
+            # A small answer of known size (most are): one read and one send instead of
+            # a stream's per-chunk round trips through the server.
+            try:
+                async with asyncio.timeout(BODY_TIMEOUT):
+                    body = b"".join([c async for c in upstream.aiter_raw()])
+            except (TimeoutError, httpx.HTTPError) as e:
+                log.warning("upstream %s broke off: %r", base, e)
+                raise UpstreamFailure("Upstream service unreachable") from None
+            finally:
+                await upstream.aclose()
+            return Answer(upstream.status_code, kept, body)
         return Answer(upstream.status_code, kept, _relay(upstream))
 
 
