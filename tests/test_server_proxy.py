@@ -389,3 +389,44 @@ def test_register_push_reaches_the_notification_service(api: Api, user: User,
     err(api.post("app.bsky.notification.registerPush",
                  {"serviceDid": "did:plc:aaaaaaaaaaaaaaaaaaaaaaaa", "token": "t",
                   "platform": "web", "appId": "x"}, user.access), 400)
+
+
+# --- read-after-write ----------------------------------------------------------------------------
+
+
+def test_read_after_write_new_post_and_profile_edit(api: Api, stubs: dict[str, Stub]) -> None:
+    me = sign_up(api)
+    # The "AppView" has indexed the repo up to this rev (it answers with it: `_rev`).
+    seen = ok(api.get("com.atproto.sync.getLatestCommit", did=me.did))["rev"]
+    post = {"$type": "app.bsky.feed.post", "text": "hello at once",
+            "createdAt": "2026-01-01T00:00:00Z"}
+    made = ok(api.post("com.atproto.repo.createRecord",
+                       {"repo": me.did, "collection": "app.bsky.feed.post", "record": post},
+                       me.access))
+    ok(api.post("com.atproto.repo.putRecord", {
+        "repo": me.did, "collection": "app.bsky.actor.profile", "rkey": "self",
+        "record": {"$type": "app.bsky.actor.profile", "displayName": "Fresh Name",
+                   "description": "edited just now"}}, me.access))
+
+    r = api.get("app.bsky.feed.getTimeline", me.access, _rev=seen)
+    feed = ok(r)["feed"]
+    assert [i["post"]["uri"] for i in feed] == [made["uri"]]
+    view = feed[0]["post"]
+    assert view["cid"] == made["cid"] and view["record"]["text"] == "hello at once"
+    assert view["author"] == {"did": me.did, "handle": me.handle, "displayName": "Fresh Name"}
+    assert view["likeCount"] == 0 and int(r.headers["atproto-upstream-lag"]) >= 0
+
+    profile = ok(api.get("app.bsky.actor.getProfile", me.access, actor=me.did, _rev=seen))
+    assert profile["displayName"] == "Fresh Name"
+    assert profile["description"] == "edited just now"
+    profiles = ok(api.get("app.bsky.actor.getProfiles", me.access, actors=me.did, _rev=seen))
+    assert profiles["stub"] == "appview"  # the stand-in's getProfiles has no list: as is
+
+    # An AppView that is up to date gets its answer passed as it is.
+    head = ok(api.get("com.atproto.sync.getLatestCommit", did=me.did))["rev"]
+    assert ok(api.get("app.bsky.feed.getTimeline", me.access, _rev=head))["feed"] == []
+    assert "displayName" not in ok(api.get("app.bsky.actor.getProfile", me.access,
+                                           actor=me.did, _rev=head))
+    # Someone else's profile is not touched.
+    other = ok(api.get("app.bsky.actor.getProfile", me.access, actor="did:plc:x", _rev=seen))
+    assert "displayName" not in other

@@ -35,7 +35,7 @@ import logging
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
 
@@ -50,6 +50,7 @@ from ..repo.did import service_endpoint_from_doc
 from ..repo.syntax import is_valid_did
 from . import auth as A
 from . import fetch
+from . import read_after_write as raw
 from .sessions import is_privileged_method, is_protected_method
 
 if TYPE_CHECKING:
@@ -144,7 +145,33 @@ class Proxy:
             raise InvalidInput("Bad token method", "InvalidToken")
         url, aud = await self.target(call.nsid, call.headers.get("atproto-proxy"))
         token = await self._token(info.account, aud, call.nsid)
-        return await self._send(call, url, token)
+        answer = await self._send(call, url, token)
+        if call.nsid in raw.METHODS and answer.status == 200:
+            answer = await self._read_after_write(call, info.account, answer)
+        return answer
+
+    async def _read_after_write(self, call: Forward, did: str, answer: Answer) -> Answer:
+        """`answer` with the caller's writes the AppView hasn't seen merged in
+        (`read_after_write`); as it is when it is up to date."""
+        headers = dict(answer.headers)
+        rev = headers.get("atproto-repo-rev")
+        if not rev or "json" not in headers.get("content-type", "json").lower():
+            return answer
+        local = await asyncio.to_thread(raw.local_since, self.ctx, did, rev)
+        if local is None:
+            return answer
+        body = answer.body if isinstance(answer.body, bytes) else \
+            b"".join([c async for c in answer.body])  # _relay caps it at MAX_RESPONSE
+        params = {k: v[-1] for k, v in parse_qs(urlsplit(call.path).query).items()}
+        merged = await asyncio.to_thread(raw.merge, call.nsid, params, body, local)
+        if merged is None:
+            return Answer(answer.status, answer.headers, body)
+        kept = [(n, v) for n, v in answer.headers if n not in ("content-length",
+                                                               "content-encoding")]
+        lag = raw.lag_ms(local)
+        if lag is not None:
+            kept.append(("atproto-upstream-lag", str(lag)))
+        return Answer(answer.status, kept, merged)
 
     async def get_feed(self, call: Forward, did: str, feed: str) -> Answer:
         """app.bsky.feed.getFeed for account `did`: the feed generator's DID read from its
@@ -244,7 +271,10 @@ class Proxy:
     # --- there and back ---------------------------------------------------------------
 
     async def _send(self, call: Forward, base: str, token: str) -> Answer:
-        headers = {"accept-encoding": call.headers.get("accept-encoding") or "identity",
+        # What read-after-write may rewrite comes uncompressed; the rest as the client likes.
+        encoding = "identity" if call.nsid in raw.METHODS else \
+            call.headers.get("accept-encoding") or "identity"
+        headers = {"accept-encoding": encoding,
                    "authorization": "Bearer " + token}
         names = REQUEST_HEADERS + (BODY_HEADERS if call.body is not None else ())
         headers.update((n, call.headers[n]) for n in names if call.headers.get(n))

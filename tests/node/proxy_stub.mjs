@@ -91,7 +91,9 @@ async function xrpc(req, res, url) {
     return json(res, 401, { error: 'BadJwt', message: entry.verifyError })
   }
   const q = Object.fromEntries(url.searchParams)
-  const rev = { 'atproto-repo-rev': '2222222222222' }
+  // The caller's repo rev this "AppView" has indexed: `_rev` in the query says which
+  // (read-after-write tests), else one older than any.
+  const rev = { 'atproto-repo-rev': q._rev ?? '2222222222222' }
   switch (nsid) {
     case 'com.example.stub.big': {
       const size = Number.parseInt(q.size ?? '1000000', 10)
