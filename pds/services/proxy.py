@@ -145,26 +145,17 @@ class Proxy:
             raise InvalidInput("Bad token method", "InvalidToken")
         url, aud = await self.target(call.nsid, call.headers.get("atproto-proxy"))
         token = await self._token(info.account, aud, call.nsid)
-        if call.nsid not in raw.METHODS:
-            return await self._send(call, url, token)
-        # The caller's HEAD is read while the upstream answers, not after.
-        head = asyncio.ensure_future(asyncio.to_thread(raw.head_rev, self.ctx, info.account))
-        try:
-            answer = await self._send(call, url, token)
-        finally:
-            head_rev = await head
-        if answer.status == 200 and head_rev is not None:
-            answer = await self._read_after_write(call, info.account, head_rev, answer)
+        answer = await self._send(call, url, token)
+        if call.nsid in raw.METHODS and answer.status == 200:
+            answer = await self._read_after_write(call, info.account, answer)
         return answer
 
-    async def _read_after_write(self, call: Forward, did: str, head_rev: str,
-                                answer: Answer) -> Answer:
+    async def _read_after_write(self, call: Forward, did: str, answer: Answer) -> Answer:
         """`answer` with the caller's writes the AppView hasn't seen merged in
         (`read_after_write`); as it is when it is up to date."""
         headers = dict(answer.headers)
         rev = headers.get("atproto-repo-rev")
-        if not rev or head_rev <= rev or \
-                "json" not in headers.get("content-type", "json").lower():
+        if not rev or "json" not in headers.get("content-type", "json").lower():
             return answer
         local = await asyncio.to_thread(raw.local_since, self.ctx, did, rev)
         if local is None:

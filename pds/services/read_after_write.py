@@ -59,12 +59,6 @@ class Local:
         return _basic(view, self) if self.profile is not None else view
 
 
-def head_rev(ctx: AppContext, did: str) -> str | None:
-    """The rev of the caller's HEAD (blocking: reads it)."""
-    head = ctx.repo(did).head()
-    return head.rev if head is not None else None
-
-
 def local_since(ctx: AppContext, did: str, rev: str) -> Local | None:
     """The caller's profile and posts written after `rev` (None: nothing, or too far
     behind to patch). Blocking: reads the repo."""
