@@ -161,7 +161,7 @@ class Proxy:
         if local is None:
             return answer
         body = answer.body if isinstance(answer.body, bytes) else \
-            b"".join([c async for c in answer.body])  # _relay caps it at MAX_RESPONSE
+            await _collect(answer.body)
         params = {k: v[-1] for k, v in parse_qs(urlsplit(call.path).query).items()}
         merged = await asyncio.to_thread(raw.merge, call.nsid, params, body, local)
         if merged is None:
@@ -339,6 +339,15 @@ def _join(base: str, path: str, ctx: AppContext) -> str:
     if parts.scheme != "https" and not (ctx.settings.dev and parts.scheme == "http"):
         raise UpstreamFailure("Upstream service unreachable")
     return base.rstrip("/") + path
+
+
+async def _collect(body: AsyncIterator[bytes]) -> bytes:
+    """A relayed body read whole (`_relay` caps it at MAX_RESPONSE)."""
+    try:
+        return b"".join([c async for c in body])
+    except httpx.HTTPError as e:
+        log.warning("upstream broke off: %r", e)
+        raise UpstreamFailure("Upstream service unreachable") from None
 
 
 async def _capped(body: AsyncIterator[bytes], limit: int) -> AsyncIterator[bytes]:
