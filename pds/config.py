@@ -26,6 +26,10 @@ DEFAULT_HOSTNAME = "localhost:2583"
 # Blob bytes one account may store: a hundred of the largest uploads, far more than a
 # heavy user's pictures and videos, yet one account can't fill a small server's disk.
 DEFAULT_BLOB_QUOTA = 10 * 1024**3
+DEFAULT_APP_VIEW_URL = "https://api.bsky.app"
+DEFAULT_APP_VIEW_DID = "did:web:api.bsky.app"
+DEFAULT_REPORT_SERVICE_URL = "https://mod.bsky.app"
+DEFAULT_REPORT_SERVICE_DID = "did:plc:ar7c4by46qjdydhdevvrndac"
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
 # One DNS label: letters, digits and inner hyphens, at most 63 characters.
@@ -198,8 +202,12 @@ class Settings:
     did_method: str = "plc"  # for new accounts: "plc" or "web"
     firehose_retention_hours: float = 72.0
     behind_nginx: bool = False
-    appview_url: str = ""
-    appview_did: str = ""
+    # Where methods this PDS does not serve are forwarded (see pds.services.proxy): the
+    # defaults are what the reference PDS's installer writes.
+    bsky_app_view_url: str = DEFAULT_APP_VIEW_URL
+    bsky_app_view_did: str = DEFAULT_APP_VIEW_DID
+    report_service_url: str = DEFAULT_REPORT_SERVICE_URL
+    report_service_did: str = DEFAULT_REPORT_SERVICE_DID
     rate_limits: bool = True
     log_level: str = "info"
     access_log: bool = True
@@ -243,6 +251,14 @@ class Settings:
         return _Loader(values, from_file, root).settings()
 
 
+def check_service_did(value: str) -> str:
+    """A service's DID (no fragment), or empty."""
+    from .repo.syntax import is_valid_did
+    if value and not is_valid_did(value):
+        raise SettingsError(f"{value!r} is not a DID such as did:web:api.bsky.app")
+    return value
+
+
 class _Loader:
     """Reads each value once, checks it, and says where a bad one came from."""
 
@@ -259,9 +275,22 @@ class _Loader:
                      and key in self.from_file else "in the environment")
             raise SettingsError(f"{key} {where}: {e}") from None
 
+    def service(self, name: str, url: str, did: str) -> tuple[str, str]:
+        """A service methods are forwarded to: its URL (empty: none) and its DID, which a
+        URL needs (the audience of the tokens sent to it)."""
+        u = self.get(name + "_URL", url, lambda v: check_url(v) if v else "")
+        d = self.get(name + "_DID", did, check_service_did)
+        if u and not d:
+            raise SettingsError(f"PDS_{name}_URL is set: set PDS_{name}_DID (its service "
+                                "DID) too")
+        return u, d
+
     def settings(self) -> Settings:
         dev = self.get("DEV", "false", parse_bool)
         hostname = self.get("HOSTNAME", DEFAULT_HOSTNAME, lambda v: check_hostname(v, dev))
+        app_view = self.service("BSKY_APP_VIEW", DEFAULT_APP_VIEW_URL, DEFAULT_APP_VIEW_DID)
+        report = self.service("REPORT_SERVICE", DEFAULT_REPORT_SERVICE_URL,
+                              DEFAULT_REPORT_SERVICE_DID)
         domains = self.get("HANDLE_DOMAINS", "",
                            lambda v: [check_handle_domain(d) for d in _list(v)])
         return Settings(
@@ -286,9 +315,8 @@ class _Loader:
             firehose_retention_hours=self.get("FIREHOSE_RETENTION", "72",
                                               _number(float, 1e-6, 24 * 365 * 10)),
             behind_nginx=self.get("BEHIND_NGINX", "false", parse_bool),
-            appview_url=self.get("APPVIEW_URL", "",
-                                 lambda v: check_url(v) if v else ""),
-            appview_did=self.get("APPVIEW_DID", "", str),
+            bsky_app_view_url=app_view[0], bsky_app_view_did=app_view[1],
+            report_service_url=report[0], report_service_did=report[1],
             rate_limits=self.get("RATE_LIMITS", "true", parse_bool),
             log_level=self.get("LOG_LEVEL", "info", _choice(*LOG_LEVELS)),
             access_log=self.get("ACCESS_LOG", "true", parse_bool),

@@ -66,3 +66,11 @@ class OAuthError(InvalidInput):
 class OAuthUnauthorized(AuthFailed):
     """An OAuth refusal answered 401 (`invalid_dpop_proof`, `invalid_token`,
     `use_dpop_nonce` at a resource), with its `WWW-Authenticate: DPoP ...` header."""
+
+
+class UpstreamFailure(PdsError):
+    """A service this PDS forwarded to could not be reached, or answered unusably."""
+
+
+class UpstreamTimeout(UpstreamFailure):
+    """A service this PDS forwarded to did not answer in time."""

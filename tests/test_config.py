@@ -65,3 +65,30 @@ def test_blob_quota_and_upload_rate(tmp_path: Path) -> None:
                         ("PDS_BLOB_UPLOAD_RATE", "1.5"), ("PDS_BLOB_UPLOAD_RATE", "-3")):
         with pytest.raises(SettingsError, match=name):
             Settings.load(tmp_path, env={name: value})
+
+
+def test_forwarding_services_default_to_bluesky_and_need_a_did(tmp_path: Path) -> None:
+    s = Settings.load(tmp_path, env={})
+    assert (s.bsky_app_view_url, s.bsky_app_view_did) == ("https://api.bsky.app",
+                                                          "did:web:api.bsky.app")
+    assert (s.report_service_url, s.report_service_did) == (
+        "https://mod.bsky.app", "did:plc:ar7c4by46qjdydhdevvrndac")
+    s = Settings.load(tmp_path, env={"PDS_BSKY_APP_VIEW_URL": "https://av.example.com/",
+                                     "PDS_BSKY_APP_VIEW_DID": "did:web:av.example.com",
+                                     "PDS_REPORT_SERVICE_URL": ""})
+    assert s.bsky_app_view_url == "https://av.example.com" and s.report_service_url == ""
+    with pytest.raises(SettingsError, match="PDS_BSKY_APP_VIEW_DID"):
+        Settings.load(tmp_path, env={"PDS_BSKY_APP_VIEW_DID": ""})
+    with pytest.raises(SettingsError, match="PDS_REPORT_SERVICE_DID in the environment"):
+        Settings.load(tmp_path, env={"PDS_REPORT_SERVICE_DID": "mod.bsky.app"})
+    with pytest.raises(SettingsError, match="PDS_BSKY_APP_VIEW_URL"):
+        Settings.load(tmp_path, env={"PDS_BSKY_APP_VIEW_URL": "ftp://x"})
+
+
+def test_init_writes_the_forwarding_services(tmp_path: Path) -> None:
+    from pds.cli.setup_cmds import _init_values
+    values = _init_values("pds.example.com", "", "https://plc.directory", "plc", False)
+    assert values["PDS_BSKY_APP_VIEW_URL"] == "https://api.bsky.app"
+    assert values["PDS_BSKY_APP_VIEW_DID"] == "did:web:api.bsky.app"
+    assert values["PDS_REPORT_SERVICE_URL"] == "https://mod.bsky.app"
+    assert values["PDS_REPORT_SERVICE_DID"] == "did:plc:ar7c4by46qjdydhdevvrndac"

@@ -158,7 +158,7 @@ STORAGE_ATTRS = {"accounts", "repo", "data", "blobs", "local_signing_key", "even
 PURE_SERVICE_CALLS = {
     "check_collection", "check_rkey", "parse_record", "parse_cid_field", "new_rkey",
     "commit_result_view", "Write", "normalize_handle_input", "subject_did",
-    "check_preferences", "Page", "csrf_matches",
+    "check_preferences", "Page", "csrf_matches", "Forward",
 }
 
 

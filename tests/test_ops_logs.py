@@ -71,7 +71,7 @@ def test_other_statuses_and_methods(server: LoggedServer) -> None:
     cases = [
         (httpx.post, "/xrpc/com.atproto.server.createSession", {"json": {}}, "POST", "400"),
         (httpx.get, "/xrpc/com.atproto.admin.getInviteCodes", {}, "GET", "401"),
-        (httpx.get, "/xrpc/com.example.nothing", {}, "GET", "501"),
+        (httpx.get, "/xrpc/com.example.nothing", {}, "GET", "401"),
         (httpx.get, "/no/such/path", {}, "GET", "404"),
     ]
     for fn, path, kw, method, status in cases:

@@ -166,21 +166,31 @@ def test_preferences_round_trip_and_app_password_limits(api):
             {"id": "3l", "type": "timeline", "value": "following", "pinned": True}]},
     ]
     ok(api.post("app.bsky.actor.putPreferences", {"preferences": prefs}, token=acct.access))
+    # The declared age is computed from the birth date (read-only, as the reference).
+    age = {"$type": "app.bsky.actor.defs#declaredAgePref", "isOverAge13": True,
+           "isOverAge16": True, "isOverAge18": True}
     assert ok(api.get("app.bsky.actor.getPreferences", token=acct.access))["preferences"] == \
-        prefs
+        [*prefs, age]
     err(api.get("app.bsky.actor.getPreferences"), 401)
 
     pw = ok(api.post("com.atproto.server.createAppPassword", {"name": "app"},
                      token=acct.access))["password"]
     app = login(api, acct.handle, pw)["accessJwt"]
     seen = ok(api.get("app.bsky.actor.getPreferences", token=app))["preferences"]
-    assert [p["$type"] for p in seen] == [prefs[0]["$type"], prefs[2]["$type"]]
+    assert [p["$type"] for p in seen] == [prefs[0]["$type"], prefs[2]["$type"], age["$type"]]
     err(api.post("app.bsky.actor.putPreferences", {"preferences": prefs}, token=app), 400,
         "InvalidRequest")
     # What an app password may set replaces the rest, and keeps what it cannot see.
     ok(api.post("app.bsky.actor.putPreferences", {"preferences": [prefs[0]]}, token=app))
     full = ok(api.get("app.bsky.actor.getPreferences", token=acct.access))["preferences"]
-    assert sorted(p["$type"] for p in full) == sorted([prefs[0]["$type"], prefs[1]["$type"]])
+    assert sorted(p["$type"] for p in full) == sorted([prefs[0]["$type"], prefs[1]["$type"],
+                                                      age["$type"]])
+    # Sent back (as clients do), it is not stored: it follows the birth date.
+    young = {**prefs[1], "birthDate": "2015-06-01T00:00:00.000Z"}
+    ok(api.post("app.bsky.actor.putPreferences",
+                {"preferences": [young, {**age, "isOverAge18": False}]}, token=acct.access))
+    assert ok(api.get("app.bsky.actor.getPreferences", token=acct.access))["preferences"] == [
+        young, {**age, "isOverAge13": False, "isOverAge16": False, "isOverAge18": False}]
 
 
 # --- account status ----------------------------------------------------------------------------

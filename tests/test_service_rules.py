@@ -126,3 +126,66 @@ def test_keys_descending_and_answers() -> None:
     assert page.items == [("b", 2)] and page.cursor == "b"
     assert page.answer("rows", lambda r: r[1]) == {"rows": [2], "cursor": "b"}
     assert paginate([], 5).answer("rows") == {"rows": []}
+
+
+def test_declared_age_counts_whole_years() -> None:
+    from datetime import date
+
+    from pds.services.preferences import declared_age
+    details = {"$type": "app.bsky.actor.defs#personalDetailsPref"}
+    today = date(2026, 6, 15)
+    for birth, flags in (("2008-06-15", (True, True, True)), ("2008-06-16", (True, True, False)),
+                         ("2013-06-15T00:00:00Z", (True, False, False)),
+                         ("2013-06-16", (False, False, False))):
+        got = declared_age([{**details, "birthDate": birth}], today)
+        assert got is not None
+        assert (got["isOverAge13"], got["isOverAge16"], got["isOverAge18"]) == flags, birth
+    for bad in ("", "not a date", 5, "2013-13-45", "x" * 100):
+        assert declared_age([{**details, "birthDate": bad}], today) is None
+    assert declared_age([], today) is None
+
+
+def _local(**kw: object):
+    from pds.services.read_after_write import Local
+    local = Local("did:plc:me", "me.test", "https://pds.example.com")
+    for k, v in kw.items():
+        setattr(local, k, v)
+    return local
+
+
+def test_read_after_write_merges_as_the_reference() -> None:
+    import json
+
+    from pds.services.read_after_write import merge
+    post = {"uri": "at://did:plc:me/app.bsky.feed.post/3new", "cid": "bafy",
+            "record": {"text": "new"}, "indexedAt": "2026-01-02T00:00:00.000Z"}
+    avatar = {"$type": "blob", "ref": {"$link": "bafkav"}, "mimeType": "image/png", "size": 1}
+    local = _local(profile={"displayName": "Me", "avatar": avatar}, posts=[post])
+
+    def item(uri: str, when: str, author: str = "did:plc:other") -> dict:
+        return {"post": {"uri": uri, "indexedAt": when, "author": {"did": author,
+                                                                   "handle": "x"}}}
+
+    feed = [item("at://a/1", "2026-01-03T00:00:00.000Z"),
+            item("at://a/2", "2026-01-01T00:00:00.000Z", "did:plc:me")]
+    out = json.loads(merge("app.bsky.feed.getAuthorFeed", {"actor": "me.test"},
+                           json.dumps({"feed": feed}).encode(), local) or b"")
+    assert [i["post"]["uri"] for i in out["feed"]] == ["at://a/1", post["uri"], "at://a/2"]
+    assert out["feed"][1]["post"]["author"]["avatar"] == (
+        "https://pds.example.com/xrpc/com.atproto.sync.getBlob?did=did:plc:me&cid=bafkav")
+    assert out["feed"][2]["post"]["author"]["displayName"] == "Me"  # the caller's, updated
+    assert out["feed"][0]["post"]["author"] == {"did": "did:plc:other", "handle": "x"}
+    # Another actor's feed gets no posts; a page ending after the post neither.
+    other = json.loads(merge("app.bsky.feed.getAuthorFeed", {"actor": "did:plc:other"},
+                             json.dumps({"feed": feed}).encode(), local) or b"")
+    assert len(other["feed"]) == 2
+    late = [item("at://a/3", "2026-01-05T00:00:00.000Z")]
+    assert len(json.loads(merge("app.bsky.feed.getTimeline", {}, json.dumps(
+        {"feed": late}).encode(), local) or b"")["feed"]) == 1
+    # A thread's author views of the caller, at any depth.
+    thread = {"thread": {"post": {"author": {"did": "did:plc:me", "handle": "me.test"}},
+                         "replies": [{"post": {"author": {"did": "did:plc:me"}}}]}}
+    got = json.loads(merge("app.bsky.feed.getPostThread", {}, json.dumps(thread).encode(),
+                           local) or b"")
+    assert got["thread"]["replies"][0]["post"]["author"]["displayName"] == "Me"
+    assert merge("app.bsky.feed.getTimeline", {}, b"not json", local) is None

@@ -11,8 +11,12 @@ from pathlib import Path
 import click
 
 from ..config import (
+    DEFAULT_APP_VIEW_DID,
+    DEFAULT_APP_VIEW_URL,
     DEFAULT_BIND,
     DEFAULT_HOSTNAME,
+    DEFAULT_REPORT_SERVICE_DID,
+    DEFAULT_REPORT_SERVICE_URL,
     ENV_FILE,
     Settings,
     SettingsError,
@@ -52,6 +56,11 @@ def _init_values(hostname: str, handle_domains: str, plc_url: str, did_method: s
         "PDS_ADMIN_PASSWORD": new_password(),
         "PDS_PLC_ROTATION_KEY": generate_signing_key().to_bytes().hex(),
         "PDS_DID_METHOD": did_method,
+        # Where app.bsky.* and reports are forwarded (the reference installer's values).
+        "PDS_BSKY_APP_VIEW_URL": DEFAULT_APP_VIEW_URL,
+        "PDS_BSKY_APP_VIEW_DID": DEFAULT_APP_VIEW_DID,
+        "PDS_REPORT_SERVICE_URL": DEFAULT_REPORT_SERVICE_URL,
+        "PDS_REPORT_SERVICE_DID": DEFAULT_REPORT_SERVICE_DID,
         **({"PDS_DEV": "true"} if dev else {}),
     }
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
@@ -13,6 +13,9 @@ from ..store.accounts import AccountStore
 from ..store.files import read_file, try_flock
 from ..store.layout import BLOB_GC_LOCK, PRUNE_LOCK, SNAPSHOT_LOCK, DataDir
 from ..store.repo import Repo
+
+if TYPE_CHECKING:
+    from .proxy import Proxy
 
 SNAPSHOT_MAX_AGE = 300.0  # seconds an export snapshot may lag a changing repo
 
@@ -47,6 +50,16 @@ class AppContext:
         """Outbound HTTP (PLC, relays, handle resolution); created in the worker's loop."""
         return httpx.AsyncClient(timeout=10.0, follow_redirects=False,
                                  headers={"User-Agent": "pds (python)"})
+
+    @cached_property
+    def proxy(self) -> Proxy:
+        """Forwarding of the methods this PDS does not serve (`services.proxy.Proxy`)."""
+        from .proxy import Proxy
+        return Proxy(self)
+
+    def cached_signing_key(self, did: str) -> PrivateKey | None:
+        """An account's signing key if this process has read it already (no I/O)."""
+        return self._keys.get(did)
 
     def signing_key(self, did: str) -> PrivateKey:
         """The repo signing key of an account hosted here; its absence is damage."""
@@ -160,6 +173,8 @@ class AppContext:
             if task is not None:
                 task.cancel()
         await self.broadcaster.stop()
+        if "proxy" in self.__dict__:
+            await self.proxy.close()
 
     def forget(self, did: str) -> None:
         """Drop cached state of an account (deleted, or its key changed)."""

@@ -186,6 +186,33 @@ class RepoReads:
                 found = c
         return CID.decode(found) if found else None
 
+    def writes_since(self, rev: str, limit: int) -> list[tuple[str, dict[str, CID | None]]] | None:
+        """What each commit after `rev` wrote, oldest first: its rev and the records it
+        created or changed (path -> CID) or deleted (path -> None). The base is the last
+        commit at or before `rev`; None when there is none, or more than `limit` commits
+        follow it (read-after-write: a reader that far behind is not patched)."""
+        data = read_file(self.root / REVS)
+        if data is None:
+            return None
+        chain = [tuple(line.split(" ", 1)) for line in data.decode().splitlines() if line]
+        older = [i for i, (r, _) in enumerate(chain) if r <= rev]
+        if not older or len(chain) - older[-1] - 1 > limit:
+            return None
+        out: list[tuple[str, dict[str, CID | None]]] = []
+        prev = self._tree_of(chain[older[-1]][1])
+        for r, c in chain[older[-1] + 1:]:
+            tree = self._tree_of(c)
+            d = diff(prev, tree)
+            wrote: dict[str, CID | None] = dict(d.creates)
+            wrote.update((k, v) for k, (_, v) in d.updates.items())
+            wrote.update(dict.fromkeys(d.deletes))
+            out.append((r, wrote))
+            prev = tree
+        return out
+
+    def _tree_of(self, commit_cid: str) -> MST:
+        return MST(self.loader, parse_commit(self.blocks.get(CID.decode(commit_cid))).data)
+
     def _commit_at(self, rev: str) -> CID | None:
         data = read_file(self.root / REVS)
         if data is None:

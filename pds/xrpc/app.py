@@ -15,8 +15,8 @@ import falcon
 import falcon.asgi
 
 from .. import __version__
-from ..errors import InvalidInput, NotSupported, PayloadTooLarge, PdsError
-from . import registry, validation
+from ..errors import InvalidInput, PayloadTooLarge, PdsError
+from . import proxy, registry, validation
 from .body import RequestBody
 from .errors import INTERNAL, MethodNotAllowed, UpgradeRequired, answer_for, render
 
@@ -34,9 +34,10 @@ EXPOSE_HEADERS = [
 
 
 class Raw:
-    """A non-JSON answer: bytes or a (sync) byte iterator, with a content type."""
+    """A non-JSON answer: bytes or a byte iterator (sync, or async: a forwarded answer),
+    with a content type."""
 
-    def __init__(self, body: bytes | Iterator[bytes], content_type: str,
+    def __init__(self, body: bytes | Iterator[bytes] | AsyncIterator[bytes], content_type: str,
                  headers: dict[str, str] | None = None, status: int = 200) -> None:
         self.body = body
         self.content_type = content_type
@@ -173,8 +174,9 @@ class XrpcResource:
             if kind != "query":
                 raise MethodNotAllowed("subscriptions are GET only")
             raise UpgradeRequired("Upgrade Required: use a WebSocket")
-        if method is None:
-            raise NotSupported("Method Not Implemented")
+        if method is None:  # not served here: forwarded (issue 13)
+            await proxy.forward(Call(self.ctx, req, resp, nsid))
+            return
         if method.kind != kind:
             raise InvalidInput(
                 f"Incorrect HTTP method ({req.method}) expected "
@@ -248,6 +250,8 @@ def write_result(resp: falcon.asgi.Response, result: Any) -> None:
             resp.set_header(k, v)
         if isinstance(result.body, bytes | bytearray):
             resp.data = bytes(result.body)
+        elif isinstance(result.body, AsyncIterator):
+            resp.stream = result.body
         else:
             resp.stream = _async_chunks(result.body)
         return

@@ -21,6 +21,8 @@ from ..errors import (
     PayloadTooLarge,
     PdsError,
     RateLimited,
+    UpstreamFailure,
+    UpstreamTimeout,
 )
 
 # --- kinds only the XRPC layer itself raises ------------------------------------------
@@ -58,6 +60,8 @@ ERRORS: dict[type[PdsError], Answer] = {
     UpgradeRequired: Answer(426, "InvalidRequest"),
     RateLimited: Answer(429, "RateLimitExceeded"),
     NotSupported: Answer(501, "MethodNotImplemented"),
+    UpstreamFailure: Answer(502, "UpstreamFailure"),
+    UpstreamTimeout: Answer(504, "UpstreamTimeout"),
 }
 
 INTERNAL = Answer(500, "InternalServerError")

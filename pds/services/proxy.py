@@ -1,0 +1,411 @@
+"""Service proxying: XRPC methods this PDS does not serve itself are forwarded.
+
+As the reference PDS's `pipethrough` does it (PROTOCOL.md, XRPC and service auth):
+
+- Where to: the `atproto-proxy: <did>#<service id>` header names a service, whose DID is
+  resolved (cached, SSRF-guarded: `Identity.resolve_did`) and whose entry of that id gives
+  the endpoint. Without the header, `com.atproto.moderation.createReport` goes to the
+  report service (`PDS_REPORT_SERVICE_*`) and everything else to the AppView
+  (`PDS_BSKY_APP_VIEW_*`). A header naming the configured AppView as `#bsky_appview` uses
+  its configured URL without resolving anything.
+- Who may: the caller's session is checked first (any access token). Methods of account
+  management (`sessions.PROTECTED_METHODS`) are never forwarded; `chat.bsky.*` only for a
+  password session or a privileged app password.
+- With what: a fresh service-auth JWT signed by the account's repo signing key (`iss` the
+  account, `aud` the service's bare DID, `lxm` the method, 60 s, a `jti`); the path and
+  query unchanged; the body streamed as it comes; of the request headers only those the
+  reference passes.
+- What comes back: the status, the reference's response headers (content type, length,
+  encoding and language, `atproto-repo-rev`, `atproto-content-labelers`, `retry-after`)
+  and the body streamed chunk by chunk (compressed bytes stay compressed). An upstream
+  error passes with its status and `{error, message}` (a 500 becomes 502
+  `UpstreamFailure`); an upstream that can't be reached or answers garbage is 502
+  `UpstreamFailure`, one that doesn't answer in time 504 `UpstreamTimeout`.
+
+One pooled HTTP client per worker process (keep-alive, bounded), whose connections are
+checked at connect time outside development: no loopback, private or link-local targets
+(`fetch.GuardedBackend`), https only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+from urllib.parse import parse_qs, urlsplit
+
+import httpx
+
+from ..errors import (
+    InvalidInput,
+    PayloadTooLarge,
+    PdsError,
+    UpstreamFailure,
+    UpstreamTimeout,
+)
+from ..repo.did import service_endpoint_from_doc
+from ..repo.syntax import is_valid_did
+from . import auth as A
+from . import fetch
+from . import read_after_write as raw
+from .sessions import is_privileged_method, is_protected_method
+
+if TYPE_CHECKING:
+    from .context import AppContext
+
+log = logging.getLogger("pds.proxy")
+
+HEADERS_TIMEOUT = 10.0  # seconds for the upstream's status and headers (as the reference)
+BODY_TIMEOUT = 30.0  # seconds between two chunks of its body (as the reference)
+CONNECT_TIMEOUT = 5.0
+MAX_RESPONSE = 10 * 1024 * 1024  # bytes of a forwarded answer (as the reference)
+SMALL_BODY = 64 * 1024  # bytes of an answer of known length sent in one piece
+ERROR_BODY_MAX = 64 * 1024  # bytes of an upstream error read to re-send its name, message
+PROXY_HEADER_MAX = 2048 + 256  # a DID (at most 2 KB), '#' and a service id
+LIMITS = httpx.Limits(max_connections=100, max_keepalive_connections=20,
+                      keepalive_expiry=30.0)
+
+REPORT_METHOD = "com.atproto.moderation.createReport"
+FEED_SKELETON = "app.bsky.feed.getFeedSkeleton"
+REGISTER_PUSH = "app.bsky.notification.registerPush"
+# Request headers passed upstream (the reference's list); the body's only with a body.
+REQUEST_HEADERS = ("accept-language", "atproto-accept-labelers", "x-bsky-topics")
+BODY_HEADERS = ("content-type", "content-encoding", "content-length")
+# Response headers passed back (the reference's list).
+RESPONSE_HEADERS = ("content-length", "content-encoding", "content-type", "content-language",
+                    "atproto-repo-rev", "atproto-content-labelers", "retry-after")
+ERROR_HEADERS = RESPONSE_HEADERS[4:]  # an error's body is ours: not its content headers
+# XRPC error names of statuses an upstream error body may not name itself.
+STATUS_NAMES = {400: "InvalidRequest", 401: "AuthenticationRequired", 403: "Forbidden",
+                404: "XRPCNotSupported", 406: "NotAcceptable", 413: "PayloadTooLarge",
+                415: "UnsupportedMediaType", 429: "RateLimitExceeded",
+                501: "MethodNotImplemented", 502: "UpstreamFailure",
+                503: "NotEnoughResources", 504: "UpstreamTimeout"}
+
+
+@dataclass
+class Forward:
+    """One call to forward, as the handler read it off the request."""
+
+    nsid: str
+    method: str  # GET, HEAD or POST
+    path: str  # path and query string, as received
+    headers: Mapping[str, str]  # lowercased names
+    body: AsyncIterator[bytes] | None  # a POST's body, unread
+    ip: str = ""
+
+
+@dataclass
+class Answer:
+    """What the upstream answered: status, headers to send, and the body (bytes, or an
+    iterator that streams it and closes the upstream response when done)."""
+
+    status: int
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    body: bytes | AsyncIterator[bytes] = b""
+
+
+class Proxy:
+    """The forwarding service of one worker process (`ctx.proxy`)."""
+
+    def __init__(self, ctx: AppContext) -> None:
+        self.ctx = ctx
+        self._client: httpx.AsyncClient | None = None
+
+    @property
+    def client(self) -> httpx.AsyncClient:
+        """The worker's pooled client, made in its event loop on first use."""
+        if self._client is None:
+            self._client = fetch.pooled_client(
+                dev=self.ctx.settings.dev, limits=LIMITS,
+                timeout=httpx.Timeout(CONNECT_TIMEOUT, read=BODY_TIMEOUT, write=BODY_TIMEOUT,
+                                      pool=CONNECT_TIMEOUT),
+                headers={"User-Agent": "pds (python)"})
+        return self._client
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    async def forward(self, call: Forward) -> Answer:
+        """Forward one call (see the module docstring); raises PdsError when it may not
+        go, or no answer came back."""
+        if is_protected_method(call.nsid):
+            raise InvalidInput("Bad token method", "InvalidToken")
+        info = await self.ctx.auth.check(A.AuthKind.ACCESS,
+                                         call.headers.get("authorization", ""),
+                                         call.nsid, call.ip)
+        if info is None:  # ACCESS never lets a call through without a credential
+            raise PdsError("no credential")
+        if is_privileged_method(call.nsid) and info.scope not in A.PRIVILEGED_SCOPES:
+            raise InvalidInput("Bad token method", "InvalidToken")
+        url, aud = await self.target(call.nsid, call.headers.get("atproto-proxy"))
+        token = await self._token(info.account, aud, call.nsid)
+        answer = await self._send(call, url, token)
+        if call.nsid in raw.METHODS and answer.status == 200:
+            answer = await self._read_after_write(call, info.account, answer)
+        return answer
+
+    async def _read_after_write(self, call: Forward, did: str, answer: Answer) -> Answer:
+        """`answer` with the caller's writes the AppView hasn't seen merged in
+        (`read_after_write`); as it is when it is up to date."""
+        headers = dict(answer.headers)
+        rev = headers.get("atproto-repo-rev")
+        if not rev or "json" not in headers.get("content-type", "json").lower():
+            return answer
+        local = await asyncio.to_thread(raw.local_since, self.ctx, did, rev)
+        if local is None:
+            return answer
+        body = answer.body if isinstance(answer.body, bytes) else \
+            await _collect(answer.body)
+        params = {k: v[-1] for k, v in parse_qs(urlsplit(call.path).query).items()}
+        merged = await asyncio.to_thread(raw.merge, call.nsid, params, body, local)
+        if merged is None:
+            return Answer(answer.status, answer.headers, body)
+        kept = [(n, v) for n, v in answer.headers if n not in ("content-length",
+                                                               "content-encoding")]
+        lag = raw.lag_ms(local)
+        if lag is not None:
+            kept.append(("atproto-upstream-lag", str(lag)))
+        return Answer(answer.status, kept, merged)
+
+    async def get_feed(self, call: Forward, did: str, feed: str) -> Answer:
+        """app.bsky.feed.getFeed for account `did`: the feed generator's DID read from its
+        record (asked of the AppView), then the call forwarded to the AppView (or the
+        `atproto-proxy` service) with a token for the generator, `lxm` getFeedSkeleton,
+        as the reference does."""
+        parts = feed.removeprefix("at://").split("/") if feed.startswith("at://") else []
+        if len(parts) != 3 or not all(parts) or len(feed) > 8192:
+            raise InvalidInput("feed must be an at:// URI of a feed generator record")
+        s = self.ctx.settings
+        if not s.bsky_app_view_url:
+            raise InvalidInput("No service configured for app.bsky.feed.getFeed")
+        url, _ = await self.target(call.nsid, call.headers.get("atproto-proxy"))
+        record = await self._get_json(s.bsky_app_view_url, "com.atproto.repo.getRecord",
+                                      {"repo": parts[0], "collection": parts[1],
+                                       "rkey": parts[2]})
+        value = record.get("value") if isinstance(record, dict) else None
+        feed_did = value.get("did") if isinstance(value, dict) else None
+        if not isinstance(feed_did, str) or not is_valid_did(feed_did):
+            raise InvalidInput("could not resolve feed did", "UnknownFeed")
+        token = await self._token(did, feed_did, FEED_SKELETON)
+        return await self._send(call, url, token)
+
+    async def register_push(self, did: str, body: dict) -> None:
+        """app.bsky.notification.registerPush: `body` sent to the notification service
+        `serviceDid` names (the AppView's URL when it is the AppView, else its DID's
+        `#bsky_notif` service) with a token for it."""
+        service_did = body.get("serviceDid")
+        if not isinstance(service_did, str) or not is_valid_did(service_did):
+            raise InvalidInput("serviceDid must be a DID")
+        s = self.ctx.settings
+        url = s.bsky_app_view_url if service_did == s.bsky_app_view_did else None
+        if not url:
+            doc = await self.ctx.identity.resolve_did(service_did)
+            url = service_endpoint_from_doc(doc, "bsky_notif", "BskyNotificationService",
+                                            service_did) if doc else None
+        if not url:
+            raise InvalidInput("invalid notification service details in did document: "
+                               f"{service_did}")
+        token = await self._token(did, service_did, REGISTER_PUSH)
+        data = json.dumps(body).encode()
+        call = Forward(REGISTER_PUSH, "POST", "/xrpc/" + REGISTER_PUSH,
+                       {"content-type": "application/json", "content-length": str(len(data))},
+                       _once(data))
+        answer = await self._send(call, url, token)
+        if not isinstance(answer.body, bytes):
+            await _drain(answer.body)
+        if answer.status >= 400:
+            raise UpstreamFailure("the notification service refused the registration")
+
+    async def _get_json(self, base: str, nsid: str, params: dict[str, str]) -> object:
+        """An unauthenticated query of `base` (the configured AppView), its JSON answer."""
+        url = _join(base, "/xrpc/" + nsid, self.ctx)
+        try:
+            async with asyncio.timeout(HEADERS_TIMEOUT):
+                resp = await self.client.get(url, params=params)
+        except (TimeoutError, httpx.TimeoutException):
+            raise UpstreamTimeout("Upstream service timed out") from None
+        except (httpx.HTTPError, fetch.FetchError, OSError):
+            raise UpstreamFailure("Upstream service unreachable") from None
+        if resp.status_code != 200:
+            raise InvalidInput("could not resolve feed did", "UnknownFeed")
+        try:
+            return json.loads(resp.content)
+        except (ValueError, RecursionError):
+            raise UpstreamFailure("Upstream answered garbage") from None
+
+    # --- where to ---------------------------------------------------------------------
+
+    async def target(self, nsid: str, proxy_to: str | None) -> tuple[str, str]:
+        """(endpoint URL, service DID) of the service `nsid` goes to."""
+        s = self.ctx.settings
+        if not proxy_to:
+            url, did = ((s.report_service_url, s.report_service_did) if nsid == REPORT_METHOD
+                        else (s.bsky_app_view_url, s.bsky_app_view_did))
+            if not url:
+                raise InvalidInput(f"No service configured for {nsid}")
+            return url, did
+        did, service_id = parse_proxy_header(proxy_to)
+        if s.bsky_app_view_url and proxy_to == f"{s.bsky_app_view_did}#bsky_appview":
+            return s.bsky_app_view_url, did
+        doc = await self.ctx.identity.resolve_did(did)
+        if doc is None:
+            raise InvalidInput("could not resolve proxy did")
+        endpoint = service_endpoint_from_doc(doc, service_id, None, did)
+        if endpoint is None:
+            raise InvalidInput("could not resolve proxy did service url")
+        return endpoint, did
+
+    async def _token(self, did: str, aud: str, lxm: str) -> str:
+        key = self.ctx.cached_signing_key(did) or \
+            await asyncio.to_thread(self.ctx.local_signing_key, did)
+        if key is None:
+            raise InvalidInput("Account not found", "AccountNotFound")
+        return A.sign_service_jwt(key, did, aud, lxm)
+
+    # --- there and back ---------------------------------------------------------------
+
+    async def _send(self, call: Forward, base: str, token: str) -> Answer:
+        # What read-after-write may rewrite comes uncompressed; the rest as the client likes.
+        encoding = "identity" if call.nsid in raw.METHODS else \
+            call.headers.get("accept-encoding") or "identity"
+        headers = {"accept-encoding": encoding,
+                   "authorization": "Bearer " + token}
+        names = REQUEST_HEADERS + (BODY_HEADERS if call.body is not None else ())
+        headers.update((n, call.headers[n]) for n in names if call.headers.get(n))
+        content = None
+        if call.body is not None:
+            content = _capped(call.body, self.ctx.settings.blob_limit)
+        request = self.client.build_request(call.method, _join(base, call.path, self.ctx),
+                                            headers=headers, content=content)
+        try:
+            async with asyncio.timeout(HEADERS_TIMEOUT):  # no task per call, unlike wait_for
+                upstream = await self.client.send(request, stream=True)
+        except (TimeoutError, httpx.TimeoutException):
+            log.warning("upstream %s timed out", base)
+            raise UpstreamTimeout("Upstream service timed out") from None
+        except (httpx.HTTPError, fetch.FetchError, OSError) as e:
+            log.warning("upstream %s unreachable: %r", base, e)
+            raise UpstreamFailure("Upstream service unreachable") from None
+        if upstream.status_code >= 400:
+            return await _error_answer(upstream)
+        length = upstream.headers.get("content-length")
+        if length and length.isdigit() and int(length) > MAX_RESPONSE:
+            await upstream.aclose()
+            raise UpstreamFailure("Upstream response too large")
+        kept = [(n, upstream.headers[n]) for n in RESPONSE_HEADERS if n in upstream.headers]
+        if length and length.isdigit() and int(length) <= SMALL_BODY:
+            # A small answer of known size (most are): one read and one send instead of
+            # a stream's per-chunk round trips through the server.
+            try:
+                async with asyncio.timeout(BODY_TIMEOUT):
+                    body = b"".join([c async for c in upstream.aiter_raw()])
+            except (TimeoutError, httpx.HTTPError) as e:
+                log.warning("upstream %s broke off: %r", base, e)
+                raise UpstreamFailure("Upstream service unreachable") from None
+            finally:
+                await upstream.aclose()
+            return Answer(upstream.status_code, kept, body)
+        return Answer(upstream.status_code, kept, _relay(upstream))
+
+
+def parse_proxy_header(value: str) -> tuple[str, str]:
+    """(DID, service id) of an `atproto-proxy` header; InvalidInput names what is wrong,
+    as the reference's messages do."""
+    if len(value) > PROXY_HEADER_MAX:
+        raise InvalidInput("invalid proxy header format")
+    did, sep, service_id = value.partition("#")
+    if sep and not did:
+        raise InvalidInput("no did specified in proxy header")
+    if not sep or not service_id:
+        raise InvalidInput("no service id specified in proxy header")
+    if "#" in service_id:
+        raise InvalidInput("invalid proxy header format")
+    if " " in value:
+        raise InvalidInput("proxy header cannot contain spaces")
+    if not is_valid_did(did):
+        raise InvalidInput("could not resolve proxy did")
+    return did, service_id
+
+
+def _join(base: str, path: str, ctx: AppContext) -> str:
+    """The upstream URL: its endpoint with our path and query; https only outside dev."""
+    parts = urlsplit(base)
+    if parts.scheme != "https" and not (ctx.settings.dev and parts.scheme == "http"):
+        raise UpstreamFailure("Upstream service unreachable")
+    return base.rstrip("/") + path
+
+
+async def _collect(body: AsyncIterator[bytes]) -> bytes:
+    """A relayed body read whole (`_relay` caps it at MAX_RESPONSE)."""
+    try:
+        return b"".join([c async for c in body])
+    except httpx.HTTPError as e:
+        log.warning("upstream broke off: %r", e)
+        raise UpstreamFailure("Upstream service unreachable") from None
+
+
+async def _capped(body: AsyncIterator[bytes], limit: int) -> AsyncIterator[bytes]:
+    """A request body passed on as it arrives, refused past `limit` bytes."""
+    size = 0
+    async for chunk in body:
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge("request entity too large")
+        yield chunk
+
+
+async def _relay(upstream: httpx.Response) -> AsyncIterator[bytes]:
+    """The upstream body as it comes (still encoded), up to MAX_RESPONSE bytes; the
+    response goes back to the pool when done or abandoned."""
+    size = 0
+    try:
+        async for chunk in upstream.aiter_raw():
+            size += len(chunk)
+            if size > MAX_RESPONSE:
+                raise UpstreamFailure("Upstream response too large")
+            yield chunk
+    finally:
+        await upstream.aclose()
+
+
+async def _error_answer(upstream: httpx.Response) -> Answer:
+    """An upstream error as ours: its status (500 becomes 502), its error name and
+    message when it sent JSON, else the status's name."""
+    error, message = None, None
+    try:
+        ctype = upstream.headers.get("content-type", "")
+        if "json" in ctype.lower():
+            # read_capped decodes: the error is sent anew, uncompressed.
+            raw = await asyncio.wait_for(fetch.read_capped(upstream, ERROR_BODY_MAX),
+                                         BODY_TIMEOUT)
+            parsed = json.loads(raw)
+            if isinstance(parsed, dict):
+                error = parsed.get("error") if isinstance(parsed.get("error"), str) else None
+                message = parsed.get("message") if isinstance(parsed.get("message"),
+                                                              str) else None
+    except (ValueError, TimeoutError, httpx.HTTPError, fetch.FetchError, RecursionError):
+        pass  # an error we can't read: its status still says what happened
+    finally:
+        await upstream.aclose()
+    status = 502 if upstream.status_code == 500 else upstream.status_code
+    name = error or STATUS_NAMES.get(status, "UpstreamFailure" if status >= 500
+                                     else "InvalidRequest")
+    body = json.dumps({"error": name, "message": message or name}).encode()
+    kept = [(n, upstream.headers[n]) for n in ERROR_HEADERS if n in upstream.headers]
+    return Answer(status, [*kept, ("content-type", "application/json; charset=utf-8")], body)
+
+
+
+async def _once(data: bytes) -> AsyncIterator[bytes]:
+    yield data
+
+
+async def _drain(body: AsyncIterator[bytes]) -> None:
+    async for _ in body:
+        pass

@@ -1,0 +1,61 @@
+"""Forwarded methods (`pds.services.proxy`): the one handler of every XRPC method this PDS
+does not serve itself, and the app.bsky methods a PDS answers by calling a service itself
+(getFeed, registerPush)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ..services.auth import AuthKind
+from ..services.proxy import Answer as Forwarded
+from ..services.proxy import Forward
+from .registry import procedure, query
+
+if TYPE_CHECKING:
+    import falcon.asgi
+
+    from .app import Answer, Call
+
+
+def _request(call: Call) -> Forward:
+    req = call.req
+    body = req.stream.__aiter__() if req.method == "POST" else None
+    return Forward(nsid=call.nsid, method=req.method, path=req.relative_uri,
+                   headers={name.lower(): value for name, value in req.headers.items()},
+                   body=body, ip=call.ip)
+
+
+def _respond(resp: falcon.asgi.Response, answer: Forwarded) -> None:
+    resp.status = answer.status
+    for name, value in answer.headers:
+        if name == "content-length":
+            resp.content_length = int(value)
+        else:
+            resp.set_header(name, value)
+    if isinstance(answer.body, bytes):
+        resp.data = answer.body
+    else:
+        resp.stream = answer.body
+
+
+async def forward(call: Call) -> None:
+    """Forward `call` (a GET, HEAD or POST of an unknown method) and answer with what the
+    upstream answered."""
+    _respond(call.resp, await call.ctx.proxy.forward(_request(call)))
+
+
+@query("app.bsky.feed.getFeed", auth=AuthKind.ACCESS)
+async def get_feed(call: Call) -> Answer:
+    answer = await call.ctx.proxy.get_feed(_request(call), call.auth.account,
+                                           call.param("feed", required=True))
+    from .app import Raw  # app imports this module
+    headers = dict(answer.headers)
+    ctype = headers.pop("content-type", "application/json")
+    return Raw(answer.body, ctype, headers, answer.status)
+
+
+@procedure("app.bsky.notification.registerPush", auth=AuthKind.ACCESS)
+async def register_push(call: Call) -> Answer:
+    await call.ctx.proxy.register_push(call.auth.account,
+                                       call.body if isinstance(call.body, dict) else {})
+    return None
