@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from harness import free_port
 from oauth_util import (
     LOOPBACK_CLIENT,
     REDIRECT,
@@ -20,7 +21,11 @@ from oauth_util import (
 )
 from server_util import Account, Api, api_fixture
 
-api = api_fixture(env={"PDS_RATE_LIMITS": "true"})  # the page's login limits
+# The page's login limits on; the AppView a closed port, so a forwarded call that got
+# through auth fails upstream (502), not at the door (401/403).
+api = api_fixture(env={"PDS_RATE_LIMITS": "true",
+                       "PDS_BSKY_APP_VIEW_URL": f"http://127.0.0.1:{free_port()}",
+                       "PDS_BSKY_APP_VIEW_DID": "did:web:appview.invalid"})
 
 POST = {"$type": "com.example.note", "text": "via oauth", "createdAt": "2026-01-01T00:00:00Z"}
 
@@ -370,3 +375,17 @@ def test_prompt_none_and_login(app: OAuthTester, alice: Account) -> None:
     r = app.http.get("/oauth/authorize", headers={"Cookie": f"pds-device={device}"},
                      params={"client_id": LOOPBACK_CLIENT, "request_uri": request_uri})
     assert r.status_code == 200 and "Authorize app" in r.text and "Password" not in r.text
+
+
+def test_forwarded_calls_take_dpop_tokens(app: OAuthTester, alice: Account) -> None:
+    tok = app.tokens(alice.handle, alice.password)
+    r = app.xrpc("GET", "app.bsky.actor.getProfile", tok["access_token"],
+                 params={"actor": alice.did})
+    assert r.status_code == 502 and r.json()["error"] == "UpstreamFailure", r.text
+    # A grant without transition:generic has no rpc: permission for the AppView.
+    request_uri = app.par(scope="atproto").json()["request_uri"]
+    code = app.sign_in_and_approve(request_uri, alice.handle, alice.password)["code"]
+    narrow = app.post("/oauth/token", app.code_form(code)).json()
+    r = app.xrpc("GET", "app.bsky.actor.getProfile", narrow["access_token"],
+                 params={"actor": alice.did})
+    assert r.status_code == 403 and r.json()["error"] == "ScopeMissingError", r.text

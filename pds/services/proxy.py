@@ -98,6 +98,14 @@ class Forward:
     ip: str = ""
 
 
+def _credential_context(call: Forward) -> dict[str, str | None]:
+    """What an OAuth (DPoP) credential is checked against besides the token: the proof
+    names the method and the URL without its query."""
+    h = call.headers
+    return {"method": call.method, "path": call.path.partition("?")[0], "dpop": h.get("dpop"),
+            "content-type": h.get("content-type"), "atproto-proxy": h.get("atproto-proxy")}
+
+
 @dataclass
 class Answer:
     """What the upstream answered: status, headers to send, and the body (bytes, or an
@@ -138,7 +146,7 @@ class Proxy:
             raise InvalidInput("Bad token method", "InvalidToken")
         info = await self.ctx.auth.check(A.AuthKind.ACCESS,
                                          call.headers.get("authorization", ""),
-                                         call.nsid, call.ip)
+                                         call.nsid, call.ip, _credential_context(call))
         if info is None:  # ACCESS never lets a call through without a credential
             raise PdsError("no credential")
         if is_privileged_method(call.nsid) and info.scope not in A.PRIVILEGED_SCOPES:
