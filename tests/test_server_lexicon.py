@@ -95,6 +95,17 @@ def test_type_and_record_key_hold_whatever_validate_says(api: Api, acct: Account
     assert got["validationStatus"] == "valid"
 
 
+def test_a_record_without_type_takes_its_collection(api: Api, acct: Account) -> None:
+    bare = {"text": "no type given", "createdAt": NOW}
+    got = ok(_create(api, acct, bare, validate=True))
+    assert got["validationStatus"] == "valid"
+    stored = ok(api.get("com.atproto.repo.getRecord", repo=acct.did, collection=POST,
+                        rkey=got["uri"].rsplit("/", 1)[1]))
+    assert stored["value"] == {"$type": POST, **bare}
+    _refused(api, lambda: _create(api, acct, {**bare, "$type": None}),
+             "Record/$type must be a string")
+
+
 def test_apply_writes_is_all_or_nothing(api: Api, acct: Account) -> None:
     writes = [
         {"$type": "com.atproto.repo.applyWrites#create", "collection": POST,

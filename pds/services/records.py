@@ -39,10 +39,13 @@ MAX_OPS = 200
 
 
 def parse_record(collection: str, record: Any) -> Any:
-    """A record from JSON: a map whose `$type` is its collection, within the size limit."""
+    """A record from JSON: a map whose `$type` is its collection (filled in when absent,
+    as the reference does), within the size limit."""
     if not isinstance(record, dict):
         raise InvalidInput("Record must be an object")
-    rtype = record.get("$type")
+    if "$type" not in record:
+        record = {**record, "$type": collection}
+    rtype = record["$type"]
     if rtype is None:
         raise InvalidInput("Record/$type must be a string")
     if rtype != collection:
