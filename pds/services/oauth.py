@@ -163,6 +163,12 @@ class OAuth:
                 not A.verify_password(password, acct.password_hash):
             raise AuthFailed("Wrong handle, email or password.")
         require(acct, Use.LOGIN, acct.did)
+        if acct.email_auth_factor:
+            # The page can't ask for the emailed sign-in code yet: a password alone must
+            # not open an account that asked for a second factor.
+            raise AuthFailed("This account signs in with a code sent by email, which this "
+                             "page can't ask for yet. Sign in with an app password instead, "
+                             "or turn sign-in codes off.")
         return acct.did
 
     def new_device(self, did: str) -> str:
@@ -183,7 +189,8 @@ class OAuth:
         if rec is None or not hmac.compare_digest(rec["secret"], _digest(secret)):
             return None
         acct = load(self.ctx, rec["did"])
-        return None if acct is None or acct.deleted else acct.did
+        # Remembered before the account turned sign-in codes on: it signs in again.
+        return None if acct is None or acct.deleted or acct.email_auth_factor else acct.did
 
     def forget_device(self, cookie: str | None) -> None:
         if cookie and cookie.startswith("dev-"):
