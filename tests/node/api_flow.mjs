@@ -634,8 +634,9 @@ main(async () => {
     const cases = [
       ['wrong $type', { json: { repo: A.did, collection: POST,
         record: { ...rec(), $type: 'app.bsky.feed.like' } } }, 400, ['InvalidRecord', 'InvalidRequest']],
-      ['missing $type', { json: { repo: A.did, collection: POST,
-        record: { text: 'x', createdAt: now() } } }, 400, ['InvalidRecord', 'InvalidRequest']],
+      // A missing $type is filled in from the collection (as the reference does); null is not.
+      ['null $type', { json: { repo: A.did, collection: POST,
+        record: { text: 'x', createdAt: now(), $type: null } } }, 400, ['InvalidRecord', 'InvalidRequest']],
       ['invalid rkey', { json: { repo: A.did, collection: POST, rkey: 'bad rkey!',
         record: rec() } }, 400, ['InvalidRequest']],
       ['rkey "."', { json: { repo: A.did, collection: POST, rkey: '.', record: rec() } },
