@@ -96,14 +96,8 @@ class Forward:
     headers: Mapping[str, str]  # lowercased names
     body: AsyncIterator[bytes] | None  # a POST's body, unread
     ip: str = ""
-
-
-def _credential_context(call: Forward) -> dict[str, str | None]:
-    """What an OAuth (DPoP) credential is checked against besides the token: the proof
-    names the method and the URL without its query."""
-    h = call.headers
-    return {"method": call.method, "path": call.path.partition("?")[0], "dpop": h.get("dpop"),
-            "content-type": h.get("content-type"), "atproto-proxy": h.get("atproto-proxy")}
+    # What an OAuth (DPoP) credential is checked against besides the token (`Auth.check`).
+    credential: dict[str, str | None] | None = None
 
 
 @dataclass
@@ -146,7 +140,7 @@ class Proxy:
             raise InvalidInput("Bad token method", "InvalidToken")
         info = await self.ctx.auth.check(A.AuthKind.ACCESS,
                                          call.headers.get("authorization", ""),
-                                         call.nsid, call.ip, _credential_context(call))
+                                         call.nsid, call.ip, call.credential)
         if info is None:  # ACCESS never lets a call through without a credential
             raise PdsError("no credential")
         if is_privileged_method(call.nsid) and info.scope not in A.PRIVILEGED_SCOPES:

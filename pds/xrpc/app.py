@@ -184,7 +184,7 @@ class XrpcResource:
         call = Call(self.ctx, req, resp, nsid)
         validation.check_query(nsid, req.params)  # the lexicon's parameters
         call.auth = await self.ctx.auth.check(method.auth, req.get_header("Authorization") or "",
-                                              nsid, call.ip, _oauth_request(req))
+                                              nsid, call.ip, oauth_request(req))
         if call.auth is not None and call.auth.headers:
             resp.set_headers(call.auth.headers)
         if kind == "procedure" and method.body == "json":
@@ -200,7 +200,7 @@ class XrpcResource:
         write_result(resp, result)
 
 
-def _oauth_request(req: falcon.asgi.Request) -> dict[str, str | None]:
+def oauth_request(req: falcon.asgi.Request) -> dict[str, str | None]:
     """What an OAuth (DPoP) credential is checked against besides the token."""
     return {"method": req.method, "path": req.path, "dpop": req.get_header("DPoP"),
             "content-type": req.content_type, "atproto-proxy": req.get_header("atproto-proxy")}

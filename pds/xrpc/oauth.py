@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import secrets
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -162,6 +163,17 @@ class HtmlPage:
         resp.content_type = "text/html; charset=utf-8"
         resp.text = render_page(page, csrf, self.ctx.settings.hostname)
 
+    async def answer(self, req: falcon.asgi.Request, resp: falcon.asgi.Response,
+                     make: Callable[[str], Awaitable[Page]]) -> None:
+        """Show the page `make(csrf)` builds, or its refusal as an error page."""
+        csrf = self._csrf(req, resp)
+        try:
+            page = await make(csrf)
+        except PdsError as e:
+            self.failed(resp, e, csrf)
+            return
+        self.show(req, resp, page, csrf)
+
     def failed(self, resp: falcon.asgi.Response, e: PdsError, csrf: str) -> None:
         status = render(e)[0]
         if status >= 500:
@@ -177,28 +189,20 @@ class Authorize(HtmlPage):
     """/oauth/authorize: GET shows the page, POST is one of its buttons."""
 
     async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
-        csrf = self._csrf(req, resp)
-        try:
-            page = await oauth_flow.visit(self.ctx, req.get_param("client_id"),
+        async def make(csrf: str) -> Page:
+            return await oauth_flow.visit(self.ctx, req.get_param("client_id"),
                                           req.get_param("request_uri"), csrf,
                                           self._cookie(req, DEVICE_COOKIE))
-        except PdsError as e:
-            self.failed(resp, e, csrf)
-            return
-        self.show(req, resp, page, csrf)
+        await self.answer(req, resp, make)
 
     async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
-        csrf = self._csrf(req, resp)
-        try:
+        async def make(csrf: str) -> Page:
             form = await read_form(req)
-            page = await oauth_flow.act(
+            return await oauth_flow.act(
                 self.ctx, form, csrf,
                 oauth_flow.csrf_matches(self._cookie(req, CSRF_COOKIE), form.get("csrf")),
                 _client_ip(self.ctx, req))
-        except PdsError as e:
-            self.failed(resp, e, csrf)
-            return
-        self.show(req, resp, page, csrf)
+        await self.answer(req, resp, make)
 
 
 class Account(HtmlPage):
@@ -211,17 +215,13 @@ class Account(HtmlPage):
         self.show(req, resp, page, csrf)
 
     async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
-        csrf = self._csrf(req, resp)
-        try:
+        async def make(_csrf: str) -> Page:
             form = await read_form(req)
-            page = await oauth_flow.account_page(
+            return await oauth_flow.account_page(
                 self.ctx, self._cookie(req, DEVICE_COOKIE), form,
                 oauth_flow.csrf_matches(self._cookie(req, CSRF_COOKIE), form.get("csrf")),
                 _client_ip(self.ctx, req))
-        except PdsError as e:
-            self.failed(resp, e, csrf)
-            return
-        self.show(req, resp, page, csrf)
+        await self.answer(req, resp, make)
 
 
 def add_routes(app: falcon.asgi.App, ctx: Any) -> None:

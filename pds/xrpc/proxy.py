@@ -18,11 +18,12 @@ if TYPE_CHECKING:
 
 
 def _request(call: Call) -> Forward:
+    from .app import oauth_request  # app imports this module
     req = call.req
     body = req.stream.__aiter__() if req.method == "POST" else None
     return Forward(nsid=call.nsid, method=req.method, path=req.relative_uri,
                    headers={name.lower(): value for name, value in req.headers.items()},
-                   body=body, ip=call.ip)
+                   body=body, ip=call.ip, credential=oauth_request(req))
 
 
 def _respond(resp: falcon.asgi.Response, answer: Forwarded) -> None:
