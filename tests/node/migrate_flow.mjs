@@ -14,7 +14,7 @@ import { join } from 'node:path'
 
 import api from '@atproto/api'
 
-import { args, main, step } from './util.mjs'
+import { args, expectXrpcError, main, step } from './util.mjs'
 
 const { AtpAgent } = api
 
@@ -74,6 +74,7 @@ main(async () => {
   const { data: fresh } = await step('checkAccountStatus before the import', () =>
     newAgent.com.atproto.server.checkAccountStatus())
   assert.equal(fresh.activated, false)
+  assert.equal(fresh.validDid, false) // the DID still names the old PDS
   assert.equal(fresh.indexedRecords, 0)
 
   const { data: car } = await step('getRepo (old)', () =>
@@ -84,6 +85,9 @@ main(async () => {
     newAgent.com.atproto.server.checkAccountStatus())
   assert.ok(imported.indexedRecords > 0, JSON.stringify(imported))
   assert.ok(imported.expectedBlobs > 0, JSON.stringify(imported))
+  await step('activateAccount before the PLC switch is refused', () =>
+    expectXrpcError(newAgent.com.atproto.server.activateAccount(),
+      { status: 400, error: 'InvalidRequest' }, 'early activateAccount'))
 
   let blobs = 0
   await step('listMissingBlobs, getBlob, uploadBlob', async () => {
