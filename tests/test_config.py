@@ -67,6 +67,15 @@ def test_blob_quota_and_upload_rate(tmp_path: Path) -> None:
             Settings.load(tmp_path, env={name: value})
 
 
+def test_max_repo_import_size(tmp_path: Path) -> None:
+    assert Settings.load(tmp_path, env={}).max_repo_import_size == 256 * 1024**2
+    s = Settings.load(tmp_path, env={"PDS_MAX_REPO_IMPORT_SIZE": "0"})
+    assert s.max_repo_import_size == 0  # 0: no limit
+    for value in ("-1", "1MB"):
+        with pytest.raises(SettingsError, match="PDS_MAX_REPO_IMPORT_SIZE"):
+            Settings.load(tmp_path, env={"PDS_MAX_REPO_IMPORT_SIZE": value})
+
+
 def test_forwarding_services_default_to_bluesky_and_need_a_did(tmp_path: Path) -> None:
     s = Settings.load(tmp_path, env={})
     assert (s.bsky_app_view_url, s.bsky_app_view_did) == ("https://api.bsky.app",
