@@ -112,6 +112,13 @@ def test_import_refusals_leave_nothing_behind(api):
     err(_import(api, alice, chunks), 413, "PayloadTooLarge")
     assert diff_snapshots(before, snapshot(root)) == []
     assert not [p for p in (root / "tmp").iterdir() if p.name.startswith("import-")]
+    # As in the reference: a password session's token only (no app password).
+    app_pw = ok(api.post("com.atproto.server.createAppPassword", {"name": "importer"},
+                         token=alice.access))["password"]
+    app_tok = ok(api.post("com.atproto.server.createSession",
+                          {"identifier": alice.did, "password": app_pw}))["accessJwt"]
+    err(api.post("com.atproto.repo.importRepo", token=app_tok, content=own, headers=CAR),
+        400, "InvalidToken")
     # Bob may not import into alice's repo with his own token (it is his own repo he
     # names: his export is his, so that one is fine, but alice's is another DID's).
     err(_import(api, bob, own), 400, "InvalidRequest")

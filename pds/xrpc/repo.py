@@ -159,7 +159,7 @@ async def list_missing_blobs(call: Call) -> Answer:
     return page.answer("blobs", lambda row: {"cid": row[0], "recordUri": row[1]})
 
 
-@procedure("com.atproto.repo.importRepo", auth=AuthKind.ACCESS_OR_SERVICE, body="raw")
+@procedure("com.atproto.repo.importRepo", auth=AuthKind.ACCESS_FULL, body="raw")
 async def import_repo(call: Call) -> Answer:
     await repo_import.import_repo(call.ctx, call.auth.did, call.req.stream,
                                   call.req.content_length)
