@@ -148,3 +148,32 @@ def test_maintenance_prunes_expired_state(tmp_path: Path) -> None:
     assert (tmp_path / "oauth" / OAUTH_SESSIONS / ("ses-" + "2" * 32)).exists()
     assert [p.name for p in jti_dir.iterdir()] != [old.name]
     assert len(list(jti_dir.iterdir())) == 1
+
+
+def test_code_steps() -> None:
+    """The 2FA code step's signed value: only the genuine, unexpired one, for its place,
+    browser and password, opens; the page shows the address masked."""
+    from pds.services.account import Account
+    from pds.services.oauth_code_step import STEP_TTL, Steps, mask_email
+
+    acct = Account(did="did:web:a.test", handle="a.test", email="alice@example.com",
+                   password_hash="$argon2id$one")
+    steps, now = Steps("secret"), 1_800_000_000.0
+    step = steps.issue(acct, "req-1", "csrf-a", True, now=now)
+    found = steps.open(step, "req-1", "csrf-a", lambda did: acct, now=now + STEP_TTL - 1)
+    assert found is not None and found[0].did == acct.did and found[0].remember
+    assert found[0].hint == "a•••e@example.com"
+    changed = Account(did=acct.did, handle="a.test", password_hash="$argon2id$two")
+    for value, where, browser, account, at in (
+            (step, "req-1", "csrf-a", acct, now + STEP_TTL + 1),  # expired
+            (step, "req-2", "csrf-a", acct, now),  # another request
+            (step, "account", "csrf-a", acct, now),  # the account page
+            (step, "req-1", "csrf-b", acct, now),  # another browser
+            (step, "req-1", "csrf-a", changed, now),  # the password changed since
+            (step, "req-1", "csrf-a", None, now),  # the account is gone
+            (step.split(".")[0] + "." + "A" * 43, "req-1", "csrf-a", acct, now),  # forged
+            (Steps("other").issue(acct, "req-1", "csrf-a", True, now=now), "req-1",
+             "csrf-a", acct, now),  # another server's secret
+            ("no-dot", "req-1", "csrf-a", acct, now), (None, "req-1", "csrf-a", acct, now)):
+        assert steps.open(value, where, browser, lambda did, a=account: a, now=at) is None
+    assert mask_email("ab@x.org") == "a•••@x.org" and mask_email(None) == "your email address"

@@ -32,6 +32,11 @@ border-radius:8px}
 ul.asks{padding-left:1.2rem}ul.asks li{margin:.35rem 0}
 .app{font-weight:700}.muted{color:#4b5563;font-size:.9rem;overflow-wrap:anywhere}
 .grant{border-top:1px solid #e5e7eb;padding:.75rem 0}
+.notice{background:#eff6ff;border:1px solid #93c5fd;color:#1e3a8a;padding:.7rem;
+border-radius:8px}
+input.code{font:600 1.35rem/1.2 ui-monospace,SFMono-Regular,Menlo,monospace;
+letter-spacing:.12em;text-transform:uppercase;text-align:center}
+p.more{margin:1rem 0 0;text-align:center}
 """
 
 
@@ -85,11 +90,39 @@ def render(page: Page, csrf: str, host: str) -> str:
                  f'your account on this server.</p>')
         return _doc("Sign in", host, intro + _sign_in_form(page, csrf, "/oauth/authorize",
                                                            hint))
+    if page.step == "code":
+        return _doc("Check your email", host, _code_form(page, csrf))
     if page.step == "consent":
         return _doc("Authorize app", host, _consent(page, csrf))
     if page.step == "account":
         return _doc("Your account", host, _account(page, csrf))
     return _doc("Something went wrong", host, _error(page))
+
+
+def _code_form(page: Page, csrf: str) -> str:
+    """The emailed-code step: the code field, "Sign in", and a way to get a new code."""
+    request_uri = page.pending.request_uri if page.pending else None
+    action = "/oauth/authorize" if page.pending else "/oauth/account"
+    notice = (f'<p class="notice" role="status">{escape(page.notice)}</p>'
+              if page.notice else "")
+    other = ('<button type="submit" name="action" value="switch" class="link" '
+             'formnovalidate>Use another account</button>' if page.pending
+             else '<a href="/oauth/account">Use another account</a>')
+    return (f'<p>Enter the code we emailed to <strong>{escape(page.hint or "")}</strong>.'
+            f'</p><form method="post" action="{action}">{_hidden(csrf, request_uri)}'
+            f'<input type="hidden" name="step" value="{escape(page.code_step or "")}">'
+            f'{_error(page)}{notice}'
+            f'<label for="code">Code</label>'
+            f'<input type="text" id="code" name="code" class="code" maxlength="64" '
+            f'autocomplete="one-time-code" autocapitalize="characters" spellcheck="false" '
+            f'placeholder="XXXXX-XXXXX" aria-describedby="code-help" required autofocus>'
+            f'<p class="muted" id="code-help">The code works once, for 15 minutes. Not '
+            f'there? Look in your spam folder.</p>'
+            f'<div class="buttons"><button type="submit" name="action" value="code">'
+            f'Sign in</button></div>'
+            f'<p class="more">Didn\'t get it? <button type="submit" name="action" '
+            f'value="resend" class="link" formnovalidate>Send a new code</button></p>'
+            f'<p class="more">{other}</p></form>')
 
 
 def _consent(page: Page, csrf: str) -> str:
