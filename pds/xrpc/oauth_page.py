@@ -10,7 +10,7 @@ from ..services.oauth_flow import Page
 _STYLE = """
 *{box-sizing:border-box}
 body{margin:0;font:16px/1.5 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;
-background:#f3f4f6;color:#111827}
+background:#f3f4f6;color:#111827;padding:0 .75rem}
 main{max-width:26rem;margin:2rem auto;overflow-wrap:anywhere;padding:1.5rem;
 background:#fff;border-radius:12px;
 box-shadow:0 1px 3px rgba(0,0,0,.12)}
@@ -22,7 +22,7 @@ border:1px solid #9ca3af;border-radius:8px}
 input:focus,button:focus{outline:3px solid #2563eb;outline-offset:1px}
 .check{display:flex;gap:.5rem;align-items:center;font-weight:400}
 .buttons{display:flex;gap:.75rem;margin-top:1.5rem}
-button{flex:1;padding:.75rem;font-size:1rem;font-weight:600;border-radius:8px;
+button{flex:1;padding:.75rem;font:inherit;font-weight:600;border-radius:8px;
 border:1px solid #1d4ed8;background:#1d4ed8;color:#fff;cursor:pointer}
 button.secondary{background:#fff;color:#1f2937;border-color:#9ca3af}
 button.link{flex:none;background:none;border:none;color:#1d4ed8;padding:0;
