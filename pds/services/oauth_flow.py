@@ -1,6 +1,7 @@
 """The sign-in page's flow: what a visit or a button press on `/oauth/authorize` leads
-to (a sign-in form, a consent question, or a redirect back to the app), and the account
-page's list of authorized apps. The HTML is the XRPC layer's; this decides.
+to (a sign-in form, the emailed-code step, a consent question, or a redirect back to the
+app), and the account page's list of authorized apps. The HTML is the XRPC layer's; this
+decides.
 
 The page's browser is known by its CSRF cookie (`browser`): a request signed in from one
 browser can only be approved from that browser. A remembered device is a second cookie
