@@ -19,8 +19,9 @@ from typing import Any
 from urllib.parse import urlencode
 
 from ..errors import AuthFailed, OAuthError, RateLimited
-from ..store.layout import OAUTH_CODES, OAUTH_DEVICES, OAUTH_JTI, OAUTH_REQUESTS
+from ..store.layout import DPOP_JTI, OAUTH_CODES, OAUTH_DEVICES, OAUTH_JTI, OAUTH_REQUESTS
 from ..store.oauth import OAuthStore
+from ..store.replay import SeenOnce
 from . import auth as A
 from . import oauth_scopes
 from .account import Account, Use, load, require
@@ -28,7 +29,7 @@ from .email_flows import check_code, mail_code, wants_code
 from .oauth_client_auth import SIGNING_ALGS, authenticate
 from .oauth_clients import Client, get_client
 from .oauth_code_step import ACCOUNT_PAGE, CodeStep, Steps, mask_email
-from .oauth_dpop import ALGS, Dpop
+from .oauth_dpop import ALGS, REPLAY_KEEP, Dpop
 
 PAR_TTL = 300
 DEVICE_TTL = 7 * 24 * 3600  # a remembered browser (the reference's AUTHENTICATION_MAX_AGE)
@@ -88,7 +89,8 @@ class OAuth:
         self.issuer = ctx.settings.public_url
         self.store = OAuthStore(ctx.data)
         self.steps = Steps(ctx.settings.jwt_secret)
-        self.dpop = Dpop(ctx.settings.jwt_secret, self.issuer, ctx.data.oauth / OAUTH_JTI)
+        self.dpop = Dpop(ctx.settings.jwt_secret, self.issuer, SeenOnce(
+            ctx.data.tmp / DPOP_JTI, ctx.data.oauth / OAUTH_JTI, REPLAY_KEEP))
         from .oauth_tokens import Tokens
         self.tokens = Tokens(self)
 
