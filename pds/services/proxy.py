@@ -36,7 +36,7 @@ import zlib
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
-from urllib.parse import parse_qs, urlencode, urlsplit
+from urllib.parse import urlencode, urlsplit
 
 from ..errors import (
     InvalidInput,
@@ -48,7 +48,7 @@ from ..errors import (
 from ..repo.did import service_endpoint_from_doc
 from ..repo.syntax import is_valid_did
 from . import auth as A
-from . import fetch, upstream
+from . import fetch, proxy_raw, upstream
 from . import read_after_write as raw
 from .sessions import is_privileged_method, is_protected_method
 
@@ -67,7 +67,7 @@ PROXY_HEADER_MAX = 2048 + 256  # a DID (at most 2 KB), '#' and a service id
 MAX_ACTIVE = 100  # upstream requests at once per worker
 MAX_IDLE = 20  # kept-alive connections per upstream per worker
 KEEPALIVE = 30.0  # seconds an idle upstream connection is kept
-FEED_RECORD_MAX = 1024 * 1024  # bytes of a feed generator record's answer
+JSON_MAX = 1024 * 1024  # bytes of an answer the PDS reads itself (`get`)
 
 REPORT_METHOD = "com.atproto.moderation.createReport"
 FEED_SKELETON = "app.bsky.feed.getFeedSkeleton"
@@ -145,34 +145,13 @@ class Proxy:
         if is_privileged_method(call.nsid) and info.scope not in A.PRIVILEGED_SCOPES:
             raise InvalidInput("Bad token method", "InvalidToken")
         url, aud = await self.target(call.nsid, call.headers.get("atproto-proxy"))
-        token = await self._token(info.account, aud, call.nsid)
+        token = await self.token(info.account, aud, call.nsid)
         answer = await self._send(call, url, token)
         if call.nsid in raw.METHODS and answer.status == 200:
-            answer = await self._read_after_write(call, info.account, answer)
+            answer = await proxy_raw.merge_local(self, call, info.account, answer, _collect)
+        elif call.nsid == raw.THREAD and answer.status == 400:
+            answer = await proxy_raw.own_new_thread(self, call, info.account, answer)
         return answer
-
-    async def _read_after_write(self, call: Forward, did: str, answer: Answer) -> Answer:
-        """`answer` with the caller's writes the AppView hasn't seen merged in
-        (`read_after_write`); as it is when it is up to date."""
-        headers = dict(answer.headers)
-        rev = headers.get("atproto-repo-rev")
-        if not rev or "json" not in headers.get("content-type", "json").lower():
-            return answer
-        local = await asyncio.to_thread(raw.local_since, self.ctx, did, rev)
-        if local is None:
-            return answer
-        body = answer.body if isinstance(answer.body, bytes) else \
-            await _collect(answer.body)
-        params = {k: v[-1] for k, v in parse_qs(urlsplit(call.path).query).items()}
-        merged = await asyncio.to_thread(raw.merge, call.nsid, params, body, local)
-        if merged is None:
-            return Answer(answer.status, answer.headers, body)
-        kept = [(n, v) for n, v in answer.headers if n not in ("content-length",
-                                                               "content-encoding")]
-        lag = raw.lag_ms(local)
-        if lag is not None:
-            kept.append(("atproto-upstream-lag", str(lag)))
-        return Answer(answer.status, kept, merged)
 
     async def get_feed(self, call: Forward, did: str, feed: str) -> Answer:
         """app.bsky.feed.getFeed for account `did`: the feed generator's DID read from its
@@ -193,7 +172,7 @@ class Proxy:
         feed_did = value.get("did") if isinstance(value, dict) else None
         if not isinstance(feed_did, str) or not is_valid_did(feed_did):
             raise InvalidInput("could not resolve feed did", "UnknownFeed")
-        token = await self._token(did, feed_did, FEED_SKELETON)
+        token = await self.token(did, feed_did, FEED_SKELETON)
         return await self._send(call, url, token)
 
     async def register_push(self, did: str, body: dict) -> None:
@@ -212,7 +191,7 @@ class Proxy:
         if not url:
             raise InvalidInput("invalid notification service details in did document: "
                                f"{service_did}")
-        token = await self._token(did, service_did, REGISTER_PUSH)
+        token = await self.token(did, service_did, REGISTER_PUSH)
         data = json.dumps(body).encode()
         call = Forward(REGISTER_PUSH, "POST", "/xrpc/" + REGISTER_PUSH,
                        {"content-type": "application/json", "content-length": str(len(data))},
@@ -225,24 +204,33 @@ class Proxy:
 
     async def _get_json(self, base: str, nsid: str, params: dict[str, str]) -> object:
         """An unauthenticated query of `base` (the configured AppView), its JSON answer."""
-        url = _join(base, f"/xrpc/{nsid}?{urlencode(params)}", self.ctx)
+        status, body = await self.get(base, nsid, list(params.items()))
+        if status != 200:
+            raise InvalidInput("could not resolve feed did", "UnknownFeed")
+        try:
+            return json.loads(body)
+        except (ValueError, RecursionError):
+            raise UpstreamFailure("Upstream answered garbage") from None
+
+    async def get(self, base: str, nsid: str, query: list[tuple[str, str]],
+                  token: str | None = None) -> tuple[int, bytes]:
+        """A query of service `base` (with a service-auth `token`): status and body (at
+        most JSON_MAX bytes). UpstreamFailure, UpstreamTimeout when none came."""
+        url = _join(base, f"/xrpc/{nsid}?{urlencode(query)}", self.ctx)
+        headers = [("accept-encoding", "identity")]
+        if token:
+            headers.append(("authorization", "Bearer " + token))
         try:
             async with asyncio.timeout(HEADERS_TIMEOUT):
-                resp = await self.pool.request("GET", url, [("accept-encoding", "identity")])
+                resp = await self.pool.request("GET", url, headers)
                 try:
-                    if resp.status != 200:
-                        raise InvalidInput("could not resolve feed did", "UnknownFeed")
-                    body = await resp.read(FEED_RECORD_MAX, BODY_TIMEOUT)
+                    return resp.status, await resp.read(JSON_MAX, BODY_TIMEOUT)
                 finally:
                     await resp.aclose()
         except TimeoutError:
             raise UpstreamTimeout("Upstream service timed out") from None
         except (upstream.UpstreamError, fetch.FetchError, OSError):
             raise UpstreamFailure("Upstream service unreachable") from None
-        try:
-            return json.loads(body)
-        except (ValueError, RecursionError):
-            raise UpstreamFailure("Upstream answered garbage") from None
 
     # --- where to ---------------------------------------------------------------------
 
@@ -266,7 +254,8 @@ class Proxy:
             raise InvalidInput("could not resolve proxy did service url")
         return endpoint, did
 
-    async def _token(self, did: str, aud: str, lxm: str) -> str:
+    async def token(self, did: str, aud: str, lxm: str) -> str:
+        """A fresh service-auth JWT of account `did` for service `aud`, method `lxm`."""
         key = self.ctx.cached_signing_key(did) or \
             await asyncio.to_thread(self.ctx.local_signing_key, did)
         if key is None:
