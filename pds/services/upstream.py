@@ -361,7 +361,7 @@ async def _read_head(r: asyncio.StreamReader) -> tuple[int, dict[str, str]]:
         raw = await r.readuntil(b"\r\n\r\n")
         lines = raw.decode("latin-1").split("\r\n")
         version, _, rest = lines[0].partition(" ")
-        code = rest[:3]
+        code = rest.partition(" ")[0]
         if not version.startswith("HTTP/1.") or not code.isdigit() or len(code) != 3:
             raise ValueError("not an HTTP/1.x answer")
         status = int(code)
