@@ -13,8 +13,9 @@ What it does, and no more:
 - HTTP/1.1 only; a body by `content-length`, `transfer-encoding: chunked`, or until the
   connection closes; 1xx heads skipped; a HEAD, 204 or 304 has none.
 - Connections kept per origin while their answers were read to the end (at most
-  `max_idle` idle ones per origin, `keepalive` seconds each); at most `max_active`
-  requests at once (more wait up to `connect_timeout`).
+  `max_idle` idle ones per origin and `max_idle_total` in all, `keepalive` seconds each;
+  one the upstream closed is dropped when next looked at); at most `max_active` requests
+  at once (more wait up to `connect_timeout`).
 - Outside development every new connection resolves its host and refuses it unless every
   address is public (`fetch.is_public_address`), then connects to the address it checked,
   with TLS naming the host (the same rule as `fetch.GuardedBackend`).
@@ -213,10 +214,13 @@ class Pool:
     """The worker's upstream connections (see the module docstring)."""
 
     def __init__(self, *, dev: bool, max_active: int = 100, max_idle: int = 20,
+                 max_idle_total: int = 100,
                  keepalive: float = 30.0, connect_timeout: float = 5.0,
                  user_agent: str = "pds (python)") -> None:
         self.dev = dev
         self.max_idle, self.keepalive = max_idle, keepalive
+        self.max_idle_total = max_idle_total
+        self._idle_count = 0
         self.connect_timeout = connect_timeout
         self.user_agent = user_agent
         self._idle: dict[Origin, deque[_Conn]] = {}
@@ -291,6 +295,7 @@ class Pool:
         now = time.monotonic()
         while idle:
             conn = idle.pop()  # the most recently used: the likeliest still open
+            self._idle_count -= 1
             if conn.usable(now, self.keepalive):
                 conn.reused = True
                 return conn
@@ -299,12 +304,22 @@ class Pool:
 
     def _give_back(self, conn: _Conn, reusable: bool) -> None:
         self._active.release()
-        idle = self._idle.setdefault(conn.origin, deque())
-        if not reusable or len(idle) >= self.max_idle:
+        now = time.monotonic()
+        idle = self._idle.get(conn.origin)
+        if idle is None:
+            idle = self._idle[conn.origin] = deque()
+        while idle and not idle[0].usable(now, self.keepalive):
+            idle.popleft().close()  # the oldest, closed by the upstream or expired
+            self._idle_count -= 1
+        if not reusable or len(idle) >= self.max_idle or \
+                self._idle_count >= self.max_idle_total:
             conn.close()
-            return
-        conn.idle_since = time.monotonic()
-        idle.append(conn)
+        else:
+            conn.idle_since = now
+            idle.append(conn)
+            self._idle_count += 1
+        if not idle:
+            del self._idle[conn.origin]
 
     async def _connect(self, origin: Origin) -> _Conn:
         """A new connection, its target checked outside development."""
@@ -339,6 +354,7 @@ class Pool:
             for conn in idle:
                 conn.close()
         self._idle.clear()
+        self._idle_count = 0
 
 
 async def _send_body(writer: asyncio.StreamWriter, body: AsyncIterator[bytes],
