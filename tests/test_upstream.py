@@ -155,6 +155,21 @@ def test_garbage_is_an_upstream_error(answer: bytes) -> None:
     run(main)
 
 
+@pytest.mark.parametrize("chunks", [b"0x3\r\nabc\r\n0\r\n\r\n", b"-3\r\nabc\r\n",
+                                    b"3\r\nabcX\r\n", b"zz\r\n"])
+def test_a_bad_chunked_body_is_an_upstream_error(chunks: bytes) -> None:
+    async def main() -> None:
+        server, base, _ = await serve(
+            lambda h: b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + chunks)
+        pool = upstream.Pool(dev=True)
+        resp = await pool.request("GET", base + "/", [])
+        with pytest.raises(upstream.UpstreamError):
+            await body(resp)
+        await pool.aclose()
+        server.close()
+    run(main)
+
+
 def test_a_body_that_breaks_off_or_runs_over() -> None:
     async def main() -> None:
         server, base, _ = await serve(

@@ -71,7 +71,7 @@ async def own_new_thread(proxy: Proxy, call: Forward, did: str, answer: Answer) 
     host, _, path = params.get("uri", "").removeprefix("at://").partition("/")
     if host != did:
         acct = await reads.read(load, proxy.ctx, did)
-        if acct is None or host != acct.handle:
+        if acct is None or host.lower() != acct.handle:
             return answer
     local = await reads.read(raw.local_since, proxy.ctx, did, rev)
     uri = f"at://{did}/{path}"

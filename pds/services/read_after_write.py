@@ -48,7 +48,8 @@ GENERATOR, LIST = "app.bsky.feed.generator", "app.bsky.graph.list"
 THREAD = "app.bsky.feed.getPostThread"
 THREAD_VIEW = "app.bsky.feed.defs#threadViewPost"
 MAX_COMMITS = 100  # a reader further behind than this is not patched
-MEMO_MAX = 512  # (account, HEAD, rev) answers remembered per process
+MAX_POSTS = 50  # the newest posts merged (a page holds at most 100 items)
+MEMO_MAX = 128  # (account, HEAD, rev) answers remembered per process
 METHODS = {"app.bsky.actor.getProfile", "app.bsky.actor.getProfiles",
            "app.bsky.feed.getTimeline", "app.bsky.feed.getAuthorFeed",
            THREAD, "app.bsky.feed.getActorLikes"}
@@ -76,9 +77,9 @@ class Local:
         cid = ref.get("$link") if isinstance(ref, dict) else None
         if not isinstance(cid, str):
             return None
-        if self.cdn_pattern:
-            return self.cdn_pattern.replace("%s", preset, 1).replace("%s", self.did, 1) \
-                .replace("%s", cid, 1)
+        parts = self.cdn_pattern.split("%s") if self.cdn_pattern else []
+        if len(parts) == 4:  # the pattern's three %s: preset, DID, CID (as util.format)
+            return parts[0] + preset + parts[1] + self.did + parts[2] + cid + parts[3]
         return f"{self.base_url}/xrpc/com.atproto.sync.getBlob?did={self.did}&cid={cid}"
 
     def author(self) -> dict[str, Any]:
@@ -145,7 +146,7 @@ def _since(repo: Repo, did: str, rev: str) -> _Since | None:
                 if value is not None and cid is not None:
                     posts[path] = {"uri": f"at://{did}/{path}", "cid": cid_str(cid),
                                    "record": value, "indexedAt": _iso(when)}
-    since.posts = list(posts.values())
+    since.posts = list(posts.values())[-MAX_POSTS:]
     if since.profile is None and not since.posts:
         return None
     since.current_profile = since.profile

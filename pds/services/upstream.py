@@ -182,7 +182,8 @@ class Response:
         conn, self._conn = self._conn, None
         if conn is not None:
             self._pool._give_back(conn, reusable=self._framing != "close"
-                                  and "close" not in self.headers.get("connection", ""))
+                                  and "close" not in self.headers.get("connection",
+                                                                      "").lower())
 
 
 async def _chunks(r: asyncio.StreamReader, timeout: float) -> AsyncIterator[bytes]:
@@ -190,9 +191,10 @@ async def _chunks(r: asyncio.StreamReader, timeout: float) -> AsyncIterator[byte
     while True:
         async with asyncio.timeout(timeout):
             line = await r.readuntil(b"\r\n")
-        size = int(line.split(b";", 1)[0].strip(), 16)  # ValueError: garbage
-        if size < 0:
-            raise ValueError("negative chunk size")
+        digits = line.split(b";", 1)[0].strip()
+        if not digits or digits.strip(b"0123456789abcdefABCDEF"):
+            raise ValueError("a bad chunk size")
+        size = int(digits, 16)
         if size == 0:
             while True:  # trailers, up to the empty line
                 async with asyncio.timeout(timeout):
