@@ -18,7 +18,7 @@ What it does, and no more:
   at once (more wait up to `connect_timeout`).
 - Outside development every new connection resolves its host and refuses it unless every
   address is public (`fetch.is_public_address`), then connects to the address it checked,
-  with TLS naming the host (the same rule as `fetch.GuardedBackend`).
+  with TLS naming the host.
 - A GET or HEAD that fails on a reused connection before any byte of its answer came
   back is sent once more on a new one (the upstream closed an idle connection just then).
 
