@@ -98,6 +98,15 @@ def check_url(value: str) -> str:
     return value.rstrip("/")
 
 
+def check_cdn_pattern(value: str) -> str:
+    """An image URL pattern with three `%s` (preset, DID, CID), as the reference's."""
+    if value.count("%s") != 3 or "%" in value.replace("%s", ""):
+        raise SettingsError(f"{value!r} needs exactly three %s (preset, DID, blob CID), "
+                            "such as https://cdn.bsky.app/img/%s/plain/%s/%s@jpeg")
+    check_url(value.replace("%s", "x"))
+    return value
+
+
 def check_smtp_url(value: str) -> str:
     """`smtp://` or `smtps://` with a host, optionally user:password (URL-encoded) and
     port; empty: no mail is sent (it stays in the spool)."""
@@ -208,6 +217,9 @@ class Settings:
     # defaults are what the reference PDS's installer writes.
     bsky_app_view_url: str = DEFAULT_APP_VIEW_URL
     bsky_app_view_did: str = DEFAULT_APP_VIEW_DID
+    # Image URLs of read-after-write views: "%s" for the preset, DID and CID, in order
+    # (e.g. https://cdn.bsky.app/img/%s/plain/%s/%s@jpeg); empty: this PDS's getBlob.
+    bsky_app_view_cdn_url_pattern: str = ""
     report_service_url: str = DEFAULT_REPORT_SERVICE_URL
     report_service_did: str = DEFAULT_REPORT_SERVICE_DID
     rate_limits: bool = True
@@ -321,6 +333,8 @@ class _Loader:
                                               _number(float, 1e-6, 24 * 365 * 10)),
             behind_nginx=self.get("BEHIND_NGINX", "false", parse_bool),
             bsky_app_view_url=app_view[0], bsky_app_view_did=app_view[1],
+            bsky_app_view_cdn_url_pattern=self.get(
+                "BSKY_APP_VIEW_CDN_URL_PATTERN", "", lambda v: check_cdn_pattern(v) if v else ""),
             report_service_url=report[0], report_service_did=report[1],
             rate_limits=self.get("RATE_LIMITS", "true", parse_bool),
             log_level=self.get("LOG_LEVEL", "info", _choice(*LOG_LEVELS)),

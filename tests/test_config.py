@@ -92,6 +92,14 @@ def test_forwarding_services_default_to_bluesky_and_need_a_did(tmp_path: Path) -
         Settings.load(tmp_path, env={"PDS_REPORT_SERVICE_DID": "mod.bsky.app"})
     with pytest.raises(SettingsError, match="PDS_BSKY_APP_VIEW_URL"):
         Settings.load(tmp_path, env={"PDS_BSKY_APP_VIEW_URL": "ftp://x"})
+    assert s.bsky_app_view_cdn_url_pattern == ""  # unset: this PDS's getBlob
+    pattern = "https://cdn.bsky.app/img/%s/plain/%s/%s@jpeg"
+    s = Settings.load(tmp_path, env={"PDS_BSKY_APP_VIEW_CDN_URL_PATTERN": pattern})
+    assert s.bsky_app_view_cdn_url_pattern == pattern
+    for bad in ("https://cdn.example.com/%s/%s", "https://cdn.example.com/%s/%s/%s/%d",
+                "ftp://cdn/%s/%s/%s"):
+        with pytest.raises(SettingsError, match="PDS_BSKY_APP_VIEW_CDN_URL_PATTERN"):
+            Settings.load(tmp_path, env={"PDS_BSKY_APP_VIEW_CDN_URL_PATTERN": bad})
 
 
 def test_init_writes_the_forwarding_services(tmp_path: Path) -> None:

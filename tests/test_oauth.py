@@ -389,23 +389,3 @@ def test_forwarded_calls_take_dpop_tokens(app: OAuthTester, alice: Account) -> N
     r = app.xrpc("GET", "app.bsky.actor.getProfile", narrow["access_token"],
                  params={"actor": alice.did})
     assert r.status_code == 403 and r.json()["error"] == "ScopeMissingError", r.text
-
-
-def test_an_account_with_sign_in_codes_is_not_opened_by_password_alone(
-        app: OAuthTester, api: Api) -> None:
-    """The page does not ask for the emailed code yet: it refuses such an account (no 2FA
-    bypass), and a browser remembered before the codes were turned on signs in again."""
-    from pds.store.accounts import AccountStore
-    from pds.store.layout import DataDir
-
-    bob = api.create_account()
-    request_uri = app.par().json()["request_uri"]
-    r = app.http.get("/oauth/authorize", params={"client_id": LOOPBACK_CLIENT,
-                                                 "request_uri": request_uri})
-    csrf = cookie(r, "pds-csrf")
-    AccountStore(DataDir(api.server.data_dir)).update(bob.did, emailAuthFactor=True)
-    r = app.http.post("/oauth/authorize", headers={"Cookie": "pds-csrf=" + csrf}, data={
-        "csrf": csrf, "request_uri": request_uri, "action": "sign_in",
-        "identifier": bob.handle, "password": bob.password})
-    assert r.status_code == 401 and "code sent by email" in r.text
-    assert "Authorize" not in r.text

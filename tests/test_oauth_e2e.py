@@ -4,7 +4,10 @@ Debian chromium on the PDS's own sign-in page (tests/node/oauth_flow.mjs), again
 createRecord/getRecord/uploadBlob with `@atproto/api`, refresh (the old refresh token
 refused), a remembered browser, the account page, sign out (the tokens refused).
 
-Screenshots of the sign-in, consent and account pages land in tests/screenshots/
+The same with emailed sign-in codes (2FA) on, the code read from the mail a real SMTP
+server (aiosmtpd) received.
+
+Screenshots of the sign-in, consent, account and code pages land in tests/screenshots/
 (gitignored), for a person to look at."""
 
 from __future__ import annotations
@@ -17,8 +20,9 @@ from pathlib import Path
 
 import pytest
 from harness import free_port, init_data_dir, running_server, start_server
+from mail_util import SmtpServer, token_of
 from ops_util import nginx_binary, start_nginx
-from server_util import Api
+from server_util import Account, Api, ok
 
 NODE_DIR = Path(__file__).resolve().parent / "node"
 SHOTS = Path(__file__).resolve().parent / "screenshots"
@@ -27,7 +31,8 @@ CHROMIUM = "/usr/bin/chromium"
 pytestmark = pytest.mark.slow
 
 
-def run_flow(base_url: str, public: str, handle: str, password: str) -> dict:
+def run_flow(base_url: str, public: str, handle: str, password: str,
+             *extra: str) -> dict:
     node = shutil.which("node")
     if node is None:
         pytest.skip("node is not on PATH: the official OAuth client needs it")
@@ -38,7 +43,7 @@ def run_flow(base_url: str, public: str, handle: str, password: str) -> dict:
     SHOTS.mkdir(exist_ok=True)
     res = subprocess.run(
         [node, str(NODE_DIR / "oauth_flow.mjs"), "--pds", public, "--handle", handle,
-         "--password", password, "--shots", str(SHOTS)],
+         "--password", password, "--shots", str(SHOTS), *extra],
         cwd=NODE_DIR, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, f"stdout:\n{res.stdout}\nstderr:\n{res.stderr}"
     return json.loads(res.stdout.strip().splitlines()[-1])
@@ -57,6 +62,42 @@ def test_official_client_and_browser(tmp_path: Path) -> None:
         assert r.status_code == 200 and r.json()["value"]["text"] == "hello via oauth"
     for name in ("oauth-sign-in.png", "oauth-consent.png", "oauth-account.png"):
         assert (SHOTS / name).stat().st_size > 1000
+
+
+def test_official_client_and_browser_with_sign_in_codes(tmp_path: Path) -> None:
+    """Sign in (password, then the mailed code: a wrong one refused first) -> consent ->
+    callback -> tokens work; "remember this device" after the code: the next
+    authorization goes straight to consent, no code."""
+    maildir = tmp_path / "maildir"
+    maildir.mkdir()
+    smtp = SmtpServer(save_dir=maildir).start()
+    env = {"PDS_EMAIL_SMTP_URL": smtp.url, "PDS_EMAIL_FROM_ADDRESS": "pds@example.com"}
+    try:
+        with running_server(tmp_path, env=env, workers=2) as server, Api(server) as api:
+            alice = api.create_account()
+            turn_on_sign_in_codes(api, smtp, alice)
+            found = run_flow(server.url, f"http://{api.host}", alice.handle, alice.password,
+                             "--maildir", str(maildir), "--email", alice.email)
+            assert found["did"] == alice.did and found["codeStep"]
+            assert found["oldRefreshRefused"] and found["signedOut"]
+            codes = [m for m in smtp.inbox.to(alice.email) if "Sign-in code" in m["Subject"]]
+            assert len(codes) == 1  # the remembered browser needed none the second time
+    finally:
+        smtp.stop()
+    for name in ("oauth-2fa.png", "oauth-2fa-wide.png", "oauth-2fa-wrong.png"):
+        assert (SHOTS / name).stat().st_size > 1000
+
+
+def turn_on_sign_in_codes(api: Api, smtp: SmtpServer, acct: Account) -> None:
+    """Confirm the address and turn sign-in codes on, as a person does (mailed tokens)."""
+    ok(api.post("com.atproto.server.requestEmailConfirmation", token=acct.access))
+    token = token_of(smtp.inbox.wait(acct.email)[0])
+    ok(api.post("com.atproto.server.confirmEmail", {"email": acct.email, "token": token},
+                token=acct.access))
+    ok(api.post("com.atproto.server.requestEmailUpdate", token=acct.access))
+    token = token_of(smtp.inbox.wait(acct.email, 2)[1])
+    ok(api.post("com.atproto.server.updateEmail", {
+        "email": acct.email, "token": token, "emailAuthFactor": True}, token=acct.access))
 
 
 def test_official_client_through_nginx(tmp_path: Path) -> None:

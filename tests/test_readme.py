@@ -25,8 +25,11 @@ from oauth_util import OAuthTester
 from readme_util import ROOT, layout_entries, settings_rows, unlisted, unseen, walk
 from server_util import Api, blob_ref, err, ok, subscribe_url
 
-# Exist only for the instant a write takes: no test can hold one still to look at.
-TRANSIENT = {"tmp/.<pid>.<random>", "tmp/import-<pid>-<random>"}
+# Paths a normal run may not show: a staging file exists only for the instant a write
+# takes (no test can hold one still to look at); a jti is claimed as a file only when its
+# bucket of tmp/DPOP-JTI is full (tests/test_oauth_units.py makes some); a repository CAR
+# being imported lasts only while importRepo runs.
+TRANSIENT = {"tmp/.<pid>.<random>", "oauth/dpop-jti/<sha256>", "tmp/import-<pid>-<random>"}
 
 
 # --- settings ----------------------------------------------------------------------------------

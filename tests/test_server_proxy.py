@@ -19,11 +19,12 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import parse_qsl, urlsplit
 
 import httpx
 import pytest
 from harness import free_port, running_server
-from server_util import PASSWORD, Api, err, jwt_parts, ok
+from server_util import PASSWORD, Api, blob_ref, err, jwt_parts, ok
 
 pytestmark = pytest.mark.slow
 
@@ -430,3 +431,106 @@ def test_read_after_write_new_post_and_profile_edit(api: Api, stubs: dict[str, S
     # Someone else's profile is not touched.
     other = ok(api.get("app.bsky.actor.getProfile", me.access, actor="did:plc:x", _rev=seen))
     assert "displayName" not in other
+
+
+def test_read_after_write_embeds_replies_and_new_threads(api: Api,
+                                                          stubs: dict[str, Stub]) -> None:
+    """Merged posts carry their embeds as the reference renders them (images at this
+    PDS's getBlob, a quoted post and feed as the AppView shows them, asked with the
+    caller's service auth); getPostThread gets the caller's new replies, and a thread of
+    the caller's post the AppView doesn't know yet is built here with its parent."""
+    me = sign_up(api)
+    seen = ok(api.get("com.atproto.sync.getLatestCommit", did=me.did))["rev"]
+    blob = ok(api.post("com.atproto.repo.uploadBlob", token=me.access,
+                       content=b"\x89PNG\r\n\x1a\n" + secrets.token_bytes(64),
+                       headers={"content-type": "image/png"}))["blob"]
+    cid = blob["ref"]["$link"]
+    quoted = "at://did:plc:stubauthor/app.bsky.feed.post/3quoted"
+    feed_uri = "at://did:plc:stubauthor/app.bsky.feed.generator/feed1"
+    root = "at://did:plc:stubauthor/app.bsky.feed.post/3root"
+    strong = {"uri": root, "cid": "bafyreib2rxk3rybk3aobmv5cjuql3bm2twh4jo5uxgf5iohpidnmqanwoa"}
+
+    def create(record: dict) -> dict:
+        return ok(api.post("com.atproto.repo.createRecord", {
+            "repo": me.did, "collection": "app.bsky.feed.post",
+            "record": {"$type": "app.bsky.feed.post", "createdAt": "2026-01-01T00:00:00Z",
+                       **record}}, me.access))
+
+    pictured = create({"text": "a picture and a quote", "embed": {
+        "$type": "app.bsky.embed.recordWithMedia",
+        "record": {"$type": "app.bsky.embed.record", "record": {**strong, "uri": quoted}},
+        "media": {"$type": "app.bsky.embed.images", "images": [
+            {"image": blob_ref(blob), "alt": "a pixel",
+             "aspectRatio": {"width": 1, "height": 1}}]}}})
+    linked = create({"text": "a link and a feed", "embed": {
+        "$type": "app.bsky.embed.external", "external": {
+            "uri": "https://example.com/", "title": "Example", "description": "d",
+            "thumb": blob_ref(blob)}}})
+    shared = create({"text": "a feed", "embed": {
+        "$type": "app.bsky.embed.record", "record": {**strong, "uri": feed_uri}}})
+    reply = create({"text": "my reply", "reply": {"root": strong, "parent": strong}})
+    before = len(stubs["appview"].log())
+
+    feed = ok(api.get("app.bsky.feed.getTimeline", me.access, _rev=seen))["feed"]
+    views = {i["post"]["uri"]: i["post"] for i in feed}
+    assert list(views) == [reply["uri"], shared["uri"], linked["uri"], pictured["uri"]]
+    blob_path = f"/xrpc/com.atproto.sync.getBlob?did={me.did}&cid={cid}"
+    media = views[pictured["uri"]]["embed"]
+    assert media["$type"] == "app.bsky.embed.recordWithMedia#view"
+    image = media["media"]["images"][0]
+    assert media["media"]["$type"] == "app.bsky.embed.images#view"
+    assert image["thumb"].endswith(blob_path) and image["fullsize"].endswith(blob_path)
+    assert image["alt"] == "a pixel" and image["aspectRatio"] == {"width": 1, "height": 1}
+    # The image URL is this PDS's: it serves the blob.
+    assert api.http.get(image["thumb"][image["thumb"].index("/xrpc/"):]).status_code == 200
+    record = media["record"]
+    assert record["$type"] == "app.bsky.embed.record#view"
+    assert record["record"]["$type"] == "app.bsky.embed.record#viewRecord"
+    assert record["record"]["uri"] == quoted
+    assert record["record"]["value"]["text"] == f"quoted {quoted}"
+    external = views[linked["uri"]]["embed"]
+    assert external["$type"] == "app.bsky.embed.external#view"
+    assert external["external"]["uri"] == "https://example.com/"
+    assert external["external"]["thumb"].endswith(blob_path)
+    generator = views[shared["uri"]]["embed"]["record"]
+    assert generator["$type"] == "app.bsky.feed.defs#generatorView"
+    assert generator["uri"] == feed_uri
+    assert "embed" not in views[reply["uri"]]
+    # The embedded records were asked of the AppView as the caller, one call each.
+    asked = stubs["appview"].log()[before:]
+    assert_verified([e for e in asked if e["nsid"] == "app.bsky.feed.getPosts"], me.did,
+                    stubs["appview"].did, "app.bsky.feed.getPosts")
+    assert_verified([e for e in asked if e["nsid"] == "app.bsky.feed.getFeedGenerator"],
+                    me.did, stubs["appview"].did, "app.bsky.feed.getFeedGenerator")
+
+    # The thread of the post replied to gets the reply, first among its replies.
+    thread = ok(api.get("app.bsky.feed.getPostThread", me.access, uri=root,
+                        _rev=seen))["thread"]
+    assert thread["post"]["uri"] == root
+    assert [r["post"]["uri"] for r in thread["replies"]] == [reply["uri"]]
+    assert thread["replies"][0]["$type"] == "app.bsky.feed.defs#threadViewPost"
+    assert thread["replies"][0]["post"]["author"]["did"] == me.did
+    # Up to date: the AppView's thread as it is.
+    head = ok(api.get("com.atproto.sync.getLatestCommit", did=me.did))["rev"]
+    assert ok(api.get("app.bsky.feed.getPostThread", me.access, uri=root,
+                      _rev=head))["thread"]["replies"] == []
+
+    # The reply's own thread, which the AppView doesn't have yet: built here, its parent
+    # as the AppView shows it.
+    r = api.get("app.bsky.feed.getPostThread", me.access, uri=reply["uri"], _rev=seen,
+                _missing="1", parentHeight="5")
+    own = ok(r)["thread"]
+    assert own["$type"] == "app.bsky.feed.defs#threadViewPost"
+    assert own["post"]["uri"] == reply["uri"] and own["post"]["record"]["text"] == "my reply"
+    assert own["parent"]["post"]["uri"] == root
+    assert int(r.headers["atproto-upstream-lag"]) >= 0
+    parent_call = stubs["appview"].calls("app.bsky.feed.getPostThread")[-1]
+    query = dict(parse_qsl(urlsplit(parent_call["path"]).query))
+    assert query == {"uri": root, "depth": "0", "parentHeight": "5"}
+    assert_verified([parent_call], me.did, stubs["appview"].did, "app.bsky.feed.getPostThread")
+    # By handle too; someone else's missing post stays missing.
+    by_handle = reply["uri"].replace(me.did, me.handle)
+    assert ok(api.get("app.bsky.feed.getPostThread", me.access, uri=by_handle, _rev=seen,
+                      _missing="1"))["thread"]["post"]["uri"] == reply["uri"]
+    err(api.get("app.bsky.feed.getPostThread", me.access, uri=root, _rev=seen,
+                _missing="1"), 400, "NotFound")

@@ -189,3 +189,81 @@ def test_read_after_write_merges_as_the_reference() -> None:
                            local) or b"")
     assert got["thread"]["replies"][0]["post"]["author"]["displayName"] == "Me"
     assert merge("app.bsky.feed.getTimeline", {}, b"not json", local) is None
+
+
+def test_read_after_write_post_views_and_threads_as_the_reference() -> None:
+    import json
+
+    from pds.services.read_after_write import (
+        THREAD_VIEW,
+        embedded_views,
+        merge,
+        post_view,
+        record_targets,
+    )
+    img = {"$type": "blob", "ref": {"$link": "bafkimg"}, "mimeType": "image/png", "size": 1}
+    local = _local(cdn_pattern="https://cdn.example.com/img/%s/plain/%s/%s@jpeg",
+                   current_profile={"displayName": "Now", "avatar": img})
+
+    def post(rkey: str, **record: object) -> dict:
+        return {"uri": f"at://did:plc:me/app.bsky.feed.post/{rkey}", "cid": "bafy",
+                "indexedAt": "2026-01-02T00:00:00.000Z", "record": {"text": rkey, **record}}
+
+    # Images at the CDN pattern (preset, DID, CID); a video with a quote shows no embed.
+    pictured = post_view(post("p", embed={"$type": "app.bsky.embed.images", "images": [
+        {"image": img, "alt": "x"}]}), local, {})
+    assert pictured["embed"]["images"][0] == {
+        "thumb": "https://cdn.example.com/img/feed_thumbnail/plain/did:plc:me/bafkimg@jpeg",
+        "fullsize": "https://cdn.example.com/img/feed_fullsize/plain/did:plc:me/bafkimg@jpeg",
+        "alt": "x"}
+    assert pictured["author"]["displayName"] == "Now"  # the profile at HEAD
+    assert pictured["author"]["avatar"].startswith("https://cdn.example.com/img/avatar/")
+    quote = {"$type": "app.bsky.embed.record",
+             "record": {"uri": "at://did:plc:x/app.bsky.feed.post/q", "cid": "bafy"}}
+    video = post("v", embed={"$type": "app.bsky.embed.recordWithMedia", "record": quote,
+                             "media": {"$type": "app.bsky.embed.video", "video": img}})
+    assert "embed" not in post_view(video, local, {})
+    # A quoted record the AppView did not show is viewNotFound.
+    missing = post_view(post("q", embed=quote), local, {})["embed"]["record"]
+    assert missing == {"$type": "app.bsky.embed.record#viewNotFound",
+                       "uri": "at://did:plc:x/app.bsky.feed.post/q", "notFound": True}
+    gen = {"$type": "app.bsky.embed.record",
+           "record": {"uri": "at://did:plc:x/app.bsky.feed.generator/f", "cid": "bafy"}}
+    assert record_targets([post("q", embed=quote), video, post("g", embed=gen),
+                           post("t")]) == ["at://did:plc:x/app.bsky.feed.post/q",
+                                           "at://did:plc:x/app.bsky.feed.generator/f"]
+    shown = embedded_views("app.bsky.feed.post", ["at://did:plc:x/app.bsky.feed.post/q"],
+                           {"posts": [{"uri": "at://did:plc:x/app.bsky.feed.post/q",
+                                       "cid": "c", "record": {"text": "hi"}}]})
+    assert shown["at://did:plc:x/app.bsky.feed.post/q"]["value"] == {"text": "hi"}
+
+    # Replies go first among their parent's replies, at any depth of the thread.
+    root = "at://did:plc:x/app.bsky.feed.post/root"
+    child = "at://did:plc:x/app.bsky.feed.post/child"
+
+    def ref(uri: str) -> dict:
+        return {"uri": uri, "cid": "bafy"}
+    to_root = post("r1", reply={"root": ref(root), "parent": ref(root)})
+    to_child = post("r2", reply={"root": ref(root), "parent": ref(child)})
+    elsewhere = post("r3", reply={"root": ref("at://did:plc:x/app.bsky.feed.post/o"),
+                                  "parent": ref("at://did:plc:x/app.bsky.feed.post/o")})
+    local.posts = [to_root, to_child, elsewhere]
+    thread = {"$type": THREAD_VIEW, "post": {"uri": root, "record": {}}, "replies": [
+        {"$type": "app.bsky.feed.defs#notFoundPost", "uri": "at://n"},
+        {"$type": THREAD_VIEW, "post": {"uri": child, "record": {}}}]}
+    out = json.loads(merge("app.bsky.feed.getPostThread", {}, json.dumps(
+        {"thread": thread}).encode(), local) or b"")["thread"]
+    assert [r.get("post", {}).get("uri") for r in out["replies"]] == [
+        to_root["uri"], None, child]
+    assert out["replies"][0]["$type"] == THREAD_VIEW
+    assert [r["post"]["uri"] for r in out["replies"][2]["replies"]] == [to_child["uri"]]
+    # A thread seen from a reply (its root elsewhere) takes replies to that root too.
+    sub = {"$type": THREAD_VIEW, "post": {"uri": child, "record": {"reply": {
+        "root": ref(root), "parent": ref(root)}}}}
+    got = json.loads(merge("app.bsky.feed.getPostThread", {}, json.dumps(
+        {"thread": sub}).encode(), local) or b"")["thread"]
+    assert [r["post"]["uri"] for r in got["replies"]] == [to_child["uri"]]
+    # Not a thread view (a blocked or missing post): as it is.
+    blocked = {"thread": {"$type": "app.bsky.feed.defs#blockedPost", "uri": root}}
+    assert json.loads(merge("app.bsky.feed.getPostThread", {}, json.dumps(
+        blocked).encode(), local) or b"") == blocked

@@ -111,16 +111,33 @@ def reset(ctx: AppContext, token: Any, password: Any, ip: str) -> None:
     ctx.lifecycle.set_password(did, password)
 
 
+def wants_code(acct: Account) -> bool:
+    """Whether a password sign-in of `acct` needs an emailed code too (codes on, and an
+    address confirmed to send them to): createSession's rule, and the OAuth page's."""
+    return bool(acct.email_auth_factor and acct.email and acct.email_confirmed_at)
+
+
+def mail_code(ctx: AppContext, did: str) -> None:
+    """Mail a fresh sign-in code (replacing any earlier one; rate limited per account)."""
+    email.issue(ctx, did, "2fa")
+
+
+def check_code(ctx: AppContext, did: str, token: Any) -> None:
+    """Spend a mailed sign-in code: AuthFailed (InvalidToken, ExpiredToken) when it is
+    not the live one. Single use, rate limited per account (`email.spend`)."""
+    try:
+        email.spend(ctx, did, "2fa", token)
+    except InvalidInput as e:
+        raise AuthFailed(e.message, e.error) from None
+
+
 def second_factor(ctx: AppContext, acct: Account, token: Any) -> None:
     """createSession of an account with sign-in codes on: without a code, mail one and
     refuse (AuthFactorTokenRequired); with one, it must be the mailed code."""
-    if not acct.email_auth_factor or not acct.email or not acct.email_confirmed_at:
+    if not wants_code(acct):
         return
     if token is None or token == "":
-        email.issue(ctx, acct.did, "2fa")
+        mail_code(ctx, acct.did)
         raise AuthFailed("A sign-in code has been sent to your email address",
                          "AuthFactorTokenRequired")
-    try:
-        email.spend(ctx, acct.did, "2fa", token)
-    except InvalidInput as e:
-        raise AuthFailed(e.message, e.error) from None
+    check_code(ctx, acct.did, token)

@@ -32,11 +32,9 @@ import socket
 from typing import Any, NamedTuple
 from urllib.parse import urljoin, urlsplit
 
-import httpcore
 import httpx
 
 __all__ = [
-    "GuardedBackend",
     "RESOLVE_TIMEOUT",
     "FetchError",
     "PinnedTarget",
@@ -266,55 +264,3 @@ async def guarded_get(client: httpx.AsyncClient, url: str, *, limit: int, timeou
         finally:
             await resp.aclose()
     raise UnsafeTarget(f"too many redirects from {url}")
-
-
-# --------------------------------------------------------------------------------------------
-# Pooled clients
-# --------------------------------------------------------------------------------------------
-
-
-class GuardedBackend(httpcore.AsyncNetworkBackend):
-    """httpcore's network backend with the address check at connect time: each new
-    connection resolves its host, refuses it unless every address is public, and connects
-    to the address it checked. A pool using it keeps its connections alive (TLS and `Host`
-    still name the host), unlike :func:`check_target`'s pinned one-shot requests."""
-
-    def __init__(self, resolve_timeout: float = RESOLVE_TIMEOUT) -> None:
-        self.inner = httpcore.AnyIOBackend()
-        self.resolve_timeout = resolve_timeout
-
-    async def connect_tcp(self, host: str, port: int, timeout: float | None = None,
-                          local_address: str | None = None,
-                          socket_options: Any = None) -> httpcore.AsyncNetworkStream:
-        addresses = await _resolve(host, self.resolve_timeout)
-        bad = [a for a in addresses if not is_public_address(a)]
-        if bad:
-            raise UnsafeTarget(f"{host!r} resolves to non-public address {bad[0]}")
-        return await self.inner.connect_tcp(addresses[0], port, timeout=timeout,
-                                            local_address=local_address,
-                                            socket_options=socket_options)
-
-    async def connect_unix_socket(self, path: str, timeout: float | None = None,
-                                  socket_options: Any = None) -> httpcore.AsyncNetworkStream:
-        raise UnsafeTarget("unix sockets are not allowed")
-
-    async def sleep(self, seconds: float) -> None:
-        await self.inner.sleep(seconds)
-
-
-def pooled_client(*, dev: bool, limits: httpx.Limits, timeout: httpx.Timeout,
-                  headers: dict[str, str] | None = None) -> httpx.AsyncClient:
-    """A keep-alive client for user-named hosts: outside dev every new connection goes
-    through :class:`GuardedBackend`. It sends where it is told: callers check the scheme.
-    Environment proxies are ignored (a proxy would connect for us, unchecked)."""
-    transport = httpx.AsyncHTTPTransport(limits=limits, trust_env=False)
-    if not dev:
-        # httpx builds its pool without a way to name the network backend: replace it by
-        # the same pool over the guarded backend.
-        transport._pool = httpcore.AsyncConnectionPool(
-            ssl_context=httpx.create_ssl_context(trust_env=False),
-            max_connections=limits.max_connections,
-            max_keepalive_connections=limits.max_keepalive_connections,
-            keepalive_expiry=limits.keepalive_expiry, network_backend=GuardedBackend())
-    return httpx.AsyncClient(transport=transport, timeout=timeout, follow_redirects=False,
-                             trust_env=False, headers=headers)

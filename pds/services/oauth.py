@@ -18,15 +18,18 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
 
-from ..errors import AuthFailed, OAuthError
-from ..store.layout import OAUTH_CODES, OAUTH_DEVICES, OAUTH_JTI, OAUTH_REQUESTS
+from ..errors import AuthFailed, OAuthError, RateLimited
+from ..store.layout import DPOP_JTI, OAUTH_CODES, OAUTH_DEVICES, OAUTH_JTI, OAUTH_REQUESTS
 from ..store.oauth import OAuthStore
+from ..store.replay import SeenOnce
 from . import auth as A
 from . import oauth_scopes
-from .account import Use, load, require
+from .account import Account, Use, load, require
+from .email_flows import check_code, mail_code, wants_code
 from .oauth_client_auth import SIGNING_ALGS, authenticate
 from .oauth_clients import Client, get_client
-from .oauth_dpop import ALGS, Dpop
+from .oauth_code_step import ACCOUNT_PAGE, CodeStep, Steps, mask_email
+from .oauth_dpop import ALGS, REPLAY_KEEP, Dpop
 
 PAR_TTL = 300
 DEVICE_TTL = 7 * 24 * 3600  # a remembered browser (the reference's AUTHENTICATION_MAX_AGE)
@@ -47,6 +50,26 @@ class Pending:
         return REQUEST_URI_PREFIX + self.request_id
 
 
+@dataclass
+class SignIn:
+    """Where a sign-in got to: signed in (`did`), or waiting for the emailed code
+    (`step`, the signed value the code form carries back; `hint`, where the code went)."""
+
+    did: str | None = None
+    device: str | None = None   # a new device cookie to set
+    step: str | None = None
+    hint: str | None = None
+    error: str | None = None    # the code was refused: the code step is shown again
+    notice: str | None = None
+    status: int = 200
+
+
+WRONG_CODE = "That code is not right. Check the newest mail from us and try again."
+EXPIRED_CODE = "That code has expired. Send a new one."
+SLOW_DOWN = "Too many tries. Wait a few minutes, then try again."
+STEP_GONE = "This sign-in has expired. Sign in again."
+
+
 def _field(form: dict[str, Any], name: str, required: bool = True) -> str | None:
     v = form.get(name)
     if v is None or v == "":
@@ -65,7 +88,9 @@ class OAuth:
         self.ctx = ctx
         self.issuer = ctx.settings.public_url
         self.store = OAuthStore(ctx.data)
-        self.dpop = Dpop(ctx.settings.jwt_secret, self.issuer, ctx.data.oauth / OAUTH_JTI)
+        self.steps = Steps(ctx.settings.jwt_secret)
+        self.dpop = Dpop(ctx.settings.jwt_secret, self.issuer, SeenOnce(
+            ctx.data.tmp / DPOP_JTI, ctx.data.oauth / OAUTH_JTI, REPLAY_KEEP))
         from .oauth_tokens import Tokens
         self.tokens = Tokens(self)
 
@@ -142,18 +167,70 @@ class OAuth:
 
     # --- the page's steps (blocking) --------------------------------------------------
 
-    def sign_in(self, p: Pending, identifier: str, password: str, ip: str,
-                browser: str, remember: bool) -> str | None:
-        """Check a password for the request (the login rate limits apply) and bind the
-        request to the account and to this browser (`browser`, its CSRF cookie).
-        Returns a device cookie when the browser is to be remembered."""
-        did = self.check_password(identifier, password, ip)
-        self._bind(p, did, browser)
-        return self.new_device(did) if remember else None
+    def sign_in(self, p: Pending | None, identifier: str, password: str, ip: str,
+                browser: str, remember: bool) -> SignIn:
+        """Check a password (the login rate limits apply). For an account with sign-in
+        codes on, mail a code and return the code step; otherwise sign in: bind the
+        request `p` (None: the account page) to the account and to this browser
+        (`browser`, its CSRF cookie), and remember the browser if asked."""
+        acct = self.check_password(identifier, password, ip)
+        if not wants_code(acct):
+            return self._signed_in(p, acct.did, browser, remember, False)
+        mail_code(self.ctx, acct.did)
+        self._keep_alive(p)
+        where = p.request_id if p else ACCOUNT_PAGE
+        return SignIn(step=self.steps.issue(acct, where, browser, remember),
+                      hint=mask_email(acct.email))
 
-    def check_password(self, identifier: str, password: str, ip: str) -> str:
-        """The DID of the account a handle or email and its password name (the account's
-        own password: app passwords don't sign in to apps); AuthFailed otherwise."""
+    def enter_code(self, p: Pending | None, step: Any, code: Any, browser: str) -> SignIn:
+        """The code step's "Sign in": the mailed code for the account the step names
+        signs the browser in; a wrong, spent or expired code shows the step again."""
+        opened = self._open_step(p, step, browser)
+        try:
+            check_code(self.ctx, opened.did, code)
+        except AuthFailed as e:
+            self._keep_alive(p)
+            return SignIn(step=step, hint=opened.hint, status=401, error=EXPIRED_CODE if
+                          e.error == "ExpiredToken" else WRONG_CODE)
+        except RateLimited:
+            return SignIn(step=step, hint=opened.hint, status=429, error=SLOW_DOWN)
+        return self._signed_in(p, opened.did, browser, opened.remember, True)
+
+    def resend_code(self, p: Pending | None, step: Any, browser: str) -> SignIn:
+        """The code step's "Send a new code" (the earlier code stops working)."""
+        opened = self._open_step(p, step, browser)
+        try:
+            mail_code(self.ctx, opened.did)
+        except RateLimited:
+            return SignIn(step=step, hint=opened.hint, status=429, error=SLOW_DOWN)
+        self._keep_alive(p)
+        return SignIn(step=step, hint=opened.hint, notice="We sent a new code.")
+
+    def _open_step(self, p: Pending | None, step: Any, browser: str) -> CodeStep:
+        where = p.request_id if p else ACCOUNT_PAGE
+        found = self.steps.open(step, where, browser, lambda did: load(self.ctx, did))
+        if found is None or not wants_code(found[1]):
+            raise AuthFailed(STEP_GONE)
+        return found[0]
+
+    def _signed_in(self, p: Pending | None, did: str, browser: str, remember: bool,
+                   second_factor: bool) -> SignIn:
+        require(load(self.ctx, did), Use.LOGIN, did)
+        if p is not None:
+            self._bind(p, did, browser)
+        device = self.new_device(did, second_factor) if remember else None
+        return SignIn(did=did, device=device)
+
+    def _keep_alive(self, p: Pending | None) -> None:
+        """A request waiting for a mailed code lives on (the reference's inactivity
+        timeout is PAR_TTL since the last step, not since PAR)."""
+        if p is not None:
+            p.rec["expiresAt"] = max(p.rec["expiresAt"], int(time.time()) + PAR_TTL)
+            self.store.put(OAUTH_REQUESTS, p.request_id, p.rec)
+
+    def check_password(self, identifier: str, password: str, ip: str) -> Account:
+        """The account a handle or email and its password name (the account's own
+        password: app passwords don't sign in to apps); AuthFailed otherwise."""
         from .sessions import find_account, limit_login
         if not identifier or not password or len(identifier) > 512 or len(password) > 512:
             raise AuthFailed("Enter your handle or email and your password.")
@@ -163,21 +240,18 @@ class OAuth:
                 not A.verify_password(password, acct.password_hash):
             raise AuthFailed("Wrong handle, email or password.")
         require(acct, Use.LOGIN, acct.did)
-        if acct.email_auth_factor:
-            # The page can't ask for the emailed sign-in code yet: a password alone must
-            # not open an account that asked for a second factor.
-            raise AuthFailed("This account signs in with a code sent by email, which this "
-                             "page can't ask for yet. Sign in with an app password instead, "
-                             "or turn sign-in codes off.")
-        return acct.did
+        return acct
 
-    def new_device(self, did: str) -> str:
-        """Remember this browser for `did`: the cookie value (its secret hashed on disk)."""
+    def new_device(self, did: str, second_factor: bool = False) -> str:
+        """Remember this browser for `did`: the cookie value (its secret hashed on disk).
+        `second_factor`: the browser passed the emailed-code step."""
         device, secret = "dev-" + secrets.token_hex(16), secrets.token_urlsafe(32)
         now = int(time.time())
-        self.store.put(OAUTH_DEVICES, device, {
-            "did": did, "secret": _digest(secret), "createdAt": now,
-            "expiresAt": now + DEVICE_TTL})
+        rec = {"did": did, "secret": _digest(secret), "createdAt": now,
+               "expiresAt": now + DEVICE_TTL}
+        if second_factor:
+            rec["secondFactor"] = True
+        self.store.put(OAUTH_DEVICES, device, rec)
         return f"{device}.{secret}"
 
     def remembered(self, cookie: str | None) -> str | None:
@@ -189,8 +263,14 @@ class OAuth:
         if rec is None or not hmac.compare_digest(rec["secret"], _digest(secret)):
             return None
         acct = load(self.ctx, rec["did"])
-        # Remembered before the account turned sign-in codes on: it signs in again.
-        return None if acct is None or acct.deleted or acct.email_auth_factor else acct.did
+        if acct is None or acct.deleted:
+            return None
+        if wants_code(acct) and not rec.get("secondFactor"):
+            # Remembered before the account turned sign-in codes on: the browser is
+            # forgotten and signs in again, code included (as with the password alone).
+            self.store.delete(OAUTH_DEVICES, device)
+            return None
+        return acct.did
 
     def forget_device(self, cookie: str | None) -> None:
         if cookie and cookie.startswith("dev-"):

@@ -3,9 +3,10 @@
 - Nonces are derived, not stored: HMAC(secret, time window), so every worker process
   makes and accepts the same ones. A nonce is accepted in its window and the two next
   to it (about 3 minutes, the reference's DPOP_NONCE_MAX_AGE).
-- A proof's `jti` is refused the second time, in any worker: it is claimed with O_EXCL
-  as `oauth/dpop-jti/<sha256(jti)>`; the maintenance task removes claims older than a
-  proof can be (REPLAY_KEEP).
+- A proof's `jti` is refused the second time, in any worker: it is claimed in the data
+  dir's shared "seen once" table (`store.replay`: `tmp/DPOP-JTI`, mapped by every
+  worker, overflowing to O_EXCL files in `oauth/dpop-jti/`), for longer than a proof can
+  be accepted (REPLAY_KEEP).
 - `htu` is checked against the PDS's public URL (scheme and host from the settings),
   never the address the request arrived on (nginx talks to us over loopback).
 """
@@ -16,10 +17,8 @@ import base64
 import hashlib
 import hmac
 import json
-import os
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -30,6 +29,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from ..errors import OAuthError, OAuthUnauthorized
+from ..store.replay import SeenOnce
 
 NONCE_WINDOW = 60        # seconds one nonce is the newest
 PROOF_MAX_AGE = 10       # seconds: a proof's `iat` may be this old (the reference's)
@@ -84,10 +84,10 @@ class Proof:
 class Dpop:
     """Nonces and proof checks for one PDS (`secret` from the data dir's pds.env)."""
 
-    def __init__(self, secret: str, public_url: str, replay_dir: Path) -> None:
+    def __init__(self, secret: str, public_url: str, replay: SeenOnce) -> None:
         self._key = hmac.new(secret.encode(), b"pds dpop nonce", hashlib.sha256).digest()
         self.public_url = public_url.rstrip("/")
-        self.replay_dir = replay_dir
+        self.replay = replay
         self._memo: dict[int, str] = {}  # window -> nonce
 
     # --- nonces ---------------------------------------------------------------------
@@ -157,34 +157,12 @@ class Dpop:
 
     def seen(self, key: str) -> bool:
         """Whether `key` (a jti, namespaced) was claimed before, by any worker; claims it
-        if not (O_EXCL is atomic across processes)."""
-        name = hashlib.sha256(key.encode()).hexdigest()
-        try:
-            fd = os.open(self.replay_dir / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            return True
-        except FileNotFoundError:
-            self.replay_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-            return self.seen(key)
-        os.close(fd)
-        return False
+        if not."""
+        return self.replay.seen(key)
 
     def prune(self, now: float | None = None) -> int:
-        """Remove jti claims older than REPLAY_KEEP; returns how many went."""
-        cutoff = (time.time() if now is None else now) - REPLAY_KEEP
-        removed = 0
-        try:
-            entries = list(os.scandir(self.replay_dir))
-        except FileNotFoundError:
-            return 0
-        for entry in entries:
-            try:
-                if entry.stat().st_mtime < cutoff:
-                    os.unlink(entry.path)
-                    removed += 1
-            except FileNotFoundError:
-                continue
-        return removed
+        """Remove old overflow claims; returns how many went."""
+        return self.replay.prune(now)
 
 
 # EC curves of the algorithms checked directly with `cryptography` (the common case:

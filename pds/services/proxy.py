@@ -22,9 +22,9 @@ As the reference PDS's `pipethrough` does it (PROTOCOL.md, XRPC and service auth
   `UpstreamFailure`); an upstream that can't be reached or answers garbage is 502
   `UpstreamFailure`, one that doesn't answer in time 504 `UpstreamTimeout`.
 
-One pooled HTTP client per worker process (keep-alive, bounded), whose connections are
-checked at connect time outside development: no loopback, private or link-local targets
-(`fetch.GuardedBackend`), https only.
+One pooled HTTP/1.1 client per worker process (`upstream.Pool`: keep-alive, bounded),
+whose connections are checked at connect time outside development: no loopback, private
+or link-local targets, https only.
 """
 
 from __future__ import annotations
@@ -32,12 +32,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import zlib
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
-from urllib.parse import parse_qs, urlsplit
-
-import httpx
+from urllib.parse import urlencode, urlsplit
 
 from ..errors import (
     InvalidInput,
@@ -49,7 +48,7 @@ from ..errors import (
 from ..repo.did import service_endpoint_from_doc
 from ..repo.syntax import is_valid_did
 from . import auth as A
-from . import fetch
+from . import fetch, proxy_raw, upstream
 from . import read_after_write as raw
 from .sessions import is_privileged_method, is_protected_method
 
@@ -65,8 +64,10 @@ MAX_RESPONSE = 10 * 1024 * 1024  # bytes of a forwarded answer (as the reference
 SMALL_BODY = 64 * 1024  # bytes of an answer of known length sent in one piece
 ERROR_BODY_MAX = 64 * 1024  # bytes of an upstream error read to re-send its name, message
 PROXY_HEADER_MAX = 2048 + 256  # a DID (at most 2 KB), '#' and a service id
-LIMITS = httpx.Limits(max_connections=100, max_keepalive_connections=20,
-                      keepalive_expiry=30.0)
+MAX_ACTIVE = 100  # upstream requests at once per worker
+MAX_IDLE = 20  # kept-alive connections per upstream per worker
+KEEPALIVE = 30.0  # seconds an idle upstream connection is kept
+JSON_MAX = 1024 * 1024  # bytes of an answer the PDS reads itself (`get`)
 
 REPORT_METHOD = "com.atproto.moderation.createReport"
 FEED_SKELETON = "app.bsky.feed.getFeedSkeleton"
@@ -115,23 +116,21 @@ class Proxy:
 
     def __init__(self, ctx: AppContext) -> None:
         self.ctx = ctx
-        self._client: httpx.AsyncClient | None = None
+        self._pool: upstream.Pool | None = None
 
     @property
-    def client(self) -> httpx.AsyncClient:
+    def pool(self) -> upstream.Pool:
         """The worker's pooled client, made in its event loop on first use."""
-        if self._client is None:
-            self._client = fetch.pooled_client(
-                dev=self.ctx.settings.dev, limits=LIMITS,
-                timeout=httpx.Timeout(CONNECT_TIMEOUT, read=BODY_TIMEOUT, write=BODY_TIMEOUT,
-                                      pool=CONNECT_TIMEOUT),
-                headers={"User-Agent": "pds (python)"})
-        return self._client
+        if self._pool is None:
+            self._pool = upstream.Pool(dev=self.ctx.settings.dev, max_active=MAX_ACTIVE,
+                                       max_idle=MAX_IDLE, keepalive=KEEPALIVE,
+                                       connect_timeout=CONNECT_TIMEOUT)
+        return self._pool
 
     async def close(self) -> None:
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
+        if self._pool is not None:
+            await self._pool.aclose()
+            self._pool = None
 
     async def forward(self, call: Forward) -> Answer:
         """Forward one call (see the module docstring); raises PdsError when it may not
@@ -146,34 +145,13 @@ class Proxy:
         if is_privileged_method(call.nsid) and info.scope not in A.PRIVILEGED_SCOPES:
             raise InvalidInput("Bad token method", "InvalidToken")
         url, aud = await self.target(call.nsid, call.headers.get("atproto-proxy"))
-        token = await self._token(info.account, aud, call.nsid)
+        token = await self.token(info.account, aud, call.nsid)
         answer = await self._send(call, url, token)
         if call.nsid in raw.METHODS and answer.status == 200:
-            answer = await self._read_after_write(call, info.account, answer)
+            answer = await proxy_raw.merge_local(self, call, info.account, answer, _collect)
+        elif call.nsid == raw.THREAD and answer.status == 400:
+            answer = await proxy_raw.own_new_thread(self, call, info.account, answer)
         return answer
-
-    async def _read_after_write(self, call: Forward, did: str, answer: Answer) -> Answer:
-        """`answer` with the caller's writes the AppView hasn't seen merged in
-        (`read_after_write`); as it is when it is up to date."""
-        headers = dict(answer.headers)
-        rev = headers.get("atproto-repo-rev")
-        if not rev or "json" not in headers.get("content-type", "json").lower():
-            return answer
-        local = await asyncio.to_thread(raw.local_since, self.ctx, did, rev)
-        if local is None:
-            return answer
-        body = answer.body if isinstance(answer.body, bytes) else \
-            await _collect(answer.body)
-        params = {k: v[-1] for k, v in parse_qs(urlsplit(call.path).query).items()}
-        merged = await asyncio.to_thread(raw.merge, call.nsid, params, body, local)
-        if merged is None:
-            return Answer(answer.status, answer.headers, body)
-        kept = [(n, v) for n, v in answer.headers if n not in ("content-length",
-                                                               "content-encoding")]
-        lag = raw.lag_ms(local)
-        if lag is not None:
-            kept.append(("atproto-upstream-lag", str(lag)))
-        return Answer(answer.status, kept, merged)
 
     async def get_feed(self, call: Forward, did: str, feed: str) -> Answer:
         """app.bsky.feed.getFeed for account `did`: the feed generator's DID read from its
@@ -194,7 +172,7 @@ class Proxy:
         feed_did = value.get("did") if isinstance(value, dict) else None
         if not isinstance(feed_did, str) or not is_valid_did(feed_did):
             raise InvalidInput("could not resolve feed did", "UnknownFeed")
-        token = await self._token(did, feed_did, FEED_SKELETON)
+        token = await self.token(did, feed_did, FEED_SKELETON)
         return await self._send(call, url, token)
 
     async def register_push(self, did: str, body: dict) -> None:
@@ -213,7 +191,7 @@ class Proxy:
         if not url:
             raise InvalidInput("invalid notification service details in did document: "
                                f"{service_did}")
-        token = await self._token(did, service_did, REGISTER_PUSH)
+        token = await self.token(did, service_did, REGISTER_PUSH)
         data = json.dumps(body).encode()
         call = Forward(REGISTER_PUSH, "POST", "/xrpc/" + REGISTER_PUSH,
                        {"content-type": "application/json", "content-length": str(len(data))},
@@ -226,20 +204,33 @@ class Proxy:
 
     async def _get_json(self, base: str, nsid: str, params: dict[str, str]) -> object:
         """An unauthenticated query of `base` (the configured AppView), its JSON answer."""
-        url = _join(base, "/xrpc/" + nsid, self.ctx)
-        try:
-            async with asyncio.timeout(HEADERS_TIMEOUT):
-                resp = await self.client.get(url, params=params)
-        except (TimeoutError, httpx.TimeoutException):
-            raise UpstreamTimeout("Upstream service timed out") from None
-        except (httpx.HTTPError, fetch.FetchError, OSError):
-            raise UpstreamFailure("Upstream service unreachable") from None
-        if resp.status_code != 200:
+        status, body = await self.get(base, nsid, list(params.items()))
+        if status != 200:
             raise InvalidInput("could not resolve feed did", "UnknownFeed")
         try:
-            return json.loads(resp.content)
+            return json.loads(body)
         except (ValueError, RecursionError):
             raise UpstreamFailure("Upstream answered garbage") from None
+
+    async def get(self, base: str, nsid: str, query: list[tuple[str, str]],
+                  token: str | None = None) -> tuple[int, bytes]:
+        """A query of service `base` (with a service-auth `token`): status and body (at
+        most JSON_MAX bytes). UpstreamFailure, UpstreamTimeout when none came."""
+        url = _join(base, f"/xrpc/{nsid}?{urlencode(query)}", self.ctx)
+        headers = [("accept-encoding", "identity")]
+        if token:
+            headers.append(("authorization", "Bearer " + token))
+        try:
+            async with asyncio.timeout(HEADERS_TIMEOUT):
+                resp = await self.pool.request("GET", url, headers)
+                try:
+                    return resp.status, await resp.read(JSON_MAX, BODY_TIMEOUT)
+                finally:
+                    await resp.aclose()
+        except TimeoutError:
+            raise UpstreamTimeout("Upstream service timed out") from None
+        except (upstream.UpstreamError, fetch.FetchError, OSError):
+            raise UpstreamFailure("Upstream service unreachable") from None
 
     # --- where to ---------------------------------------------------------------------
 
@@ -263,7 +254,8 @@ class Proxy:
             raise InvalidInput("could not resolve proxy did service url")
         return endpoint, did
 
-    async def _token(self, did: str, aud: str, lxm: str) -> str:
+    async def token(self, did: str, aud: str, lxm: str) -> str:
+        """A fresh service-auth JWT of account `did` for service `aud`, method `lxm`."""
         key = self.ctx.cached_signing_key(did) or \
             await asyncio.to_thread(self.ctx.local_signing_key, did)
         if key is None:
@@ -276,44 +268,41 @@ class Proxy:
         # What read-after-write may rewrite comes uncompressed; the rest as the client likes.
         encoding = "identity" if call.nsid in raw.METHODS else \
             call.headers.get("accept-encoding") or "identity"
-        headers = {"accept-encoding": encoding,
-                   "authorization": "Bearer " + token}
+        headers = [("accept-encoding", encoding), ("authorization", "Bearer " + token)]
         names = REQUEST_HEADERS + (BODY_HEADERS if call.body is not None else ())
-        headers.update((n, call.headers[n]) for n in names if call.headers.get(n))
+        headers.extend((n, call.headers[n]) for n in names if call.headers.get(n))
         content = None
         if call.body is not None:
             content = _capped(call.body, self.ctx.settings.blob_limit)
-        request = self.client.build_request(call.method, _join(base, call.path, self.ctx),
-                                            headers=headers, content=content)
+        url = _join(base, call.path, self.ctx)
         try:
             async with asyncio.timeout(HEADERS_TIMEOUT):  # no task per call, unlike wait_for
-                upstream = await self.client.send(request, stream=True)
-        except (TimeoutError, httpx.TimeoutException):
+                resp = await self.pool.request(call.method, url, headers, content)
+        except TimeoutError:
             log.warning("upstream %s timed out", base)
             raise UpstreamTimeout("Upstream service timed out") from None
-        except (httpx.HTTPError, fetch.FetchError, OSError) as e:
+        except (upstream.UpstreamError, fetch.FetchError, OSError) as e:
             log.warning("upstream %s unreachable: %r", base, e)
             raise UpstreamFailure("Upstream service unreachable") from None
-        if upstream.status_code >= 400:
-            return await _error_answer(upstream)
-        length = upstream.headers.get("content-length")
+        if resp.status >= 400:
+            return await _error_answer(resp)
+        length = resp.headers.get("content-length")
         if length and length.isdigit() and int(length) > MAX_RESPONSE:
-            await upstream.aclose()
+            await resp.aclose()
             raise UpstreamFailure("Upstream response too large")
-        kept = [(n, upstream.headers[n]) for n in RESPONSE_HEADERS if n in upstream.headers]
+        kept = [(n, resp.headers[n]) for n in RESPONSE_HEADERS if n in resp.headers]
         if length and length.isdigit() and int(length) <= SMALL_BODY:
             # A small answer of known size (most are): one read and one send instead of
             # a stream's per-chunk round trips through the server.
             try:
-                async with asyncio.timeout(BODY_TIMEOUT):
-                    body = b"".join([c async for c in upstream.aiter_raw()])
-            except (TimeoutError, httpx.HTTPError) as e:
+                body = await resp.read(SMALL_BODY, BODY_TIMEOUT)
+            except (TimeoutError, upstream.UpstreamError) as e:
                 log.warning("upstream %s broke off: %r", base, e)
                 raise UpstreamFailure("Upstream service unreachable") from None
             finally:
-                await upstream.aclose()
-            return Answer(upstream.status_code, kept, body)
-        return Answer(upstream.status_code, kept, _relay(upstream))
+                await resp.aclose()
+            return Answer(resp.status, kept, body)
+        return Answer(resp.status, kept, _relay(resp))
 
 
 def parse_proxy_header(value: str) -> tuple[str, str]:
@@ -347,7 +336,7 @@ async def _collect(body: AsyncIterator[bytes]) -> bytes:
     """A relayed body read whole (`_relay` caps it at MAX_RESPONSE)."""
     try:
         return b"".join([c async for c in body])
-    except httpx.HTTPError as e:
+    except (TimeoutError, upstream.UpstreamError) as e:
         log.warning("upstream broke off: %r", e)
         raise UpstreamFailure("Upstream service unreachable") from None
 
@@ -362,44 +351,60 @@ async def _capped(body: AsyncIterator[bytes], limit: int) -> AsyncIterator[bytes
         yield chunk
 
 
-async def _relay(upstream: httpx.Response) -> AsyncIterator[bytes]:
+async def _relay(resp: upstream.Response) -> AsyncIterator[bytes]:
     """The upstream body as it comes (still encoded), up to MAX_RESPONSE bytes; the
     response goes back to the pool when done or abandoned."""
     size = 0
     try:
-        async for chunk in upstream.aiter_raw():
+        async for chunk in resp.iter_raw(BODY_TIMEOUT):
             size += len(chunk)
             if size > MAX_RESPONSE:
                 raise UpstreamFailure("Upstream response too large")
             yield chunk
     finally:
-        await upstream.aclose()
+        await resp.aclose()
 
 
-async def _error_answer(upstream: httpx.Response) -> Answer:
+def _decoded(body: bytes, encoding: str) -> bytes:
+    """An error body without its content coding (gzip or deflate; ValueError else)."""
+    encoding = encoding.strip().lower()
+    if encoding in ("", "identity"):
+        return body
+    if encoding in ("gzip", "x-gzip", "deflate"):
+        try:
+            # wbits 47: gzip or zlib header, told apart by the header
+            out = zlib.decompressobj(47).decompress(body, ERROR_BODY_MAX)
+        except zlib.error:
+            raise ValueError("undecodable body") from None
+        return out
+    raise ValueError(f"content coding {encoding!r}")
+
+
+async def _error_answer(resp: upstream.Response) -> Answer:
     """An upstream error as ours: its status (500 becomes 502), its error name and
     message when it sent JSON, else the status's name."""
     error, message = None, None
     try:
-        ctype = upstream.headers.get("content-type", "")
+        ctype = resp.headers.get("content-type", "")
         if "json" in ctype.lower():
-            # read_capped decodes: the error is sent anew, uncompressed.
-            raw = await asyncio.wait_for(fetch.read_capped(upstream, ERROR_BODY_MAX),
-                                         BODY_TIMEOUT)
+            # Decoded: the error is sent anew, uncompressed.
+            raw = _decoded(await resp.read(ERROR_BODY_MAX, BODY_TIMEOUT),
+                           resp.headers.get("content-encoding", ""))
             parsed = json.loads(raw)
             if isinstance(parsed, dict):
                 error = parsed.get("error") if isinstance(parsed.get("error"), str) else None
                 message = parsed.get("message") if isinstance(parsed.get("message"),
                                                               str) else None
-    except (ValueError, TimeoutError, httpx.HTTPError, fetch.FetchError, RecursionError):
+    except (ValueError, TimeoutError, upstream.UpstreamError, fetch.FetchError,
+            RecursionError):
         pass  # an error we can't read: its status still says what happened
     finally:
-        await upstream.aclose()
-    status = 502 if upstream.status_code == 500 else upstream.status_code
+        await resp.aclose()
+    status = 502 if resp.status == 500 else resp.status
     name = error or STATUS_NAMES.get(status, "UpstreamFailure" if status >= 500
                                      else "InvalidRequest")
     body = json.dumps({"error": name, "message": message or name}).encode()
-    kept = [(n, upstream.headers[n]) for n in ERROR_HEADERS if n in upstream.headers]
+    kept = [(n, resp.headers[n]) for n in ERROR_HEADERS if n in resp.headers]
     return Answer(status, [*kept, ("content-type", "application/json; charset=utf-8")], body)
 
 

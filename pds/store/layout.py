@@ -56,6 +56,8 @@ PRUNE_LOCK = "PRUNE.LOCK"
 # The change clock every process maps (clock.py), in tmp/: not data, not backed up.
 CHANGES = "CHANGES"
 MAIL_LOCK = "MAIL.LOCK"  # one worker delivers the mail spool at a time
+# The DPoP jti "seen once" table every worker maps (replay.py), in tmp/: not backed up.
+DPOP_JTI = "DPOP-JTI"
 # The longest name of one directory entry, in bytes (ext4, xfs, btrfs, tmpfs: 255).
 NAME_MAX = 255
 
@@ -76,7 +78,7 @@ OAUTH_REQUESTS = "requests"      # requests/<id>: a pushed authorization request
 OAUTH_CODES = "codes"            # codes/<hash>: an authorization code -> its request
 OAUTH_SESSIONS = "sessions"      # sessions/<id>: a grant (its refresh token's hash, scope...)
 OAUTH_DEVICES = "devices"        # devices/<id>: a remembered browser ("remember this device")
-OAUTH_JTI = "dpop-jti"           # dpop-jti/<hash>: a DPoP proof's jti, seen once (O_EXCL)
+OAUTH_JTI = "dpop-jti"           # dpop-jti/<hash>: a jti the full table overflowed (O_EXCL)
 OAUTH_LOCK = "LOCK"              # flock: one refresh-token rotation or code exchange at a time
 
 # --- accounts/<did>/ --------------------------------------------------------------------------

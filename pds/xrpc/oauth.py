@@ -211,16 +211,16 @@ class Account(HtmlPage):
     async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         csrf = self._csrf(req, resp)
         page = await oauth_flow.account_page(self.ctx, self._cookie(req, DEVICE_COOKIE),
-                                             None, True, _client_ip(self.ctx, req))
+                                             None, True, _client_ip(self.ctx, req), csrf)
         self.show(req, resp, page, csrf)
 
     async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
-        async def make(_csrf: str) -> Page:
+        async def make(csrf: str) -> Page:
             form = await read_form(req)
             return await oauth_flow.account_page(
                 self.ctx, self._cookie(req, DEVICE_COOKIE), form,
                 oauth_flow.csrf_matches(self._cookie(req, CSRF_COOKIE), form.get("csrf")),
-                _client_ip(self.ctx, req))
+                _client_ip(self.ctx, req), csrf)
         await self.answer(req, resp, make)
 
 

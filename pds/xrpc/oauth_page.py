@@ -10,7 +10,7 @@ from ..services.oauth_flow import Page
 _STYLE = """
 *{box-sizing:border-box}
 body{margin:0;font:16px/1.5 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;
-background:#f3f4f6;color:#111827}
+background:#f3f4f6;color:#111827;padding:0 .75rem}
 main{max-width:26rem;margin:2rem auto;overflow-wrap:anywhere;padding:1.5rem;
 background:#fff;border-radius:12px;
 box-shadow:0 1px 3px rgba(0,0,0,.12)}
@@ -22,7 +22,7 @@ border:1px solid #9ca3af;border-radius:8px}
 input:focus,button:focus{outline:3px solid #2563eb;outline-offset:1px}
 .check{display:flex;gap:.5rem;align-items:center;font-weight:400}
 .buttons{display:flex;gap:.75rem;margin-top:1.5rem}
-button{flex:1;padding:.75rem;font-size:1rem;font-weight:600;border-radius:8px;
+button{flex:1;padding:.75rem;font:inherit;font-weight:600;border-radius:8px;
 border:1px solid #1d4ed8;background:#1d4ed8;color:#fff;cursor:pointer}
 button.secondary{background:#fff;color:#1f2937;border-color:#9ca3af}
 button.link{flex:none;background:none;border:none;color:#1d4ed8;padding:0;
@@ -32,6 +32,11 @@ border-radius:8px}
 ul.asks{padding-left:1.2rem}ul.asks li{margin:.35rem 0}
 .app{font-weight:700}.muted{color:#4b5563;font-size:.9rem;overflow-wrap:anywhere}
 .grant{border-top:1px solid #e5e7eb;padding:.75rem 0}
+.notice{background:#eff6ff;border:1px solid #93c5fd;color:#1e3a8a;padding:.7rem;
+border-radius:8px}
+input.code{font:600 1.35rem/1.2 ui-monospace,SFMono-Regular,Menlo,monospace;
+letter-spacing:.12em;text-transform:uppercase;text-align:center}
+p.more{margin:1rem 0 0;text-align:center}
 """
 
 
@@ -85,11 +90,39 @@ def render(page: Page, csrf: str, host: str) -> str:
                  f'your account on this server.</p>')
         return _doc("Sign in", host, intro + _sign_in_form(page, csrf, "/oauth/authorize",
                                                            hint))
+    if page.step == "code":
+        return _doc("Check your email", host, _code_form(page, csrf))
     if page.step == "consent":
         return _doc("Authorize app", host, _consent(page, csrf))
     if page.step == "account":
         return _doc("Your account", host, _account(page, csrf))
     return _doc("Something went wrong", host, _error(page))
+
+
+def _code_form(page: Page, csrf: str) -> str:
+    """The emailed-code step: the code field, "Sign in", and a way to get a new code."""
+    request_uri = page.pending.request_uri if page.pending else None
+    action = "/oauth/authorize" if page.pending else "/oauth/account"
+    notice = (f'<p class="notice" role="status">{escape(page.notice)}</p>'
+              if page.notice else "")
+    other = ('<button type="submit" name="action" value="switch" class="link" '
+             'formnovalidate>Use another account</button>' if page.pending
+             else '<a href="/oauth/account">Use another account</a>')
+    return (f'<p>Enter the code we emailed to <strong>{escape(page.hint or "")}</strong>.'
+            f'</p><form method="post" action="{action}">{_hidden(csrf, request_uri)}'
+            f'<input type="hidden" name="step" value="{escape(page.code_step or "")}">'
+            f'{_error(page)}{notice}'
+            f'<label for="code">Code</label>'
+            f'<input type="text" id="code" name="code" class="code" maxlength="64" '
+            f'autocomplete="one-time-code" autocapitalize="characters" spellcheck="false" '
+            f'placeholder="XXXXX-XXXXX" aria-describedby="code-help" required autofocus>'
+            f'<p class="muted" id="code-help">The code works once, for 15 minutes. Not '
+            f'there? Look in your spam folder.</p>'
+            f'<div class="buttons"><button type="submit" name="action" value="code">'
+            f'Sign in</button></div>'
+            f'<p class="more">Didn\'t get it? <button type="submit" name="action" '
+            f'value="resend" class="link" formnovalidate>Send a new code</button></p>'
+            f'<p class="more">{other}</p></form>')
 
 
 def _consent(page: Page, csrf: str) -> str:

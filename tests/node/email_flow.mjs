@@ -8,12 +8,12 @@
 // On success prints one JSON line on stdout: {"did": ..., "mails": N}.
 
 import assert from 'node:assert/strict'
-import { readdirSync, readFileSync } from 'node:fs'
-import { join } from 'node:path'
 
 import api from '@atproto/api'
 
-import { args, expectXrpcError, main, step, suffix } from './util.mjs'
+import {
+  args, expectXrpcError, mailTokens, main, nthMailToken, step, suffix,
+} from './util.mjs'
 
 const { AtpAgent } = api
 
@@ -21,30 +21,8 @@ const opts = args({ pds: 'PDS_URL', maildir: 'MAIL_DIR' })
 assert.ok(opts.pds && opts.maildir, 'usage: node email_flow.mjs --pds URL --maildir DIR')
 const PDS = opts.pds.replace(/\/$/, '')
 
-/** The tokens of the mail to `address`, oldest first (a token stands on its own line). */
-function tokensTo(address) {
-  const out = []
-  for (const name of readdirSync(opts.maildir).sort()) {
-    const text = readFileSync(join(opts.maildir, name), 'utf8').replace(/\r\n/g, '\n')
-    const [head, ...body] = text.split('\n\n')
-    if (!head.split('\n').includes(`To: ${address}`)) continue
-    const found = body.join('\n\n').match(/^[A-Z2-7]{5}-[A-Z2-7]{5}$/gm) ?? []
-    assert.equal(found.length, 1, `one token per mail:\n${text}`)
-    out.push(found[0])
-  }
-  return out
-}
-
 /** Wait for the `n`th mail to `address` and return its token. */
-async function nthToken(address, n) {
-  const deadline = Date.now() + 30_000
-  while (Date.now() < deadline) {
-    const tokens = tokensTo(address)
-    if (tokens.length >= n) return tokens[n - 1]
-    await new Promise((r) => setTimeout(r, 100))
-  }
-  throw new Error(`no mail #${n} to ${address}`)
-}
+const nthToken = (address, n) => nthMailToken(opts.maildir, address, n)
 
 main(async () => {
   const name = `mail${suffix()}`
@@ -129,5 +107,5 @@ main(async () => {
       { status: 401 }, 'a login to the deleted account')
   })
 
-  process.stdout.write(JSON.stringify({ did, mails: tokensTo(email).length }) + '\n')
+  process.stdout.write(JSON.stringify({ did, mails: mailTokens(opts.maildir, email).length }) + '\n')
 })

@@ -3,6 +3,11 @@
 // PDS's own sign-in page, @atproto/api with the resulting DPoP session.
 //
 //   node oauth_flow.mjs --pds http://localhost:PORT --handle H --password P --shots DIR
+//                       [--maildir DIR --email ADDRESS]
+//
+// With --maildir (the tests' SMTP server saves each message there) the account has
+// emailed sign-in codes on: after the password the page asks for the code, which is read
+// from the mail (a wrong one first, refused), and screenshots of that step are taken.
 //
 // Run by tests/test_oauth_e2e.py. Prints one JSON line of findings at the end.
 
@@ -16,10 +21,11 @@ import api from '@atproto/api'
 import { NodeOAuthClient } from '@atproto/oauth-client-node'
 import { chromium } from 'playwright-core'
 
-import { args, main, step } from './util.mjs'
+import { args, mailTokens, main, nthMailToken, step } from './util.mjs'
 
 const { Agent } = api
-const opts = args({ pds: 'PDS_URL', handle: null, password: null, shots: null })
+const opts = args({ pds: 'PDS_URL', handle: null, password: null, shots: null, maildir: null,
+  email: null })
 
 /** A callback server on loopback: resolves each redirect's query parameters. */
 function callbackServer() {
@@ -101,7 +107,9 @@ async function consent(page, url, shots, first) {
     await page.getByLabel('Password').fill(opts.password)
     await page.getByLabel('Remember this device').check()
     await page.screenshot({ path: join(shots, 'oauth-sign-in.png'), fullPage: true })
+    const mailed = opts.maildir ? mailTokens(opts.maildir, opts.email).length : 0
     await page.getByRole('button', { name: 'Sign in' }).click()
+    if (opts.maildir) await enterCode(page, shots, mailed + 1)
   }
   await page.getByRole('heading', { name: 'Authorize app' }).waitFor()
   const text = await page.textContent('main')
@@ -110,6 +118,28 @@ async function consent(page, url, shots, first) {
   await page.getByRole('button', { name: 'Authorize' }).click()
 }
 
+/** The emailed-code step: a wrong code (refused), then the `n`th mail's. */
+async function enterCode(page, shots, n) {
+  await page.getByRole('heading', { name: 'Check your email' }).waitFor()
+  const [local, domain] = opts.email.split('@')
+  assert.match(await page.textContent('main'),
+    new RegExp(`Enter the code we emailed to ${local[0]}•••${local.at(-1)}@${domain}`))
+  assert.ok(!(await page.textContent('main')).includes(opts.email), 'the address is masked')
+  await page.screenshot({ path: join(shots, 'oauth-2fa.png'), fullPage: true })
+  await page.setViewportSize({ width: 1100, height: 760 })
+  await page.screenshot({ path: join(shots, 'oauth-2fa-wide.png'), fullPage: true })
+  await page.setViewportSize({ width: 420, height: 860 })
+  await page.getByLabel('Code').fill('AAAAA-AAAAA')
+  await page.getByRole('button', { name: 'Sign in' }).click()
+  await page.getByRole('alert').filter({ hasText: 'That code is not right' }).waitFor()
+  await page.screenshot({ path: join(shots, 'oauth-2fa-wrong.png'), fullPage: true })
+  await page.getByLabel('Code').fill(await nthMailToken(opts.maildir, opts.email, n))
+  await page.getByRole('button', { name: 'Sign in' }).click()
+  found.codeStep = true
+}
+
+const found = {}
+
 main(async () => {
   const pds = opts.pds
   const cb = callbackServer()
@@ -117,7 +147,6 @@ main(async () => {
   const sessions = memoryStore()
   const client = makeClient(pds, port, sessions)
   const { browser, profile } = await launch()
-  const found = {}
   try {
     const page = await browser.newPage()
     const session = await step('authorize in the browser', async () => {

@@ -10,6 +10,9 @@
 //
 // Methods: any app.bsky.* / chat.bsky.* / com.atproto.moderation.* query answers
 // {"ok": true, "nsid", "query", "iss"} with atproto-repo-rev; a POST echoes its body.
+// getPostThread answers a thread of the post asked for (NotFound with `_missing`),
+// getPosts a view of each post asked for (but those ending in /gone), getFeedGenerator a
+// generator view.
 // Test methods (com.example.stub.*): big?size=N (N bytes of JSON, written in chunks),
 // hang (never answers), fail?status=S (an XRPC error with that status), garbage (not
 // HTTP), gzip (a gzip-encoded JSON body), headers (echoes the request headers).
@@ -131,6 +134,33 @@ async function xrpc(req, res, url) {
     }
     case 'com.example.stub.headers':
       return json(res, 200, { headers: req.headers })
+    case 'app.bsky.feed.getPostThread': {
+      // A thread of the post asked for (a root post by someone else), or NotFound when
+      // the query says `_missing` (a post this "AppView" hasn't read yet).
+      if (q._missing) {
+        return json(res, 400, { error: 'NotFound', message: `Post not found: ${q.uri}` }, rev)
+      }
+      const post = { uri: q.uri, cid: 'bafyreib2rxk3rybk3aobmv5cjuql3bm2twh4jo5uxgf5iohpidnmqanwoa',
+        author: { did: 'did:plc:stubauthor', handle: 'author.stub.test' },
+        record: { $type: 'app.bsky.feed.post', text: 'the root', createdAt: '2026-01-01T00:00:00Z' },
+        indexedAt: '2026-01-01T00:00:00.000Z' }
+      const thread = { $type: 'app.bsky.feed.defs#threadViewPost', post, replies: [] }
+      return json(res, 200, { thread, depth: q.depth ?? null, parentHeight: q.parentHeight ?? null }, rev)
+    }
+    case 'app.bsky.feed.getPosts': {
+      const uris = url.searchParams.getAll('uris')
+      const posts = uris.filter((u) => !u.endsWith('/gone')).map((u) => ({
+        uri: u, cid: 'bafyreib2rxk3rybk3aobmv5cjuql3bm2twh4jo5uxgf5iohpidnmqanwoa',
+        author: { did: 'did:plc:stubauthor', handle: 'author.stub.test' },
+        record: { $type: 'app.bsky.feed.post', text: `quoted ${u}`, createdAt: '2026-01-01T00:00:00Z' },
+        indexedAt: '2026-01-01T00:00:00.000Z' }))
+      return json(res, 200, { posts }, rev)
+    }
+    case 'app.bsky.feed.getFeedGenerator':
+      return json(res, 200, { view: { uri: q.feed, did: FEED_DID, displayName: 'A feed',
+        cid: 'bafyreib2rxk3rybk3aobmv5cjuql3bm2twh4jo5uxgf5iohpidnmqanwoa',
+        creator: { did: 'did:plc:stubauthor', handle: 'author.stub.test' },
+        indexedAt: '2026-01-01T00:00:00.000Z' }, isOnline: true, isValid: true }, rev)
     case 'app.bsky.graph.muteActor':
     case 'app.bsky.notification.registerPush':
       res.writeHead(200)

@@ -5,6 +5,8 @@
 
 import assert from 'node:assert/strict'
 import { createHash } from 'node:crypto'
+import { readdirSync, readFileSync } from 'node:fs'
+import { join } from 'node:path'
 import { deflateSync } from 'node:zlib'
 
 import api from '@atproto/api'
@@ -213,4 +215,32 @@ export function suffix(n = 6) {
   let s = ''
   for (let i = 0; i < n; i++) s += 'abcdefghijklmnopqrstuvwxyz0123456789'[Math.floor(Math.random() * 36)]
   return s
+}
+
+/**
+ * The tokens of the mail to `address` in `maildir` (each message saved there as a file by
+ * the tests' SMTP server, tests/mail_util.py), oldest first; a token stands on its own line.
+ */
+export function mailTokens(maildir, address) {
+  const out = []
+  for (const name of readdirSync(maildir).sort()) {
+    const text = readFileSync(join(maildir, name), 'utf8').replace(/\r\n/g, '\n')
+    const [head, ...body] = text.split('\n\n')
+    if (!head.split('\n').includes(`To: ${address}`)) continue
+    const found = body.join('\n\n').match(/^[A-Z2-7]{5}-[A-Z2-7]{5}$/gm) ?? []
+    assert.equal(found.length, 1, `one token per mail:\n${text}`)
+    out.push(found[0])
+  }
+  return out
+}
+
+/** Wait (30 s at most) for the `n`th mail to `address` in `maildir`; its token. */
+export async function nthMailToken(maildir, address, n) {
+  const deadline = Date.now() + 30_000
+  while (Date.now() < deadline) {
+    const tokens = mailTokens(maildir, address)
+    if (tokens.length >= n) return tokens[n - 1]
+    await new Promise((r) => setTimeout(r, 100))
+  }
+  throw new Error(`no mail #${n} to ${address}`)
 }
