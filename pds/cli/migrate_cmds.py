@@ -3,6 +3,7 @@ one (the flow is `migrate_flow`; this is the command: options, prompts, the dry 
 
 from __future__ import annotations
 
+import logging
 import sys
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -64,6 +65,8 @@ def migrate_in(who: str, handle: str | None, email: str | None, old_pds: str | N
 
     Interrupted, it continues where it was when run again (its state is in the data dir's
     migrations/ until it ends)."""
+    # httpx logs each request at INFO: the operator sees the steps instead.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     settings = load_settings(data_dir)
     opts = Options(who, old_password, new_password, handle, email, old_pds, pds_url)
     try:
