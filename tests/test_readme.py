@@ -27,6 +27,9 @@ from server_util import Api, blob_ref, err, ok, subscribe_url
 
 # Exist only for the instant a write takes: no test can hold one still to look at.
 TRANSIENT = {"tmp/.<pid>.<random>"}
+# Made by `pds account migrate-in`, not by the server this test drives (the migration's
+# own test, test_migration_cli, shows its state file and the directory).
+TRANSIENT |= {"migrations", "migrations/<did>.json", "migrations/<did>.car"}
 
 
 # --- settings ----------------------------------------------------------------------------------
