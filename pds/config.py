@@ -26,6 +26,7 @@ DEFAULT_HOSTNAME = "localhost:2583"
 # Blob bytes one account may store: a hundred of the largest uploads, far more than a
 # heavy user's pictures and videos, yet one account can't fill a small server's disk.
 DEFAULT_BLOB_QUOTA = 10 * 1024**3
+DEFAULT_MAX_REPO_IMPORT_SIZE = 256 * 1024**2  # a repo of ~100k posts is well under it
 DEFAULT_APP_VIEW_URL = "https://api.bsky.app"
 DEFAULT_APP_VIEW_DID = "did:web:api.bsky.app"
 DEFAULT_REPORT_SERVICE_URL = "https://mod.bsky.app"
@@ -196,6 +197,7 @@ class Settings:
     blob_limit: int = 100 * 1024 * 1024
     blob_quota: int = DEFAULT_BLOB_QUOTA  # bytes of blobs per account; 0: no quota
     blob_upload_rate: int = 1000  # uploads per hour per account; 0: no limit
+    max_repo_import_size: int = DEFAULT_MAX_REPO_IMPORT_SIZE  # importRepo's CAR; 0: none
     dev: bool = False
     jwt_secret: str = ""
     plc_rotation_key: str = ""
@@ -308,6 +310,9 @@ class _Loader:
                                 _number(int, 1, 2**40)),
             blob_quota=self.get("BLOB_QUOTA", str(DEFAULT_BLOB_QUOTA), _number(int, 0, 2**50)),
             blob_upload_rate=self.get("BLOB_UPLOAD_RATE", "1000", _number(int, 0, 10**6)),
+            max_repo_import_size=self.get("MAX_REPO_IMPORT_SIZE",
+                                          str(DEFAULT_MAX_REPO_IMPORT_SIZE),
+                                          _number(int, 0, 2**50)),
             dev=dev,
             jwt_secret=self.get("JWT_SECRET", "", str),
             plc_rotation_key=self.get("PLC_ROTATION_KEY", "", str),

@@ -26,7 +26,7 @@ from readme_util import ROOT, layout_entries, settings_rows, unlisted, unseen, w
 from server_util import Api, blob_ref, err, ok, subscribe_url
 
 # Exist only for the instant a write takes: no test can hold one still to look at.
-TRANSIENT = {"tmp/.<pid>.<random>"}
+TRANSIENT = {"tmp/.<pid>.<random>", "tmp/import-<pid>-<random>"}
 # Made by `pds account migrate-in`, not by the server this test drives (the migration's
 # own test, test_migration_cli, shows its state file and the directory).
 TRANSIENT |= {"migrations", "migrations/<did>.json", "migrations/<did>.car"}

@@ -461,7 +461,7 @@ def battery(api: Api, alice) -> list[tuple[str, object, int, tuple[str, ...] | s
          None),
         ("importRepo", post("com.atproto.repo.importRepo", token=tok,
                             headers={"Content-Type": "application/vnd.ipld.car"},
-                            content=b"\x00"), 501, "MethodNotImplemented"),
+                            content=b"\x00"), 400, "InvalidRequest"),
         # --- tokens --------------------------------------------------------------------------
         ("no token", create({"repo": did, "collection": COLL, "record": good_record},
                             token=None), 401, "AuthenticationRequired"),

@@ -112,6 +112,7 @@ class Use(Enum):
     SERVICE = "service"      # a service-auth JWT it signed, presented to us
     REFRESH = "refresh"      # its session refreshed
     CHANGE_STATUS = "change"  # activated or deactivated by itself
+    IMPORT = "import"        # its repo replaced by an importRepo (migrating in)
     MANAGE = "manage"        # looked at or changed by itself or the admin
 
 
@@ -150,7 +151,7 @@ def refusal(acct: Account, use: Use, privileged: bool = False) -> PdsError | Non
                             if status == DEACTIVATED else "AccountTakedown")
     if use in (Use.LOGIN, Use.TOKEN, Use.SERVICE) and status == TAKENDOWN and not privileged:
         return AuthFailed("Account has been taken down", "AccountTakedown")
-    if use is Use.CHANGE_STATUS and status == TAKENDOWN:
+    if use in (Use.CHANGE_STATUS, Use.IMPORT) and status == TAKENDOWN:
         return InvalidInput("Account has been taken down", "AccountTakedown")
     return None
 

@@ -244,13 +244,14 @@ def _materialise_account(ctx: AppContext, acct: dict, key: Any, migrating: bool)
     acct_dir.mkdir(parents=True, exist_ok=True)
     write_file(ctx.data.signing_key(did), export_private_key(key), ctx.data.tmp, mode=0o600)
     ctx.forget(did)
-    first_commit = None
-    if not migrating:
-        # The first commit is made durable by the repo's own journal, flushed at once
-        # (sign-ups are rare); its #commit event follows the account's, as below.
-        repo = Repo(acct_dir, ctx.data.tmp, did, key, clock=ctx.data.clock)
-        first_commit = repo.create(key)
-        repo.checkpoint()
+    # The first commit is made durable by the repo's own journal, flushed at once
+    # (sign-ups are rare); its #commit event follows the account's, as below. A migrating
+    # account gets an empty repo too, as in the reference (checkAccountStatus names its
+    # commit), announced by no event: its import replaces it, activation announces that.
+    repo = Repo(acct_dir, ctx.data.tmp, did, key, clock=ctx.data.clock)
+    first = repo.create(key)
+    repo.checkpoint()
+    first_commit = None if migrating else first
     ctx.accounts.put(acct)
     if handles.hosted_domain(ctx, handle) is not None:
         ctx.identity.write_handle_file(handle, did)

@@ -39,9 +39,17 @@ class Lifecycle:
         acct = self._account(did, Use.CHANGE_STATUS)
         if acct.active:
             return
-        if self.ctx.repo(did).head() is None:
+        repo = self.ctx.repo(did)
+        if repo.head() is None:
             raise InvalidInput("Repo has not been imported yet", "RepoNotFound")
+        # A commit of our own first (same records, a new rev, signed by the account's key
+        # here), through the write path: an imported HEAD is signed by the old PDS's key,
+        # which the DID no longer names, so a relay checking the #sync would refuse it;
+        # and consumers drop a rev they have seen (PROTOCOL.md: an empty commit after
+        # reactivation or migration). The account is still inactive: no #commit for it.
+        repo.apply_writes([])
         self.ctx.accounts.update(did, status=None, deactivatedAt=None, deleteAfter=None)
+        # The reference's order (sequenceAccountActivation): #account, #identity, #sync.
         self.ctx.events.account(did)
         self.ctx.events.identity(did)
         self.ctx.events.sync(did)

@@ -26,6 +26,8 @@ from .files import ensure_dir, flock, fsync_dir, read_file, write_all, write_fil
 from .layout import BLOBS_LOCK
 
 TEMP_GRACE = 3600  # seconds an unreferenced upload is kept
+# In the metadata of a blob an imported repo's records refer to, not uploaded yet.
+EXPECTED = "expected"
 
 
 class BlobTooLarge(Exception):
@@ -81,8 +83,10 @@ class BlobStore:
         else:
             os.rename(tmp_path, path)
         meta = self.meta(cid)
-        if meta is None:
-            meta = {"mimeType": mime, "size": size, "createdAt": int(time.time()), "refs": []}
+        if meta is None or meta.get(EXPECTED):
+            # New, or expected by an imported repo's records (which already refer to it).
+            refs = meta["refs"] if meta else []
+            meta = {"mimeType": mime, "size": size, "createdAt": int(time.time()), "refs": refs}
         else:
             # A re-upload refreshes the temporary grace of a still-unreferenced blob.
             meta["createdAt"] = int(time.time())
@@ -120,6 +124,32 @@ class BlobStore:
         if path not in meta["refs"]:
             meta["refs"].append(path)
             self._write_meta(cid, meta)
+
+    def import_refs(self, refs: dict[str, list[str]]) -> None:
+        """The references of an imported repo's records (blob CID -> record paths) become
+        the blobs' references. A blob not uploaded yet gets its metadata now, marked
+        `expected` (no file: not served, not counted), so its upload lands referenced."""
+        for cid, paths in refs.items():
+            meta = self.meta(cid)
+            if meta is None:
+                meta = {EXPECTED: True, "createdAt": int(time.time()), "refs": []}
+            if sorted(meta["refs"]) != sorted(paths):
+                meta["refs"] = sorted(paths)
+                ensure_dir(self.meta_path(cid).parent)
+                self._write_meta(cid, meta)
+
+    def drop_refs_except(self, refs: dict[str, list[str]]) -> None:
+        """After an import: blobs the imported records do not refer to lose their
+        references (an uploaded one becomes a temporary upload, collected after the grace
+        period; an expected one is forgotten)."""
+        for cid, meta in list(self.iter_meta()):
+            if cid in refs or not meta["refs"]:
+                continue
+            if meta.get(EXPECTED):
+                self.delete(cid)
+            else:
+                meta["refs"], meta["createdAt"] = [], int(time.time())
+                self._write_meta(cid, meta)
 
     def remove_ref(self, cid: CID, path: str) -> None:
         """Drop a reference; the last one's removal deletes the blob."""

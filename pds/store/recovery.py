@@ -29,7 +29,7 @@ from .seqlog import EventLog
 
 # Staging files of `files.write_file` (".<pid>.<random>") and blob uploads
 # ("blob-<pid>-<random>"): the writer's pid tells whether it still runs.
-_STAGING = re.compile(r"^(?:\.|blob-)(\d+)[.-]")
+_STAGING = re.compile(r"^(?:\.|blob-|import-)(\d+)[.-]")
 
 
 class LogWriteAhead(WriteAhead):

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -312,6 +312,33 @@ class Repo(RepoReads):
                 raise InvalidSwap("commit was at " + head.cid.encode())
             commit = self.commit(head)
             return self._commit(head, MST(self.loader, commit.data), writes, hooks)
+
+    def import_commit(self, commit_cid: CID, rev: str,
+                      blocks: Iterable[tuple[CID, bytes]],
+                      before_head: Callable[[], None] | None = None) -> Head:
+        """Make an imported repository (checked by `repo.repo_import`) this repo's state:
+        its commit, signed elsewhere, becomes HEAD (importRepo, while the account is not
+        active, so no firehose event carries it).
+
+        Under the repo lock, after rolling forward any dead writer's commit: the blocks
+        are written (content-addressed, so a block already here is kept), flushed with
+        the journal's pending entries (a checkpoint), then HEAD moves, durably. A kill at
+        any point leaves HEAD at the old commit or the new one, each complete.
+        `before_head` runs under the lock once the blocks are durable (blob references)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with self.lock():
+            self._redo_locked()
+            self.blocks.put_many(blocks)
+            syncfs(self.root)
+            if self.journal.pending():
+                self.journal.clear()
+            self._since_checkpoint = 0
+            if before_head is not None:
+                before_head()
+            self.append_rev(rev, commit_cid)
+            self._set_head(commit_cid, rev, durable=True)
+            self._last_commit = None
+            return Head(commit_cid, rev)
 
     def _commit(self, head: Head | None, tree: MST, writes: list[Write],
                 hooks: CommitHooks | None = None) -> CommitResult:

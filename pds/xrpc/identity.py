@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from ..errors import InvalidInput
-from ..services import email, sessions
+from ..services import email, plc_ops, sessions
 from ..services.auth import AuthKind
 from .app import Answer, Call
 from .registry import procedure, query
@@ -35,4 +35,16 @@ async def get_recommended_did_credentials(call: Call) -> Answer:
 @procedure("com.atproto.identity.requestPlcOperationSignature", auth=AuthKind.ACCESS_FULL)
 async def request_plc_operation_signature(call: Call) -> Answer:
     await email.send_token(call.ctx, call.auth.did, "plc_operation")
+    return None
+
+
+@procedure("com.atproto.identity.signPlcOperation", auth=AuthKind.ACCESS_FULL)
+async def sign_plc_operation(call: Call) -> Answer:
+    op = await plc_ops.sign_operation(call.ctx, call.auth.did, call.body)
+    return {"operation": op}
+
+
+@procedure("com.atproto.identity.submitPlcOperation", auth=AuthKind.ACCESS)
+async def submit_plc_operation(call: Call) -> Answer:
+    await plc_ops.submit_operation(call.ctx, call.auth.did, call.body["operation"])
     return None

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from ..errors import InvalidInput, NotSupported
-from ..services import blobs
+from ..errors import InvalidInput
+from ..services import blobs, repo_import
 from ..services import records as svc
 from ..services.auth import AuthKind
 from ..services.records import ANY, Write
@@ -161,4 +161,6 @@ async def list_missing_blobs(call: Call) -> Answer:
 
 @procedure("com.atproto.repo.importRepo", auth=AuthKind.ACCESS_OR_SERVICE, body="raw")
 async def import_repo(call: Call) -> Answer:
-    raise NotSupported("importRepo is not supported yet")
+    await repo_import.import_repo(call.ctx, call.auth.did, call.req.stream,
+                                  call.req.content_length)
+    return None
