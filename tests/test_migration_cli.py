@@ -110,12 +110,12 @@ def _seed(api: Api) -> dict[str, Any]:
 
 
 def _migrate(world: dict, *args: str, password: str = OLD_PASSWORD, out: IO[str],
-             stdin: int | None = None) -> subprocess.Popen:
-    """`pds account migrate-in --from alice.a.test ...` against B, in the background."""
+             stdin: int | None = None, who: str = "alice.a.test") -> subprocess.Popen:
+    """`pds account migrate-in --from WHO ...` against B, in the background."""
     env = clean_env({"PDS_MIGRATE_OLD_PASSWORD": password,
                      "PDS_MIGRATE_NEW_PASSWORD": NEW_PASSWORD})
     return subprocess.Popen(
-        [*pds_command(), "account", "migrate-in", "--from", "alice.a.test", "--old-pds",
+        [*pds_command(), "account", "migrate-in", "--from", who, "--old-pds",
          world["a"].server.url, "--data-dir", str(world["b"].server.data_dir), *args],
         stdin=stdin if stdin is not None else subprocess.DEVNULL, stdout=out,
         stderr=subprocess.STDOUT, text=True, env=env)
@@ -166,8 +166,8 @@ def test_dry_run_says_what_it_would_do_and_changes_nothing(world, tmp_path) -> N
     b = world["b"].server.data_dir
     before, plc_before = snapshot(b), _plc_data(world)
     with open(tmp_path / "out", "w+") as out:
-        text = _finish(_migrate(world, "--dry-run", out=out), out)
-    did = world["alice"]["did"]
+        did = world["alice"]["did"]
+        text = _finish(_migrate(world, "--dry-run", out=out, who=did), out)
     assert "error" not in text and "Traceback" not in text, text
     for expected in (did, f"http://localhost:{world['a'].server.port}", "alice.b.test", EMAIL,
                      f"{5 + IMAGES + 2} records", f"blobs:           {IMAGES + 1}",
@@ -222,6 +222,8 @@ def test_migrate_in_killed_during_the_blob_copy_and_resumed(world, smtp, tmp_pat
     records_on_a = _records(a, did)
     blobs_on_a = ok(a.get("com.atproto.sync.listBlobs", did=did, limit=1000))["cids"]
     assert len(blobs_on_a) == IMAGES + 1
+    bytes_on_a = {cid: a.http.get("/xrpc/com.atproto.sync.getBlob",
+                                  params={"did": did, "cid": cid}).content for cid in blobs_on_a}
     _turn_on_sign_in_codes(world, smtp)
 
     # First run: killed as soon as the first blob has landed on B.
@@ -270,10 +272,9 @@ def test_migrate_in_killed_during_the_blob_copy_and_resumed(world, smtp, tmp_pat
     assert _records(b, did) == records_on_a
     assert sorted(ok(b.get("com.atproto.sync.listBlobs", did=did, limit=1000))["cids"]) == \
         sorted(blobs_on_a)
-    for cid in blobs_on_a:
+    for cid, content in bytes_on_a.items():
         assert b.http.get("/xrpc/com.atproto.sync.getBlob",
-                          params={"did": did, "cid": cid}).content == \
-            a.http.get("/xrpc/com.atproto.sync.getBlob", params={"did": did, "cid": cid}).content
+                          params={"did": did, "cid": cid}).content == content
     prefs = ok(b.get("app.bsky.actor.getPreferences", token=session["accessJwt"]))
     assert {p["$type"] for p in prefs["preferences"]} >= {
         "app.bsky.actor.defs#adultContentPref", "app.bsky.actor.defs#savedFeedsPrefV2"}
@@ -288,6 +289,12 @@ def test_migrate_in_killed_during_the_blob_copy_and_resumed(world, smtp, tmp_pat
     r = a.post("com.atproto.repo.createRecord", post, token=alice["access"])
     assert r.status_code in (400, 401, 403), r.text
     ok(b.post("com.atproto.repo.createRecord", post, token=session["accessJwt"]))
+
+    # Once more: there is nothing left to move.
+    with open(tmp_path / "third", "w+") as out:
+        proc = _migrate(world, out=out, who=did)
+        third = _finish(proc, out)
+    assert proc.returncode == 1 and "hosted here already" in third, third
 
 
 def _repo_verify(pds_url: str, plc_url: str, did: str) -> None:

@@ -91,8 +91,13 @@ def _migrate_in(settings: Settings, opts: Options, ui: ClickUi, dry_run: bool) -
         if state is None:
             state = MigrationState(old.did, source, _handle(opts, old, here), _email(
                 opts, session, ui))
-        elif opts.handle and opts.handle != state.handle:
-            ui.say(f"resuming with the handle of the first run: {state.handle}")
+        elif not here.has_account(old.did):
+            # Nothing was made with the first run's choices yet (the handle was taken,
+            # say): this run's options win.
+            state.handle = _handle(opts, old, here) if opts.handle else state.handle
+            state.email = opts.email or state.email
+        elif opts.handle and opts.handle.lower() != state.handle:
+            ui.say(f"the account is here already, with the handle {state.handle}")
         if dry_run:
             click.echo(plan(settings, old, here, state, src, files.load(old.did) is not None))
             _sign_out(src, session)
