@@ -230,8 +230,9 @@ class Migration:
                 return list(dict.fromkeys(cids))
 
     def copy_blobs(self) -> None:
-        """getBlob there, uploadBlob here, for each missing blob. One the old PDS can't
-        give is reported and skipped (the reference's clients do the same)."""
+        """getBlob there, uploadBlob here, for each missing blob. One the old PDS doesn't
+        have (or sends other bytes for) is reported and skipped, as the reference's
+        clients do; any other failure stops the run, which a second run resumes."""
         missing = self.missing_blobs()
         if not missing:
             self.ui.say("blobs: none missing")
@@ -239,22 +240,34 @@ class Migration:
         skipped: list[str] = []
         with self.ui.bar(f"blobs: copying {len(missing)}", len(missing)) as bar:
             for cid in missing:
-                try:
-                    data, ctype = self.src.fetch_bytes(
-                        "com.atproto.sync.getBlob", self.settings.blob_limit, did=self.did,
-                        cid=cid)
-                except XrpcFailure as e:
-                    if e.status == 0:
-                        raise
-                    skipped.append(f"{cid} ({e.name})")
-                    bar.update(1)
-                    continue
-                self.here.xrpc.post_bytes("com.atproto.repo.uploadBlob", data, ctype,
-                                          len(data))
+                problem = self._copy_blob(cid)
+                if problem:
+                    skipped.append(f"warning: blob {cid}: {problem}; skipped")
                 bar.update(1)
         self.ui.say(f"blobs: copied {len(missing) - len(skipped)}")
         for line in skipped:
-            self.ui.say(f"warning: blob {line}: the old PDS does not have it; skipped")
+            self.ui.say(line)
+
+    def _copy_blob(self, cid: str) -> str | None:
+        """Copy one blob; what was wrong with it, if it could not be copied."""
+        try:
+            data, ctype = self.src.fetch_bytes("com.atproto.sync.getBlob",
+                                               self.settings.blob_limit, did=self.did, cid=cid)
+        except XrpcFailure as e:
+            if e.status not in (400, 404):  # unreachable, overloaded, rate limited: retry
+                raise
+            return f"the old PDS does not have it ({e.name})"
+        try:
+            out = self.here.xrpc.post_bytes("com.atproto.repo.uploadBlob", data, ctype,
+                                            len(data))
+        except XrpcFailure as e:
+            if e.status in (413, 429):  # the account's quota or upload rate here
+                raise CliError(f"{e} (PDS_BLOB_QUOTA and PDS_BLOB_UPLOAD_RATE limit an "
+                               "account's blobs: raise them, or run this again later to go "
+                               "on)") from None
+            raise
+        got = ((out or {}).get("blob") or {}).get("ref", {}).get("$link")
+        return None if got == cid else f"the old PDS sent other bytes ({got})"
 
     def copy_preferences(self) -> None:
         """The account's app preferences, as the old PDS has them (less computed ones)."""
