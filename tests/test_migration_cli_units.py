@@ -70,3 +70,13 @@ def test_one_run_at_a_time_and_a_damaged_state_is_named(tmp_path) -> None:
     (tmp_path / "migrations" / f"{DID}.json").write_text("{not json")
     with pytest.raises(CliError, match="damaged"):
         files.load(DID)
+
+
+def test_only_a_did_plc_or_a_handle_is_taken() -> None:
+    from pds.cli.migrate_identity import resolve
+    # Refused before anything is asked of the network.
+    with pytest.raises(CliError, match="only did:plc"):
+        resolve("did:web:alice.example.com", "http://127.0.0.1:9", dev=True)
+    for bad in ("not a handle!", "did:plc:", "a" * 300):
+        with pytest.raises(CliError, match="not a"):
+            resolve(bad, "http://127.0.0.1:9", dev=True)

@@ -9,7 +9,7 @@ from urllib.parse import quote
 
 import httpx
 
-from ..repo.did import did_web_host, handle_from_doc, key_from_doc, service_endpoint_from_doc
+from ..repo.did import handle_from_doc, key_from_doc, service_endpoint_from_doc
 from ..repo.syntax import is_valid_did, is_valid_handle
 from .common import CliError
 from .migrate_http import TIMEOUT, Xrpc, XrpcFailure, get_json
@@ -73,16 +73,9 @@ def resolve_handle(handle: str, old_pds: str | None, dev: bool) -> str:
     return did
 
 
-def did_document(did: str, plc_url: str, dev: bool) -> dict[str, Any]:
-    """The DID document of a did:plc (from the PLC directory) or did:web."""
-    if did.startswith("did:plc:"):
-        doc = get_json(f"{plc_url.rstrip('/')}/{quote(did, safe=':')}", "PLC directory")
-    else:
-        host = did_web_host(did)
-        if host is None:
-            raise CliError(f"not a DID this can move: {did}")
-        scheme = "http" if dev and (host.startswith("localhost") or ":" in host) else "https"
-        doc = get_json(f"{scheme}://{host}/.well-known/did.json", f"did:web host {host}")
+def did_document(did: str, plc_url: str) -> dict[str, Any]:
+    """The DID document of a did:plc, from the PLC directory."""
+    doc = get_json(f"{plc_url.rstrip('/')}/{quote(did, safe=':')}", "PLC directory")
     if not isinstance(doc, dict):
         raise CliError(f"no DID document for {did} (unknown to the PLC directory, or gone)")
     return doc
@@ -112,7 +105,7 @@ def resolve(who: str, plc_url: str, dev: bool, old_pds: str | None = None) -> Ol
     if not did.startswith("did:plc:"):
         raise CliError(f"{did}: only did:plc accounts can be moved in (a did:web's document "
                        "is published by its own host, and no PLC operation changes it)")
-    doc = did_document(did, plc_url, dev)
+    doc = did_document(did, plc_url)
     handle = handle_from_doc(doc)
     if asked is not None and handle != asked:
         raise CliError(f"the handle {asked} resolves to {did}, whose DID document does not "
