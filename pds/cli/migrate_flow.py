@@ -149,11 +149,17 @@ class Migration:
         the end."""
         self.files.save(self.state)
         self.ensure_account()
-        self.copy_repo()
-        self.copy_blobs()
-        self.copy_preferences()
-        self.switch_plc()
-        self.activate()
+        if self.here.status().get("activated"):
+            # Active here, it has commits of its own (activation makes one): the old
+            # repo must not be imported over them. Only the old PDS's side is left.
+            self.ui.say("account: active here already")
+        else:
+            self.copy_repo()
+            self.copy_blobs()
+            self.copy_preferences()
+            self.switch_plc()
+            self.here.xrpc.post("com.atproto.server.activateAccount")
+            self.ui.say("account: activated here")
         self.deactivate_old()
         self.files.remove(self.did)
 
@@ -311,13 +317,6 @@ class Migration:
         self.files.save(self.state)
         self.ui.say("PLC: the DID document now names this PDS")
         return True
-
-    def activate(self) -> None:
-        if self.here.status().get("activated"):
-            self.ui.say("account: active here already")
-            return
-        self.here.xrpc.post("com.atproto.server.activateAccount")
-        self.ui.say("account: activated here")
 
     def deactivate_old(self) -> None:
         if self.src.get("com.atproto.server.getSession").get("active") is False:
