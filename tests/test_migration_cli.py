@@ -243,6 +243,7 @@ def test_migrate_in_killed_during_the_blob_copy_and_resumed(world, smtp, tmp_pat
     assert "blobs: copying" in first, first
     state = b_data / "migrations" / f"{did}.json"
     assert state.stat().st_mode & 0o777 == 0o600
+    saved_state = state.read_bytes()
     assert typer.typed and "sign-in" in typer.typed[0].lower(), typer.typed
     assert ok(b.get("com.atproto.admin.getAccountInfo", did=did,
                     headers=b.admin_headers()))["handle"] == "alice.b.test"
@@ -295,6 +296,21 @@ def test_migrate_in_killed_during_the_blob_copy_and_resumed(world, smtp, tmp_pat
         proc = _migrate(world, out=out, who=did)
         third = _finish(proc, out)
     assert proc.returncode == 1 and "hosted here already" in third, third
+
+    # A run that finds the account active here (its state file back, as when a run is
+    # killed between the activation and the old PDS's deactivation) imports nothing over
+    # B's newer commits: it only makes sure of the old side, and ends.
+    head = ok(b.get("com.atproto.sync.getLatestCommit", did=did))
+    state.write_bytes(saved_state)
+    state.chmod(0o600)
+    with open(tmp_path / "fourth", "w+") as out:
+        proc = _migrate(world, out=out, who=did, stdin=subprocess.PIPE)
+        CodeTyper(smtp, EMAIL, proc)
+        fourth = _finish(proc, out)
+    assert proc.returncode == 0, fourth
+    assert "active here already" in fourth and "deactivated there already" in fourth, fourth
+    assert ok(b.get("com.atproto.sync.getLatestCommit", did=did)) == head
+    assert not state.exists()
 
 
 def _repo_verify(pds_url: str, plc_url: str, did: str) -> None:
