@@ -322,10 +322,3 @@ def _repo_verify(pds_url: str, plc_url: str, did: str) -> None:
                          text=True, timeout=300, env={**os.environ, "LOG_ENABLED": "false"})
     assert res.returncode == 0, res.stderr[-4000:] + res.stdout[-2000:]
 
-
-def test_migrate_in_help_is_documented() -> None:
-    res = subprocess.run([*pds_command(), "account", "migrate-in", "--help"],
-                         capture_output=True, text=True, env=clean_env(), timeout=60)
-    assert res.returncode == 0
-    for option in ("--from", "--dry-run", "--handle", "--new-password", "--pds-url"):
-        assert option in res.stdout
