@@ -192,6 +192,19 @@ def test_a_wrong_old_password_is_a_plain_error_and_makes_nothing(world, tmp_path
     assert not (b / "migrations").exists()
 
 
+def test_this_pds_not_running_is_a_plain_error(world, tmp_path) -> None:
+    data = tmp_path / "c"
+    init_data_dir(data, free_port(), plc_url=world["plc"], did_method="plc",
+                  handle_domains=".c.test")
+    res = subprocess.run(
+        [*pds_command(), "account", "migrate-in", "--from", world["alice"]["did"],
+         "--data-dir", str(data)], capture_output=True, text=True, timeout=COMMAND_TIMEOUT,
+        env=clean_env({"PDS_MIGRATE_OLD_PASSWORD": OLD_PASSWORD}), stdin=subprocess.DEVNULL)
+    assert res.returncode == 1, res
+    assert res.stderr.startswith("error: ") and "is `pds serve` running?" in res.stderr, res
+    assert len(res.stderr.strip().splitlines()) == 1 and not (data / "migrations").exists()
+
+
 def _turn_on_sign_in_codes(world: dict, smtp: SmtpServer) -> None:
     """alice asks A for emailed sign-in codes (so the command must type one in)."""
     api, tok = world["a"], world["alice"]["access"]

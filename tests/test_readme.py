@@ -29,7 +29,7 @@ from server_util import Api, blob_ref, err, ok, subscribe_url
 TRANSIENT = {"tmp/.<pid>.<random>", "tmp/import-<pid>-<random>"}
 # Made by `pds account migrate-in`, not by the server this test drives (the migration's
 # own test, test_migration_cli, shows its state file and the directory).
-TRANSIENT |= {"migrations", "migrations/<did>.json", "migrations/<did>.car"}
+TRANSIENT |= {"migrations/", "migrations/<did>.json", "migrations/<did>.car"}
 
 
 # --- settings ----------------------------------------------------------------------------------

@@ -80,8 +80,10 @@ class Here:
         try:
             self.server = self.xrpc.get("com.atproto.server.describeServer")
         except XrpcFailure as e:
+            self.close()
             raise CliError(f"{e} (is `pds serve` running? --pds-url says where)") from None
         if self.server.get("did") != settings.service_did:
+            self.close()
             raise CliError(f"the PDS at {self.url} is {self.server.get('did')}, not this data "
                            f"dir's {settings.service_did} (--pds-url says where it listens)")
 
