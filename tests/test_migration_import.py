@@ -8,6 +8,7 @@ signature by the key it was made with) and export to the same root."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 from server_util import (
@@ -235,3 +236,93 @@ def test_index_refuses_a_block_that_does_not_hash(tmp_path):
         f.write(bad)
     with open(tmp_path / "c.car", "rb") as f, pytest.raises(InvalidData):
         index_car(f)
+
+
+# --- kill -9 during an import -----------------------------------------------------------------
+
+
+def _built_car(tmp: Path, data: Path, did: str, trial: int, count: int = 3000) -> bytes:
+    """A repository of `did` with `count` records all its own (none of its blocks is in
+    the PDS yet), signed with the account's key, read from the data dir."""
+    from pds.repo.signing_keys import load_private_key
+    from pds.store.layout import DataDir
+    from pds.store.repo import Write
+    key = load_private_key(DataDir(data).signing_key(did).read_bytes())
+    (tmp / "tmp").mkdir(exist_ok=True)
+    repo = Repo(tmp / f"build{trial}", tmp / "tmp", did, key)
+    repo.create(key, [Write("create", COLL, f"r{i:05d}",
+                            {"$type": COLL, "text": f"trial {trial} record {i} " + "x" * 80})
+                      for i in range(count)])
+    return b"".join(repo.export_car())
+
+
+def _kill9(server) -> None:  # type: ignore[no-untyped-def]
+    """SIGKILL the gunicorn master and its workers at once."""
+    import signal
+
+    from harness import children, gone, wait_for
+    pids = [server.proc.pid, *children(server.proc.pid)]
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    server.proc.wait(10)
+    wait_for(lambda: all(gone(p) for p in pids), 10, "the killed workers to go")
+
+
+@pytest.mark.slow  # restarts a server a dozen times
+def test_kill9_during_import_leaves_old_or_new_repo(new_server, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import random
+    import threading
+    import time
+
+    from harness import run_pds
+    server = new_server()
+    data, port = server.data_dir, server.port
+    api = Api(server)
+    acct = api.create_account("crashmover")
+    ok(api.post("com.atproto.server.deactivateAccount", {}, token=acct.access))
+    started = time.monotonic()
+    first = _built_car(tmp_path, data, acct.did, 0)
+    ok(_import(api, acct, first))
+    took = time.monotonic() - started
+    heads = {_status(api, acct)["repoCommit"]}
+    rng = random.Random(14)
+    outcomes = set()
+    for trial in range(1, 7):
+        car_bytes = _built_car(tmp_path, data, acct.did, trial)
+        new_root = _car_parts(car_bytes)[0].encode()
+        thread = threading.Thread(target=_quiet_import, args=(server, acct, car_bytes))
+        thread.start()
+        time.sleep(rng.uniform(0.0, took))
+        _kill9(server)
+        thread.join(30)
+        api.close()
+        # Start (recovery), stop cleanly, check the data dir offline, start again.
+        server = new_server.serve(data, port)
+        server.stop()
+        res = run_pds("verify", "--data-dir", str(data), check=False)
+        assert res.returncode == 0, res.stdout + res.stderr
+        server = new_server.serve(data, port)
+        api = Api(server)
+        head = _status(api, acct)["repoCommit"]
+        assert head in heads | {new_root}, (trial, head)
+        outcomes.add("new" if head == new_root else "old")
+        heads.add(head)
+        assert not [p for p in (data / "tmp").iterdir() if p.name.startswith("import-")]
+        # The repo serves whole, and a new import goes through.
+        exported_root, _ = _car_parts(_export(api, acct))
+        assert exported_root.encode() == head
+        ok(_import(api, acct, car_bytes))
+        assert _status(api, acct)["repoCommit"] == new_root
+        heads.add(new_root)
+    api.close()
+    print("outcomes", outcomes)
+
+
+def _quiet_import(server, acct, body: bytes) -> None:  # type: ignore[no-untyped-def]
+    """An import whose connection the kill cuts: any outcome."""
+    import httpx
+    try:
+        httpx.post(server.url + "/xrpc/com.atproto.repo.importRepo", content=body,
+                   headers={**CAR, "Authorization": f"Bearer {acct.access}"}, timeout=30)
+    except httpx.HTTPError:
+        pass

@@ -132,3 +132,37 @@ def test_a_returning_did_does_not_revive_old_tokens(pdses):
     err(api_b.post("com.atproto.server.refreshSession", token=old_refresh), 400)
     assert diff_snapshots(before, snapshot(root)) == []
     ok(api_b.get("com.atproto.server.getSession", token=second["accessJwt"]))
+
+
+def test_a_returning_did_signs_with_its_new_key_in_every_worker(pdses):
+    """Each worker caches an account's signing key and repo: after the account is deleted
+    and made again (a new key), no worker may sign with the old one."""
+    from pds.repo.keys import parse_did_key
+    from pds.services.auth import parse_unverified
+
+    api_a, api_b = pdses
+
+    def signers(session: dict) -> set[str]:
+        """The key each of 12 service tokens (served by either worker) verifies under,
+        of the account's recommended key and the others seen."""
+        key = ok(api_b.get("com.atproto.identity.getRecommendedDidCredentials",
+                           token=session["accessJwt"]))["verificationMethods"]["atproto"]
+        out = set()
+        for _ in range(12):
+            # A new connection each time: either worker may take it.
+            token = ok(api_b.get("com.atproto.server.getServiceAuth",
+                                 token=session["accessJwt"], aud=api_a.service_did,
+                                 headers={"Connection": "close"}))["token"]
+            _h, _p, signing_input, sig = parse_unverified(token)
+            out.add("current" if parse_did_key(key).verify(signing_input, sig) else "stale")
+        return out
+
+    dave = _sign_up(api_a, "dave", ".a.test")
+    first = ok(_migrate(api_b, _move_token(api_a, dave, api_b), dave["did"], "dave.b.test",
+                        inviteCode=_invite(api_b)))
+    assert signers(first) == {"current"}
+    ok(api_b.post("com.atproto.admin.deleteAccount", {"did": dave["did"]},
+                  headers=api_b.admin_headers()))
+    second = ok(_migrate(api_b, _move_token(api_a, dave, api_b), dave["did"], "dave.b.test",
+                         inviteCode=_invite(api_b)))
+    assert signers(second) == {"current"}

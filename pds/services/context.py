@@ -27,8 +27,8 @@ class AppContext:
         self.settings = settings
         self.data = DataDir(settings.data_dir)
         self.accounts = AccountStore(self.data)
-        self._repos: dict[str, Repo] = {}
-        self._keys: dict[str, PrivateKey] = {}
+        self._repos: dict[str, tuple[str | None, Repo]] = {}
+        self._keys: dict[str, tuple[str | None, PrivateKey]] = {}
         from .auth import Auth
         from .firehose import Broadcaster, Crawlers, Sequencer
         from .identity import Identity
@@ -57,9 +57,22 @@ class AppContext:
         from .proxy import Proxy
         return Proxy(self)
 
+    # The key and repo caches hold what they cached with the account's `generation` (a
+    # random id per account life): an account deleted and made again (moving back in)
+    # by another worker gets a new key, which a stale entry here must never stand for.
+
+    def _life(self, did: str) -> str | None:
+        rec = self.accounts.get(did)
+        return None if rec is None else str(rec.get("generation"))
+
     def cached_signing_key(self, did: str) -> PrivateKey | None:
-        """An account's signing key if this process has read it already (no I/O)."""
-        return self._keys.get(did)
+        """An account's signing key if this process has read it already and the account
+        record it was read for is current in memory (no I/O)."""
+        hit = self._keys.get(did)
+        rec = self.accounts.peek(did)
+        if hit is None or rec is None or hit[0] != str(rec.get("generation")):
+            return None
+        return hit[1]
 
     def signing_key(self, did: str) -> PrivateKey:
         """The repo signing key of an account hosted here; its absence is damage."""
@@ -70,25 +83,29 @@ class AppContext:
 
     def local_signing_key(self, did: str) -> PrivateKey | None:
         """The repo signing key of an account hosted here, or None."""
-        key = self._keys.get(did)
-        if key is None:
-            try:
-                data = read_file(self.data.signing_key(did))
-            except ValueError:
-                return None
-            if data is None:
-                return None
-            key = self._keys[did] = load_private_key(data)
+        life = self._life(did)
+        hit = self._keys.get(did)
+        if hit is not None and hit[0] == life:
+            return hit[1]
+        try:
+            data = read_file(self.data.signing_key(did))
+        except ValueError:
+            return None
+        if data is None:
+            return None
+        key = load_private_key(data)
+        self._keys[did] = (life, key)
         return key
 
     def repo(self, did: str) -> Repo:
         """The repository of a hosted account (cached: its node cache survives requests)."""
-        repo = self._repos.get(did)
-        if repo is None:
+        life = self._life(did)
+        hit = self._repos.get(did)
+        if hit is None or hit[0] != life:
             repo = Repo(self.data.account(did), self.data.tmp, did, self.local_signing_key(did),
                         wal=self.events, clock=self.data.clock)
-            self._repos[did] = repo
-        return repo
+            hit = self._repos[did] = (life, repo)
+        return hit[1]
 
     def after_commit(self, result: Any) -> None:
         """After a commit (its #commit event is already in the log): wake the relays if

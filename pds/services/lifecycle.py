@@ -14,6 +14,7 @@ import time
 from typing import Any
 
 from ..errors import AuthFailed, InvalidInput
+from ..repo.did import PDS_SERVICE_TYPE, IdentityError, key_from_doc, service_endpoint_from_doc
 from ..store.accounts import Taken
 from . import accounts as acc
 from . import email, handles
@@ -33,7 +34,46 @@ class Lifecycle:
     # --- activation -----------------------------------------------------------------------
 
     async def activate(self, did: str) -> None:
+        """activateAccount: refused while the DID's document does not make this PDS the
+        account's host (as the reference: announcing a repo relays can't verify against
+        the DID would do harm); then `_activate`."""
+        acct = await asyncio.to_thread(self._account, did, Use.CHANGE_STATUS)
+        if acct.active:
+            return
+        problem = await self.did_problem(did)
+        if problem is not None:
+            raise InvalidInput(problem)
         await asyncio.to_thread(self._activate, did)
+
+    async def did_problem(self, did: str) -> str | None:
+        """Why the DID's current document does not name this PDS as the account's host
+        (its endpoint, the account's signing key here, for did:plc our rotation key among
+        its rotation keys), in the reference's words; None when it does."""
+        ctx = self.ctx
+        if did.startswith("did:plc:"):
+            try:
+                data = await ctx.identity.get_plc_data(did)
+            except IdentityError:
+                return "Could not resolve DID"
+            services = data.get("services") or {}
+            endpoint = (services.get("atproto_pds") or {}).get("endpoint")
+            key = (data.get("verificationMethods") or {}).get("atproto")
+            ours = ctx.identity.plc_rotation_key().public_key().did_key()
+            if ours not in (data.get("rotationKeys") or []):
+                return "Server rotation key not included in PLC DID data"
+        else:
+            doc = await ctx.identity.resolve_did(did, force=True)
+            if doc is None:
+                return "Could not resolve DID"
+            endpoint = service_endpoint_from_doc(doc, "atproto_pds", PDS_SERVICE_TYPE, did)
+            found = key_from_doc(doc, did)
+            key = found.did_key() if found is not None else None
+        if endpoint != ctx.settings.public_url:
+            return "DID document atproto_pds service endpoint does not match PDS public url"
+        signing = await asyncio.to_thread(ctx.signing_key, did)
+        if key != signing.public_key().did_key():
+            return "DID document verification method does not match expected signing key"
+        return None
 
     def _activate(self, did: str) -> None:
         acct = self._account(did, Use.CHANGE_STATUS)
@@ -105,8 +145,15 @@ class Lifecycle:
 
     # --- reports --------------------------------------------------------------------------
 
+    async def status(self, did: str) -> dict:
+        """checkAccountStatus: `status_report`, with `validDid`: whether the DID's document
+        names this PDS as the account's host (`did_problem`)."""
+        report = await asyncio.to_thread(self.status_report, did)
+        report["validDid"] = await self.did_problem(did) is None
+        return report
+
     def status_report(self, did: str) -> dict:
-        """checkAccountStatus: what is imported, what is missing (blocking)."""
+        """checkAccountStatus's counts: what is imported, what is missing (blocking)."""
         from .blobs import record_blob_refs
         acct = self._account(did)
         repo = self.ctx.repo(did)

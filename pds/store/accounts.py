@@ -54,6 +54,15 @@ class AccountStore:
     def _path(self, did: str) -> Path:
         return self.data.account(did) / ACCOUNT_JSON
 
+    def peek(self, did: str) -> dict | None:
+        """The account record when this process's cache holds it current (no I/O), else
+        None (not cached, changed since, or no such account)."""
+        stamp = self.data.clock.stamp()
+        hit = self._cache.get(did)
+        if hit is not None and stamp is not None and hit[0] == stamp:
+            return hit[1]
+        return None
+
     def get(self, did: str) -> dict | None:
         """The account record, or None (also for malformed DIDs). Served from this
         process's cache while the change clock says no account record changed since."""

@@ -321,14 +321,17 @@ class Repo(RepoReads):
         active, so no firehose event carries it).
 
         Under the repo lock, after rolling forward any dead writer's commit: the blocks
-        are written (content-addressed, so a block already here is kept), flushed with
+        are written (each atomically), flushed with
         the journal's pending entries (a checkpoint), then HEAD moves, durably. A kill at
         any point leaves HEAD at the old commit or the new one, each complete.
         `before_head` runs under the lock once the blocks are durable (blob references)."""
         self.root.mkdir(parents=True, exist_ok=True)
         with self.lock():
             self._redo_locked()
-            self.blocks.put_many(blocks)
+            # Each block written whole or not at all (staged and renamed, a block already
+            # here replaced too): no log holds these blocks to mend a file a kill left
+            # short, as the write-ahead record does for commits.
+            self.blocks.put_many(blocks, overwrite=True)
             syncfs(self.root)
             if self.journal.pending():
                 self.journal.clear()

@@ -141,7 +141,7 @@ async def delete_account(call: Call) -> Answer:
 
 @query("com.atproto.server.checkAccountStatus", auth=AuthKind.ACCESS)
 async def check_account_status(call: Call) -> Answer:
-    return await asyncio.to_thread(call.ctx.lifecycle.status_report, call.auth.did)
+    return await call.ctx.lifecycle.status(call.auth.did)
 
 
 @query("com.atproto.server.getServiceAuth", auth=AuthKind.ACCESS)
