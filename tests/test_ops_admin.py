@@ -59,8 +59,10 @@ def api(server: Server) -> Iterator[Api]:
 
 
 def pds(server: Server, *args: str, check: bool = True):
-    """`pds ARGS... --data-dir <the server's data dir>`."""
-    return run_pds(*args, "--data-dir", str(server.data_dir), check=check)
+    """`pds ARGS... --data-dir <the server's data dir>`, with the server's settings (an
+    operator's CLI reads the same pds.env as the server)."""
+    return run_pds(*args, "--data-dir", str(server.data_dir), check=check,
+                   env={"PDS_INVITE_REQUIRED": "true"})
 
 
 def invite(server: Server, uses: int = 1) -> str:

@@ -66,7 +66,7 @@ def account_create(handle: str, email: str, password: str | None, data_dir: Path
     ctx = load_context(data_dir)
     chosen = password or new_password()
     out = asyncio.run(create_account(
-        ctx, {"handle": handle, "email": email, "password": chosen}, None))
+        ctx, {"handle": handle, "email": email, "password": chosen}, None, operator=True))
     click.echo(json.dumps({"did": out["did"], "handle": out["handle"],
                            **({} if password else {"password": chosen})}))
 

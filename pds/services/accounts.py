@@ -78,12 +78,14 @@ class SignUp:
         return self.did is not None
 
 
-def parse_signup(ctx: AppContext, body: dict, service_auth: A.AuthInfo | None) -> SignUp:
+def parse_signup(ctx: AppContext, body: dict, service_auth: A.AuthInfo | None,
+                 operator: bool = False) -> SignUp:
     """Check a createAccount body, cheap checks first (lengths before patterns, nothing
     that resolves or touches a file), in the reference PDS's order. Every sign-up needs
     an invite when invites are required; a migrating account (one that brings its `did`)
     needs service auth by that DID too, may leave out email and password, and may ask
-    for an external handle (resolved later: `create_account`)."""
+    for an external handle (resolved later: `create_account`). The operator (the command
+    line) needs no invite."""
     requested_did = body.get("did")
     migrating = requested_did is not None
     if migrating:
@@ -95,7 +97,8 @@ def parse_signup(ctx: AppContext, body: dict, service_auth: A.AuthInfo | None) -
     if password is not None or not migrating:
         password = check_new_password(password)
     invite = body.get("inviteCode")
-    if ctx.settings.invite_required and (not isinstance(invite, str) or not invite):
+    if (ctx.settings.invite_required and not operator
+            and (not isinstance(invite, str) or not invite)):
         raise InvalidInput("No invite code provided", "InvalidInviteCode")
     email = body.get("email")
     if email is not None or not migrating:
@@ -219,11 +222,12 @@ def _record(ctx: AppContext, s: SignUp, did: str) -> dict:
 
 
 async def create_account(ctx: AppContext, body: dict, service_auth: A.AuthInfo | None,
-                         ip: str | None = None) -> dict:
-    """com.atproto.server.createAccount (`ip`, when given, is rate limited)."""
+                         ip: str | None = None, operator: bool = False) -> dict:
+    """com.atproto.server.createAccount (`ip`, when given, is rate limited); `operator`:
+    made by the operator's command line, so no invite is asked for."""
     if ip is not None:
         await asyncio.to_thread(ctx.auth.limiter.hit, "signup-ip:" + ip, 100, 300)
-    signup = parse_signup(ctx, body, service_auth)
+    signup = parse_signup(ctx, body, service_auth, operator)
     if signup.did is not None:
         await handles.require_resolves(ctx, signup.handle, signup.did)
     key = generate_signing_key()
