@@ -39,6 +39,8 @@ from harness import (
 from mail_util import SmtpServer, token_of
 from server_util import Api, diff_snapshots, ok, snapshot
 
+from pds.cli.migrate_http import XrpcFailure
+
 pytestmark = pytest.mark.slow  # two servers, a PLC directory, SMTP, node
 
 NODE_DIR = Path(__file__).resolve().parent / "node"
@@ -203,6 +205,34 @@ def test_this_pds_not_running_is_a_plain_error(world, tmp_path) -> None:
     assert res.returncode == 1, res
     assert res.stderr.startswith("error: ") and "is `pds serve` running?" in res.stderr, res
     assert len(res.stderr.strip().splitlines()) == 1 and not (data / "migrations").exists()
+
+
+def test_a_call_with_an_expired_token_is_sent_again_after_a_refresh(world) -> None:
+    """A run that copies for hours outlives its access tokens (2 hours): the client
+    refreshes the session and goes on. The expired token is minted as the server mints
+    them (its JWT secret, the real token's claims), two hours back."""
+    import jwt
+
+    from pds.cli.migrate_http import Xrpc
+    from pds.config import parse_env_file
+    api = world["a"]
+    session = ok(api.post("com.atproto.server.createAccount", {
+        "handle": "bob.a.test", "email": "bob@example.com", "password": OLD_PASSWORD}))
+    secret = parse_env_file(api.server.data_dir / "pds.env")["PDS_JWT_SECRET"]
+    claims = jwt.decode(session["accessJwt"], options={"verify_signature": False})
+    now = int(time.time())
+    expired = jwt.encode({**claims, "iat": now - 7300, "exp": now - 100}, secret,
+                         algorithm="HS256", headers={"typ": "at+jwt"})
+    client = Xrpc(api.server.url, "A")
+    try:
+        client.signed_in({**session, "accessJwt": expired})
+        assert client.get("com.atproto.server.getSession")["did"] == session["did"]
+        assert client.token != expired and client.refresh != session["refreshJwt"]
+        client.signed_in({"accessJwt": expired})  # no refresh token: the failure stands
+        with pytest.raises(XrpcFailure, match="ExpiredToken"):
+            client.get("com.atproto.server.getSession")
+    finally:
+        client.close()
 
 
 def _turn_on_sign_in_codes(world: dict, smtp: SmtpServer) -> None:

@@ -122,7 +122,7 @@ def sign_in(client: Xrpc, did: str, password: str, ui: Ui) -> dict[str, Any]:
     for _ in range(3):
         try:
             session = client.post("com.atproto.server.createSession", body)
-            client.token = session["accessJwt"]
+            client.signed_in(session)
             return dict(session)
         except XrpcFailure as e:
             if e.name == "AuthFactorTokenRequired":
@@ -181,7 +181,7 @@ class Migration:
             except XrpcFailure as e:
                 raise CliError(f"the account {self.did} is here already, and {e.message or e.name}"
                                " (give the password chosen on the first run)") from None
-            here.xrpc.token = session["accessJwt"]
+            here.xrpc.signed_in(session)
             return
         password = self._new_password(True)
         body: dict[str, Any] = {"did": self.did, "handle": st.handle, "email": st.email,
@@ -192,7 +192,7 @@ class Migration:
                              lxm=CREATE, exp=int(time.time()) + SERVICE_AUTH_SECONDS)["token"]
         self.ui.say(f"account: creating {st.handle} ({self.did}) here, deactivated")
         made = here.xrpc.post(CREATE, body, headers={"Authorization": f"Bearer {token}"})
-        here.xrpc.token = made["accessJwt"]
+        here.xrpc.signed_in(made)
 
     def copy_repo(self) -> None:
         """getRepo there, importRepo here, unless this PDS has the same commit already."""

@@ -46,19 +46,26 @@ def _failure(where: str, nsid: str, resp: httpx.Response) -> XrpcFailure:
 
 
 class Xrpc:
-    """XRPC calls to one service at `base_url`, as `where` ("old PDS ...") for messages;
-    `token` (set after a sign-in) goes with every call as a Bearer token."""
+    """XRPC calls to one service at `base_url`, as `where` ("old PDS ...") for messages.
+    After a sign-in (`signed_in`) every call carries the session's access token, and one
+    refused as expired (a run that copies for hours outlives it) is sent again after a
+    refreshSession."""
 
     def __init__(self, base_url: str, where: str, transport: httpx.BaseTransport | None = None,
                  auth: httpx.Auth | None = None) -> None:
         self.where = where
         self.token: str | None = None
+        self.refresh: str | None = None
         self.http = httpx.Client(base_url=base_url.rstrip("/"), timeout=TIMEOUT,
                                  transport=transport, auth=auth, follow_redirects=False,
                                  headers={"User-Agent": f"pds/{__version__} migrate-in"})
 
     def close(self) -> None:
         self.http.close()
+
+    def signed_in(self, session: dict[str, Any]) -> None:
+        """Use this session (createSession's or createAccount's answer) from now on."""
+        self.token, self.refresh = session["accessJwt"], session.get("refreshJwt")
 
     def _headers(self, extra: dict[str, str] | None = None) -> dict[str, str]:
         out = dict(extra or {})
@@ -78,9 +85,35 @@ class Xrpc:
             raise XrpcFailure(self.where, nsid, 0, "Unreachable",
                               f"{self.http.base_url}: {e or type(e).__name__}") from None
 
-    def _json(self, nsid: str, resp: httpx.Response) -> Any:
+    def _send(self, nsid: str, method: str, headers: dict[str, str] | None = None,
+              stream: bool = False, **kw: Any) -> httpx.Response:
+        """One request (again after a refresh if the access token had expired); an answer
+        that is not 200 raises."""
+        with self._calling(nsid):
+            for attempt in (1, 2):
+                sent_token = headers is None or "Authorization" not in headers
+                req = self.http.build_request(method, "/xrpc/" + nsid,
+                                              headers=self._headers(headers), **kw)
+                resp = self.http.send(req, stream=stream)
+                if resp.status_code == 200:
+                    return resp
+                failure = _failure(self.where, nsid, resp)
+                resp.close()
+                if (attempt == 1 and sent_token and self.refresh
+                        and failure.name == "ExpiredToken" and not _is_iterator(kw)):
+                    self._refresh()
+                    continue
+                raise failure
+        raise AssertionError("unreachable")
+
+    def _refresh(self) -> None:
+        resp = self.http.post("/xrpc/com.atproto.server.refreshSession",
+                              headers={"Authorization": f"Bearer {self.refresh}"})
         if resp.status_code != 200:
-            raise _failure(self.where, nsid, resp)
+            raise _failure(self.where, "com.atproto.server.refreshSession", resp)
+        self.signed_in(resp.json())
+
+    def _json(self, nsid: str, resp: httpx.Response) -> Any:
         if not resp.content:
             return None
         try:
@@ -91,36 +124,26 @@ class Xrpc:
 
     def get(self, nsid: str, headers: dict[str, str] | None = None, **params: Any) -> Any:
         """A query's JSON answer."""
-        with self._calling(nsid):
-            resp = self.http.get("/xrpc/" + nsid, headers=self._headers(headers),
-                                 params={k: v for k, v in params.items() if v is not None})
-            return self._json(nsid, resp)
+        params = {k: v for k, v in params.items() if v is not None}
+        return self._json(nsid, self._send(nsid, "GET", headers, params=params))
 
     def post(self, nsid: str, body: Any = None, headers: dict[str, str] | None = None) -> Any:
         """A procedure with a JSON body (or none); its JSON answer."""
-        with self._calling(nsid):
-            if body is None:
-                resp = self.http.post("/xrpc/" + nsid, headers=self._headers(headers))
-            else:
-                resp = self.http.post("/xrpc/" + nsid, json=body, headers=self._headers(headers))
-            return self._json(nsid, resp)
+        kw = {} if body is None else {"json": body}
+        return self._json(nsid, self._send(nsid, "POST", headers, **kw))
 
     def post_bytes(self, nsid: str, content: bytes | Iterator[bytes], content_type: str,
                    length: int) -> Any:
         """A procedure whose body is bytes of `content_type` (`length` of them)."""
-        headers = self._headers({"Content-Type": content_type, "Content-Length": str(length)})
-        with self._calling(nsid):
-            resp = self.http.post("/xrpc/" + nsid, content=content, headers=headers)
-            return self._json(nsid, resp)
+        headers = {"Content-Type": content_type, "Content-Length": str(length)}
+        return self._json(nsid, self._send(nsid, "POST", headers, content=content))
 
     def download(self, nsid: str, out: BinaryIO, progress: Callable[[int, int | None], None],
                  **params: Any) -> str:
         """Stream a query's (binary) answer into `out`, telling `progress(done, total)`;
         returns its Content-Type."""
-        with self._calling(nsid), self.http.stream(
-                "GET", "/xrpc/" + nsid, params=params, headers=self._headers()) as resp:
-            if resp.status_code != 200:
-                raise _failure(self.where, nsid, resp)
+        resp = self._send(nsid, "GET", stream=True, params=params)
+        with self._calling(nsid), contextlib.closing(resp):
             length = resp.headers.get("content-length")
             total = int(length) if length and length.isdigit() else None
             done = 0
@@ -132,10 +155,8 @@ class Xrpc:
 
     def fetch_bytes(self, nsid: str, limit: int, **params: Any) -> tuple[bytes, str]:
         """A query's binary answer (at most `limit` bytes) and its Content-Type."""
-        with self._calling(nsid), self.http.stream(
-                "GET", "/xrpc/" + nsid, params=params, headers=self._headers()) as resp:
-            if resp.status_code != 200:
-                raise _failure(self.where, nsid, resp)
+        resp = self._send(nsid, "GET", stream=True, params=params)
+        with self._calling(nsid), contextlib.closing(resp):
             parts, size = [], 0
             for chunk in resp.iter_bytes(CHUNK):
                 size += len(chunk)
@@ -144,6 +165,12 @@ class Xrpc:
                                       f"larger than {limit} bytes")
                 parts.append(chunk)
             return b"".join(parts), resp.headers.get("content-type", "application/octet-stream")
+
+
+def _is_iterator(kw: dict[str, Any]) -> bool:
+    """Whether a request's body is an iterator (spent by the first attempt)."""
+    content = kw.get("content")
+    return content is not None and not isinstance(content, bytes)
 
 
 def file_chunks(path: Path, progress: Callable[[int], None]) -> Iterator[bytes]:
