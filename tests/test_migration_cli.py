@@ -112,10 +112,15 @@ def _seed(api: Api) -> dict[str, Any]:
 
 
 def _migrate(world: dict, *args: str, password: str = OLD_PASSWORD, out: IO[str],
-             stdin: int | None = None, who: str = "alice.a.test") -> subprocess.Popen:
-    """`pds account migrate-in --from WHO ...` against B, in the background."""
+             stdin: int | None = None, who: str = "alice.a.test",
+             direct: bool = True) -> subprocess.Popen:
+    """`pds account migrate-in --from WHO ...` against B, in the background. `direct`:
+    B's PDS_BIND names where it listens, so the command talks to it there (else at its
+    public URL, which is also B, at localhost)."""
     env = clean_env({"PDS_MIGRATE_OLD_PASSWORD": password,
-                     "PDS_MIGRATE_NEW_PASSWORD": NEW_PASSWORD})
+                     "PDS_MIGRATE_NEW_PASSWORD": NEW_PASSWORD,
+                     **({"PDS_BIND": f"127.0.0.1:{world['b'].server.port}"} if direct
+                        else {})})
     return subprocess.Popen(
         [*pds_command(), "account", "migrate-in", "--from", who, "--old-pds",
          world["a"].server.url, "--data-dir", str(world["b"].server.data_dir), *args],
@@ -169,8 +174,9 @@ def test_dry_run_says_what_it_would_do_and_changes_nothing(world, tmp_path) -> N
     before, plc_before = snapshot(b), _plc_data(world)
     with open(tmp_path / "out", "w+") as out:
         did = world["alice"]["did"]
-        text = _finish(_migrate(world, "--dry-run", out=out, who=did), out)
+        text = _finish(_migrate(world, "--dry-run", out=out, who=did, direct=False), out)
     assert "error" not in text and "Traceback" not in text, text
+    assert f"to:              http://localhost:{world['b'].server.port} (this PDS" in text
     for expected in (did, f"http://localhost:{world['a'].server.port}", "alice.b.test", EMAIL,
                      f"{5 + IMAGES + 2} records", f"blobs:           {IMAGES + 1}",
                      "with an invite made here", f"-> http://localhost:{world['b'].server.port}",
@@ -298,6 +304,7 @@ def test_migrate_in_killed_during_the_blob_copy_and_resumed(world, smtp, tmp_pat
         second = _finish(proc, out)
     assert proc.returncode == 0, second
     assert "resuming" in second and "Traceback" not in second, second
+    assert f"this PDS at http://127.0.0.1:{b.server.port}" in second, second
     assert len(typer.typed) == 2, typer.typed  # a sign-in code, then the PLC code
     assert not state.exists() and not list((b_data / "migrations").iterdir())
 

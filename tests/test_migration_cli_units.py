@@ -80,3 +80,13 @@ def test_only_a_did_plc_or_a_handle_is_taken() -> None:
     for bad in ("not a handle!", "did:plc:", "a" * 300):
         with pytest.raises(CliError, match="not a"):
             resolve(bad, "http://127.0.0.1:9", dev=True)
+
+
+def test_this_pds_is_reached_directly_at_its_bind_address() -> None:
+    from pds.cli.migrate_flow import loopback
+    assert loopback("127.0.0.1:2583") == ("http://127.0.0.1:2583", None)
+    assert loopback("0.0.0.0:8080") == ("http://127.0.0.1:8080", None)
+    assert loopback("[::]:2583") == ("http://[::1]:2583", None)
+    assert loopback("[::1]:9") == ("http://[::1]:9", None)
+    url, transport = loopback("unix:/run/pds/pds.sock")
+    assert url == "http://localhost" and transport is not None

@@ -104,6 +104,7 @@ def _migrate_in(settings: Settings, opts: Options, ui: ClickUi, dry_run: bool) -
             return
         ui.say(("resuming the migration started " + state.started) if files.load(old.did)
                else f"moving {old.did} from {source}")
+        ui.say(f"this PDS at {here.url}")
         with files.locked():
             Migration(settings, opts, ui, here, state, files, src).run()
         done = here.status()

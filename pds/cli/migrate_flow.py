@@ -69,23 +69,43 @@ class Options:
     pds_url: str | None = None
 
 
+def loopback(bind: str) -> tuple[str, httpx.BaseTransport | None]:
+    """The URL (and transport) that reaches `pds serve` directly at PDS_BIND: past nginx,
+    its body size limit and its rate limits."""
+    if bind.startswith("unix:"):
+        return "http://localhost", httpx.HTTPTransport(uds=bind[len("unix:"):])
+    host, _, port = bind.rpartition(":")
+    host = host.strip("[]")
+    host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+    return f"http://{f'[{host}]' if ':' in host else host}:{port}", None
+
+
 class Here:
-    """This PDS, over HTTP: the account's calls (`xrpc`) and the admin's (`admin`)."""
+    """This PDS, over HTTP: the account's calls (`xrpc`) and the admin's (`admin`). It is
+    reached at `url` if given, else at PDS_BIND directly when a server answering as this
+    data dir's PDS listens there, else at its public URL."""
 
     def __init__(self, settings: Settings, url: str | None) -> None:
-        self.url = (url or settings.public_url).rstrip("/")
-        self.xrpc = Xrpc(self.url, f"this PDS ({self.url})")
-        self.admin = Xrpc(self.url, f"this PDS ({self.url})",
+        candidates = [(url, None)] if url else [loopback(settings.bind),
+                                               (settings.public_url, None)]
+        tried = []
+        for base, transport in candidates:
+            self.url = base.rstrip("/")
+            self.xrpc = Xrpc(self.url, f"this PDS ({self.url})", transport)
+            try:
+                self.server = self.xrpc.get("com.atproto.server.describeServer")
+                if self.server.get("did") == settings.service_did:
+                    break
+                tried.append(f"{self.url} is {self.server.get('did')}")
+            except XrpcFailure as e:
+                tried.append(str(e))
+            self.xrpc.close()
+        else:
+            raise CliError(f"this PDS ({settings.service_did}) doesn't answer: "
+                           f"{'; '.join(tried)} (is `pds serve` running? --pds-url says "
+                           "where)")
+        self.admin = Xrpc(self.url, f"this PDS ({self.url})", transport,
                           auth=httpx.BasicAuth("admin", settings.admin_password))
-        try:
-            self.server = self.xrpc.get("com.atproto.server.describeServer")
-        except XrpcFailure as e:
-            self.close()
-            raise CliError(f"{e} (is `pds serve` running? --pds-url says where)") from None
-        if self.server.get("did") != settings.service_did:
-            self.close()
-            raise CliError(f"the PDS at {self.url} is {self.server.get('did')}, not this data "
-                           f"dir's {settings.service_did} (--pds-url says where it listens)")
 
     def close(self) -> None:
         self.xrpc.close()
