@@ -41,7 +41,7 @@ class ClickUi:
 @click.option("--old-pds", metavar="URL", help="The old PDS's URL, to resolve a handle that "
               "DNS and https can't (one that PDS hosts).")
 @click.option("--pds-url", metavar="URL", help="Where this PDS answers (a running `pds serve`). "
-              "[default: its public URL]")
+              "[default: PDS_BIND, if this PDS answers there, else its public URL]")
 @click.option("--old-password", envvar="PDS_MIGRATE_OLD_PASSWORD", metavar="PASSWORD",
               help="The account's password on the old PDS (also "
               "$PDS_MIGRATE_OLD_PASSWORD). [default: asked]")
