@@ -94,7 +94,9 @@ class Xrpc:
                 sent_token = headers is None or "Authorization" not in headers
                 req = self.http.build_request(method, "/xrpc/" + nsid,
                                               headers=self._headers(headers), **kw)
-                resp = self.http.send(req, stream=stream)
+                # A query may be redirected (blobs served from elsewhere); httpx drops
+                # the Authorization header when the redirect leaves the host.
+                resp = self.http.send(req, stream=stream, follow_redirects=method == "GET")
                 if resp.status_code == 200:
                     return resp
                 failure = _failure(self.where, nsid, resp)
