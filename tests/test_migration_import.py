@@ -186,6 +186,36 @@ def test_deactivated_account_imports_and_activation_signs_anew(api):
     ok(api.create_record(acct, {"text": "after"}))
 
 
+def test_active_account_import_is_announced_under_a_newer_rev(api):
+    """An active account may import too (as in the reference): its HEAD becomes a commit
+    of ours over the imported records, with a rev after everything relays have seen, and
+    #sync says so. A taken-down account may not."""
+    acct = api.create_account("impactive")
+    for i in range(5):
+        ok(api.create_record(acct, {"text": f"kept {i}"}, rkey=f"kept{i}"))
+    older = _export(api, acct)
+    old_root, old_blocks = _car_parts(older)
+    old_commit = parse_commit(old_blocks[old_root])
+    for i in range(5):
+        ok(api.create_record(acct, {"text": f"dropped {i}"}, rkey=f"dropped{i}"))
+    rev_before = _status(api, acct)["repoRev"]
+    events_before = len(did_events(api, acct.did))
+    assert ok(_import(api, acct, older)) is None
+    status = _status(api, acct)
+    assert status["indexedRecords"] == 5 and status["repoRev"] > rev_before
+    root, blocks = _car_parts(_export(api, acct))
+    commit = parse_commit(blocks[root])
+    assert commit.data == old_commit.data and root != old_root
+    events = did_events(api, acct.did)[events_before:]
+    assert [e["$type"] for e in events] == ["#sync"] and events[0]["rev"] == commit.rev
+    ok(api.create_record(acct, {"text": "after"}))
+
+    ok(api.post("com.atproto.admin.updateSubjectStatus", {
+        "subject": {"$type": "com.atproto.admin.defs#repoRef", "did": acct.did},
+        "takedown": {"applied": True, "ref": "t"}}, headers=api.admin_headers()))
+    err(_import(api, acct, older), 401)
+
+
 # --- the real repositories ------------------------------------------------------------------
 
 

@@ -96,7 +96,7 @@ def _repo_files(interop):
 
 def _materialise(repo_dir, tmp, raw):
     """A repo directory holding a CAR's blocks, HEAD at its commit (what an import would
-    leave, without one: importRepo is not served yet)."""
+    leave, without its checks: see test_migration_import for the import itself)."""
     root, blocks = read_car_blocks(raw)
     commit = parse_commit(blocks[root])
     repo = Repo(repo_dir, tmp, commit.did)

@@ -8,18 +8,23 @@ stored through the repo's write path (`Repo.import_commit`: under the repo lock,
 before the answer). A refused import leaves nothing behind but its staging file, which
 is removed at once.
 
-While the account is deactivated (a migration), no firehose event tells of it:
-activation announces the repo (`lifecycle`). An active account's import is announced
-with `#sync` at once.
+While the account is deactivated (a migration), no firehose event tells of it, and
+HEAD is the imported commit as it was signed: activation announces the repo
+(`lifecycle`). An active account's import becomes a commit of ours over the imported
+records, announced with `#sync` at once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import AsyncIterable
+
+from cbrrr import CID
 
 from ..errors import InvalidInput, PayloadTooLarge
 from ..repo.codec import InvalidData
+from ..repo.commit import sign_commit
 from ..repo.keys import PublicKey
 from ..repo.repo_import import CheckedRepo, ImportRefused, check_repo
 from ..repo.tid import next_tid
@@ -91,11 +96,28 @@ def _check_and_store(ctx: AppContext, did: str, staged: StagedCar,
     blobs = blob_store(ctx, did)
     head = repo.head()
     # A v2 commit has no rev: the import gets one after the current HEAD's.
-    rev = checked.commit.rev or next_tid(head.rev if head else None)
+    cid, rev = checked.commit_cid, checked.commit.rev or next_tid(head.rev if head else None)
+    blocks = staged.blocks(checked.blocks)
+    if acct.active:
+        # Relays see this at once (#sync below): HEAD is a commit of ours over the
+        # imported records, under a rev after every one they have seen (an older state
+        # imported would otherwise go back in rev, and they would drop it).
+        cid, rev, commit_block = _resigned(ctx, did, checked, head.rev if head else None)
+        blocks = itertools.chain(blocks, [(cid, commit_block)])
     # Blob references of the new records first (a crash leaves a blob referenced too
     # long, never too early); the old records' are dropped once HEAD moved.
-    repo.import_commit(checked.commit_cid, rev, staged.blocks(checked.blocks),
+    repo.import_commit(cid, rev, blocks,
                        before_head=lambda: blobs.import_refs(checked.blob_refs))
     blobs.drop_refs_except(checked.blob_refs)
     if acct.active:
         ctx.events.sync(did)
+
+
+def _resigned(ctx: AppContext, did: str, checked: CheckedRepo,
+              head_rev: str | None) -> tuple[CID, str, bytes]:
+    """A commit of the imported tree signed with the account's key here, its rev after
+    both the current HEAD's and the imported commit's."""
+    revs = [r for r in (head_rev, checked.commit.rev) if r is not None]
+    rev = next_tid(max(revs) if revs else None)
+    _commit, block, cid = sign_commit(did, rev, checked.commit.data, ctx.signing_key(did))
+    return cid, rev, block
