@@ -9,12 +9,17 @@ typed into its prompts as they arrive in the mailbox.
 - a wrong old password is a plain error, and nothing is made;
 - the migration is killed (SIGKILL) in the middle of the blob copy, then run again, and
   ends as one run would: the PLC document names B, `@atproto/repo` verifies the repo on
-  B, every record and blob of A is on B, A refuses writes and B takes them.
+  B, every record and blob of A is on B, A refuses writes and B takes them; a run that
+  finds the account active on B imports nothing over it;
+- a PLC operation A signed but B never took (B went down) is submitted by the next run,
+  without another emailed code;
+- this PDS not running, and an expired access token mid-run (refreshed).
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -33,6 +38,7 @@ from harness import (
     init_data_dir,
     pds_command,
     serving,
+    start_server,
     stop_process,
     wait_for,
 )
@@ -72,6 +78,7 @@ def world(tmp_path_factory, plc_url: str, smtp: SmtpServer) -> Iterator[dict[str
             apis.append(stack.enter_context(Api(server)))
         api_a, api_b = apis
         yield {"a": api_a, "b": api_b, "plc": plc_url, "alice": _seed(api_a)}
+        api_b.server.stop()  # a test may have restarted B: this is the one running now
 
 
 def _png(i: int, size: int) -> bytes:
@@ -158,8 +165,9 @@ class CodeTyper:
             time.sleep(0.05)
 
 
-def _plc_data(world: dict) -> dict:
-    return httpx.get(f"{world['plc']}/{world['alice']['did']}/data", timeout=30).json()
+def _plc_data(world: dict, did: str | None = None) -> dict:
+    """The PLC directory's data of `did` (alice's by default)."""
+    return httpx.get(f"{world['plc']}/{did or world['alice']['did']}/data", timeout=30).json()
 
 
 def _blob_files(data: Path, did: str) -> list[str]:
@@ -372,3 +380,42 @@ def _repo_verify(pds_url: str, plc_url: str, did: str) -> None:
                          text=True, timeout=300, env={**os.environ, "LOG_ENABLED": "false"})
     assert res.returncode == 0, res.stderr[-4000:] + res.stdout[-2000:]
 
+
+
+
+def test_a_signed_plc_operation_outlives_an_interruption(world, smtp, tmp_path) -> None:
+    """The emailed PLC code works once: a run stopped after the old PDS signed the
+    operation, before this PDS took it (B goes down while the code is typed in), leaves
+    the operation in its state, and the next run submits it without another code."""
+    a, b = world["a"], world["b"]
+    email = "carol@example.com"
+    carol = ok(a.post("com.atproto.server.createAccount", {
+        "handle": "carol.a.test", "email": email, "password": OLD_PASSWORD}))
+    did, b_data = carol["did"], b.server.data_dir
+    state = b_data / "migrations" / f"{did}.json"
+    with open(tmp_path / "first", "w+") as out:
+        proc = _migrate(world, out=out, who=did, stdin=subprocess.PIPE)
+        try:
+            code = token_of(smtp.inbox.wait(email, 1, timeout=120)[0])
+            b.server.stop()
+            assert proc.stdin is not None
+            proc.stdin.write(code + "\n")
+            proc.stdin.flush()
+            first = _finish(proc, out)
+        finally:
+            stop_process(proc, signal.SIGKILL)
+            if b.server.proc.poll() is not None:  # B again, on its port and data dir
+                b.server = start_server(b_data, b.server.port, env=b.server.env)
+    assert proc.returncode == 1 and "error: this PDS" in first, first
+    assert json.loads(state.read_text())["plc_operation"]["sig"]
+    assert _plc_data(world, did)["services"]["atproto_pds"]["endpoint"] != \
+        f"http://localhost:{b.server.port}"
+
+    with open(tmp_path / "second", "w+") as out:
+        proc = _migrate(world, out=out, who=did)  # stdin: nothing to type
+        second = _finish(proc, out)
+    assert proc.returncode == 0, second
+    assert "code" not in second.lower() and len(smtp.inbox.to(email)) == 1, second
+    assert _plc_data(world, did)["services"]["atproto_pds"]["endpoint"] == \
+        f"http://localhost:{b.server.port}"
+    assert not state.exists()
