@@ -317,13 +317,10 @@ class Repo(RepoReads):
                       blocks: Iterable[tuple[CID, bytes]],
                       before_head: Callable[[], None] | None = None) -> Head:
         """Make an imported repository (checked by `repo.repo_import`) this repo's state:
-        its commit, signed elsewhere, becomes HEAD (importRepo, while the account is not
-        active, so no firehose event carries it).
-
-        Under the repo lock, after rolling forward any dead writer's commit: the blocks
-        are written (each atomically), flushed with
-        the journal's pending entries (a checkpoint), then HEAD moves, durably. A kill at
-        any point leaves HEAD at the old commit or the new one, each complete.
+        its commit becomes HEAD (importRepo; no firehose event carries it). Under the
+        repo lock, after rolling forward any dead writer's commit: the blocks are
+        written, flushed with the journal's pending entries (a checkpoint), then HEAD
+        moves, durably: a kill leaves HEAD at the old commit or the new one, each whole.
         `before_head` runs under the lock once the blocks are durable (blob references)."""
         self.root.mkdir(parents=True, exist_ok=True)
         with self.lock():
