@@ -30,6 +30,9 @@ from server_util import Api, blob_ref, err, ok, subscribe_url
 # bucket of tmp/DPOP-JTI is full (tests/test_oauth_units.py makes some); a repository CAR
 # being imported lasts only while importRepo runs.
 TRANSIENT = {"tmp/.<pid>.<random>", "oauth/dpop-jti/<sha256>", "tmp/import-<pid>-<random>"}
+# Made by `pds account migrate-in`, not by the server this test drives (the migration's
+# own test, test_migration_cli, shows its state file and the directory).
+TRANSIENT |= {"migrations/", "migrations/<did>.json", "migrations/<did>.car"}
 
 
 # --- settings ----------------------------------------------------------------------------------

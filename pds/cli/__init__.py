@@ -18,6 +18,7 @@ from .admin_cmds import account, invite, request_crawl
 from .common import CliError
 from .data_cmds import backup, restore, verify
 from .mail_cmds import mail
+from .migrate_cmds import migrate_in
 from .setup_cmds import init, serve
 
 
@@ -34,6 +35,7 @@ def cli() -> None:
 
 for command in (init, serve, verify, backup, restore, account, invite, mail, request_crawl):
     cli.add_command(command)
+account.add_command(migrate_in)
 
 
 def _known_errors() -> tuple[type[BaseException], ...]:

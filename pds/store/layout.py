@@ -13,6 +13,7 @@ the README's "The data directory").
     tombstones/<did>        a deleted account's DID: never handed out again
     ratelimit/              rate-limit counters (logins, sign-ups, admin logins, uploads)
     mail/<id>.json          the mail spool: messages not yet accepted by the SMTP server
+    migrations/<did>.json   an unfinished `pds account migrate-in` (0600), its repo CAR
     tmp/                    staging for atomic renames (same filesystem as the rest)
 
 Every path a request can name goes through here after its syntax check (`account`
@@ -46,6 +47,9 @@ TOMBSTONES = "tombstones"  # tombstones/<did>: made on the first deletion
 RATELIMIT = "ratelimit"
 MAIL = "mail"  # mail/<id>.json: the spool of outgoing mail (0600: it carries tokens)
 TMP = "tmp"
+# migrations/<did>.json (and <did>.car while its repo is copied): an operator's unfinished
+# `pds account migrate-in`, so a second run resumes it; the directory's flock: one at a time
+MIGRATIONS = "migrations"
 OAUTH = "oauth"  # OAuth state (oauth/<kind>/<id>, 0600 files), below
 # The directories `pds init` makes (and the format-0 migration adds).
 INIT_DIRS = (ACCOUNTS, HANDLES, EMAILS, INVITES, SEQ, TMP, WELL_KNOWN)
@@ -177,6 +181,10 @@ class DataDir:
     @property
     def mail(self) -> Path:
         return self.root / MAIL
+
+    @property
+    def migrations(self) -> Path:
+        return self.root / MIGRATIONS
 
     def tombstone(self, did: str) -> Path:
         """The tombstone of a deleted account's DID; refuses anything but a DID."""
