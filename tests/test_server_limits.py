@@ -259,6 +259,17 @@ def test_blob_upload_rate_per_account(api):
     ok(_upload(api, _invited(api, "neighbour")["accessJwt"], b"mine"))
 
 
+def test_blob_upload_rate_spares_an_account_moving_in(api):
+    """An account that is not active yet (moving in: it uploads every blob of its repo
+    at once) is not held to the upload rate; the quota still applies."""
+    mover = _invited(api, "mover")
+    tok = mover["accessJwt"]
+    api.post("com.atproto.server.deactivateAccount", {},
+             headers={"Authorization": f"Bearer {tok}"}).raise_for_status()
+    for i in range(UPLOAD_RATE + 3):
+        ok(_upload(api, tok, b"moving %d" % i))
+
+
 def test_admin_password_of_any_characters(tmp_path):
     """The operator's admin password may hold any characters (even bytes that are not
     UTF-8, as an environment can): compared as the bytes a client sends."""

@@ -177,9 +177,11 @@ def _start_upload(ctx: AppContext, did: str, limit: int, length: int | None
     """The checks before an upload's first byte is read (the account, the upload rate,
     the declared length against the size limit and the quota); returns the upload and
     how many bytes it may have (blocking)."""
-    require(load(ctx, did), Use.MANAGE, did)
+    acct = require(load(ctx, did), Use.MANAGE, did)
     rate = ctx.settings.blob_upload_rate
-    if rate:
+    # An account moving in (not active yet) uploads all its blobs at once; the quota
+    # still bounds what it can store.
+    if rate and acct.active:
         ctx.auth.limiter.hit("blob-upload:" + did, rate, 3600)
     if length is not None and length > limit:
         raise PayloadTooLarge("request entity too large")
@@ -199,8 +201,8 @@ async def receive_blob(ctx: AppContext, did: str, chunks: AsyncIterable[bytes], 
     first bytes show, else `mime`, what the client said), refusing it past
     `limit` bytes (at once when its declared `length` is over) or past what the account's
     blob quota leaves (`PDS_BLOB_QUOTA`), and refusing uploads over the account's upload
-    rate (`PDS_BLOB_UPLOAD_RATE`); returns (cid, metadata). It stays a temporary upload
-    until a record refers to it."""
+    rate (`PDS_BLOB_UPLOAD_RATE`, for active accounts); returns (cid, metadata). It
+    stays a temporary upload until a record refers to it."""
     upload, room = await asyncio.to_thread(_start_upload, ctx, did, limit, length)
     quota = ctx.settings.blob_quota or None
     try:
