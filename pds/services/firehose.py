@@ -20,7 +20,8 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 from ..repo import events as ev
 from ..store.dirwatch import DirWatch
@@ -31,6 +32,7 @@ from ..store.repo import CommitResult, Repo, RepoError
 from ..store.seqlog import EventLog
 
 log = logging.getLogger("pds.firehose")
+T = TypeVar("T")
 
 QUEUE_LIMIT = 500        # frames buffered per live subscriber before ConsumerTooSlow
 RING = 2048              # recent frames kept in memory per worker
@@ -154,6 +156,7 @@ class Broadcaster:
         self.ready = asyncio.Event()
         self.loop: asyncio.AbstractEventLoop | None = None
         self.watch: DirWatch | None = None
+        self.reader: ThreadPoolExecutor | None = None
         self.task: asyncio.Task | None = None
 
     def start(self) -> None:
@@ -166,6 +169,9 @@ class Broadcaster:
         self.subs.add(sub)
         if self.task is None:
             self.loop = asyncio.get_running_loop()
+            # Its own thread for the reads: in the shared pool they would queue behind
+            # this worker's commits (each waiting on locks and fsync) under a write load.
+            self.reader = ThreadPoolExecutor(1, thread_name_prefix="firehose")
             self._open_watch()
             self.task = self.loop.create_task(self._run())
         await self.ready.wait()
@@ -197,6 +203,9 @@ class Broadcaster:
         if self.task is not None:
             self.task.cancel()
             self.task = None
+        if self.reader is not None:
+            self.reader.shutdown(wait=False)
+            self.reader = None
         self.ready.clear()
         self.ring.clear()  # stale from here on: the next first subscriber starts afresh
 
@@ -227,7 +236,7 @@ class Broadcaster:
     async def _run(self) -> None:
         while True:
             try:
-                self.last = await asyncio.to_thread(self.log.head)
+                self.last = await self._in_reader(self.log.head)
                 break
             except Exception:  # noqa: BLE001 - subscribers wait until HEAD reads
                 log.exception("firehose: reading seq/HEAD failed")
@@ -247,7 +256,7 @@ class Broadcaster:
         """Deliver the events published since `last` (read in a thread: HEAD and the
         event files are disk reads, however small)."""
         start = self.last
-        head, frames = await asyncio.to_thread(self._read_new, start)
+        head, frames = await self._in_reader(self._read_new, start)
         # No await from here on: registration and fan-out can't interleave.
         if self.last != start or head <= start:
             return
@@ -256,6 +265,10 @@ class Broadcaster:
             for sub in list(self.live):
                 sub.offer(data)
         self.last = head
+
+    async def _in_reader(self, fn: Callable[..., T], *args: Any) -> T:
+        assert self.loop is not None and self.reader is not None
+        return await self.loop.run_in_executor(self.reader, fn, *args)
 
     def _read_new(self, after: int) -> tuple[int, list[tuple[int, bytes]]]:
         head = self.log.head()
