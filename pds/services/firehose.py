@@ -185,9 +185,14 @@ class Broadcaster:
 
     def _open_watch(self) -> None:
         assert self.loop is not None
+        # On the loop: two system calls on a directory the kernel has cached (made
+        # first in a data dir that has logged nothing yet), once per first subscriber.
         try:
-            self.log.root.mkdir(parents=True, exist_ok=True)
-            self.watch = DirWatch(self.log.root)
+            try:
+                self.watch = DirWatch(self.log.root)
+            except FileNotFoundError:
+                self.log.root.mkdir(parents=True, exist_ok=True)
+                self.watch = DirWatch(self.log.root)
         except OSError as e:  # inotify limits reached: the once-a-second look remains
             log.warning("no inotify watch on %s (%s): polling it", self.log.root, e)
             self.watch = None
