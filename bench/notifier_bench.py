@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shutil
 import sys
 import tempfile
 import threading
@@ -124,6 +125,7 @@ async def run(kind: str, args: argparse.Namespace) -> dict:
     else:
         loop.remove_reader(handle.fileno())  # type: ignore[attr-defined]
         handle.close()  # type: ignore[attr-defined]
+    shutil.rmtree(work, ignore_errors=True)
     lat.sort()
     n = len(lat)
     return {"kind": kind, "busy": args.busy, "n": n, "p50": lat[n // 2],

@@ -18,6 +18,7 @@ import argparse
 import os
 import random
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -65,7 +66,8 @@ def main() -> None:
     sys.path.insert(0, str(HERE))
     import http_bench as hb
     hb.ROOT = args.root.resolve()  # start_ours runs `python -m pds.cli` there
-    srv = hb.start_ours(Path(tempfile.mkdtemp(prefix="pds-thread-cpu-")), args.workers)
+    work = Path(tempfile.mkdtemp(prefix="pds-thread-cpu-"))
+    srv = hb.start_ours(work, args.workers)
     try:
         c = srv.client
         out = c.call("POST", "com.atproto.server.createAccount",
@@ -103,6 +105,7 @@ def main() -> None:
         print(f"  all processes: {total:.2f}")
     finally:
         srv.stop()
+        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
