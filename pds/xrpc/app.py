@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Literal, overload
 
 import falcon
 import falcon.asgi
+import orjson
 
 from .. import __version__
 from ..errors import InvalidInput, PayloadTooLarge, PdsError
@@ -50,6 +51,13 @@ Answer = dict[str, Any] | Raw | None
 
 
 def dumps(value: Any) -> bytes:
+    """A JSON answer's bytes: orjson (a few times faster than the stdlib's), else the
+    stdlib for what orjson refuses (a lone surrogate echoed from input, which JSON can
+    escape; a non-string key; an integer beyond 64 bits)."""
+    try:
+        return orjson.dumps(value)
+    except TypeError:
+        pass
     try:
         return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
     except UnicodeEncodeError:  # a lone surrogate (echoed input): JSON can escape it
@@ -218,6 +226,13 @@ async def _read_json(req: falcon.asgi.Request) -> Any:
     ctype = (req.content_type or "").split(";")[0].strip().lower()
     if ctype and ctype != "application/json":
         raise InvalidInput(f"Wrong request encoding (Content-Type): {ctype}")
+    try:
+        # orjson: several times faster; it refuses lone surrogates, NaN, a BOM and
+        # nesting past 1024 levels, which the stdlib's reading below then judges as
+        # before (the same answers to the same bodies).
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        pass
     try:
         value = json.loads(data)
     except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: deep nesting
