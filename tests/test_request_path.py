@@ -50,3 +50,35 @@ def test_a_remembered_token_vouches_for_no_other(tmp_path):
     with pytest.raises(InvalidInput) as e:
         ctx.auth._bearer("Bearer " + token, refresh=True)
     assert e.value.error == "InvalidToken"
+
+
+def _modules_after(code: str, tmp_path) -> set[str]:
+    """The top-level modules a fresh interpreter has imported after running `code`."""
+    import subprocess
+    import sys
+    out = subprocess.run(
+        [sys.executable, "-c", code + "\nimport sys\nprint(' '.join(sorted(sys.modules)))"],
+        capture_output=True, text=True, check=True, cwd=tmp_path,
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(__import__("pathlib").Path(
+            __file__).resolve().parents[1])})
+    return set(out.stdout.split())
+
+
+def test_the_gunicorn_master_holds_no_store_nor_app_modules(tmp_path):
+    """What `pds serve` imports in the process that stays the gunicorn master: the
+    recovery runs in a forked child, the app is built in each worker."""
+    mods = _modules_after("import pds.cli, pds.server", tmp_path)
+    assert "pds.server" in mods
+    for heavy in ("pds.store.repo", "pds.services.context", "cbrrr", "coincurve", "httpx",
+                  "falcon", "cryptography"):
+        assert heavy not in mods, heavy
+
+
+def test_a_worker_imports_dnspython_only_for_a_dns_lookup(tmp_path):
+    code = ("from pds.config import Settings\nfrom pds.server import build_app\n"
+            f"build_app(Settings(data_dir={str(tmp_path / 'd')!r}, hostname='localhost:1',"
+            " dev=True, jwt_secret='s' * 32))")
+    (tmp_path / "d" / "tmp").mkdir(parents=True)
+    mods = _modules_after(code, tmp_path)
+    assert "pds.services.context" in mods and "falcon" in mods
+    assert "dns" not in mods

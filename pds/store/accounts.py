@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from ..repo.syntax import is_valid_handle
-from .files import ensure_dir, flock, fsync_dir, read_file, write_file
 from .clock import ACCOUNTS
+from .files import ensure_dir, flock, fsync_dir, read_file, write_file
 from .layout import ACCOUNT_JSON, ACCOUNT_LOCK, LOCK, SESSIONS, DataDir
 
 
