@@ -114,7 +114,15 @@ class PdsApplication(BaseApplication):
             # gunicorn applies this umask only while it binds the socket.
             "umask": SOCKET_UMASK,
             "workers": s.workers,
+            # gunicorn's own ASGI worker, on uvloop and gunicorn_h1c's C HTTP parser (both
+            # declared dependencies): a third less CPU per small request than asyncio and
+            # the pure-Python parser (bench/README.md). uvicorn's worker was as fast but
+            # closes a connection with an unread body at once (a reset where the client
+            # should read its 413: xrpc/body.py). "auto": were either missing, the worker
+            # still starts, on asyncio or the Python parser.
             "worker_class": "asgi",
+            "asgi_loop": "auto",
+            "http_parser": "auto",
             "control_socket_disable": True,
             "timeout": 120,
             "graceful_timeout": 10,

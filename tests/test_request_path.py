@@ -82,3 +82,26 @@ def test_a_worker_imports_dnspython_only_for_a_dns_lookup(tmp_path):
     mods = _modules_after(code, tmp_path)
     assert "pds.services.context" in mods and "falcon" in mods
     assert "dns" not in mods
+
+
+@pytest.mark.slow
+def test_workers_serve_on_uvloop_and_the_c_http_parser(tmp_path):
+    """The serving stack chosen by measurement (bench/README.md): each gunicorn worker
+    runs uvloop and gunicorn_h1c's parser, both declared dependencies; the master, which
+    serves nothing, maps neither."""
+    import httpx
+    from harness import children, running_server
+
+    with running_server(tmp_path, workers=2) as server:
+        for _ in range(10):  # new connections: a worker loads the parser at its first
+            assert httpx.get(server.url + "/xrpc/_health").status_code == 200
+
+        def maps(pid: int) -> str:
+            return open(f"/proc/{pid}/maps").read()
+
+        workers = children(server.proc.pid)
+        assert len(workers) >= 2
+        assert all("uvloop/loop" in maps(pid) for pid in workers)
+        assert any("gunicorn_h1c/_protocol" in maps(pid) for pid in workers)
+        assert "uvloop" not in maps(server.proc.pid)
+        assert "gunicorn_h1c" not in maps(server.proc.pid)
