@@ -144,3 +144,19 @@ def test_a_commit_leaves_cached_account_records_current(two):
         assert reader.get(DID)["status"] is None  # the account: still from memory
         with pytest.raises(WouldBlock):
             repo_view.head()  # the HEAD moved: from the disk
+
+
+def test_a_writer_keeps_its_own_new_head_and_commit_in_memory(two):
+    """The commit a process just made is current for it until another change: its next
+    commit (or read) needs neither HEAD nor the commit block from the disk."""
+    a, _, key = two
+    repo = _repo(a)
+    repo.key = key
+    result = repo.apply_writes([Write("put", NOTE, "one", {"$type": NOTE, "text": "mine"})])
+    with cached_only():
+        head = repo.head()
+        assert head is not None and head.cid == result.cid and head.rev == result.rev
+        assert repo.commit(head).data == result.data
+    a.clock.tick()  # another process's change: back to the disk
+    with cached_only(), pytest.raises(WouldBlock):
+        repo.head()

@@ -241,6 +241,11 @@ class Repo(RepoReads):
             replace_in_place(self._head_file, self._head_spare, data, self.tmp)
         if self.clock is not None:
             self.clock.tick(HEADS)
+            if self._lock_fd is not None:
+                # Under the lock nobody else moves this HEAD: what was just written is
+                # current while the clock shows the stamp read after our own tick, so
+                # the next commit (or read) of this process needn't read HEAD again.
+                self._last_head = (self.clock.stamp(HEADS), data, Head(cid, rev))
 
     def append_rev(self, rev: str, cid: CID) -> None:
         """Add a commit to the `revs` log (what `export_car(since)` looks revs up in)."""
@@ -328,6 +333,8 @@ class Repo(RepoReads):
         if hooks is not None:
             hooks.prepare(ops, writes)
         self._persist(result)
+        # The next commit builds on this one: keep it parsed rather than read back.
+        self._last_commit = (result.cid, parse_commit(result.blocks[result.cid]))
         for n in new_nodes:
             n.stored = True
             self.loader.cache[n.cid] = n
