@@ -114,15 +114,17 @@ class PdsApplication(BaseApplication):
             # gunicorn applies this umask only while it binds the socket.
             "umask": SOCKET_UMASK,
             "workers": s.workers,
-            # gunicorn's own ASGI worker, on uvloop and gunicorn_h1c's C HTTP parser (both
-            # declared dependencies): a third less CPU per small request than asyncio and
-            # the pure-Python parser (bench/README.md). uvicorn's worker was as fast but
+            # gunicorn's own ASGI worker on uvloop (a declared dependency): a third less
+            # CPU per small request than on asyncio (bench/README.md). uvicorn's worker
             # closes a connection with an unread body at once (a reset where the client
-            # should read its 413: xrpc/body.py). "auto": were either missing, the worker
-            # still starts, on asyncio or the Python parser.
+            # should read its 413: xrpc/body.py). gunicorn_h1c's C parser was no faster
+            # beside uvloop, and with it gunicorn dropped a connection instead of
+            # answering a large or deeply nested JSON body (tests/test_server_badinput.py):
+            # the Python parser, explicitly, in case it is installed. "auto": without
+            # uvloop the worker still starts, on asyncio.
             "worker_class": "asgi",
             "asgi_loop": "auto",
-            "http_parser": "auto",
+            "http_parser": "python",
             "control_socket_disable": True,
             "timeout": 120,
             "graceful_timeout": 10,

@@ -112,8 +112,7 @@ def _canon(name: str) -> str:
 # Distributions the program needs for their files, not their code (never imported), or
 # that gunicorn loads by name from its configuration.
 DATA_ONLY = {"lexrpc": "the official lexicon documents pds/lexicon/schemas.py reads",
-             "uvloop": "gunicorn's asgi_loop (pds/server.py)",
-             "gunicorn-h1c": "gunicorn's http_parser (pds/server.py)"}
+             "uvloop": "gunicorn's asgi_loop (pds/server.py)"}
 
 
 def _imported_top_levels() -> dict[str, str]:
