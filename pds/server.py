@@ -218,7 +218,8 @@ def in_child(fn: Callable[[Settings], None], settings: Settings) -> None:
         except BaseException as e:  # noqa: BLE001 - every outcome goes to the parent
             try:
                 out = pickle.dumps(e)
-            except Exception:  # noqa: BLE001 - an exception that won't pickle
+                pickle.loads(out)  # some exceptions pickle but can't be rebuilt
+            except Exception:  # noqa: BLE001 - one that won't cross: its text does
                 out = pickle.dumps(RuntimeError(f"{type(e).__name__}: {e}"))
         with os.fdopen(write_end, "wb") as f:
             f.write(out)

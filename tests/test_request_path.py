@@ -105,3 +105,38 @@ def test_workers_serve_on_uvloop(tmp_path):
         assert all("uvloop/loop" in maps(pid) for pid in workers)
         assert not any("gunicorn_h1c" in maps(pid) for pid in workers)
         assert "uvloop" not in maps(server.proc.pid)
+
+
+def test_start_up_preparation_runs_in_a_child_and_its_failure_reaches_the_caller():
+    """`pds serve` migrates and recovers in a forked child (the master stays lean): the
+    work happens, and what it raises is raised in the caller, as if run in place."""
+    import os
+
+    from pds.server import in_child
+
+    r, w = os.pipe()
+
+    def works(settings):
+        os.write(w, str(os.getpid()).encode())
+
+    in_child(works, None)  # type: ignore[arg-type]
+    os.close(w)
+    child = int(os.read(r, 64))
+    os.close(r)
+    assert child != os.getpid()
+
+    class Odd(Exception):
+        def __init__(self, a, b):
+            super().__init__(f"{a}/{b}")
+
+    def fails(settings):
+        raise Odd(1, 2)  # pickles, but can't be rebuilt from its args
+
+    with pytest.raises(RuntimeError, match="Odd: 1/2"):
+        in_child(fails, None)  # type: ignore[arg-type]
+
+    def exits(settings):
+        raise SystemExit("data format 9, newer than this pds understands")
+
+    with pytest.raises(SystemExit, match="newer than this pds"):
+        in_child(exits, None)  # type: ignore[arg-type]
