@@ -58,7 +58,7 @@ class AccountStore:
     def peek(self, did: str) -> dict | None:
         """The account record when this process's cache holds it current (no I/O), else
         None (not cached, changed since, or no such account)."""
-        stamp = self.data.clock.stamp()
+        stamp = self.data.clock.stamp(ACCOUNTS)
         hit = self._cache.get(did)
         if hit is not None and stamp is not None and hit[0] == stamp:
             return hit[1]
