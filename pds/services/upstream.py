@@ -2,20 +2,29 @@
 
 Why not httpx/httpcore, which the rest of the code uses for its few outbound calls: a
 forwarded call is the hot path. Against a stub AppView on loopback, one small GET cost
-about 650 µs of CPU through httpx, 400 µs through httpcore (its anyio streams, h11, and a
-`poll` + `getpeername` per pooled connection per request to see if it is still alive),
-and 60 µs here: a request is one `write` of prepared bytes, the answer's head is split
-by hand, and a pooled connection knows it was closed from the event loop (EOF or data
-arriving while idle) without a system call.
+about 650 µs of CPU through httpx, 400 µs through httpcore (its anyio streams, and a
+`poll` + `getpeername` per pooled connection per request to see if it is still alive).
+Here the HTTP/1.1 framing is h11's (the same parser httpcore uses: request heads and
+bodies written by `h11.Connection.send`, answers parsed by `receive_data`/`next_event`),
+driven straight from asyncio streams: a request is one `write`, and a pooled connection
+knows it was closed from the event loop (EOF or data arriving while idle) without a
+system call. The framing is not ours because the upstream may be any did:web service a
+caller names, and its answers are parsed as hostile input: h11 refuses malformed status
+lines and headers (a bare CR, a NUL, a space before the colon), conflicting
+`content-length`s, transfer codings other than chunked, bad chunk sizes and chunk ends,
+an unasked-for 101, and a head longer than HEAD_MAX; and it refuses to write a header or
+request target that would end a line early.
 
 What it does, and no more:
 
 - HTTP/1.1 only; a body by `content-length`, `transfer-encoding: chunked`, or until the
-  connection closes; 1xx heads skipped; a HEAD, 204 or 304 has none.
-- Connections kept per origin while their answers were read to the end (at most
-  `max_idle` idle ones per origin and `max_idle_total` in all, `keepalive` seconds each;
-  one the upstream closed is dropped when next looked at); at most `max_active` requests
-  at once (more wait up to `connect_timeout`).
+  connection closes, as h11 decides; 1xx heads skipped; a HEAD, 204 or 304 has none. A
+  request body goes by its `content-length` header, else chunked, as it comes.
+- Connections kept per origin while h11 says both sides are done and may go on (an
+  answer read to the end, no `connection: close`, not HTTP/1.0, nothing sent after it):
+  at most `max_idle` idle ones per origin and `max_idle_total` in all, `keepalive`
+  seconds each; one the upstream closed is dropped when next looked at. At most
+  `max_active` requests at once (more wait up to `connect_timeout`).
 - Outside development every new connection resolves its host and refuses it unless every
   address is public (`fetch.is_public_address`), then connects to the address it checked,
   with TLS naming the host.
@@ -33,13 +42,17 @@ import ssl
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+
+import h11
 
 from . import fetch
 
 HEAD_MAX = 64 * 1024  # bytes of a response head (status line and headers)
 PIECE = 64 * 1024  # bytes read at a time from a body
-_NO_BODY = {204, 304}
+_EOM = h11.EndOfMessage()
+# What a connection may fail with while a request goes or its answer comes back.
+_BROKEN = (OSError, h11.ProtocolError)
 
 
 class UpstreamError(Exception):
@@ -84,21 +97,16 @@ def split_url(url: str) -> tuple[Origin, str]:
     return Origin(scheme, host.lower(), port), target
 
 
-def _safe(value: str, space: bool = True) -> str:
-    # What goes into a request line or header must not end it (or the line) early.
-    if "\r" in value or "\n" in value or "\0" in value or (not space and " " in value):
-        raise UpstreamError("a header or path with a line break")
-    return value
-
-
 class _Conn:
-    """One connection: its streams, and when it went idle."""
+    """One connection: its streams, its h11 state machine, and when it went idle."""
 
     def __init__(self, origin: Origin, reader: asyncio.StreamReader,
                  writer: asyncio.StreamWriter) -> None:
         self.origin, self.reader, self.writer = origin, reader, writer
+        self.http = h11.Connection(h11.CLIENT, max_incomplete_event_size=HEAD_MAX)
         self.idle_since = 0.0
         self.reused = False
+        self.heard = False  # a byte of the current answer arrived
 
     def usable(self, now: float, keepalive: float) -> bool:
         """Still fit to send on: open, nothing unasked-for arrived, not idle too long."""
@@ -106,6 +114,46 @@ class _Conn:
         return (now - self.idle_since < keepalive and not r.at_eof()
                 and not r._buffer  # type: ignore[attr-defined]
                 and not self.writer.transport.is_closing())
+
+    async def send(self, request: h11.Request, body: AsyncIterator[bytes] | None) -> None:
+        """The request, framed by h11: its head (and end) in one write when it has no
+        body, else the body as it comes (by its content-length or chunked)."""
+        http, w = self.http, self.writer
+        self.heard = False
+        if body is None:
+            w.write((http.send(request) or b"") + (http.send(_EOM) or b""))
+            return
+        w.write(http.send(request) or b"")
+        async for chunk in body:
+            if chunk:
+                w.write(http.send(h11.Data(data=chunk)) or b"")
+                await w.drain()
+        w.write(http.send(_EOM) or b"")
+
+    async def next_event(self, timeout: float | None = None) -> object:
+        """The answer's next event, read from the socket as h11 needs more (at most
+        `timeout` seconds a read); h11.ProtocolError when the answer is not HTTP/1.1."""
+        http = self.http
+        while True:
+            event = http.next_event()
+            if event is not h11.NEED_DATA:
+                return event
+            if timeout is None:
+                data = await self.reader.read(PIECE)
+            else:
+                async with asyncio.timeout(timeout):
+                    data = await self.reader.read(PIECE)
+            self.heard = self.heard or bool(data)
+            http.receive_data(data)  # b"": the upstream closed (h11 decides if that ends it)
+
+    def reusable(self) -> bool:
+        """After an answer read to the end: whether h11 lets both sides go on, and
+        nothing came after the answer (then ready for the next request)."""
+        http = self.http
+        if http.our_state is not h11.DONE or http.their_state is not h11.DONE:
+            return False
+        http.start_next_cycle()
+        return not http.trailing_data[0]
 
     def close(self) -> None:
         self.writer.transport.abort()
@@ -119,9 +167,8 @@ class Response:
     headers: dict[str, str]  # lowercased names; repeated ones joined by ", "
     _pool: Pool
     _conn: _Conn | None
-    _framing: str  # "none", "length", "chunked" or "close"
-    _left: int = 0
-    _done: bool = field(default=False)
+    _first: bytes = b""  # body bytes h11 had with the head
+    _done: bool = False
 
     async def read(self, limit: int, timeout: float) -> bytes:
         """The whole body (transfer coding removed), at most `limit` bytes."""
@@ -135,34 +182,25 @@ class Response:
         return b"".join(parts)
 
     async def iter_raw(self, timeout: float) -> AsyncIterator[bytes]:
-        """The body as it arrives, transfer coding removed (a content coding stays);
-        `timeout` seconds at most between two pieces. The connection goes back to the
-        pool once it is all read."""
+        """The body as it arrives, transfer coding removed (a content coding stays), in
+        pieces of at most PIECE bytes; `timeout` seconds at most between two pieces. The
+        connection goes back to the pool once it is all read."""
         conn = self._conn
         if conn is None or self._done:
             return
-        r = conn.reader
+        if self._first:
+            first, self._first = self._first, b""
+            yield first
         try:
-            if self._framing == "length":
-                while self._left > 0:
-                    async with asyncio.timeout(timeout):
-                        piece = await r.read(min(self._left, PIECE))
-                    if not piece:
-                        raise UpstreamError("the answer broke off")
-                    self._left -= len(piece)
-                    yield piece
-            elif self._framing == "chunked":
-                async for piece in _chunks(r, timeout):
-                    yield piece
-            elif self._framing == "close":
-                while True:
-                    async with asyncio.timeout(timeout):
-                        piece = await r.read(PIECE)
-                    if not piece:
-                        break
-                    yield piece
-        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
-                ValueError) as e:
+            while True:
+                event = await conn.next_event(timeout)
+                if type(event) is h11.Data:
+                    yield bytes(event.data)
+                elif type(event) is h11.EndOfMessage:
+                    break
+                else:  # ConnectionClosed before the end: h11 raises, but to be sure
+                    raise UpstreamError("the answer broke off")
+        except _BROKEN as e:  # a pause over `timeout` too (TimeoutError is an OSError)
             raise UpstreamError(f"the answer broke off: {e!r}") from None
         self._done = True
         self._release()
@@ -176,40 +214,43 @@ class Response:
                 self._conn.close()
                 self._conn = None
                 self._pool._active.release()
-            return
 
     def _release(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None:
-            self._pool._give_back(conn, reusable=self._framing != "close"
-                                  and "close" not in self.headers.get("connection",
-                                                                      "").lower())
+            self._pool._give_back(conn, conn.reusable())
 
 
-async def _chunks(r: asyncio.StreamReader, timeout: float) -> AsyncIterator[bytes]:
-    """The data of a chunked body, in pieces of at most PIECE bytes."""
-    while True:
-        async with asyncio.timeout(timeout):
-            line = await r.readuntil(b"\r\n")
-        digits = line.split(b";", 1)[0].strip()
-        if not digits or digits.strip(b"0123456789abcdefABCDEF"):
-            raise ValueError("a bad chunk size")
-        size = int(digits, 16)
-        if size == 0:
-            while True:  # trailers, up to the empty line
-                async with asyncio.timeout(timeout):
-                    if await r.readuntil(b"\r\n") == b"\r\n":
-                        return
-        while size > 0:
-            async with asyncio.timeout(timeout):
-                piece = await r.read(min(size, PIECE))
-            if not piece:
-                raise UpstreamError("the answer broke off")
-            size -= len(piece)
-            yield piece
-        async with asyncio.timeout(timeout):
-            if await r.readexactly(2) != b"\r\n":
-                raise ValueError("bad chunk end")
+def _request(method: str, origin: Origin, target: str, user_agent: str,
+             headers: Iterable[tuple[str, str]], body: bool) -> h11.Request:
+    """The request's h11 event; h11 checks every name, value and the target (no line
+    breaks, NUL or spaces where they would end a line or field early)."""
+    try:
+        fields = [(b"host", origin.authority.encode("ascii")),
+                  (b"user-agent", user_agent.encode("latin-1"))]
+        sized = False
+        for name, value in headers:
+            fields.append((name.encode("latin-1"), value.encode("latin-1")))
+            sized = sized or name.lower() == "content-length"
+        if body and not sized:
+            fields.append((b"transfer-encoding", b"chunked"))
+        return h11.Request(method=method.encode("ascii"), target=target.encode("ascii"),
+                           headers=fields)
+    except (h11.LocalProtocolError, UnicodeEncodeError) as e:
+        raise UpstreamError(f"a request HTTP/1.1 can't carry: {e}") from None
+
+
+def _head(event: h11.Response) -> dict[str, str]:
+    """The answer's headers, lowercased names, repeated ones joined by ", "."""
+    headers: dict[str, str] = {}
+    for raw_name, raw_value in event.headers:
+        name, value = raw_name.decode("latin-1"), raw_value.decode("latin-1")
+        headers[name] = f"{headers[name]}, {value}" if name in headers else value
+    if "transfer-encoding" in headers:
+        # The length is the chunks' (h11 reads it so): a content-length too would be a
+        # lie passed on to our client (RFC 9112 6.3: an intermediary drops it).
+        headers.pop("content-length", None)
+    return headers
 
 
 class Pool:
@@ -232,23 +273,12 @@ class Pool:
 
     async def request(self, method: str, url: str, headers: Iterable[tuple[str, str]],
                       body: AsyncIterator[bytes] | None = None) -> Response:
-        """Send a request and read its answer's head. `headers` must not name `host`,
-        `content-length` with a body of unknown length, or `connection`; a body without
-        a `content-length` header goes chunked. The caller bounds the wait (its deadline
-        covers this call) and reads or closes the answer."""
+        """Send a request and read its answer's head. `headers` must not name `host` or
+        `connection`; a body goes by its `content-length` header if given (it must then
+        be that long), else chunked. The caller bounds the wait (its deadline covers this
+        call) and reads or closes the answer."""
         origin, target = split_url(url)
-        lines = [f"{_safe(method, False)} {_safe(target, False)} HTTP/1.1\r\n"
-                 f"host: {origin.authority}\r\nuser-agent: {self.user_agent}\r\n"]
-        sized = False
-        for name, value in headers:
-            lines.append(f"{_safe(name)}: {_safe(value)}\r\n")
-            sized = sized or name.lower() == "content-length"
-        if body is not None and not sized:
-            lines.append("transfer-encoding: chunked\r\n")
-        try:
-            head = "".join(lines).encode("latin-1") + b"\r\n"
-        except UnicodeEncodeError:
-            raise UpstreamError("a header that HTTP/1.1 can't carry") from None
+        event = _request(method, origin, target, self.user_agent, headers, body is not None)
         try:
             async with asyncio.timeout(self.connect_timeout):
                 await self._active.acquire()
@@ -256,40 +286,43 @@ class Pool:
             raise UpstreamError("too many upstream requests at once") from None
         try:
             try:
-                return await self._exchange(origin, method, head, body, sized, fresh=False)
+                return await self._exchange(origin, event, body, fresh=False)
             except _Retry:
-                return await self._exchange(origin, method, head, body, sized, fresh=True)
+                return await self._exchange(origin, event, body, fresh=True)
         except BaseException:
             self._active.release()
             raise
 
-    async def _exchange(self, origin: Origin, method: str, head: bytes,
-                        body: AsyncIterator[bytes] | None, sized: bool,
-                        fresh: bool) -> Response:
+    async def _exchange(self, origin: Origin, request: h11.Request,
+                        body: AsyncIterator[bytes] | None, fresh: bool) -> Response:
         conn = None if fresh else self._take(origin)
         if conn is None:
             conn = await self._connect(origin)
         try:
-            conn.writer.write(head)
-            if body is not None:
-                await _send_body(conn.writer, body, chunked=not sized)
-            status, headers = await _read_head(conn.reader)
-            framing, left = _framing(method, status, headers)
+            await conn.send(request, body)
+            event = await conn.next_event()
+            while type(event) is h11.InformationalResponse:  # 1xx: the answer is next
+                event = await conn.next_event()
+            if type(event) is not h11.Response:
+                raise h11.RemoteProtocolError("no answer")
+            # What h11 already has of the body, without waiting: the end of an empty one
+            # (the connection goes back at once), or its first piece.
+            after = conn.http.next_event()
         except BaseException as e:
             conn.close()
             # Nothing of an answer came back on a reused connection: it was closed idle.
-            broken = isinstance(e, OSError) or (isinstance(e, asyncio.IncompleteReadError)
-                                                and not e.partial)
-            if conn.reused and method in ("GET", "HEAD") and broken:
+            if (conn.reused and not conn.heard and isinstance(e, _BROKEN)
+                    and request.method in (b"GET", b"HEAD")):
                 raise _Retry from None
-            if isinstance(e, (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
-                              ValueError, UnicodeDecodeError)):
+            if isinstance(e, _BROKEN):
                 raise UpstreamError(f"no answer from {origin.authority}: {e!r}") from None
             raise
-        resp = Response(status, headers, self, conn, framing, left)
-        if framing == "none":
+        resp = Response(event.status_code, _head(event), self, conn)
+        if type(after) is h11.EndOfMessage:
             resp._done = True
             resp._release()
+        elif type(after) is h11.Data:
+            resp._first = bytes(after.data)
         return resp
 
     def _take(self, origin: Origin) -> _Conn | None:
@@ -359,60 +392,3 @@ class Pool:
         self._idle_count = 0
 
 
-async def _send_body(writer: asyncio.StreamWriter, body: AsyncIterator[bytes],
-                     chunked: bool) -> None:
-    async for chunk in body:
-        if not chunk:
-            continue
-        if chunked:
-            writer.write(b"%x\r\n" % len(chunk) + chunk + b"\r\n")
-        else:
-            writer.write(chunk)
-        await writer.drain()
-    if chunked:
-        writer.write(b"0\r\n\r\n")
-
-
-async def _read_head(r: asyncio.StreamReader) -> tuple[int, dict[str, str]]:
-    """Status and headers of the answer (1xx heads skipped)."""
-    while True:
-        raw = await r.readuntil(b"\r\n\r\n")
-        lines = raw.decode("latin-1").split("\r\n")
-        version, _, rest = lines[0].partition(" ")
-        code = rest.partition(" ")[0]
-        if not version.startswith("HTTP/1.") or not code.isdigit() or len(code) != 3:
-            raise ValueError("not an HTTP/1.x answer")
-        status = int(code)
-        if 100 <= status < 200 and status != 101:
-            continue
-        headers: dict[str, str] = {}
-        for line in lines[1:]:
-            if not line:
-                continue
-            name, sep, value = line.partition(":")
-            if not sep or not name or name != name.strip() or line[0] in " \t":
-                raise ValueError("a malformed header")
-            name, value = name.lower(), value.strip()
-            headers[name] = f"{headers[name]}, {value}" if name in headers else value
-        if version != "HTTP/1.1":
-            headers["connection"] = "close"  # 1.0: no keep-alive assumed
-        return status, headers
-
-
-def _framing(method: str, status: int, headers: dict[str, str]) -> tuple[str, int]:
-    """How the body is delimited (RFC 9112 6.3): ("none" | "length" | "chunked" |
-    "close", bytes when "length")."""
-    if method == "HEAD" or status in _NO_BODY or 100 <= status < 200:
-        return "none", 0
-    te = headers.get("transfer-encoding")
-    if te is not None:
-        if te.lower().rsplit(",", 1)[-1].strip() != "chunked":
-            return "close", 0
-        return "chunked", 0
-    length = headers.get("content-length")
-    if length is not None:
-        if not length.isdigit():
-            raise UpstreamError("a bad content-length")
-        n = int(length)
-        return ("length", n) if n else ("none", 0)
-    return "close", 0
