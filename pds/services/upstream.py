@@ -42,7 +42,7 @@ import ssl
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import h11
 
@@ -130,21 +130,27 @@ class _Conn:
                 await w.drain()
         w.write(http.send(_EOM) or b"")
 
-    async def next_event(self, timeout: float | None = None) -> object:
-        """The answer's next event, read from the socket as h11 needs more (at most
-        `timeout` seconds a read); h11.ProtocolError when the answer is not HTTP/1.1."""
-        http = self.http
+    async def fill(self, timeout: float | None = None) -> None:
+        """Read what came (at most `timeout` seconds) and hand it to h11; b"" tells it
+        the upstream closed (h11 decides whether that ends the answer or breaks it)."""
+        if timeout is None:
+            data = await self.reader.read(PIECE)
+        else:
+            async with asyncio.timeout(timeout):
+                data = await self.reader.read(PIECE)
+        self.heard = self.heard or bool(data)
+        self.http.receive_data(data)
+
+    def buffered(self) -> tuple[list[bytes], bool]:
+        """The body h11 can give without reading more (what came with the head: most
+        answers whole), and whether that was all of it."""
+        http, pieces = self.http, []
         while True:
             event = http.next_event()
-            if event is not h11.NEED_DATA:
-                return event
-            if timeout is None:
-                data = await self.reader.read(PIECE)
+            if type(event) is h11.Data:
+                pieces.append(bytes(event.data))
             else:
-                async with asyncio.timeout(timeout):
-                    data = await self.reader.read(PIECE)
-            self.heard = self.heard or bool(data)
-            http.receive_data(data)  # b"": the upstream closed (h11 decides if that ends it)
+                return pieces, type(event) is h11.EndOfMessage
 
     def reusable(self) -> bool:
         """After an answer read to the end: whether h11 lets both sides go on, and
@@ -167,14 +173,19 @@ class Response:
     headers: dict[str, str]  # lowercased names; repeated ones joined by ", "
     _pool: Pool
     _conn: _Conn | None
-    _first: bytes = b""  # body bytes h11 had with the head
-    _done: bool = False
+    _first: list[bytes] = field(default_factory=list)  # body h11 had with the head
+    _done: bool = False  # the body was all read (or h11 had it all with the head)
 
     async def read(self, limit: int, timeout: float) -> bytes:
         """The whole body (transfer coding removed), at most `limit` bytes."""
-        parts: list[bytes] = []
+        if self._done and self._conn is None:  # all of it came with the head
+            parts, self._first = self._first, []
+            if sum(map(len, parts)) > limit:
+                raise fetch.ResponseTooLarge(f"over {limit} bytes")
+            return b"".join(parts)
+        parts = []
         size = 0
-        async for piece in self.iter_raw(timeout):
+        async for piece in self.iter_raw(timeout):  # checked as it comes: never all held
             size += len(piece)
             if size > limit:
                 raise fetch.ResponseTooLarge(f"over {limit} bytes")
@@ -185,17 +196,19 @@ class Response:
         """The body as it arrives, transfer coding removed (a content coding stays), in
         pieces of at most PIECE bytes; `timeout` seconds at most between two pieces. The
         connection goes back to the pool once it is all read."""
+        while self._first:
+            yield self._first.pop(0)
         conn = self._conn
         if conn is None or self._done:
             return
-        if self._first:
-            first, self._first = self._first, b""
-            yield first
+        http = conn.http
         try:
             while True:
-                event = await conn.next_event(timeout)
+                event = http.next_event()
                 if type(event) is h11.Data:
                     yield bytes(event.data)
+                elif event is h11.NEED_DATA:
+                    await conn.fill(timeout)
                 elif type(event) is h11.EndOfMessage:
                     break
                 else:  # ConnectionClosed before the end: h11 raises, but to be sure
@@ -243,8 +256,8 @@ def _request(method: str, origin: Origin, target: str, user_agent: str,
 def _head(event: h11.Response) -> dict[str, str]:
     """The answer's headers, lowercased names, repeated ones joined by ", "."""
     headers: dict[str, str] = {}
-    for raw_name, raw_value in event.headers:
-        name, value = raw_name.decode("latin-1"), raw_value.decode("latin-1")
+    for raw_name, raw_value in event.headers.raw_items():  # (as sent: cheaper to walk)
+        name, value = raw_name.decode("latin-1").lower(), raw_value.decode("latin-1")
         headers[name] = f"{headers[name]}, {value}" if name in headers else value
     if "transfer-encoding" in headers:
         # The length is the chunks' (h11 reads it so): a content-length too would be a
@@ -300,14 +313,15 @@ class Pool:
             conn = await self._connect(origin)
         try:
             await conn.send(request, body)
-            event = await conn.next_event()
-            while type(event) is h11.InformationalResponse:  # 1xx: the answer is next
-                event = await conn.next_event()
+            while (event := conn.http.next_event()) is h11.NEED_DATA or \
+                    type(event) is h11.InformationalResponse:  # 1xx: the answer is next
+                if event is h11.NEED_DATA:
+                    await conn.fill()
             if type(event) is not h11.Response:
                 raise h11.RemoteProtocolError("no answer")
-            # What h11 already has of the body, without waiting: the end of an empty one
-            # (the connection goes back at once), or its first piece.
-            after = conn.http.next_event()
+            # What h11 already has of the body, without waiting: most answers whole (the
+            # connection goes back at once), or their first pieces.
+            first, whole = conn.buffered()
         except BaseException as e:
             conn.close()
             # Nothing of an answer came back on a reused connection: it was closed idle.
@@ -317,12 +331,10 @@ class Pool:
             if isinstance(e, _BROKEN):
                 raise UpstreamError(f"no answer from {origin.authority}: {e!r}") from None
             raise
-        resp = Response(event.status_code, _head(event), self, conn)
-        if type(after) is h11.EndOfMessage:
+        resp = Response(event.status_code, _head(event), self, conn, first)
+        if whole:
             resp._done = True
             resp._release()
-        elif type(after) is h11.Data:
-            resp._first = bytes(after.data)
         return resp
 
     def _take(self, origin: Origin) -> _Conn | None:
