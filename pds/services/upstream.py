@@ -1,38 +1,49 @@
 """A lean keep-alive HTTP/1.1 client for forwarding (`proxy.Proxy`): one per worker.
 
-Why not httpx/httpcore, which the rest of the code uses for its few outbound calls: a
-forwarded call is the hot path. Against a stub AppView on loopback, one small GET cost
-about 650 µs of CPU through httpx, 400 µs through httpcore (its anyio streams, and a
-`poll` + `getpeername` per pooled connection per request to see if it is still alive).
-Here the HTTP/1.1 framing is h11's (the same parser httpcore uses: request heads and
-bodies written by `h11.Connection.send`, answers parsed by `receive_data`/`next_event`),
-driven straight from asyncio streams: a request is one `write`, and a pooled connection
-knows it was closed from the event loop (EOF or data arriving while idle) without a
-system call. The framing is not ours because the upstream may be any did:web service a
-caller names, and its answers are parsed as hostile input: h11 refuses malformed status
-lines and headers (a bare CR, a NUL, a space before the colon), conflicting
-`content-length`s, transfer codings other than chunked, bad chunk sizes and chunk ends,
-an unasked-for 101, and a head longer than HEAD_MAX; and it refuses to write a header or
-request target that would end a line early.
+The HTTP/1.1 framing is h11's, not ours: the upstream may be any did:web service a
+caller names, so its answers are hostile input, and parsing HTTP is a solved problem.
+Request heads and bodies are written by `h11.Connection.send` (which refuses a method,
+target, header name or value that would end a line or field early: CR, LF, NUL,
+spaces); answers are parsed by `receive_data`/`next_event`, which refuse malformed
+status lines and header lines (a bare CR, a NUL, a line without a colon, a space before
+the colon), conflicting or malformed `content-length`s, transfer codings besides
+chunked, bad chunk sizes (over 20 hex digits) and chunk ends, and an unasked-for 101.
+h11's `their_state`/`our_state` say whether a connection may carry another request.
+
+Why not httpx/httpcore (which use h11 too), as the rest of the code does for its few
+outbound calls: a forwarded call is the hot path. Against a stub AppView on loopback one
+small GET cost about 650 µs of CPU through httpx and 400 µs through httpcore (its anyio
+streams, and a `poll` + `getpeername` per pooled connection per request to see whether
+it is still open). Here h11 is driven straight from asyncio streams: a request is one
+`write`, a pooled connection knows it was closed from the event loop (EOF or data
+arriving while idle) without a system call, and an answer that came whole with its head
+(most do) is taken at once. h11 costs 65 to 85 µs of CPU per request more than the
+hand-written parser it replaced (it validates every request and response header and
+runs its state machine per event; bench/README.md): the price of not parsing HTTP here.
 
 What it does, and no more:
 
 - HTTP/1.1 only; a body by `content-length`, `transfer-encoding: chunked`, or until the
-  connection closes, as h11 decides; 1xx heads skipped; a HEAD, 204 or 304 has none. A
-  request body goes by its `content-length` header, else chunked, as it comes.
+  connection closes, as h11 decides (with both, chunked, and the `content-length` is
+  dropped from the headers handed on); 1xx heads skipped; a HEAD, 204 or 304 has none.
+  A request body goes by its `content-length` header (it must be that long), else
+  chunked, as it comes.
+- Heads bounded: h11 refuses one still incomplete past HEAD_MAX bytes (so at most
+  HEAD_MAX + PIECE are held). Bodies stream in pieces of at most PIECE bytes.
 - Connections kept per origin while h11 says both sides are done and may go on (an
-  answer read to the end, no `connection: close`, not HTTP/1.0, nothing sent after it):
-  at most `max_idle` idle ones per origin and `max_idle_total` in all, `keepalive`
-  seconds each; one the upstream closed is dropped when next looked at. At most
-  `max_active` requests at once (more wait up to `connect_timeout`).
+  answer read to the end, no `connection: close`, not HTTP/1.0) and nothing came after
+  the answer: at most `max_idle` idle ones per origin and `max_idle_total` in all,
+  `keepalive` seconds each; one the upstream closed is dropped when next looked at. At
+  most `max_active` requests at once (more wait up to `connect_timeout`).
 - Outside development every new connection resolves its host and refuses it unless every
   address is public (`fetch.is_public_address`), then connects to the address it checked,
   with TLS naming the host.
 - A GET or HEAD that fails on a reused connection before any byte of its answer came
   back is sent once more on a new one (the upstream closed an idle connection just then).
 
-Errors: `UpstreamError` (unreachable, refused target, broken or garbage answer) and
-`TimeoutError`; the caller turns them into XRPC errors.
+Errors: `UpstreamError` (unreachable, refused target or request, broken or garbage
+answer, a body pausing longer than its timeout) and `TimeoutError` (the caller's
+deadline); the caller turns them into XRPC errors.
 """
 
 from __future__ import annotations
@@ -388,7 +399,7 @@ class Pool:
         try:
             async with asyncio.timeout(self.connect_timeout):
                 reader, writer = await asyncio.open_connection(
-                    address, origin.port, ssl=tls, limit=HEAD_MAX,
+                    address, origin.port, ssl=tls, limit=PIECE,  # reading pauses past 2x
                     server_hostname=origin.host if tls else None)
         except (OSError, ssl.SSLError) as e:
             raise UpstreamError(f"cannot connect to {origin.authority}: {e!r}") from None
