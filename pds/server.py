@@ -9,19 +9,20 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 import signal
 import subprocess
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gunicorn.app.base import BaseApplication
 
 from .config import Settings
-from .services.context import AppContext
 from .store.layout import DataDir
-from .store.recovery import recover as recover_data_dir
-from .xrpc.body import RequestBody
+
+if TYPE_CHECKING:
+    from .xrpc.body import RequestBody
 
 log = logging.getLogger("pds")
 
@@ -32,7 +33,11 @@ _on_term: list[Callable[[], None]] = []
 
 
 def build_app(settings: Settings) -> RequestBody:
-    """The ASGI app of one worker: its own AppContext and every XRPC module registered."""
+    """The ASGI app of one worker: its own AppContext and every XRPC module registered.
+    Imported here, in the worker, not by the gunicorn master: the master only recovers
+    the data dir and watches the workers, and every module it imports stays in its
+    memory (tens of MB) for nothing."""
+    from .services.context import AppContext
     from .xrpc import actor, admin, email, identity, oauth, repo, server, sync  # noqa: F401
     from .xrpc.app import create_app
     from .xrpc.wellknown import add_routes
@@ -69,6 +74,7 @@ def _post_worker_init(worker: Any) -> None:
 def recover(settings: Settings) -> int:
     """Replay what a crash left unfinished (the event log, repo journals); returns
     commits replayed. The store's recovery (pds/store/recovery.py) on the data dir."""
+    from .store.recovery import recover as recover_data_dir
     return recover_data_dir(DataDir(settings.data_dir))
 
 
@@ -108,7 +114,17 @@ class PdsApplication(BaseApplication):
             # gunicorn applies this umask only while it binds the socket.
             "umask": SOCKET_UMASK,
             "workers": s.workers,
+            # gunicorn's own ASGI worker on uvloop (a declared dependency): a third less
+            # CPU per small request than on asyncio (bench/README.md). uvicorn's worker
+            # closes a connection with an unread body at once (a reset where the client
+            # should read its 413: xrpc/body.py). gunicorn_h1c's C parser was no faster
+            # beside uvloop, and with it gunicorn dropped a connection instead of
+            # answering a large or deeply nested JSON body (tests/test_server_badinput.py):
+            # the Python parser, explicitly, in case it is installed. "auto": without
+            # uvloop the worker still starts, on asyncio.
             "worker_class": "asgi",
+            "asgi_loop": "auto",
+            "http_parser": "python",
             "control_socket_disable": True,
             "timeout": 120,
             "graceful_timeout": 10,
@@ -162,6 +178,15 @@ def serve(settings: Settings) -> None:
         sys.exit(f"no PDS data dir at {settings.data_dir} (run `pds init` first)")
     if not settings.jwt_secret:
         sys.exit("PDS_JWT_SECRET is not set (pds.env is incomplete)")
+    in_child(prepare, settings)
+    if settings.crawlers:
+        announce_in_background(settings.host_only, settings.crawlers)
+    PdsApplication(settings).run()
+
+
+def prepare(settings: Settings) -> None:
+    """Before any worker: migrate the data dir, replay what a crash left unfinished, and
+    announce a restore."""
     from .store.format import CURRENT, FormatError, ensure_current
     try:
         old = ensure_current(settings.data_dir)
@@ -173,9 +198,44 @@ def serve(settings: Settings) -> None:
     if replayed:
         log.warning("recovered %d journal entries", replayed)
     announce_if_restored(settings)
-    if settings.crawlers:
-        announce_in_background(settings.host_only, settings.crawlers)
-    PdsApplication(settings).run()
+
+
+def in_child(fn: Callable[[Settings], None], settings: Settings) -> None:
+    """`fn(settings)` in a forked child, waited for; what it raises is raised here.
+
+    For the gunicorn master's memory: recovery needs the whole store (CBOR, keys,
+    signatures: about 10 MB of modules), which the master would otherwise keep for
+    nothing while it only watches its workers, which import what they need themselves."""
+    read_end, write_end = os.pipe()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:  # the child: report what it raised through the pipe, and leave
+        os.close(read_end)
+        out = b""
+        try:
+            fn(settings)
+        except BaseException as e:  # noqa: BLE001 - every outcome goes to the parent
+            try:
+                out = pickle.dumps(e)
+                pickle.loads(out)  # some exceptions pickle but can't be rebuilt
+            except Exception:  # noqa: BLE001 - one that won't cross: its text does
+                out = pickle.dumps(RuntimeError(f"{type(e).__name__}: {e}"))
+        with os.fdopen(write_end, "wb") as f:
+            f.write(out)
+        for h in logging.getLogger().handlers + logging.getLogger("pds").handlers:
+            h.flush()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as f:
+        out = f.read()
+    _, status = os.waitpid(pid, 0)
+    if out:
+        raise pickle.loads(out)  # our own child's: trusted
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(f"start-up preparation died ({os.waitstatus_to_exitcode(status)})")
 
 
 def announce_in_background(hostname: str, crawlers: list[str]) -> None:

@@ -91,7 +91,7 @@ def test_cached_only_reads_touch_no_file(two):
 
 def test_unmappable_clock_never_serves_from_cache(tmp_path):
     data = DataDir(tmp_path / "missing")  # no tmp/: the clock can't be mapped
-    assert data.clock.stamp() is None
+    assert data.clock.stamp(0) is None and data.clock.stamp(1) is None
     data.clock.tick()  # harmless
     store = AccountStore(data)
     with cached_only(), pytest.raises(WouldBlock):
@@ -126,3 +126,37 @@ def test_every_write_is_read_back_at_once_through_either_worker(tmp_path):
             r = fresh_get("same")
             assert r.status_code == 400 and r.json()["error"] == "RepoTakendown", r.text
         assert os.path.exists(server.data_dir / "tmp" / "CHANGES")
+
+
+def test_a_commit_leaves_cached_account_records_current(two):
+    """The clock's slots: a commit moves the HEADs' stamp only, so the account record
+    every authenticated request reads is still served from memory after a write (one
+    stamp for both sent every request after a commit to the disk, through a thread)."""
+    a, b, key = two
+    reader, writer_repo = AccountStore(a), _repo(b)
+    writer_repo.key = key
+    AccountStore(b).put({"did": DID, "handle": "clock.test", "status": None})
+    assert reader.get(DID)["status"] is None
+    repo_view = _repo(a)
+    assert repo_view.head() is not None
+    writer_repo.apply_writes([Write("put", NOTE, "one", {"$type": NOTE, "text": "again"})])
+    with cached_only():
+        assert reader.get(DID)["status"] is None  # the account: still from memory
+        with pytest.raises(WouldBlock):
+            repo_view.head()  # the HEAD moved: from the disk
+
+
+def test_a_writer_keeps_its_own_new_head_and_commit_in_memory(two):
+    """The commit a process just made is current for it until another change: its next
+    commit (or read) needs neither HEAD nor the commit block from the disk."""
+    a, _, key = two
+    repo = _repo(a)
+    repo.key = key
+    result = repo.apply_writes([Write("put", NOTE, "one", {"$type": NOTE, "text": "mine"})])
+    with cached_only():
+        head = repo.head()
+        assert head is not None and head.cid == result.cid and head.rev == result.rev
+        assert repo.commit(head).data == result.data
+    a.clock.tick()  # another process's change: back to the disk
+    with cached_only(), pytest.raises(WouldBlock):
+        repo.head()

@@ -109,8 +109,10 @@ def _canon(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-# Distributions the program needs for their files, not their code (never imported).
-DATA_ONLY = {"lexrpc": "the official lexicon documents pds/lexicon/schemas.py reads"}
+# Distributions the program needs for their files, not their code (never imported), or
+# that gunicorn loads by name from its configuration.
+DATA_ONLY = {"lexrpc": "the official lexicon documents pds/lexicon/schemas.py reads",
+             "uvloop": "gunicorn's asgi_loop (pds/server.py)"}
 
 
 def _imported_top_levels() -> dict[str, str]:

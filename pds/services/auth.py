@@ -36,6 +36,9 @@ from .account import Account, Use, load, require
 ACCESS_TTL = 2 * 3600
 REFRESH_TTL = 90 * 24 * 3600
 REFRESH_GRACE = 2 * 3600  # a rotated refresh token works this long, until its successor is used
+# Session tokens a worker remembers as verified (_verified_session_jwt): each entry is a
+# token (~300 bytes) and its claims.
+VERIFIED_TOKENS = 2048
 # Failed admin (HTTP Basic) attempts allowed from one client address: (count, seconds).
 ADMIN_FAILURES = (10, 300)
 
@@ -182,6 +185,7 @@ class Auth:
         self.secret = ctx.settings.jwt_secret
         self.service_did = ctx.settings.service_did
         self.limiter = RateLimiter(ctx.data.ratelimit, enabled=ctx.settings.rate_limits)
+        self._verified: dict[str, tuple[Any, dict]] = {}  # see _verified_session_jwt
 
     # --- issue --------------------------------------------------------------------------
 
@@ -369,15 +373,12 @@ class Auth:
             raise AuthRequired("Authentication Required")
         typ = "refresh+jwt" if refresh else "at+jwt"
         try:
-            jwt_header = jwt.get_unverified_header(token)
-            payload = jwt.decode(token, self.secret, algorithms=["HS256"],
-                                 audience=self.service_did,
-                                 options={"require": ["exp", "sub", "scope"]})
+            header_typ, payload = self._verified_session_jwt(token)
         except jwt.ExpiredSignatureError:
             raise InvalidInput("Token has expired", "ExpiredToken") from None
         except jwt.PyJWTError:
             raise AuthFailed("Token could not be verified", "InvalidToken") from None
-        if jwt_header.get("typ") != typ:
+        if header_typ != typ:
             raise InvalidInput("Invalid token type", "InvalidToken")
         did, scope = payload["sub"], payload["scope"]
         if not isinstance(did, str) or not is_valid_did(did):
@@ -394,6 +395,31 @@ class Auth:
         elif scope not in ACCESS_SCOPES:
             raise InvalidInput("Bad token scope", "InvalidToken")
         return AuthInfo(kind="access", did=did, scope=scope, token=token, payload=payload)
+
+    def _verified_session_jwt(self, token: str) -> tuple[Any, dict]:
+        """(the header's `typ`, the payload) of a session token signed with our secret,
+        for our audience, not expired; raises a PyJWTError otherwise. A token verified
+        once is remembered (bounded) so that a client's every request doesn't pay for
+        parsing and HMAC again: the token is immutable and the entry is keyed by all of
+        it, signature included. Only time moves, so expiry is checked on every use; what
+        else can change (the account's status, its generation, a refresh token's
+        session) is `admit`'s, per request."""
+        hit = self._verified.get(token)
+        if hit is not None:
+            if hit[1]["exp"] <= time.time():  # as PyJWT: expired at exp itself
+                self._verified.pop(token, None)
+                raise jwt.ExpiredSignatureError("Signature has expired")
+            return hit
+        typ = jwt.get_unverified_header(token).get("typ")
+        payload = jwt.decode(token, self.secret, algorithms=["HS256"],
+                             audience=self.service_did,
+                             options={"require": ["exp", "sub", "scope"]})
+        if not isinstance(payload.get("exp"), int | float):
+            return typ, payload  # (PyJWT refuses that already: nothing to remember)
+        if len(self._verified) >= VERIFIED_TOKENS:
+            self._verified.clear()  # a crude bound: refilled by the next requests
+        self._verified[token] = (typ, payload)
+        return typ, payload
 
     async def verify_service_jwt(self, token: str, nsid: str | None) -> AuthInfo:
         """Check an inter-service JWT: signed by the `iss` DID's #atproto key, for us."""

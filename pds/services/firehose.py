@@ -5,9 +5,11 @@ every new block of its commit, so writing it (one fsync) makes the commit durabl
 block files and HEAD follow without fsync. Rolling logged commits forward (recovery, the
 redo of a dead writer's commit) and checkpoints are the store's (pds/store/recovery.py).
 
-Delivery: each worker runs one watchdog observer on `seq/`. When an event lands, the
-worker's `Broadcaster` reads it once and offers the stored bytes to every live subscriber's
-bounded queue; a subscriber whose queue is full gets `ConsumerTooSlow` and is closed.
+Delivery: a worker with subscribers watches `seq/` (inotify, read on its event loop).
+When seq/HEAD moves, the worker's `Broadcaster` reads the new events once (in a thread)
+and offers the stored bytes to every live subscriber's bounded queue; a subscriber whose
+queue is full gets `ConsumerTooSlow` and is closed. A worker without subscribers holds
+no watch, so a commit costs it nothing.
 """
 
 from __future__ import annotations
@@ -15,13 +17,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 from ..repo import events as ev
+from ..store.dirwatch import DirWatch
 from ..store.files import read_file, write_file
 from ..store.layout import LAST_WRITE, SEQ_HEAD
 from ..store.recovery import LogWriteAhead
@@ -29,6 +32,7 @@ from ..store.repo import CommitResult, Repo, RepoError
 from ..store.seqlog import EventLog
 
 log = logging.getLogger("pds.firehose")
+T = TypeVar("T")
 
 QUEUE_LIMIT = 500        # frames buffered per live subscriber before ConsumerTooSlow
 RING = 2048              # recent frames kept in memory per worker
@@ -137,56 +141,87 @@ class Subscriber:
 
 
 class Broadcaster:
-    """Per worker: watches seq/, reads each new event once, fans it out."""
+    """Per worker: while it has subscribers, watches seq/, reads each new event once and
+    fans it out. A worker with none holds no watch and does nothing per commit."""
 
     def __init__(self, ctx: Any) -> None:
         self.ctx = ctx
         self.log = EventLog(ctx.data.seq, ctx.data.tmp)
-        self.last = self.log.head()
+        self.last = 0  # the seq delivered up to; valid while `ready` is set
         self.ring: deque[tuple[int, bytes]] = deque(maxlen=RING)
         self.live: set[Subscriber] = set()
         self.subs: set[Subscriber] = set()  # live and replaying
         self.stopping = False
         self.wake = asyncio.Event()
-        self.wake_pending = False
+        self.ready = asyncio.Event()
         self.loop: asyncio.AbstractEventLoop | None = None
-        self.observer: Any = None
+        self.watch: DirWatch | None = None
+        self.reader: ThreadPoolExecutor | None = None
         self.task: asyncio.Task | None = None
 
     def start(self) -> None:
-        from watchdog.events import FileCreatedEvent, FileMovedEvent, FileSystemEventHandler
-        from watchdog.observers import Observer
-
+        """In the worker's event loop, at start-up. The watch waits for a subscriber."""
         self.loop = asyncio.get_running_loop()
-        self.log.root.mkdir(parents=True, exist_ok=True)
-        loop, bc = self.loop, self
 
-        class Handler(FileSystemEventHandler):
-            def on_any_event(self, event: Any) -> None:
-                # Only a new seq/HEAD (replaced by rename, after its event) is news. Reads
-                # (opened, closed_no_write) must not wake us: `pump` reads HEAD itself, so
-                # that would spin forever. One wake-up pending at a time: every
-                # call_soon_threadsafe writes a byte to the loop's self-pipe, which is
-                # also its signal wakeup fd, and a full pipe loses signals (SIGTERM).
-                if event.event_type in ("opened", "closed_no_write"):
-                    return
-                names = (os.path.basename(event.src_path),
-                         os.path.basename(getattr(event, "dest_path", "") or ""))
-                if SEQ_HEAD in names and not bc.wake_pending:
-                    bc.wake_pending = True
-                    loop.call_soon_threadsafe(bc._woken)
+    async def attach(self, sub: Subscriber) -> None:
+        """A subscriber arrives; the first one starts the watch. Returns once `last` is
+        current (the watch was set up before HEAD was read: nothing after it is missed)."""
+        self.subs.add(sub)
+        if self.task is None:
+            self.loop = asyncio.get_running_loop()
+            # Its own thread for the reads: in the shared pool they would queue behind
+            # this worker's commits (each waiting on locks and fsync) under a write load.
+            self.reader = ThreadPoolExecutor(1, thread_name_prefix="firehose")
+            self._open_watch()
+            self.task = self.loop.create_task(self._run())
+        await self.ready.wait()
 
-        self.observer = Observer()
-        # Only renames into seq/ reach us (HEAD is replaced by one; an unmatched move in
-        # is reported as created): without the filter the kernel reports every open and
-        # close of LOCK and HEAD too, several per event for each worker, and watchdog
-        # passes each through two threads before `Handler` drops it.
-        self.observer.schedule(Handler(), str(self.log.root), recursive=False,
-                               event_filter=[FileCreatedEvent, FileMovedEvent])
-        self.observer.daemon = True
-        self.observer.start()
-        self.last = self.log.head()
-        self.task = self.loop.create_task(self._run())
+    def detach(self, sub: Subscriber) -> None:
+        """A subscriber has gone; after the last one the watch stops."""
+        self.subs.discard(sub)
+        self.live.discard(sub)
+        if not self.subs:
+            self._close()
+
+    def _open_watch(self) -> None:
+        assert self.loop is not None
+        # On the loop: two system calls on a directory the kernel has cached (made
+        # first in a data dir that has logged nothing yet), once per first subscriber.
+        try:
+            try:
+                self.watch = DirWatch(self.log.root)
+            except FileNotFoundError:
+                self.log.root.mkdir(parents=True, exist_ok=True)
+                self.watch = DirWatch(self.log.root)
+        except OSError as e:  # inotify limits reached: the once-a-second look remains
+            log.warning("no inotify watch on %s (%s): polling it", self.log.root, e)
+            self.watch = None
+            return
+        self.loop.add_reader(self.watch.fileno(), self._readable)
+
+    def _close(self) -> None:
+        if self.watch is not None:
+            if self.loop is not None:
+                self.loop.remove_reader(self.watch.fileno())
+            self.watch.close()
+            self.watch = None
+        if self.task is not None:
+            self.task.cancel()
+            self.task = None
+        if self.reader is not None:
+            self.reader.shutdown(wait=False)
+            self.reader = None
+        self.ready.clear()
+        self.ring.clear()  # stale from here on: the next first subscriber starts afresh
+
+    def _readable(self) -> None:
+        # On the loop: draining the inotify queue is a read from memory, not the disk.
+        # Only a new seq/HEAD (replaced by an exchange or a rename, after its event) is
+        # news; the spare it swaps with is not.
+        assert self.watch is not None
+        names = self.watch.read()
+        if names is None or SEQ_HEAD in names:
+            self.wake.set()
 
     def shutdown(self) -> None:
         """The worker is stopping (SIGTERM): every subscriber is closed with 1001 (going
@@ -197,20 +232,21 @@ class Broadcaster:
 
     async def stop(self) -> None:
         self.shutdown()
-        if self.observer is not None:
-            self.observer.stop()
-        if self.task is not None:
-            self.task.cancel()
         # Let the senders finish their closing handshakes (briefly).
         deadline = time.monotonic() + 2.0
         while self.subs and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
-
-    def _woken(self) -> None:
-        self.wake_pending = False
-        self.wake.set()
+        self._close()
 
     async def _run(self) -> None:
+        while True:
+            try:
+                self.last = await self._in_reader(self.log.head)
+                break
+            except Exception:  # noqa: BLE001 - subscribers wait until HEAD reads
+                log.exception("firehose: reading seq/HEAD failed")
+                await asyncio.sleep(1.0)
+        self.ready.set()
         while True:
             # inotify is the signal; a look at HEAD every second is the safety net.
             with contextlib.suppress(asyncio.TimeoutError):
@@ -222,27 +258,28 @@ class Broadcaster:
                 log.exception("firehose pump failed")
 
     async def pump(self) -> None:
-        head = self.log.head()
-        if head <= self.last:
-            return
+        """Deliver the events published since `last` (read in a thread: HEAD and the
+        event files are disk reads, however small)."""
         start = self.last
-        if head - start <= 16:
-            # A few small files just written (in the page cache): read them here, as HEAD
-            # is; a hop to a thread costs more than the reads, and waits for the GIL.
-            frames = self._read_range(start, head)
-        else:
-            frames = await asyncio.to_thread(self._read_range, start, head)
+        head, frames = await self._in_reader(self._read_new, start)
         # No await from here on: registration and fan-out can't interleave.
-        if self.last != start:
-            return  # another pump ran meanwhile; it read the same range
+        if self.last != start or head <= start:
+            return
         for seq, data in frames:
             self.ring.append((seq, data))
             for sub in list(self.live):
                 sub.offer(data)
         self.last = head
 
-    def _read_range(self, after: int, upto: int) -> list[tuple[int, bytes]]:
-        return self.log.read_range(after, upto)[0]
+    async def _in_reader(self, fn: Callable[..., T], *args: Any) -> T:
+        assert self.loop is not None and self.reader is not None
+        return await self.loop.run_in_executor(self.reader, fn, *args)
+
+    def _read_new(self, after: int) -> tuple[int, list[tuple[int, bytes]]]:
+        head = self.log.head()
+        if head <= after:
+            return head, []
+        return head, self.log.read_range(after, head)[0]
 
     def recent(self, after: int) -> list[tuple[int, bytes]] | None:
         """Frames after `after` from memory, or None if the ring doesn't reach back."""
@@ -274,29 +311,33 @@ async def serve_subscriber(ctx: Any, ws: Any, cursor: int | None) -> None:
     if bc.stopping:
         await ws.close(1001)
         return
-    bc.subs.add(sub)
     watcher = asyncio.ensure_future(_watch_disconnect(ws, sub))
     try:
+        await bc.attach(sub)
         await _serve(bc, sub, cursor)
     finally:
         watcher.cancel()
-        bc.subs.discard(sub)
-        bc.live.discard(sub)
+        bc.detach(sub)
+
+
+def _cursor_facts(log_: EventLog, cursor: int) -> tuple[int, int | None]:
+    """The log's head, and its oldest seq when `cursor` may be older than the log (None
+    when not). While the event at or after the cursor is there, the cursor can't be
+    older: `oldest` is skipped (it lists and sorts a shard, ~70 ms at 100k events)."""
+    head = log_.head()
+    if cursor > head or log_.path(cursor).exists() or log_.path(cursor + 1).exists():
+        return head, None
+    return head, log_.oldest()
 
 
 async def _serve(bc: Broadcaster, sub: Subscriber, cursor: int | None) -> None:
     ws, log_ = sub.ws, bc.log
     if cursor is not None:
-        head = log_.head()
+        head, oldest = await asyncio.to_thread(_cursor_facts, log_, cursor)
         if cursor > head:
             await ws.send_data(ev.error_frame("FutureCursor", "Cursor in the future."))
             await ws.close(1000)
             return
-        # While the event at or after the cursor is there, the cursor can't be older than
-        # the log: skip `oldest` (it lists and sorts a shard, ~70 ms at 100k events).
-        oldest = None
-        if not (log_.path(cursor).exists() or log_.path(cursor + 1).exists()):
-            oldest = await asyncio.to_thread(log_.oldest)
         pos = cursor
         if oldest is not None and cursor + 1 < oldest:
             await ws.send_data(ev.info_frame("OutdatedCursor",

@@ -35,9 +35,6 @@ import json
 import time
 from typing import TYPE_CHECKING, Any
 
-import dns.asyncresolver
-import dns.exception
-import dns.rdatatype
 import httpx
 
 from ..repo.did import (
@@ -93,6 +90,7 @@ class Identity(Publisher):
         # did -> (expires at, document); plain dict keeps insertion order for eviction.
         self._did_cache: dict[str, tuple[float, dict[str, Any]]] = {}
         self._dns_resolver: Any = None
+        self._dns: Any = None  # dnspython, once imported (_import_dns)
         # "<handle> <did>" -> (expires at, whether they name each other)
         self._handle_checks: dict[str, tuple[float, bool]] = {}
 
@@ -316,6 +314,9 @@ class Identity(Publisher):
                 http_task.cancel()
 
     async def _handle_via_dns(self, handle: str) -> str | None:
+        if self._dns is None:  # an import reads files: not on the event loop
+            self._dns = await asyncio.to_thread(_import_dns)
+        dns = self._dns
         try:
             if self._dns_resolver is None:
                 self._dns_resolver = dns.asyncresolver.Resolver()
@@ -395,3 +396,12 @@ def _error_text(resp: httpx.Response) -> str:
     if isinstance(body, dict) and isinstance(body.get("message"), str):
         return body["message"][:500]
     return resp.text[:500]
+
+
+def _import_dns() -> Any:
+    """dnspython, imported by the first handle looked up in DNS rather than by every
+    worker at start: 2.5 MB of each worker's memory (issue 16)."""
+    import dns.asyncresolver
+    import dns.exception
+    import dns.rdatatype
+    return dns

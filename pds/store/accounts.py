@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ..repo.syntax import is_valid_handle
+from .clock import ACCOUNTS
 from .files import ensure_dir, flock, fsync_dir, read_file, write_file
 from .layout import ACCOUNT_JSON, ACCOUNT_LOCK, LOCK, SESSIONS, DataDir
 
@@ -57,7 +58,7 @@ class AccountStore:
     def peek(self, did: str) -> dict | None:
         """The account record when this process's cache holds it current (no I/O), else
         None (not cached, changed since, or no such account)."""
-        stamp = self.data.clock.stamp()
+        stamp = self.data.clock.stamp(ACCOUNTS)
         hit = self._cache.get(did)
         if hit is not None and stamp is not None and hit[0] == stamp:
             return hit[1]
@@ -66,7 +67,7 @@ class AccountStore:
     def get(self, did: str) -> dict | None:
         """The account record, or None (also for malformed DIDs). Served from this
         process's cache while the change clock says no account record changed since."""
-        stamp = self.data.clock.stamp()
+        stamp = self.data.clock.stamp(ACCOUNTS)
         hit = self._cache.get(did)
         if hit is not None and stamp is not None and hit[0] == stamp:
             return hit[1]
@@ -90,7 +91,9 @@ class AccountStore:
         self.changed(acct["did"])
 
     def changed(self, did: str) -> None:
-        """After `did`'s record changed or went: every process's cached copy is stale."""
+        """After `did`'s record changed or went: every process's cached copy is stale.
+        Every slot of the clock moves, HEADs too (a deleted account's repo went with it):
+        account changes are rare, commits are what must not move the accounts' slot."""
         self._cache.pop(did, None)
         self.data.clock.tick()
 

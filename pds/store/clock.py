@@ -8,6 +8,11 @@ account record writes a fresh random stamp into it (after the change, before the
 is acknowledged). A cache entry remembers the stamp read just before its own disk read;
 while the mapped stamp is still that one, nothing it depends on has changed since.
 
+The file holds one stamp per kind of thing cached (`ACCOUNTS`, `HEADS`): a commit, many
+a second, moves only the HEADs' stamp, so the account records that every authenticated
+request reads stay served from memory across commits (one stamp for both made every
+request after a write read account.json again, in a worker thread).
+
 A stamp is random rather than a counter, so two processes ticking at once need no lock:
 each leaves a value no cache entry holds (a torn read is likewise one no entry holds).
 
@@ -26,6 +31,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 STAMP_SIZE = 16
+# The slots of the file, one stamp each: what each kind of cached read depends on.
+ACCOUNTS = 0  # account records (account.json)
+HEADS = 1  # repo HEADs
+SLOTS = 2
 
 _CACHED_ONLY: contextvars.ContextVar[bool] = contextvars.ContextVar("cached_only",
                                                                     default=False)
@@ -61,22 +70,26 @@ class ChangeClock:
         except OSError:  # a read-only data dir (a backup being verified): no caching
             return
         try:
-            if os.fstat(fd).st_size < STAMP_SIZE:
-                os.ftruncate(fd, STAMP_SIZE)
-            self._map = mmap.mmap(fd, STAMP_SIZE)
+            if os.fstat(fd).st_size < STAMP_SIZE * SLOTS:
+                os.ftruncate(fd, STAMP_SIZE * SLOTS)
+            self._map = mmap.mmap(fd, STAMP_SIZE * SLOTS)
         except OSError:
             self._map = None
         finally:
             os.close(fd)
 
-    def stamp(self) -> bytes | None:
-        """The current stamp (a memory read, no system call); None when unmapped, which
-        no cache entry ever matches."""
+    def stamp(self, slot: int) -> bytes | None:
+        """The current stamp of `slot` (a memory read, no system call); None when
+        unmapped, which no cache entry ever matches."""
         m = self._map
-        return None if m is None else m[:STAMP_SIZE]
+        start = slot * STAMP_SIZE
+        return None if m is None else m[start:start + STAMP_SIZE]
 
-    def tick(self) -> None:
-        """Say that something cached reads depend on has just changed."""
+    def tick(self, slot: int | None = None) -> None:
+        """Say that what `slot`'s cached reads depend on has just changed (None: every
+        slot)."""
         m = self._map
-        if m is not None:
-            m[:STAMP_SIZE] = os.urandom(STAMP_SIZE)
+        if m is None:
+            return
+        for i in range(SLOTS) if slot is None else (slot,):
+            m[i * STAMP_SIZE:(i + 1) * STAMP_SIZE] = os.urandom(STAMP_SIZE)

@@ -36,7 +36,7 @@ from ..repo.signing_keys import PrivateKey
 from ..repo.syntax import InvalidSyntax, ensure_valid_nsid, ensure_valid_record_key
 from ..repo.tid import next_tid
 from .blocks import BlockStore
-from .clock import ChangeClock
+from .clock import HEADS, ChangeClock
 from .files import flock, read_file, read_whole, replace_in_place, write_file
 from .journal import Journal, syncfs
 from .layout import BLOCKS, HEAD, HEAD_SPARE, LOCK, REVS
@@ -193,7 +193,7 @@ class Repo(RepoReads):
     def head(self) -> Head | None:
         """The current commit (CID and rev); None before the first. From memory while
         the change clock shows no HEAD changed since the last read, else from disk."""
-        stamp = None if self.clock is None else self.clock.stamp()
+        stamp = None if self.clock is None else self.clock.stamp(HEADS)
         last = self._last_head
         if last is not None and stamp is not None and last[0] == stamp:
             return last[2]
@@ -240,7 +240,12 @@ class Repo(RepoReads):
         else:  # flushed by the next checkpoint; the write-ahead record covers it until then
             replace_in_place(self._head_file, self._head_spare, data, self.tmp)
         if self.clock is not None:
-            self.clock.tick()
+            self.clock.tick(HEADS)
+            if self._lock_fd is not None:
+                # Under the lock nobody else moves this HEAD: what was just written is
+                # current while the clock shows the stamp read after our own tick, so
+                # the next commit (or read) of this process needn't read HEAD again.
+                self._last_head = (self.clock.stamp(HEADS), data, Head(cid, rev))
 
     def append_rev(self, rev: str, cid: CID) -> None:
         """Add a commit to the `revs` log (what `export_car(since)` looks revs up in)."""
@@ -355,6 +360,8 @@ class Repo(RepoReads):
         if hooks is not None:
             hooks.prepare(ops, writes)
         self._persist(result)
+        # The next commit builds on this one: keep it parsed rather than read back.
+        self._last_commit = (result.cid, parse_commit(result.blocks[result.cid]))
         for n in new_nodes:
             n.stored = True
             self.loader.cache[n.cid] = n

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Literal, overload
 
 import falcon
 import falcon.asgi
+import orjson
 
 from .. import __version__
 from ..errors import InvalidInput, PayloadTooLarge, PdsError
@@ -26,6 +27,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("pds.xrpc")
 
 JSON_LIMIT = 5 * 1024 * 1024
+# A JSON body with at most this many `[` and `{` (so nested at most this deep) is read by
+# orjson, any other by the stdlib (see _read_json).
+FAST_JSON_OPENERS = 256
 EXPOSE_HEADERS = [
     "RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset", "RateLimit-Policy",
     "Retry-After", "Atproto-Repo-Rev", "atproto-content-labelers", "DPoP-Nonce",
@@ -50,6 +54,13 @@ Answer = dict[str, Any] | Raw | None
 
 
 def dumps(value: Any) -> bytes:
+    """A JSON answer's bytes: orjson (a few times faster than the stdlib's), else the
+    stdlib for what orjson refuses (a lone surrogate echoed from input, which JSON can
+    escape; a non-string key; an integer beyond 64 bits)."""
+    try:
+        return orjson.dumps(value)
+    except TypeError:
+        pass
     try:
         return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
     except UnicodeEncodeError:  # a lone surrogate (echoed input): JSON can escape it
@@ -218,6 +229,16 @@ async def _read_json(req: falcon.asgi.Request) -> Any:
     ctype = (req.content_type or "").split(";")[0].strip().lower()
     if ctype and ctype != "application/json":
         raise InvalidInput(f"Wrong request encoding (Content-Type): {ctype}")
+    # orjson: several times faster. It refuses lone surrogates, NaN and a BOM, which the
+    # stdlib's reading below then judges as before (the same answers to the same
+    # bodies). It reads any depth of nesting, though, where the stdlib (and the
+    # checkers behind it, which recurse) stop with RecursionError: only a body with few
+    # enough brackets to be shallow is given to it.
+    if data.count(b"[") + data.count(b"{") <= FAST_JSON_OPENERS:
+        try:
+            return orjson.loads(data)
+        except orjson.JSONDecodeError:
+            pass
     try:
         value = json.loads(data)
     except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: deep nesting

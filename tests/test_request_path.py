@@ -1,0 +1,142 @@
+"""What each request no longer redoes (issue 16), in process: a session token verified
+once per worker, with its expiry still checked on every use."""
+
+from __future__ import annotations
+
+import time
+
+import jwt
+import pytest
+from server_util import app_context
+
+from pds.errors import AuthFailed, InvalidInput
+from pds.services.auth import SCOPE_ACCESS
+
+DID = "did:web:alice.test"
+
+
+def _token(ctx, exp: int, typ: str = "at+jwt", secret: str | None = None) -> str:
+    claims = {"scope": SCOPE_ACCESS, "sub": DID, "aud": ctx.settings.service_did,
+              "iat": int(time.time()), "exp": exp}
+    return jwt.encode(claims, secret or ctx.settings.jwt_secret, algorithm="HS256",
+                      headers={"typ": typ})
+
+
+def test_a_session_token_is_verified_once_and_its_expiry_on_every_use(tmp_path):
+    ctx = app_context(tmp_path / "data")
+    token = _token(ctx, int(time.time()) + 2)
+    first = ctx.auth._bearer("Bearer " + token, refresh=False)
+    again = ctx.auth._bearer("Bearer " + token, refresh=False)
+    assert again.did == DID
+    assert again.payload is first.payload  # remembered: not parsed nor verified again
+    time.sleep(max(0.0, first.payload["exp"] - time.time()) + 0.05)
+    with pytest.raises(InvalidInput) as e:
+        ctx.auth._bearer("Bearer " + token, refresh=False)
+    assert e.value.error == "ExpiredToken"
+
+
+def test_a_remembered_token_vouches_for_no_other(tmp_path):
+    ctx = app_context(tmp_path / "data")
+    token = _token(ctx, int(time.time()) + 600)
+    ctx.auth._bearer("Bearer " + token, refresh=False)
+    head, payload, sig = token.split(".")
+    forged = f"{head}.{payload}.{sig[:-2]}{'AA' if sig[-2:] != 'AA' else 'BB'}"
+    with pytest.raises(AuthFailed):
+        ctx.auth._bearer("Bearer " + forged, refresh=False)
+    other = _token(ctx, int(time.time()) + 600, secret="x" * 32)
+    with pytest.raises(AuthFailed):
+        ctx.auth._bearer("Bearer " + other, refresh=False)
+    # An access token remembered as verified is still no refresh token.
+    with pytest.raises(InvalidInput) as e:
+        ctx.auth._bearer("Bearer " + token, refresh=True)
+    assert e.value.error == "InvalidToken"
+
+
+def _modules_after(code: str, tmp_path) -> set[str]:
+    """The top-level modules a fresh interpreter has imported after running `code`."""
+    import subprocess
+    import sys
+    out = subprocess.run(
+        [sys.executable, "-c", code + "\nimport sys\nprint(' '.join(sorted(sys.modules)))"],
+        capture_output=True, text=True, check=True, cwd=tmp_path,
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(__import__("pathlib").Path(
+            __file__).resolve().parents[1])})
+    return set(out.stdout.split())
+
+
+def test_the_gunicorn_master_holds_no_store_nor_app_modules(tmp_path):
+    """What `pds serve` imports in the process that stays the gunicorn master: the
+    recovery runs in a forked child, the app is built in each worker."""
+    mods = _modules_after("import pds.cli, pds.server", tmp_path)
+    assert "pds.server" in mods
+    for heavy in ("pds.store.repo", "pds.services.context", "cbrrr", "coincurve", "httpx",
+                  "falcon", "cryptography"):
+        assert heavy not in mods, heavy
+
+
+def test_a_worker_imports_dnspython_only_for_a_dns_lookup(tmp_path):
+    code = ("from pds.config import Settings\nfrom pds.server import build_app\n"
+            f"build_app(Settings(data_dir={str(tmp_path / 'd')!r}, hostname='localhost:1',"
+            " dev=True, jwt_secret='s' * 32))")
+    (tmp_path / "d" / "tmp").mkdir(parents=True)
+    mods = _modules_after(code, tmp_path)
+    assert "pds.services.context" in mods and "falcon" in mods
+    assert "dns" not in mods
+
+
+@pytest.mark.slow
+def test_workers_serve_on_uvloop(tmp_path):
+    """The serving stack chosen by measurement (bench/README.md): each gunicorn worker
+    runs uvloop, a declared dependency, and gunicorn's Python HTTP parser (its C one,
+    where installed, dropped connections under uvloop); the master, which serves
+    nothing, maps neither."""
+    import httpx
+    from harness import children, running_server
+
+    with running_server(tmp_path, workers=2) as server:
+        for _ in range(10):  # new connections: a worker loads the parser at its first
+            assert httpx.get(server.url + "/xrpc/_health").status_code == 200
+
+        def maps(pid: int) -> str:
+            return open(f"/proc/{pid}/maps").read()
+
+        workers = children(server.proc.pid)
+        assert len(workers) >= 2
+        assert all("uvloop/loop" in maps(pid) for pid in workers)
+        assert not any("gunicorn_h1c" in maps(pid) for pid in workers)
+        assert "uvloop" not in maps(server.proc.pid)
+
+
+def test_start_up_preparation_runs_in_a_child_and_its_failure_reaches_the_caller():
+    """`pds serve` migrates and recovers in a forked child (the master stays lean): the
+    work happens, and what it raises is raised in the caller, as if run in place."""
+    import os
+
+    from pds.server import in_child
+
+    r, w = os.pipe()
+
+    def works(settings):
+        os.write(w, str(os.getpid()).encode())
+
+    in_child(works, None)  # type: ignore[arg-type]
+    os.close(w)
+    child = int(os.read(r, 64))
+    os.close(r)
+    assert child != os.getpid()
+
+    class Odd(Exception):
+        def __init__(self, a, b):
+            super().__init__(f"{a}/{b}")
+
+    def fails(settings):
+        raise Odd(1, 2)  # pickles, but can't be rebuilt from its args
+
+    with pytest.raises(RuntimeError, match="Odd: 1/2"):
+        in_child(fails, None)  # type: ignore[arg-type]
+
+    def exits(settings):
+        raise SystemExit("data format 9, newer than this pds understands")
+
+    with pytest.raises(SystemExit, match="newer than this pds"):
+        in_child(exits, None)  # type: ignore[arg-type]
