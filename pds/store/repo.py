@@ -40,36 +40,20 @@ from .clock import HEADS, ChangeClock
 from .files import flock, read_file, read_whole, replace_in_place, write_file
 from .journal import Journal, syncfs
 from .layout import BLOCKS, HEAD, HEAD_SPARE, LOCK, REVS
+from .repo_errors import (  # noqa: F401 (re-exported: callers import them from here)
+    CorruptRepo,
+    InvalidSwap,
+    RecordExists,
+    RecordNotFound,
+    RepoError,
+    RepoNotFound,
+)
 from .repo_read import RepoReads
 from .rollforward import replay_journal
 
 # A swap value meaning "no check" (None means "must not exist").
 ANY: Any = object()
 CHECKPOINT_EVERY = 64
-
-
-class RepoError(Exception):
-    """A write (or read) the repository refuses."""
-
-
-class RecordExists(RepoError):
-    """A create of a record that is already there."""
-
-
-class RecordNotFound(RepoError):
-    """An update or delete of a record that isn't there."""
-
-
-class InvalidSwap(RepoError):
-    """The commit or record is not at the CID the write expected."""
-
-
-class RepoNotFound(RepoError):
-    """No repository (no HEAD) for the account."""
-
-
-class CorruptRepo(RepoError):
-    """The repository's own files are unreadable."""
 
 
 @dataclass
