@@ -291,6 +291,14 @@ def test_garbage_and_down_upstreams_are_502(api: Api, user: User, stubs: dict[st
                 headers={"atproto-proxy": dead.did + "#bsky_appview"}), 400)
 
 
+@pytest.mark.parametrize("kind", ["bare-cr", "bare-lf", "nul", "two-lengths", "coding",
+                                  "chunk-overflow", "switch", "long-head"])
+def test_answers_http_forbids_are_502(api: Api, user: User, kind: str) -> None:
+    # Each refused by the HTTP/1.1 parser (h11) before anything is passed on.
+    err(api.get("com.example.stub.hostile", user.access, kind=kind), 502, "UpstreamFailure")
+    assert ok(api.get("app.bsky.feed.getTimeline", user.access))["stub"] == "appview"
+
+
 def test_a_hanging_upstream_times_out(api: Api, user: User) -> None:
     t0 = time.monotonic()
     err(api.get("com.example.stub.hang", user.access), 504, "UpstreamTimeout")

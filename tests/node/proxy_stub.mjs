@@ -15,7 +15,8 @@
 // generator view.
 // Test methods (com.example.stub.*): big?size=N (N bytes of JSON, written in chunks),
 // hang (never answers), fail?status=S (an XRPC error with that status), garbage (not
-// HTTP), gzip (a gzip-encoded JSON body), headers (echoes the request headers).
+// HTTP), hostile?kind=K (an answer HTTP/1.1 forbids: HOSTILE), gzip (a gzip-encoded JSON
+// body), headers (echoes the request headers).
 
 import http from 'node:http'
 import zlib from 'node:zlib'
@@ -68,6 +69,19 @@ async function verify(req, nsid) {
     return verifyJwt(auth.slice(7), null, 'app.bsky.feed.getFeedSkeleton', getKey)
   }
   return verifyJwt(auth.slice(7), did, nsid, getKey)
+}
+
+// What com.example.stub.hostile?kind=K answers: each broken in its head or its first chunk.
+const OK = 'HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n'
+const HOSTILE = {
+  'bare-cr': OK + 'x-a: a\rb\r\ncontent-length: 2\r\n\r\n{}',
+  'bare-lf': OK + 'x-a: a\nb\r\ncontent-length: 2\r\n\r\n{}',
+  nul: OK + 'x-a: a\0b\r\ncontent-length: 2\r\n\r\n{}',
+  'two-lengths': OK + 'content-length: 2\r\ncontent-length: 3\r\n\r\n{} ',
+  coding: OK + 'transfer-encoding: gzip, chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n',
+  'chunk-overflow': OK + 'transfer-encoding: chunked\r\n\r\n1' + '0'.repeat(20) + '\r\n{}',
+  switch: 'HTTP/1.1 101 Switching Protocols\r\nupgrade: x\r\nconnection: upgrade\r\n\r\n',
+  'long-head': OK + 'x-pad: ' + 'a'.repeat(200_000) + '\r\ncontent-length: 2\r\n\r\n{}',
 }
 
 // Feed generator records, as an AppView serves them (com.atproto.repo.getRecord).
@@ -126,6 +140,11 @@ async function xrpc(req, res, url) {
     case 'com.example.stub.garbage':
       req.socket.end('this is not HTTP\r\n\r\n')
       return undefined
+    case 'com.example.stub.hostile': {
+      // An answer HTTP/1.1 forbids (HOSTILE[q.kind]), written at once, then closed.
+      req.socket.end(Buffer.from(HOSTILE[q.kind] ?? 'HTTP/1.1 200 OK\r\n\r\n', 'latin1'))
+      return undefined
+    }
     case 'com.example.stub.gzip': {
       const body = zlib.gzipSync(JSON.stringify({ zipped: true, q }))
       res.writeHead(200, { 'content-type': 'application/json', 'content-encoding': 'gzip',
