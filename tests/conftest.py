@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from harness import Server, free_port, running_server, serving, stop_process
+from mail_util import SmtpServer
 
 INTEROP = Path(__file__).resolve().parents[2] / "shared" / "interop"
 NODE_DIR = Path(__file__).resolve().parent / "node"
@@ -71,6 +72,23 @@ def new_server(tmp_path: Path) -> Iterator[ServerFactory]:
     """A factory of `pds serve` processes for one test, all stopped at its end."""
     with contextlib.ExitStack() as stack:
         yield ServerFactory(tmp_path, stack)
+
+
+@pytest.fixture(scope="session")
+def node() -> str:
+    """The node program, for the official atproto clients (skips without it)."""
+    path = shutil.which("node")
+    if path is None:
+        pytest.skip("node is not on PATH: the official atproto clients need it")
+    return path
+
+
+@pytest.fixture(scope="module")
+def smtp() -> Iterator[SmtpServer]:
+    """A real SMTP server (aiosmtpd) for the module; its mail lands in its maildir."""
+    server = SmtpServer().start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture(scope="session")

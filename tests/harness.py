@@ -94,6 +94,16 @@ def gone(pid: int) -> bool:
     return fields is None or fields[0] == "Z"
 
 
+def kill9(server: Server) -> None:
+    """SIGKILL a `pds serve`'s gunicorn master and its workers at once: no clean shutdown
+    anywhere; returns when all are gone."""
+    pids = [server.proc.pid, *children(server.proc.pid)]
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    server.proc.wait(10)
+    wait_for(lambda: all(gone(p) for p in pids), 10, "the killed workers to go")
+
+
 class Background:
     """Threads running beside a test (writers, storms) until `stop()`; what one raises is
     kept, and `stop()` and `join()` fail with it."""

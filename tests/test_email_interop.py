@@ -4,7 +4,6 @@ against `pds serve --workers 2`, with every token read from the mail a real SMTP
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
@@ -13,14 +12,6 @@ from mail_util import SmtpServer
 from test_interop_api import last_json_line, run_script
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def node() -> str:
-    path = shutil.which("node")
-    if path is None:
-        pytest.skip("node is not on PATH: the official atproto clients need it")
-    return path
 
 
 def test_email_flows_with_the_official_client(tmp_path: Path, node: str) -> None:

@@ -10,14 +10,12 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import json
-import os
-import signal
 import ssl
 from pathlib import Path
 from urllib.parse import quote
 
 import pytest
-from harness import children, free_port, gone, run_pds, wait_for
+from harness import free_port, kill9, run_pds, wait_for
 from mail_util import SmtpServer, spooled_token, token_of
 from server_util import Api, ok
 
@@ -28,15 +26,6 @@ def _spool(data: Path) -> list[dict]:
     mail = data / "mail"
     return [json.loads(p.read_text()) for p in sorted(mail.glob("*.json"))] \
         if mail.is_dir() else []
-
-
-def _kill9(server) -> None:  # type: ignore[no-untyped-def]
-    """SIGKILL the gunicorn master and its workers at once: no clean shutdown anywhere."""
-    pids = [server.proc.pid, *children(server.proc.pid)]
-    for pid in pids:
-        os.kill(pid, signal.SIGKILL)
-    server.proc.wait(10)
-    wait_for(lambda: all(gone(p) for p in pids), 10, "the killed workers to go")
 
 
 def test_smtp_down_then_back_delivers(new_server) -> None:  # type: ignore[no-untyped-def]
@@ -73,7 +62,7 @@ def test_spool_survives_kill9_and_delivers_after_restart(new_server) -> None:  #
     accounts = [api.create_account() for _ in range(3)]
     for acct in accounts:
         ok(api.post("com.atproto.server.requestPasswordReset", {"email": acct.email}))
-    _kill9(server)
+    kill9(server)
     assert len(_spool(data)) == 3
     verified = run_pds("verify", "--data-dir", str(data)).stdout
     assert "3 spooled messages: OK" in verified, verified

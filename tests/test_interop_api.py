@@ -14,7 +14,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -26,14 +25,6 @@ pytestmark = pytest.mark.slow  # the official TypeScript clients against a live 
 
 NODE_DIR = Path(__file__).resolve().parent / "node"
 SCRIPT_TIMEOUT = 300  # seconds; each script takes a few seconds here
-
-
-@pytest.fixture(scope="module")
-def node() -> str:
-    path = shutil.which("node")
-    if path is None:
-        pytest.skip("node is not on PATH: the official atproto clients need it")
-    return path
 
 
 @pytest.fixture(scope="module")

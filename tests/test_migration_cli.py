@@ -58,13 +58,6 @@ COMMAND_TIMEOUT = 300
 
 
 @pytest.fixture(scope="module")
-def smtp() -> Iterator[SmtpServer]:
-    server = SmtpServer().start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
 def world(tmp_path_factory, plc_url: str, smtp: SmtpServer) -> Iterator[dict[str, Any]]:
     """A and B serving, and alice's account on A."""
     with contextlib.ExitStack() as stack:

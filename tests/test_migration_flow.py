@@ -14,7 +14,6 @@ to the account, the new one takes writes, and the new PDS's firehose carried #id
 from __future__ import annotations
 
 import contextlib
-import shutil
 from pathlib import Path
 
 import httpx
@@ -28,14 +27,6 @@ pytestmark = pytest.mark.slow
 
 PASSWORD = "migrating password"
 TS = "2026-01-01T00:00:00.000Z"
-
-
-@pytest.fixture
-def node() -> str:
-    path = shutil.which("node")
-    if path is None:
-        pytest.skip("node is not on PATH: the official atproto clients need it")
-    return path
 
 
 def _seed(api: Api) -> tuple[str, str]:

@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 import pytest
+from harness import kill9
 from server_util import (
     Api,
     api_fixture,
@@ -297,18 +298,6 @@ def _built_car(tmp: Path, data: Path, did: str, trial: int, count: int = 3000) -
     return b"".join(repo.export_car())
 
 
-def _kill9(server) -> None:  # type: ignore[no-untyped-def]
-    """SIGKILL the gunicorn master and its workers at once."""
-    import signal
-
-    from harness import children, gone, wait_for
-    pids = [server.proc.pid, *children(server.proc.pid)]
-    for pid in pids:
-        os.kill(pid, signal.SIGKILL)
-    server.proc.wait(10)
-    wait_for(lambda: all(gone(p) for p in pids), 10, "the killed workers to go")
-
-
 @pytest.mark.slow  # restarts a server a dozen times
 def test_kill9_during_import_leaves_old_or_new_repo(new_server, tmp_path) -> None:  # type: ignore[no-untyped-def]
     import random
@@ -334,7 +323,7 @@ def test_kill9_during_import_leaves_old_or_new_repo(new_server, tmp_path) -> Non
         thread = threading.Thread(target=_quiet_import, args=(server, acct, car_bytes))
         thread.start()
         time.sleep(rng.uniform(0.0, took))
-        _kill9(server)
+        kill9(server)
         thread.join(30)
         api.close()
         # Start (recovery), stop cleanly, check the data dir offline, start again.

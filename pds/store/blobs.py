@@ -22,7 +22,7 @@ from cbrrr import CID
 
 from ..repo.codec import raw_cid_for
 from .blocks import shard_path
-from .files import ensure_dir, flock, fsync_dir, read_file, write_all, write_file
+from .files import discard, ensure_dir, flock, fsync_dir, read_file, write_all, write_file
 from .layout import BLOBS_LOCK
 
 TEMP_GRACE = 3600  # seconds an unreferenced upload is kept
@@ -231,10 +231,5 @@ class Upload:
             return cid, self.store._commit_upload(self.path, cid, self.size, mime)
 
     def abort(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
-        try:
-            os.unlink(self.path)
-        except FileNotFoundError:
-            pass
+        discard(self.fd, self.path)
+        self.fd = -1

@@ -35,6 +35,15 @@ def write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view):]
 
 
+def discard(fd: int, path: str | os.PathLike) -> None:
+    """Close `fd` (unless it is -1) and remove the temporary file at `path`, if it is still
+    there: what an upload or a staged import leaves when it is given up or done with."""
+    if fd >= 0:
+        os.close(fd)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
 def read_whole(path: str | os.PathLike) -> bytes:
     """A file's bytes through plain descriptors (no buffered file object: the store reads
     many small files). FileNotFoundError when absent; WouldBlock inside `cached_only`

@@ -17,7 +17,7 @@ from pathlib import Path
 from cbrrr import CID
 
 from ..repo.repo_import import CarIndex, index_car
-from .files import ensure_dir, write_all
+from .files import discard, ensure_dir, write_all
 
 
 class CarTooLarge(Exception):
@@ -64,10 +64,5 @@ class StagedCar:
 
     def close(self) -> None:
         """Remove the file (whatever became of the import)."""
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
-        try:
-            os.unlink(self.path)
-        except FileNotFoundError:
-            pass
+        discard(self.fd, self.path)
+        self.fd = -1

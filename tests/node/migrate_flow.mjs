@@ -9,12 +9,10 @@
 //   {"did", "blobs": copied, "preferences": n, "operation": the PLC op submitted}
 
 import assert from 'node:assert/strict'
-import { readdirSync, readFileSync } from 'node:fs'
-import { join } from 'node:path'
 
 import api from '@atproto/api'
 
-import { args, expectXrpcError, main, step } from './util.mjs'
+import { args, expectXrpcError, mailTokens, main, step } from './util.mjs'
 
 const { AtpAgent } = api
 
@@ -26,19 +24,8 @@ for (const name of ['from', 'to', 'did', 'password', 'handle', 'email', 'old-ema
   assert.ok(opts[name], `--${name} is required`)
 }
 
-/** The tokens of the mail to `address`, oldest first (a token stands on its own line). */
-function tokensTo(address) {
-  const out = []
-  for (const name of readdirSync(opts.maildir).sort()) {
-    const text = readFileSync(join(opts.maildir, name), 'utf8').replace(/\r\n/g, '\n')
-    const [head, ...body] = text.split('\n\n')
-    if (!head.split('\n').includes(`To: ${address}`)) continue
-    const found = body.join('\n\n').match(/^[A-Z2-7]{5}-[A-Z2-7]{5}$/gm) ?? []
-    assert.equal(found.length, 1, `one token per mail:\n${text}`)
-    out.push(found[0])
-  }
-  return out
-}
+/** The tokens of the mail to `address`, oldest first. */
+const tokensTo = (address) => mailTokens(opts.maildir, address)
 
 async function nextToken(address, seen) {
   const deadline = Date.now() + 30_000
