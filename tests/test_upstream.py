@@ -52,6 +52,14 @@ async def body(resp: upstream.Response) -> bytes:
         await resp.aclose()
 
 
+async def get_refused(base: str) -> None:
+    """A GET of `base` fails with UpstreamError, from `request` or while reading the body."""
+    pool = upstream.Pool(dev=True)
+    with pytest.raises(upstream.UpstreamError):
+        await body(await pool.request("GET", base + "/", []))
+    await pool.aclose()
+
+
 def test_framings_and_keep_alive() -> None:
     answers = {
         b"/length": b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-A: 1\r\nX-A: 2\r\n\r\nhello",
@@ -161,12 +169,9 @@ def test_a_bad_chunked_body_is_an_upstream_error(chunks: bytes) -> None:
     async def main() -> None:
         server, base, _ = await serve(
             lambda h: b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + chunks)
-        pool = upstream.Pool(dev=True)
-        with pytest.raises(upstream.UpstreamError):
-            # A bad first chunk that came with the head is refused with it (then the
-            # proxy answers 502 before sending anything); a later one while reading.
-            await body(await pool.request("GET", base + "/", []))
-        await pool.aclose()
+        # A bad first chunk that came with the head is refused with it (then the proxy
+        # answers 502 before sending anything); a later one while reading.
+        await get_refused(base)
         server.close()
     run(main)
 
@@ -256,10 +261,7 @@ HOSTILE = {
 def test_hostile_answers_h11_refuses(answer: bytes) -> None:
     async def main() -> None:
         server, base, _ = await serve_once([answer])
-        pool = upstream.Pool(dev=True)
-        with pytest.raises(upstream.UpstreamError):
-            await body(await pool.request("GET", base + "/", []))
-        await pool.aclose()
+        await get_refused(base)
         server.close()
     run(main)
 
