@@ -84,6 +84,37 @@ def test_a_worker_imports_dnspython_only_for_a_dns_lookup(tmp_path):
     assert "dns" not in mods
 
 
+def test_a_worker_imports_httpx_and_smtplib_only_when_it_uses_them(tmp_path):
+    """Outbound HTTP and SMTP are rare in a worker (did:web accounts, no relays, no mail
+    configured): their libraries, ~2.5 MB of httpx and what it pulls in, are imported at
+    the first use, not with the app (bench/README.md, Memory)."""
+    code = ("from pds.config import Settings\nfrom pds.server import build_app\n"
+            f"build_app(Settings(data_dir={str(tmp_path / 'd')!r}, hostname='localhost:1',"
+            " dev=True, jwt_secret='s' * 32))")
+    (tmp_path / "d" / "tmp").mkdir(parents=True)
+    mods = _modules_after(code, tmp_path)
+    assert "pds.services.context" in mods and "pds.services.mailer" in mods
+    for lazy in ("httpx", "httpcore"):
+        assert lazy not in mods, lazy
+
+
+def test_outbound_errors_are_caught_before_and_after_httpx_is_imported():
+    """`fetch.http_errors` names httpx's errors once httpx is loaded (only then can one
+    be raised), and always what the caller adds."""
+    import sys
+
+    import httpx
+
+    from pds.services import fetch
+    assert fetch.http_errors(TimeoutError) == (httpx.HTTPError, TimeoutError)
+    saved = sys.modules.pop("httpx")
+    try:
+        assert fetch.http_errors(TimeoutError) == (TimeoutError,)
+        assert fetch.http_errors() == ()
+    finally:
+        sys.modules["httpx"] = saved
+
+
 @pytest.mark.slow
 def test_workers_serve_on_uvloop(tmp_path):
     """The serving stack chosen by measurement (bench/README.md): each gunicorn worker

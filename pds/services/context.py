@@ -5,8 +5,6 @@ from __future__ import annotations
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-import httpx
-
 from ..config import Settings
 from ..repo.signing_keys import PrivateKey, load_private_key
 from ..store.accounts import AccountStore
@@ -15,6 +13,8 @@ from ..store.layout import BLOB_GC_LOCK, PRUNE_LOCK, SNAPSHOT_LOCK, DataDir
 from ..store.repo import Repo
 
 if TYPE_CHECKING:
+    import httpx
+
     from .proxy import Proxy
 
 SNAPSHOT_MAX_AGE = 300.0  # seconds an export snapshot may lag a changing repo
@@ -47,7 +47,12 @@ class AppContext:
 
     @cached_property
     def http(self) -> httpx.AsyncClient:
-        """Outbound HTTP (PLC, relays, handle resolution); created in the worker's loop."""
+        """Outbound HTTP (PLC, relays, handle resolution); created in the worker's loop.
+        httpx is imported here, at the first outbound request, not with the app: a
+        worker that never makes one (most, with did:web accounts and no relays) is
+        spared its ~2.5 MB (bench/README.md, Memory). `fetch.http_errors()` catches its
+        errors without importing it."""
+        import httpx
         return httpx.AsyncClient(timeout=10.0, follow_redirects=False,
                                  headers={"User-Agent": "pds (python)"})
 

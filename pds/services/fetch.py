@@ -20,8 +20,9 @@ Usage::
                                      dev=ctx.settings.dev)
 
 Errors: :class:`UnsafeTarget` (refused URL or redirect), :class:`ResponseTooLarge`, both
-:class:`FetchError`; transport failures are httpx's own (`httpx.HTTPError`), and
-`TimeoutError` when a deadline passes.
+:class:`FetchError`; transport failures are httpx's own (`httpx.HTTPError`, which
+:func:`http_errors` names without importing httpx), and `TimeoutError` when a deadline
+passes.
 """
 
 from __future__ import annotations
@@ -29,10 +30,12 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
-from typing import Any, NamedTuple
+import sys
+from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import urljoin, urlsplit
 
-import httpx
+if TYPE_CHECKING:
+    import httpx
 
 __all__ = [
     "RESOLVE_TIMEOUT",
@@ -43,6 +46,7 @@ __all__ = [
     "check_target",
     "embedded_ipv4",
     "guarded_get",
+    "http_errors",
     "is_ip_literal",
     "is_public_address",
     "read_capped",
@@ -63,6 +67,15 @@ class UnsafeTarget(FetchError):
 
 class ResponseTooLarge(FetchError):
     """A response body was over the caller's size limit."""
+
+
+def http_errors(*also: type[Exception]) -> tuple[type[Exception], ...]:
+    """The exceptions of a failed outbound request (`httpx.HTTPError`) and `also`, for
+    `except` clauses in modules that don't import httpx: a worker imports it (about
+    2.5 MB with what it pulls in) only when it first makes an outbound request
+    (`AppContext.http`). Before that no httpx error can be raised: nothing to catch."""
+    httpx = sys.modules.get("httpx")
+    return also if httpx is None else (httpx.HTTPError, *also)
 
 
 class PinnedTarget(NamedTuple):

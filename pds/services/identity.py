@@ -35,8 +35,6 @@ import json
 import time
 from typing import TYPE_CHECKING, Any
 
-import httpx
-
 from ..repo.did import (
     PDS_SERVICE_TYPE,
     IdentityError,
@@ -61,6 +59,8 @@ from . import fetch
 from .wellknown import Publisher
 
 if TYPE_CHECKING:
+    import httpx
+
     from .context import AppContext
 
 __all__ = ["DID_CACHE_TTL", "Identity"]
@@ -75,10 +75,11 @@ HANDLE_TIMEOUT = 3.0  # each of DNS and HTTPS handle resolution
 HANDLE_REDIRECTS = 3
 HANDLE_CHECK_TTL = 300.0  # seconds describeRepo's handleIsCorrect is trusted
 
-# What a failed resolution may raise; each means "no answer", never an error to the caller.
-# RecursionError: a document nested too deeply.
-_RESOLVE_FAILURES = (httpx.HTTPError, IdentityError, fetch.FetchError, OSError, ValueError,
-                     TimeoutError, RecursionError)
+# What a failed resolution may raise besides a failed request (`fetch.http_errors()`);
+# each means "no answer", never an error to the caller. RecursionError: a document
+# nested too deeply.
+_RESOLVE_FAILURES = (IdentityError, fetch.FetchError, OSError, ValueError, TimeoutError,
+                     RecursionError)
 
 
 class Identity(Publisher):
@@ -160,7 +161,7 @@ class Identity(Publisher):
         url = plc_did_url(self.ctx.settings.plc_url, did)
         try:
             resp = await self.ctx.http.post(url, json=op, timeout=FETCH_TIMEOUT)
-        except (httpx.HTTPError, TimeoutError) as e:
+        except fetch.http_errors(TimeoutError) as e:
             raise IdentityError(f"PLC directory unreachable ({url}): {e!r}") from None
         if not 200 <= resp.status_code < 300:
             raise IdentityError(f"PLC directory refused the operation for {did} "
@@ -172,7 +173,7 @@ class Identity(Publisher):
         try:
             status, body = await self._get(url, limit=PLC_RESPONSE_MAX_BYTES,
                                            timeout=FETCH_TIMEOUT, guard=False)
-        except (httpx.HTTPError, TimeoutError) as e:
+        except fetch.http_errors(TimeoutError) as e:
             raise IdentityError(f"PLC directory unreachable ({url}): {e!r}") from None
         except fetch.FetchError as e:  # a redirect, or an answer over the size cap
             raise IdentityError(str(e)) from e
@@ -235,7 +236,7 @@ class Identity(Publisher):
                 doc = await self._fetch_web_doc(did)
             else:
                 return None
-        except _RESOLVE_FAILURES:
+        except fetch.http_errors(*_RESOLVE_FAILURES):
             return None
         if doc is None or doc.get("id") != did:
             return None
@@ -340,8 +341,8 @@ class Identity(Publisher):
             status, body = await self._get(url, limit=HANDLE_DID_MAX_BYTES,
                                            timeout=HANDLE_TIMEOUT, guard=True,
                                            redirects=HANDLE_REDIRECTS)
-        except (httpx.HTTPError, IdentityError, fetch.FetchError, OSError, ValueError,
-                TimeoutError):
+        except fetch.http_errors(IdentityError, fetch.FetchError, OSError, ValueError,
+                                 TimeoutError):
             return None
         if status != 200:
             return None
