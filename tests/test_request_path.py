@@ -94,7 +94,7 @@ def test_a_worker_imports_httpx_and_smtplib_only_when_it_uses_them(tmp_path):
     (tmp_path / "d" / "tmp").mkdir(parents=True)
     mods = _modules_after(code, tmp_path)
     assert "pds.services.context" in mods and "pds.services.mailer" in mods
-    for lazy in ("httpx", "httpcore"):
+    for lazy in ("httpx", "httpcore", "smtplib"):
         assert lazy not in mods, lazy
 
 

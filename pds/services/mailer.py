@@ -7,7 +7,8 @@ tmp/); a message leaves the spool only once the server accepted it. A failure is
 again with a doubling delay (5 s up to an hour); a refusal for good (a 5xx) leaves it in
 the spool marked `failed`, for the operator to see with `pds mail list`.
 
-smtplib blocks: delivery runs in a worker thread, never on the event loop.
+smtplib blocks: delivery runs in a worker thread, never on the event loop. It is imported
+there, when there is mail to send: every worker runs the sender, most never send.
 """
 
 from __future__ import annotations
@@ -15,18 +16,18 @@ from __future__ import annotations
 import asyncio
 import datetime
 import logging
-import smtplib
-import ssl
 import time
 from dataclasses import dataclass
-from email.message import EmailMessage
-from email.utils import format_datetime, make_msgid, parseaddr
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
 from ..store.files import try_flock
 from ..store.layout import MAIL_LOCK
 from ..store.mailspool import MailSpool
+
+if TYPE_CHECKING:
+    import smtplib
+    from email.message import EmailMessage
 
 log = logging.getLogger("pds")
 POLL = 2.0  # seconds between looks at the spool (a new message wakes its own worker)
@@ -59,6 +60,8 @@ class Permanent(Exception):
 
 
 def _connect(target: SmtpTarget) -> smtplib.SMTP:
+    import smtplib
+    import ssl
     context = ssl.create_default_context()
     if target.tls:
         smtp: smtplib.SMTP = smtplib.SMTP_SSL(target.host, target.port, timeout=SMTP_TIMEOUT,
@@ -79,6 +82,8 @@ def _connect(target: SmtpTarget) -> smtplib.SMTP:
 
 
 def _message(doc: dict[str, Any], sender: str) -> EmailMessage:
+    from email.message import EmailMessage
+    from email.utils import format_datetime, make_msgid, parseaddr
     msg = EmailMessage()
     msg["From"] = sender
     msg["To"] = doc["to"]
@@ -92,6 +97,8 @@ def _message(doc: dict[str, Any], sender: str) -> EmailMessage:
 
 
 def _send_one(smtp: smtplib.SMTP, doc: dict[str, Any], sender: str) -> None:
+    import smtplib
+    from email.utils import parseaddr
     try:
         smtp.send_message(_message(doc, sender), from_addr=parseaddr(sender)[1],
                           to_addrs=[doc["to"]])
@@ -155,6 +162,7 @@ class Mailer:
             return self._deliver(due) if due else 0
 
     def _deliver(self, due: list[dict[str, Any]]) -> int:
+        import smtplib  # here, not with the app: see the module's docstring
         target = SmtpTarget.parse(self.ctx.settings.email_smtp_url)
         sender = self.ctx.settings.email_from_address or f"noreply@{self.ctx.settings.host_only}"
         sent = 0
