@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from gunicorn.app.base import BaseApplication
+from gunicorn.workers.base import Worker
 
 from .config import Settings
 from .store.layout import DataDir
@@ -96,6 +97,42 @@ def announce_if_restored(settings: Settings) -> dict | None:
     return out
 
 
+class LateAsgiWorker(Worker):
+    """gunicorn's ASGI worker (`gunicorn.workers.gasgi.ASGIWorker`), imported in each
+    worker after the fork instead of in the master.
+
+    gunicorn loads the worker class and makes each worker object in the master, before it
+    forks. The ASGI worker's module brings asyncio and gunicorn's ASGI protocol (about
+    5 MB), which the master, serving nothing, would hold for nothing. In the master this is
+    a plain `Worker`: the heartbeat file, age and sockets are all the master uses. Forked,
+    it turns into the ASGI worker (its class switched, the attributes `ASGIWorker.__init__`
+    sets added) and runs it."""
+
+    def init_process(self) -> None:
+        from gunicorn.workers.gasgi import ASGIWorker
+        _trim_gunicorn_tables()
+        # The attributes ASGIWorker.__init__ adds, from a spare instance whose heartbeat
+        # file is closed at once: this object keeps its own, the one the master watches.
+        spare = ASGIWorker(self.age, self.ppid, self.sockets, self.app, self.timeout,
+                           self.cfg, self.log)
+        spare.tmp.close()
+        self.__class__ = ASGIWorker
+        for name, value in vars(spare).items():
+            self.__dict__.setdefault(name, value)
+        self.init_process()
+
+
+def _trim_gunicorn_tables() -> None:
+    """gunicorn's ASGI protocol builds at import the chunk-size line of every size below
+    16384 (`_CHUNK_PREFIXES`: 1.7 MB in each worker) to save a format call per chunk,
+    and reads it as `_CHUNK_PREFIXES.get(size) or f"{size:x}\\r\\n"...`: emptied, the
+    same bytes are formatted instead (tests/test_memory.py holds gunicorn to that)."""
+    from gunicorn.asgi import protocol
+    table = getattr(protocol, "_CHUNK_PREFIXES", None)
+    if isinstance(table, dict):
+        table.clear()
+
+
 class PdsApplication(BaseApplication):
     """gunicorn, configured from Settings, serving `build_app` in each worker."""
 
@@ -114,15 +151,16 @@ class PdsApplication(BaseApplication):
             # gunicorn applies this umask only while it binds the socket.
             "umask": SOCKET_UMASK,
             "workers": s.workers,
-            # gunicorn's own ASGI worker on uvloop (a declared dependency): a third less
-            # CPU per small request than on asyncio (bench/README.md). uvicorn's worker
+            # gunicorn's own ASGI worker (imported after the fork: LateAsgiWorker) on
+            # uvloop (a declared dependency): a third less CPU per small request than on
+            # asyncio (bench/README.md). uvicorn's worker
             # closes a connection with an unread body at once (a reset where the client
             # should read its 413: xrpc/body.py). gunicorn_h1c's C parser was no faster
             # beside uvloop, and with it gunicorn dropped a connection instead of
             # answering a large or deeply nested JSON body (tests/test_server_badinput.py):
             # the Python parser, explicitly, in case it is installed. "auto": without
             # uvloop the worker still starts, on asyncio.
-            "worker_class": "asgi",
+            "worker_class": LateAsgiWorker,
             "asgi_loop": "auto",
             "http_parser": "python",
             "control_socket_disable": True,

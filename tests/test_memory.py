@@ -22,3 +22,15 @@ def test_hashes_made_with_the_old_parameters_still_verify():
     """Stored hashes keep their own parameters: accounts made before the change log in."""
     assert verify_password("correct horse battery staple", OLD_HASH)
     assert not verify_password("correct horse battery stapler", OLD_HASH)
+
+
+def test_gunicorns_chunk_size_table_is_only_a_shortcut():
+    """Each worker empties gunicorn's table of chunk-size lines (`server.py`,
+    `_trim_gunicorn_tables`): right only while gunicorn formats a size the table lacks."""
+    import inspect
+
+    from gunicorn.asgi import protocol
+
+    src = inspect.getsource(protocol)
+    assert '_CHUNK_PREFIXES.get(size) or f"{size:x}\\r\\n".encode("latin-1")' in src
+    assert src.count("_CHUNK_PREFIXES") == 2  # made, and read only there
