@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from pds.services.auth import hash_password, verify_password
 
 # Made with the parameters used before (argon2id, 19 MiB, 2 passes), from
@@ -22,6 +24,41 @@ def test_hashes_made_with_the_old_parameters_still_verify():
     """Stored hashes keep their own parameters: accounts made before the change log in."""
     assert verify_password("correct horse battery staple", OLD_HASH)
     assert not verify_password("correct horse battery stapler", OLD_HASH)
+
+
+def test_a_tuned_malloc_maps_large_blocks_after_a_larger_one_was_freed():
+    """`server.tune_malloc` fixes glibc's mmap threshold: after a 10 MB block was freed
+    (an argon2 buffer), a 1 MB one still gets its own mapping, given back when freed,
+    where glibc's default would have raised the threshold and taken it from the heap."""
+    import platform
+    import subprocess
+    import sys
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("glibc only")
+    code = """
+import ctypes, sys
+from pds.server import tune_malloc
+class Info(ctypes.Structure):  # struct mallinfo2: hblks, the blocks mapped on their own
+    _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks",
+                "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+libc = ctypes.CDLL(None)
+libc.mallinfo2.restype = Info
+if sys.argv[1] == "tuned":
+    assert tune_malloc()
+big = bytearray(10 * 1024 * 1024)
+del big
+before = libc.mallinfo2().hblks
+block = bytearray(1024 * 1024)
+print(libc.mallinfo2().hblks - before)
+"""
+
+    def mapped(mode: str) -> int:
+        return int(subprocess.run([sys.executable, "-c", code, mode], capture_output=True,
+                                  text=True, check=True).stdout)
+
+    assert mapped("default") == 0  # what the test relies on: glibc's dynamic threshold
+    assert mapped("tuned") == 1
 
 
 def test_gunicorns_chunk_size_table_is_only_a_shortcut():
