@@ -74,6 +74,19 @@ def test_the_gunicorn_master_holds_no_store_nor_app_modules(tmp_path):
         assert heavy not in mods, heavy
 
 
+def test_the_gunicorn_master_loads_no_event_loop(tmp_path):
+    """The master takes its worker class from the configuration as gunicorn's arbiter
+    does, without asyncio and gunicorn's ASGI worker, which are imported after the fork
+    (`server.LateAsgiWorker`); nor does `pds serve`'s CLI import asyncio."""
+    code = ("import pds.cli, pds.server\nfrom pds.config import Settings\n"
+            "app = pds.server.PdsApplication(Settings(data_dir='d', hostname='localhost:1',"
+            " dev=True, jwt_secret='s' * 32))\n"
+            "assert app.cfg.worker_class is pds.server.LateAsgiWorker")
+    mods = _modules_after(code, tmp_path)
+    for heavy in ("asyncio", "gunicorn.workers.gasgi", "gunicorn.asgi.protocol", "uvloop"):
+        assert heavy not in mods, heavy
+
+
 def test_a_worker_imports_dnspython_only_for_a_dns_lookup(tmp_path):
     code = ("from pds.config import Settings\nfrom pds.server import build_app\n"
             f"build_app(Settings(data_dir={str(tmp_path / 'd')!r}, hostname='localhost:1',"

@@ -3,7 +3,6 @@ through the data dir (changes reach the running server at once)."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sys
 from pathlib import Path
@@ -62,6 +61,8 @@ def account_create(handle: str, email: str, password: str | None, data_dir: Path
     """Create an account (no invite needed).
 
     Prints its DID and handle (and a generated password) as JSON."""
+    import asyncio  # here: `pds serve`, the gunicorn master, imports this module too
+
     from ..services.accounts import create_account
     ctx = load_context(data_dir)
     chosen = password or new_password()
@@ -77,6 +78,8 @@ def account_create(handle: str, email: str, password: str | None, data_dir: Path
 @data_dir_option
 def account_delete(who: str, yes: bool, data_dir: Path) -> None:
     """Delete an account: its repo, blobs, handle and sessions. Cannot be undone."""
+    import asyncio  # see account_create
+
     ctx, did = _account(data_dir, who)
     handle = (ctx.accounts.get(did) or {}).get("handle", "?")
     if not yes:
