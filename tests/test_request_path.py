@@ -97,17 +97,18 @@ def test_a_worker_imports_dnspython_only_for_a_dns_lookup(tmp_path):
     assert "dns" not in mods
 
 
-def test_a_worker_imports_httpx_and_smtplib_only_when_it_uses_them(tmp_path):
-    """Outbound HTTP and SMTP are rare in a worker (did:web accounts, no relays, no mail
-    configured): their libraries, ~2.5 MB of httpx and what it pulls in, are imported at
-    the first use, not with the app (bench/README.md, Memory)."""
+def test_a_worker_imports_httpx_smtplib_and_nacl_only_when_it_uses_them(tmp_path):
+    """Outbound HTTP, SMTP and password hashing are rare in a worker (did:web accounts,
+    no relays, no mail configured, sessions that last): their libraries (~2.5 MB of httpx
+    and what it pulls in, ~1.2 MB of PyNaCl) are imported at the first use, not with the
+    app (bench/README.md, Memory)."""
     code = ("from pds.config import Settings\nfrom pds.server import build_app\n"
             f"build_app(Settings(data_dir={str(tmp_path / 'd')!r}, hostname='localhost:1',"
             " dev=True, jwt_secret='s' * 32))")
     (tmp_path / "d" / "tmp").mkdir(parents=True)
     mods = _modules_after(code, tmp_path)
     assert "pds.services.context" in mods and "pds.services.mailer" in mods
-    for lazy in ("httpx", "httpcore", "smtplib"):
+    for lazy in ("httpx", "httpcore", "smtplib", "nacl"):
         assert lazy not in mods, lazy
 
 

@@ -20,8 +20,6 @@ from enum import StrEnum
 from typing import Any
 
 import jwt
-import nacl.exceptions
-import nacl.pwhash
 
 from ..errors import AuthFailed, AuthRequired, InvalidInput
 from ..repo.keys import PublicKey
@@ -92,11 +90,18 @@ _OPS = 5
 _MEM = 7 * 1024 * 1024
 
 
+# PyNaCl (libsodium's bindings, ~1.2 MB) is imported at the first password hashed or
+# checked, not with the app: a worker may serve for days without a login.
+
+
 def hash_password(password: str) -> str:
+    import nacl.pwhash
     return nacl.pwhash.argon2id.str(password.encode(), opslimit=_OPS, memlimit=_MEM).decode()
 
 
 def verify_password(password: str, hashed: str) -> bool:
+    import nacl.exceptions
+    import nacl.pwhash
     try:
         return nacl.pwhash.verify(hashed.encode(), password.encode())
     except (nacl.exceptions.InvalidkeyError, ValueError, TypeError):

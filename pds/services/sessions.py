@@ -7,6 +7,7 @@ handlers do with `asyncio.to_thread`.
 
 from __future__ import annotations
 
+import functools
 import re
 import secrets
 import time
@@ -26,7 +27,12 @@ from .email_flows import second_factor
 MAX_APP_PASSWORDS = 50
 APP_PASSWORDS = "app_passwords.json"
 
-_DUMMY_HASH = A.hash_password(secrets.token_hex(8))
+
+@functools.cache
+def _dummy_hash() -> str:
+    """A hash of a random password, checked when no account matches a login: made at
+    the first such login, not at import (a 7 MiB argon2 hash in every worker)."""
+    return A.hash_password(secrets.token_hex(8))
 
 
 def find_account(ctx: AppContext, identifier: str) -> Account | None:
@@ -73,7 +79,7 @@ def login(ctx: AppContext, identifier: Any, password: Any, ip: str,
     acct = find_account(ctx, identifier)
     if acct is None:
         # Spend the same effort as a real check, so timing doesn't reveal accounts.
-        A.verify_password(password, _DUMMY_HASH)
+        A.verify_password(password, _dummy_hash())
         raise AuthFailed("Invalid identifier or password")
     scope, app_password = A.SCOPE_ACCESS, None
     if not (acct.password_hash and A.verify_password(password, acct.password_hash)):
