@@ -71,3 +71,35 @@ def test_gunicorns_chunk_size_table_is_only_a_shortcut():
     src = inspect.getsource(protocol)
     assert '_CHUNK_PREFIXES.get(size) or f"{size:x}\\r\\n".encode("latin-1")' in src
     assert src.count("_CHUNK_PREFIXES") == 2  # made, and read only there
+
+
+def test_pds_cache_mb_bounds_every_cache_of_blocks_cids_and_mst_nodes(tmp_path):
+    """`PDS_CACHE_MB` sizes the per-process caches (pds/store/caches.py); what a worker's
+    caches can hold stays within it, however much it reads."""
+    import os
+
+    from pds.config import Settings, SettingsError
+    from pds.repo import codec, mst_node
+    from pds.repo.mst_node import NodeLoader, key_height
+    from pds.services.context import AppContext
+    from pds.store import blocks
+
+    assert Settings.load(tmp_path, env={"PDS_CACHE_MB": "1"}).cache_mb == 1
+    with pytest.raises(SettingsError, match="PDS_CACHE_MB"):
+        Settings.load(tmp_path, env={"PDS_CACHE_MB": "0"})
+    (tmp_path / "d" / "tmp").mkdir(parents=True)
+    try:
+        AppContext(Settings(data_dir=tmp_path / "d", hostname="localhost:1", dev=True,
+                            jwt_secret="s" * 32, cache_mb=1))
+        assert NodeLoader(lambda cid: b"").cache_size == 256
+        for i in range(5000):
+            key_height(f"app.bsky.feed.post/{i:013d}")
+            codec.cid_str(codec.cid_for(str(i).encode()))
+            blocks._CACHE.put(os.urandom(36), bytes(1000))
+        assert len(mst_node._HEIGHTS) <= 4096 and len(codec._CID_TEXT) <= 4096
+        assert blocks._CACHE.size <= 1024 * 1024 < 5000 * 1000
+    finally:
+        from pds.store.caches import size_caches
+        size_caches(Settings.cache_mb)  # the default, for the tests after this one
+    assert NodeLoader(lambda cid: b"").cache_size == 4096
+    assert blocks._CACHE.max_bytes == 16 * 1024 * 1024

@@ -85,7 +85,15 @@ def decode_json(data: bytes) -> Any:
 
 
 _CID_TEXT: dict[bytes, str] = {}
-_CID_TEXT_MAX = 65536
+_CID_TEXT_MAX = 65536  # entries, ~200 bytes each; `size_cid_text_cache` changes it
+
+
+def size_cid_text_cache(entries: int) -> None:
+    """How many CID texts `cid_str` keeps in this process (`PDS_CACHE_MB`)."""
+    global _CID_TEXT_MAX
+    _CID_TEXT_MAX = max(1, entries)
+    if len(_CID_TEXT) > _CID_TEXT_MAX:
+        _CID_TEXT.clear()
 
 
 # base32 (RFC 4648, lower case) ten bits at a time: the 36 bytes of a sha2-256 CID, padded

@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections.abc import Callable
-from functools import lru_cache
 from typing import Any, Union
 
 import cbrrr
@@ -37,12 +36,32 @@ class MissingBlock(KeyError):
     """A node the walk needs is not in the block store."""
 
 
-@lru_cache(maxsize=65536)
+# Per-process memos, sized by `size_mst_caches` (`PDS_CACHE_MB`): key heights (~150
+# bytes an entry, cleared when full) and the decoded nodes each NodeLoader keeps.
+_HEIGHTS: dict[str, int] = {}
+_HEIGHTS_MAX = 65536
+NODE_CACHE_SIZE = 4096
+
+
+def size_mst_caches(heights: int, nodes: int) -> None:
+    """How many key heights this process remembers, and how many decoded nodes each
+    NodeLoader made from now on keeps."""
+    global _HEIGHTS_MAX, NODE_CACHE_SIZE
+    _HEIGHTS_MAX, NODE_CACHE_SIZE = max(1, heights), max(1, nodes)
+    if len(_HEIGHTS) > _HEIGHTS_MAX:
+        _HEIGHTS.clear()
+
+
 def key_height(key: str) -> int:
     """The MST layer of a key: leading zero bits of sha256(key), halved."""
-    digest = hashlib.sha256(key.encode()).digest()
-    n = int.from_bytes(digest, "big")
-    return (256 - n.bit_length()) // 2
+    h = _HEIGHTS.get(key)
+    if h is None:
+        digest = hashlib.sha256(key.encode()).digest()
+        h = (256 - int.from_bytes(digest, "big").bit_length()) // 2
+        if len(_HEIGHTS) >= _HEIGHTS_MAX:
+            _HEIGHTS.clear()
+        _HEIGHTS[key] = h
+    return h
 
 
 def common_prefix_len(a: bytes, b: bytes) -> int:
@@ -184,11 +203,11 @@ EMPTY = Node((), (), (None,))
 class NodeLoader:
     """Loads nodes from a block source, keeping decoded nodes in a bounded cache."""
 
-    def __init__(self, get_block: GetBlock, cache_size: int = 4096,
+    def __init__(self, get_block: GetBlock, cache_size: int | None = None,
                  trusted: bool = False) -> None:
         self.get_block = get_block
         self.cache: dict[CID, Node] = {}
-        self.cache_size = cache_size
+        self.cache_size = NODE_CACHE_SIZE if cache_size is None else cache_size
         # A loader may be shared by reads in several threads: evicting is two steps.
         self._evict_lock = threading.Lock()
         # Blocks from our own store skip the checks that untrusted input (an import, a

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 from ..config import Settings
 from ..repo.signing_keys import PrivateKey, load_private_key
 from ..store.accounts import AccountStore
+from ..store.caches import size_caches
 from ..store.files import read_file, try_flock
 from ..store.layout import BLOB_GC_LOCK, PRUNE_LOCK, SNAPSHOT_LOCK, DataDir
 from ..store.repo import Repo
@@ -25,6 +26,7 @@ class AppContext:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        size_caches(settings.cache_mb)
         self.data = DataDir(settings.data_dir)
         self.accounts = AccountStore(self.data)
         self._repos: dict[str, tuple[str | None, Repo]] = {}

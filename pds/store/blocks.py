@@ -69,6 +69,16 @@ class _BlockCache:
 _CACHE = _BlockCache(16 * 1024 * 1024)
 
 
+def size_block_cache(max_bytes: int) -> None:
+    """How many bytes of blocks this process caches (`PDS_CACHE_MB`). In memory a small
+    block costs about 150 bytes more than its length (its key, the LRU's links)."""
+    with _CACHE.lock:
+        _CACHE.max_bytes = max_bytes
+        while _CACHE.size > max_bytes and _CACHE.items:
+            _k, old = _CACHE.items.popitem(last=False)
+            _CACHE.size -= len(old)
+
+
 def shard_path(root: Path, cid: str) -> Path:
     """Where the object named `cid` lives under `root`."""
     return root / cid[-2:] / cid
