@@ -150,6 +150,9 @@ def test_workers_serve_on_uvloop(tmp_path):
         assert all("uvloop/loop" in maps(pid) for pid in workers)
         assert not any("gunicorn_h1c" in maps(pid) for pid in workers)
         assert "uvloop" not in maps(server.proc.pid)
+        # Nor asyncio: gunicorn's ASGI worker is imported after the fork (LateAsgiWorker).
+        assert all("_asyncio" in maps(pid) for pid in workers)
+        assert "_asyncio" not in maps(server.proc.pid)
 
 
 def test_start_up_preparation_runs_in_a_child_and_its_failure_reaches_the_caller():
