@@ -15,7 +15,10 @@ alternating ours, ref, ours, ref, ... so that drift in the machine's load hits b
 - replay from cursor 0: events/s for one subscriber reading the whole log. Ours gets a
   log of `--replay-events` (100k) events, built in-process with real commits
   (`Repo.apply_writes` through the server's Sequencer); the reference gets what HTTP
-  writes build in reasonable time (`--ref-replay-events`, 20k).
+  writes build in reasonable time (`--ref-replay-events`, 20k; millipds too).
+
+With `--millipds VENV`, millipds (bench/millipds_server.py) runs as a third server in the
+same rounds, with accounts made by its CLI.
 
 Subscribers are asyncio `websockets` clients in this process; they decode only a frame's
 header, except the one subscriber per run that checks commit CIDs and seqs. The writer
@@ -25,6 +28,7 @@ client CPU of both is reported.
     python bench/firehose_bench.py --quick        # small counts (a few minutes)
     python bench/firehose_bench.py                # the full run
     python bench/firehose_bench.py --no-ref       # ours only
+    python bench/firehose_bench.py --millipds /work/venvs/millipds   # millipds as well
     python bench/firehose_bench.py --target http://127.0.0.1:2583   # a running PDS
 """
 
@@ -72,6 +76,7 @@ from http_bench import (
     make_post,
     percentile,
     process_tree,
+    start_millipds,
     start_ours,
     start_ref,
 )
@@ -350,9 +355,19 @@ def setup_accounts(t: Target, n: int, run_id: str) -> None:
                            "password": PASSWORD})
         return Account(handle, out["did"], out["accessJwt"])
 
+    def made(handle: str, did: str) -> Account:
+        out = c.call("POST", "com.atproto.server.createSession",
+                     body={"identifier": handle, "password": PASSWORD})
+        return Account(handle, did, out["accessJwt"])
+
     t0 = time.perf_counter()
-    t.writers = [create(f"fw{i}") for i in range(n)]
-    t.probe = create("fp")
+    labels = [f"fw{i}" for i in range(n)] + ["fp"]
+    make = t.server.make_accounts  # millipds: its CLI makes the accounts
+    if make is not None:
+        accts = [made(h, d) for h, d in make([f"{label}-{run_id}{domain}" for label in labels])]
+    else:
+        accts = [create(label) for label in labels]
+    t.writers, t.probe = accts[:-1], accts[-1]
     t.setup_s = time.perf_counter() - t0
     log(f"[{t.name}] {n + 1} accounts in {t.setup_s:.1f} s")
 
@@ -832,15 +847,20 @@ def summarize(res: dict, names: list[str], args: argparse.Namespace) -> list[dic
 
     def add(label: str, unit: str, vals: dict[str, Any], target: str = "",
             ok: bool | None = None, ratio: bool = True) -> None:
-        a, b = vals.get("ours"), vals.get("ref")
-        r = None
-        # A ratio only of positive numbers (latency from the response can be negative:
-        # the frame may arrive before the answer).
-        if ratio and all(isinstance(x, (int, float)) and not isinstance(x, bool)
-                         and not math.isnan(x) and x > 0 for x in (a, b)):
-            r = a / b
-        rows.append({"label": label, "unit": unit, "ours": a, "ref": b, "ratio": r,
-                     "target": target, "ok": ok})
+        def div(a: Any, b: Any) -> float | None:
+            # A ratio only of positive numbers (latency from the response can be negative:
+            # the frame may arrive before the answer).
+            if ratio and all(isinstance(x, (int, float)) and not isinstance(x, bool)
+                             and not math.isnan(x) and x > 0 for x in (a, b)):
+                return a / b
+            return None
+
+        row = {"label": label, "unit": unit, "ours": vals.get("ours"), "ref": vals.get("ref"),
+               "ratio": div(vals.get("ours"), vals.get("ref")), "target": target, "ok": ok}
+        if "millipds" in names:
+            row["millipds"] = vals.get("millipds")
+            row["ratio_millipds"] = div(vals.get("ours"), vals.get("millipds"))
+        rows.append(row)
 
     def head(label: str) -> None:
         rows.append({"label": label, "header": True})
@@ -926,7 +946,8 @@ def print_report(info: dict, targets: list[Target], res: dict, rows: list[dict],
                  args: argparse.Namespace) -> None:
     names = [t.name for t in targets]
     print("firehose_bench: com.atproto.sync.subscribeRepos"
-          + (", ours vs the reference PDS" if "ref" in names else ""))
+          + (", ours vs the reference PDS" if "ref" in names else "")
+          + (", with millipds beside them" if "millipds" in names else ""))
     print(f"  machine: {info['cpu_count']} CPUs ({info['cpu_model']}), Python {info['python']}")
     print(f"  work dir: {info['work_dir']} ({info['work_fs']}); load average at start "
           + " ".join(f"{x:.2f}" for x in info["loadavg_start"]) + ", at end "
@@ -942,7 +963,9 @@ def print_report(info: dict, targets: list[Target], res: dict, rows: list[dict],
           "rounds alternate " + ", ".join(names + names[:1]) + "...")
     print()
     w0 = 40
-    print(f"  {'':<{w0}}{'unit':>6}{'ours':>10}{'ref':>10}{'ours/ref':>10}  target (ours)")
+    milli = "millipds" in names
+    print(f"  {'':<{w0}}{'unit':>6}" + "".join(f"{n:>10}" for n in names) + f"{'ours/ref':>10}"
+          + (f"{'ours/milli':>11}" if milli else "") + "  target (ours)")
     for row in rows:
         if row.get("header"):
             print(f"  {row['label']}")
@@ -951,12 +974,15 @@ def print_report(info: dict, targets: list[Target], res: dict, rows: list[dict],
         target = f"{row['target']}  {mark}" if row["target"] else ""
         ratio = f"{fmt(row['ratio'])}x" if row["ratio"] is not None else "-"
         unit = "" if row["unit"] == "n" else row["unit"]
-        print(f"  {row['label']:<{w0}}{unit:>6}{fmt(row['ours'], row['unit']):>10}"
-              f"{fmt(row['ref'], row['unit']):>10}{ratio:>10}  {target}")
+        rm = row.get("ratio_millipds")
+        print(f"  {row['label']:<{w0}}{unit:>6}"
+              + "".join(f"{fmt(row.get(n), row['unit']):>10}" for n in names) + f"{ratio:>10}"
+              + (f"{(fmt(rm) + 'x') if rm is not None else '-':>11}" if milli else "")
+              + f"  {target}")
     print()
     print("  CPU per phase (mean over rounds): client = this process (subscribers), "
           "writer = the child")
-    print(f"  {'':<{w0}}{'server':>7}{'cli %':>7}{'wri %':>7}{'srv cores':>10}"
+    print(f"  {'':<{w0}}{'server':>9}{'cli %':>7}{'wri %':>7}{'srv cores':>10}"
           f"{'srv us/frame':>13}")
 
     def cpu_line(label: str, nm: str, rs: list[dict], frames: float | None) -> None:
@@ -966,7 +992,7 @@ def print_report(info: dict, targets: list[Target], res: dict, rows: list[dict],
         srv = [r["server_cpu_s"] for r in rs if r["server_cpu_s"] is not None]
         cores = sum(srv) / wall if srv else None
         per = 1e6 * sum(srv) / frames if srv and frames else None
-        print(f"  {label:<{w0}}{nm:>7}{cli:>7.0f}{wri:>7.0f}{fmt(cores):>10}{fmt(per):>13}")
+        print(f"  {label:<{w0}}{nm:>9}{cli:>7.0f}{wri:>7.0f}{fmt(cores):>10}{fmt(per):>13}")
 
     for n, by in res.get("fanout", {}).items():
         for i, nm in enumerate(x for x in names if by.get(x)):
@@ -1019,6 +1045,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="ours only, against an already running PDS (open sign-up needed)")
     ap.add_argument("--target-pid", type=int, metavar="PID",
                     help="with --target: the server's root process, for its CPU")
+    ap.add_argument("--millipds", type=Path, metavar="VENV",
+                    help="also run millipds, installed in this venv (see bench/README.md)")
+    ap.add_argument("--millipds-log", action="store_true",
+                    help="keep millipds's own DEBUG logging on (default: off below WARNING)")
     ap.add_argument("--workers", type=int, default=2, help="gunicorn workers of ours (2)")
     ap.add_argument("--writers", type=int, default=8,
                     help="writer threads (each on its own account) for the flood (8)")
@@ -1090,6 +1120,10 @@ def main(argv: list[str] | None = None) -> int:
         else:
             log(f"starting our server (pds serve --workers {args.workers}) in {work} ...")
             targets.append(Target(start_ours(work, args.workers), data_dir=work / "ours"))
+        if args.millipds:
+            log(f"starting millipds from {args.millipds} ...")
+            targets.append(Target(start_millipds(work, args.millipds,
+                                                 quiet=not args.millipds_log)))
         if not args.no_ref:
             log("starting the local PLC directory and the reference PDS ...")
             targets.append(Target(start_ref(work)))

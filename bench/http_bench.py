@@ -17,6 +17,10 @@ hits both alike:
 - peak RSS summed over each server's process tree (gunicorn master + workers; node),
   sampled from /proc during the whole run.
 
+With `--millipds VENV` it also starts millipds (DavidBuchanan314/millipds, a Python PDS on
+aiohttp and SQLite, installed in that venv; bench/millipds_server.py) as a third server in
+the same alternating rounds; its accounts come from its CLI (it has no createAccount).
+
 It prints a table with ours/ref ratios and the issue's targets (PASS/FAIL), the client's
 and the servers' CPU per workload, and the load average.
 
@@ -27,6 +31,7 @@ of CPU, which the CPU table shows next to the floor.
     python bench/http_bench.py --quick                 # small counts (a few minutes)
     python bench/http_bench.py                         # the full run
     python bench/http_bench.py --no-ref                # ours only
+    python bench/http_bench.py --millipds /work/venvs/millipds   # millipds as well
     python bench/http_bench.py --target http://127.0.0.1:2583   # a running PDS only
     python bench/http_bench.py --json > out.json
 """
@@ -326,6 +331,19 @@ def _headers(token: str | None, content_type: str | None) -> dict[str, str]:
 # --- records --------------------------------------------------------------------------
 
 
+_TID_CHARS = "234567abcdefghijklmnopqrstuvwxyz"
+_tid_last = 0
+
+
+def next_tid() -> str:
+    """A record key in TID form (microseconds since the epoch, 10 clock-id bits), strictly
+    increasing within this process."""
+    global _tid_last
+    t = max(time.time_ns() // 1000 << 10, _tid_last + 1)
+    _tid_last = t
+    return "".join(_TID_CHARS[(t >> (60 - 5 * i)) & 31] for i in range(13))
+
+
 def make_post(rng: random.Random) -> dict[str, Any]:
     """A plain post: 110 to 210 characters of text, createdAt now, one language; about 200
     to 300 bytes of DAG-CBOR."""
@@ -562,6 +580,16 @@ class Server:
     blob_cid: str = ""
     posts: list[str] = field(default_factory=list)  # rkeys of accounts[0]'s posts
     setup: dict[str, float] = field(default_factory=dict)
+    # A server without createAccount (millipds) makes its accounts its own way:
+    # make_accounts(handles) -> [(handle, did)]; tokens then come from createSession.
+    make_accounts: Callable[[list[str]], list[tuple[str, str]]] | None = None
+    # lenient: a set-up step that fails marks the workloads needing it n/a (in `cannot`,
+    # workload key -> why) instead of stopping the run. For a third-party server only.
+    lenient: bool = False
+    cannot: dict[str, str] = field(default_factory=dict)
+    # The client names the records of an applyWrites batch (TID rkeys): millipds gives
+    # every create of one applyWrites the same TID, so a batch without rkeys fails.
+    batch_rkeys: bool = False
 
     def stop(self) -> None:
         for p in reversed(self.procs):
@@ -649,6 +677,24 @@ def start_ref(work: Path) -> Server:
         raise
 
 
+def start_millipds(work: Path, venv: Path, quiet: bool) -> Server:
+    import millipds_server  # bench/millipds_server.py (stdlib only)
+
+    port = free_port()
+    log_path = work / "millipds.log"
+    m = millipds_server.start(venv, work, port, log_path, quiet=quiet,
+                              preexec_fn=_die_with_parent)
+    server = Server("millipds", Client(m.url), m.proc.pid, [m.proc], info=m.info,
+                    make_accounts=lambda handles: m.create_accounts(handles, PASSWORD),
+                    lenient=True, batch_rkeys=True)
+    try:
+        wait_health(server.client, m.proc, log_path, START_TIMEOUT)
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
 def node_version() -> str:
     try:
         return subprocess.run(["node", "--version"], capture_output=True, text=True,
@@ -677,12 +723,23 @@ def setup_server(server: Server, args: argparse.Namespace, run_id: str,
                            "password": PASSWORD})
         return Account(handle, out["did"], out["accessJwt"])
 
+    def made(handle: str, did: str) -> Account:
+        out = c.call("POST", "com.atproto.server.createSession",
+                     body={"identifier": handle, "password": PASSWORD})
+        return Account(handle, did, out["accessJwt"])
+
     t0 = time.perf_counter()
-    server.accounts = [create(f"b{i}") for i in range(args.clients)]
-    server.big = create("big")
+    labels = [f"b{i}" for i in range(args.clients)] + ["big"]
+    if server.make_accounts is not None:
+        accts = [made(h, d) for h, d in
+                 server.make_accounts([f"{label}-{run_id}{domain}" for label in labels])]
+    else:
+        accts = [create(label) for label in labels]
+    server.accounts, server.big = accts[:-1], accts[-1]
     t1 = time.perf_counter()
     server.setup["accounts_s"] = t1 - t0
-    log(f"[{server.name}] {args.clients + 1} accounts in {t1 - t0:.1f} s")
+    how = " (its CLI, then createSession)" if server.make_accounts is not None else ""
+    log(f"[{server.name}] {args.clients + 1} accounts{how} in {t1 - t0:.1f} s")
 
     # The big repository: applyWrites batches of 200 creates.
     rng = random.Random(20260101)
@@ -694,6 +751,9 @@ def setup_server(server: Server, args: argparse.Namespace, run_id: str,
         k = min(BATCH, args.big - done)
         writes = [{"$type": "com.atproto.repo.applyWrites#create", "collection": POST,
                    "value": make_post(rng)} for _ in range(k)]
+        if server.batch_rkeys:
+            for w in writes:
+                w["rkey"] = next_tid()
         b0 = time.perf_counter()
         c.call("POST", "com.atproto.repo.applyWrites",
                body={"repo": big.did, "writes": writes}, token=big.token)
@@ -706,7 +766,18 @@ def setup_server(server: Server, args: argparse.Namespace, run_id: str,
     log(f"[{server.name}] {done}-record repository in {t1 - t0:.1f} s "
         f"(applyWrites of {BATCH}: p50 {server.setup['batch_p50_ms']:.0f} ms)")
 
-    # The blob, referenced from a record (a PDS serves only blobs that a record uses).
+    try:
+        setup_blob(server, blob, rng)
+    except (HttpError, OSError, RuntimeError, KeyError) as e:
+        if not server.lenient:
+            raise
+        server.cannot["get_blob"] = f"blob set-up failed: {e}"[:300]
+        log(f"[{server.name}] {server.cannot['get_blob']}; getBlob is n/a")
+
+
+def setup_blob(server: Server, blob: bytes, rng: random.Random) -> None:
+    """The blob, referenced from a record (a PDS serves only blobs that a record uses)."""
+    c = server.client
     acct = server.accounts[1 % len(server.accounts)]
     up = c.call("POST", "com.atproto.repo.uploadBlob", raw=blob,
                 content_type="application/octet-stream", token=acct.token)
@@ -1007,6 +1078,8 @@ def run_workloads(servers: list[Server], wls: list[Workload], rounds: int,
         log(f"{wl.title}: {wl.total} per server in {len(counts)} round(s)"
             + (f" after {wl.warmup} warm-up" if wl.warmup else "") + " ...")
         for s in servers:
+            if wl.key in s.cannot:
+                continue
             if wl.warmup:
                 warm = run_clients(s, None, wl.plans(s, random.Random(seed - 1),
                                                      max(wl.warmup, wl.clients)),
@@ -1015,6 +1088,8 @@ def run_workloads(servers: list[Server], wls: list[Workload], rounds: int,
                     wl.after(s, warm)
         for rnd, count in enumerate(counts):
             for s in servers:
+                if wl.key in s.cannot:
+                    continue
                 # The same request pattern for every server (same seed per round).
                 plans = wl.plans(s, random.Random(seed * 1000 + rnd), max(count, wl.clients))
                 res = run_clients(s, sampler, plans, keep_bodies=wl.keep_bodies)
@@ -1022,6 +1097,9 @@ def run_workloads(servers: list[Server], wls: list[Workload], rounds: int,
                     wl.after(s, res)
                 results[wl.key][s.name].add(res)
         for s in servers:
+            if wl.key in s.cannot:
+                log(f"  [{s.name}] n/a: {s.cannot[wl.key]}")
+                continue
             r = results[wl.key][s.name]
             extra = f"; {r.errors} errors, first: {r.first_error[:200]}" if r.errors else ""
             log(f"  [{s.name}] p50 {r.p(50):.3f} ms, {r.rate:.0f}/s{extra}")
@@ -1068,15 +1146,18 @@ def verdict(key: str, r: float | None) -> tuple[str, bool | None]:
 
 
 def build_rows(res: dict[str, dict[str, Result]], mem: dict[str, int],
-               names: list[str]) -> list[dict[str, Any]]:
-    """The main table: one row per number, with the ratio and target where there is one."""
+               names: list[str], clients: int = 16) -> list[dict[str, Any]]:
+    """The main table: one row per number, with the ratio and target where there is one.
+    A server with no answered request in a workload (one it cannot do) gets None: n/a."""
     rows: list[dict[str, Any]] = []
 
-    def add(label: str, unit: str, get: Callable[[Result], float], key: str | None = None,
-            wl: str = "", extra_target: tuple[str, Callable[[float], bool]] | None = None,
+    def add(label: str, unit: str, get: Callable[[Result], float | None],
+            key: str | None = None, wl: str = "",
+            extra_target: tuple[str, Callable[[float], bool]] | None = None,
             values: dict[str, float] | None = None) -> None:
         vals = values if values is not None else (
-            {n: get(res[wl][n]) for n in names if wl in res and n in res[wl]})
+            {n: get(res[wl][n]) if res[wl][n].ok else None
+             for n in names if wl in res and n in res[wl]})
         r = ratio(vals.get("ours"), vals.get("ref"))
         target, ok = verdict(key, r) if key else ("", None)
         if extra_target is not None and vals.get("ours") is not None:
@@ -1084,9 +1165,15 @@ def build_rows(res: dict[str, dict[str, Result]], mem: dict[str, int],
             ok2 = test(vals["ours"])
             target = f"{target} and {text}" if target else text
             ok = ok2 if ok is None else (ok and ok2)
-        rows.append({"label": label, "unit": unit, "ours": vals.get("ours"),
-                     "ref": vals.get("ref"), "ratio": r, "target": target, "ok": ok,
-                     "key": key})
+        row = {"label": label, "unit": unit, "ours": vals.get("ours"), "ref": vals.get("ref"),
+               "ratio": r, "target": target, "ok": ok, "key": key}
+        if "millipds" in names:
+            row["millipds"] = vals.get("millipds")
+            row["ratio_millipds"] = ratio(vals.get("ours"), vals.get("millipds"))
+        rows.append(row)
+
+    def cpu_ms(x: Result) -> float | None:
+        return x.view()["server_cpu_ms_per_req"]
 
     if "health" in res:
         add("_health p50 (floor)", "ms", lambda x: x.p(50), wl="health")
@@ -1096,14 +1183,18 @@ def build_rows(res: dict[str, dict[str, Result]], mem: dict[str, int],
         add("createRecord p50", "ms", lambda x: x.p(50), "create_p50", "create")
         add("createRecord p90", "ms", lambda x: x.p(90), wl="create")
         add("createRecord p99", "ms", lambda x: x.p(99), wl="create")
+        add("  server CPU per write", "ms", cpu_ms, wl="create")
     if "conc16" in res:
-        add("writes, 16 clients x 16 accounts", "/s", lambda x: x.rate, "conc16_tput", "conc16")
+        add(f"writes, {clients} clients x {clients} accounts", "/s", lambda x: x.rate,
+            "conc16_tput", "conc16")
         add("  latency p50", "ms", lambda x: x.p(50), wl="conc16")
+        add("  server CPU per write", "ms", cpu_ms, wl="conc16")
     if "conc1" in res:
-        add("writes, 16 clients x 1 account", "/s", lambda x: x.rate, wl="conc1")
+        add(f"writes, {clients} clients x 1 account", "/s", lambda x: x.rate, wl="conc1")
         add("  latency p50", "ms", lambda x: x.p(50), wl="conc1")
     if "get_record" in res:
         add("getRecord p50", "ms", lambda x: x.p(50), "get_record_p50", "get_record")
+        add("  server CPU per request", "ms", cpu_ms, wl="get_record")
     if "list_records" in res:
         add("listRecords (limit 100) p50", "ms", lambda x: x.p(50), "list_records_p50",
             "list_records")
@@ -1139,7 +1230,8 @@ def print_report(info: dict[str, Any], servers: list[Server], res: dict[str, dic
                  args: argparse.Namespace) -> None:
     names = [s.name for s in servers]
     print("http_bench: PDS over HTTP" + (", ours vs the reference PDS" if "ref" in names
-                                          else ""))
+                                          else "")
+          + (", with millipds beside them" if "millipds" in names else ""))
     print(f"  machine: {info['cpu_count']} CPUs ({info['cpu_model']}), Python {info['python']},"
           f" {info['platform']}")
     print(f"  work dir: {info['work_dir']} ({info['work_fs']}); load average at start "
@@ -1161,15 +1253,25 @@ def print_report(info: dict[str, Any], servers: list[Server], res: dict[str, dic
           "servers and the client).")
     print()
     w0 = 36
-    print(f"  {'':<{w0}}{'unit':>6}{'ours':>10}{'ref':>10}{'ours/ref':>10}  target")
+    milli = "millipds" in names
+
+    def cell(row: dict[str, Any], n: str) -> str:
+        return fmt(row[n], row["unit"]) if row.get(n) is not None else "n/a"
+
+    def times(r: float | None) -> str:
+        return fmt(r) + "x" if r is not None else "-"
+
+    print(f"  {'':<{w0}}{'unit':>6}" + "".join(f"{n:>10}" for n in names)
+          + f"{'ours/ref':>10}" + (f"{'ours/milli':>11}" if milli else "") + "  target")
     for row in rows:
         mark = {True: "PASS", False: "FAIL", None: ""}[row["ok"]]
         target = f"{row['target']}  {mark}" if row["target"] else ""
         if row["ok"] is None and row["target"]:
             target = f"{row['target']}  (n/a)"
-        print(f"  {row['label']:<{w0}}{row['unit']:>6}{fmt(row['ours'], row['unit']):>10}"
-              f"{fmt(row['ref'], row['unit']):>10}"
-              f"{(fmt(row['ratio']) + 'x') if row['ratio'] is not None else '-':>10}  {target}")
+        print(f"  {row['label']:<{w0}}{row['unit']:>6}"
+              + "".join(f"{cell(row, n):>10}" for n in names)
+              + f"{times(row['ratio']):>10}"
+              + (f"{times(row['ratio_millipds']):>11}" if milli else "") + f"  {target}")
     if sampler is not None and sampler.peak:
         for s in servers:
             if s.name in sampler.peak:
@@ -1188,15 +1290,20 @@ def print_report(info: dict[str, Any], servers: list[Server], res: dict[str, dic
     print()
     print("  per workload: requests, errors, client CPU (% of one core, us per request), server "
           "CPU (ms per request, cores busy, % of it in the kernel)")
-    print(f"  {'':<{w0}}{'server':>7}{'reqs':>7}{'err':>5}{'wall s':>8}{'cli %':>7}"
+    ws = max(7, *(len(s.name) + 1 for s in servers))
+    print(f"  {'':<{w0}}{'server':>{ws}}{'reqs':>7}{'err':>5}{'wall s':>8}{'cli %':>7}"
           f"{'cli us':>8}{'srv ms':>8}{'cores':>7}{'sys %':>6}  p50/p90/p99 ms")
     for wl in wls:
         for s in servers:
+            if wl.key in s.cannot:
+                print(f"  {wl.title if s is servers[0] else '':<{w0}}{s.name:>{ws}}  n/a: "
+                      f"{s.cannot[wl.key]}")
+                continue
             r = res[wl.key][s.name].view()
             srv_ms = r["server_cpu_ms_per_req"]
             cores = r["server_cpu_cores"]
             sys_pct = r["server_sys_pct"]
-            print(f"  {wl.title if s is servers[0] else '':<{w0}}{s.name:>7}{r['requests']:>7}"
+            print(f"  {wl.title if s is servers[0] else '':<{w0}}{s.name:>{ws}}{r['requests']:>7}"
                   f"{r['errors']:>5}{r['wall_s']:>8.2f}{r['client_cpu_pct']:>7.0f}"
                   f"{r['client_cpu_us_per_req']:>8.0f}"
                   f"{fmt(srv_ms):>8}{fmt(cores):>7}"
@@ -1234,6 +1341,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--target-pid", type=int, metavar="PID",
                     help="with --target: the server's root process, for RSS and CPU")
     ap.add_argument("--no-ref", action="store_true", help="skip the reference PDS")
+    ap.add_argument("--millipds", type=Path, metavar="VENV",
+                    help="also run millipds, installed in this venv (see bench/README.md)")
+    ap.add_argument("--millipds-log", action="store_true",
+                    help="keep millipds's own DEBUG logging on (default: off below WARNING, "
+                         "as ours and the reference run without logs)")
     ap.add_argument("--workers", type=int, default=2,
                     help="gunicorn workers of our server (default 2)")
     ap.add_argument("--n", type=int, default=None,
@@ -1302,6 +1414,9 @@ def main(argv: list[str] | None = None) -> int:
         else:
             log(f"starting our server (pds serve --workers {args.workers}) in {work} ...")
             servers.append(start_ours(work, args.workers))
+        if args.millipds:
+            log(f"starting millipds from {args.millipds} ...")
+            servers.append(start_millipds(work, args.millipds, quiet=not args.millipds_log))
         if not args.no_ref:
             log("starting the local PLC directory and the reference PDS ...")
             servers.append(start_ref(work))
@@ -1325,12 +1440,13 @@ def main(argv: list[str] | None = None) -> int:
             log(f"work dir kept: {work}")
     info["loadavg_end"] = os.getloadavg()
     names = [s.name for s in servers]
-    rows = build_rows(results, dict(sampler.peak), names)
+    rows = build_rows(results, dict(sampler.peak), names, args.clients)
     report = {
         "machine": info,
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "servers": {s.name: {"url": s.client.url, "info": s.info, "setup": s.setup,
-                             "big_records": s.big_records} for s in servers},
+                             "big_records": s.big_records, "cannot": s.cannot}
+                    for s in servers},
         "rows": rows,
         "workloads": {wl.key: {"title": wl.title, **{n: results[wl.key][n].view()
                                                     for n in names}} for wl in wls},
