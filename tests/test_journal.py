@@ -53,6 +53,12 @@ def test_torn_and_garbage_entries_are_skipped_and_later_ones_found(tmp_path):
     assert j.revs() == ["3k00000000002"]
 
 
+def test_replace_in_place_makes_a_missing_file(tmp_path):
+    path, spare = str(tmp_path / "HEAD"), str(tmp_path / "HEAD.next")
+    files.replace_in_place(path, spare, b"first\n", tmp_path)
+    assert open(path, "rb").read() == b"first\n"
+
+
 def test_replace_in_place_swaps_without_new_inodes(tmp_path):
     path, spare = str(tmp_path / "HEAD"), str(tmp_path / "HEAD.next")
     files.write_file(path, b"one\n", tmp_path)

@@ -178,3 +178,23 @@ def test_a_writer_killed_at_any_instant_leaves_the_floor_behind_its_events(
         nxt = add(EventLog(tmp_path / "seq", tmp_path / "tmp"))[0]
         assert nxt > max(seqs) and nxt >= log.floor()
     assert len(log.floors()) >= 2
+
+
+def test_appending_goes_on_after_its_shard_directory_was_pruned_away(tmp_path: Path) -> None:
+    # The writer remembers the last shard directory it saw; pruning may remove that
+    # directory once it is empty, and the next event must make it again, not fail.
+    log = new_log(tmp_path)
+    assert add(log, 2) == [1, 2]
+    shard = tmp_path / "seq" / "00000000"
+    for f in shard.iterdir():
+        f.unlink()
+    shard.rmdir()
+    assert add(log) == [3]
+    assert log.read(3) == b"event 3" and log.head() == 3
+
+
+def test_a_floor_raised_through_another_object_holds_for_a_new_writer(tmp_path: Path) -> None:
+    # A writer reads FLOOR once and then keeps it; a restart (a new EventLog) reads it anew.
+    add(new_log(tmp_path), 2)
+    new_log(tmp_path).raise_floor(NOW_US)
+    assert add(new_log(tmp_path)) == [NOW_US]

@@ -10,9 +10,10 @@ in worker threads.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import re
-from collections.abc import AsyncIterable, Iterator
+from collections.abc import AsyncIterable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -58,14 +59,20 @@ class InvalidBlob(RepoError):
 class BlobHooks(CommitHooks):
     """Keep blob references in step with the records that make them."""
 
-    def __init__(self, store: BlobStore, read_block: Any, on_commit: Any = None,
-                 rules: dict[str, list[BlobRule]] | None = None) -> None:
-        self.store = store
+    def __init__(self, open_store: Callable[[], BlobStore], read_block: Any,
+                 on_commit: Any = None, rules: dict[str, list[BlobRule]] | None = None
+                 ) -> None:
+        self.open_store = open_store
         self.read_block = read_block
         self.on_commit = on_commit
         self.added: dict[str, set[CID]] = {}
         # record path -> the blobs its lexicon constrains (accept, maxSize)
         self.rules = rules or {}
+
+    @functools.cached_property
+    def store(self) -> BlobStore:
+        """The account's blob store, opened only by a write that has blob refs to keep."""
+        return self.open_store()
 
     def prepare(self, ops: list[Op], writes: list[Write]) -> None:
         by_path = {w.path: w for w in writes}
@@ -79,7 +86,7 @@ class BlobHooks(CommitHooks):
                 raise RepoError(f"invalid blob ref in {op.path}: {e}") from None
             for cid in refs:
                 if not self.store.has(cid):
-                    raise BlobMissing(f"Could not find blob: {cid.encode()}")
+                    raise BlobMissing(f"Could not find blob: {cid_str(cid)}")
             self._check_rules(op.path, w.collection)
             self.added[op.path] = refs
         # Only now, when every write is known good, record the new references.

@@ -92,7 +92,7 @@ def _refused(e: RepoError) -> InvalidInput:
 
 
 def commit_result_view(result: CommitResult) -> dict:
-    return {"cid": result.cid.encode(), "rev": result.rev}
+    return {"cid": cid_str(result.cid), "rev": result.rev}
 
 
 def apply_writes(ctx: AppContext, did: str, writes: list[Write],
@@ -104,7 +104,7 @@ def apply_writes(ctx: AppContext, did: str, writes: list[Write],
         raise InvalidInput(f"Too many writes. Max: {MAX_OPS}")
     require(load(ctx, did), Use.WRITE, did)
     repo = ctx.repo(did)
-    hooks = BlobHooks(blob_store(ctx, did), repo.blocks.get, ctx.after_commit, rules)
+    hooks = BlobHooks(lambda: blob_store(ctx, did), repo.blocks.get, ctx.after_commit, rules)
     try:
         return repo.apply_writes(writes, swap_commit=swap_commit, hooks=hooks)
     except RepoError as e:

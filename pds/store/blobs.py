@@ -20,7 +20,7 @@ from pathlib import Path
 
 from cbrrr import CID
 
-from ..repo.codec import raw_cid_for
+from ..repo.codec import cid_str, raw_cid_for
 from .blocks import shard_path
 from .files import discard, ensure_dir, flock, fsync_dir, read_file, write_all, write_file
 from .layout import BLOBS_LOCK
@@ -53,7 +53,7 @@ class BlobStore:
         self.lock_path = root.parent / BLOBS_LOCK
 
     def path(self, cid: CID | str) -> Path:
-        return shard_path(self.root, cid if isinstance(cid, str) else cid.encode())
+        return shard_path(self.root, cid if isinstance(cid, str) else cid_str(cid))
 
     def meta_path(self, cid: CID | str) -> Path:
         p = self.path(cid)

@@ -118,15 +118,21 @@ def replace_in_place(path: str, spare: str, data: bytes, tmp_dir: str | os.PathL
     time. Creating a file and freeing the old one per update costs far more (and on
     ext4 without a journal, freed inodes slow every later create); `write_file` is the
     fallback where exchange is unsupported. Callers serialise updates of `path`."""
-    if _exchange_works and os.path.exists(path):
+    if _exchange_works:
         fd = os.open(spare, os.O_WRONLY | os.O_CREAT, 0o644)
         try:
             os.pwrite(fd, data, 0)
-            os.ftruncate(fd, len(data))
+            # Truncating costs more than asking: the contents (a seq, a CID and rev)
+            # rarely shrink.
+            if os.fstat(fd).st_size > len(data):
+                os.ftruncate(fd, len(data))
         finally:
             os.close(fd)
-        if exchange(spare, path):
-            return
+        try:
+            if exchange(spare, path):
+                return
+        except FileNotFoundError:  # no `path` yet: the first write makes it
+            pass
     write_file(path, data, tmp_dir, durable=False)
 
 

@@ -123,25 +123,30 @@ def file_name(name: str, what: str = "name", suffix: str = "",
     return name
 
 
+# Account directory paths a process keeps (a few hundred bytes each).
+_ACCOUNT_PATHS_MAX = 4096
+
+
 class DataDir:
     """The data directory's layout."""
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root).resolve()
+        self._accounts: dict[str, Path] = {}
 
-    @property
+    @functools.cached_property
     def env_file(self) -> Path:
         return self.root / ENV_FILE
 
-    @property
+    @functools.cached_property
     def format_file(self) -> Path:
         return self.root / FORMAT_FILE
 
-    @property
+    @functools.cached_property
     def backup_marker(self) -> Path:
         return self.root / BACKUP_MARKER
 
-    @property
+    @functools.cached_property
     def tmp(self) -> Path:
         return self.root / TMP
 
@@ -150,39 +155,39 @@ class DataDir:
         """This data dir's change clock (mapped on first use, once per process)."""
         return ChangeClock(self.tmp / CHANGES)
 
-    @property
+    @functools.cached_property
     def accounts(self) -> Path:
         return self.root / ACCOUNTS
 
-    @property
+    @functools.cached_property
     def handles(self) -> Path:
         return self.root / HANDLES
 
-    @property
+    @functools.cached_property
     def emails(self) -> Path:
         return self.root / EMAILS
 
-    @property
+    @functools.cached_property
     def invites(self) -> Path:
         return self.root / INVITES
 
-    @property
+    @functools.cached_property
     def seq(self) -> Path:
         return self.root / SEQ
 
-    @property
+    @functools.cached_property
     def ratelimit(self) -> Path:
         return self.root / RATELIMIT
 
-    @property
+    @functools.cached_property
     def tombstones(self) -> Path:
         return self.root / TOMBSTONES
 
-    @property
+    @functools.cached_property
     def mail(self) -> Path:
         return self.root / MAIL
 
-    @property
+    @functools.cached_property
     def migrations(self) -> Path:
         return self.root / MIGRATIONS
 
@@ -198,9 +203,18 @@ class DataDir:
     def account(self, did: str) -> Path:
         """An account's directory; refuses anything but a syntactically valid DID, and a
         valid DID too long to be a directory name (no account here can have it)."""
+        # Memoized: every request names an account, and the check and the join cost
+        # more than the lookup (bounded; only valid DIDs are kept).
+        path = self._accounts.get(did) if isinstance(did, str) else None
+        if path is not None:
+            return path
         if not isinstance(did, str) or not is_valid_did(did):
             raise InvalidName(f"not a DID: {quote_input(str(did))}")
-        return self.accounts / file_name(did, "DID")
+        path = self.accounts / file_name(did, "DID")
+        if len(self._accounts) >= _ACCOUNT_PATHS_MAX:
+            self._accounts.clear()
+        self._accounts[did] = path
+        return path
 
     def handle(self, handle: str) -> Path:
         """`handles/<handle>` (lowercase, as claimed)."""
@@ -224,7 +238,7 @@ class DataDir:
     def blobs(self, did: str) -> Path:
         return self.account(did) / BLOBS
 
-    @property
+    @functools.cached_property
     def oauth(self) -> Path:
         return self.root / OAUTH
 

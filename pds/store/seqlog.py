@@ -45,13 +45,26 @@ class EventLog:
     def __init__(self, root: Path, tmp: Path) -> None:
         self.root = root
         self.tmp = tmp
+        # The append path works on strings: pathlib's joins cost more than the syscalls.
+        self._dir = str(root)
+        self._lock_file = os.path.join(self._dir, SEQ_LOCK)
+        self._head_file = os.path.join(self._dir, SEQ_HEAD)
+        self._head_spare = os.path.join(self._dir, SEQ_HEAD_SPARE)
+        self._ready = False         # seq/ exists (it is never removed under a server)
+        self._shard_seen = -1       # the last shard directory known to exist
+        # FLOOR rises only through raise_floor, which runs on a data dir no server runs
+        # on (restored.py) or through this object: read once, then kept.
+        self._floor: int | None = None
 
     def path(self, seq: int) -> Path:
         return self.root / f"{seq // SHARD:08d}" / f"{seq:016d}"
 
+    def _file(self, seq: int) -> str:
+        return f"{self._dir}/{seq // SHARD:08d}/{seq:016d}"
+
     def lock(self) -> contextlib.AbstractContextManager[int]:
         """The seq-allocation lock (one event written at a time, across processes)."""
-        return flock(self.root / SEQ_LOCK)
+        return flock(self._lock_file)
 
     @property
     def checkpoint_lock(self) -> Path:
@@ -62,26 +75,40 @@ class EventLog:
 
     def append(self, make_frame: Callable[[int], bytes]) -> int:
         """Allocate the next seq, write its frame durably, publish it; returns the seq."""
-        ensure_dir(self.root)
+        if not self._ready:
+            ensure_dir(self.root)
+            self._ready = True
         with self.lock():
             seq = self._head_locked() + 1
             if seq > MAX_SEQ:
                 raise ValueError(f"seq {seq} is past {MAX_SEQ}, beyond what consumers read")
             data = make_frame(seq)
-            path = self.path(seq)
-            if not path.parent.exists():
-                path.parent.mkdir()
-                fsync_dir(self.root)
-            write_file(path, data, self.tmp, durable=True)
-            replace_in_place(str(self.root / SEQ_HEAD), str(self.root / SEQ_HEAD_SPARE),
-                             str(seq).encode(), self.tmp)
+            self._ensure_shard(seq // SHARD)
+            path = self._file(seq)
+            try:
+                write_file(path, data, self.tmp, durable=True)
+            except FileNotFoundError:  # its shard was pruned away since we saw it
+                self._shard_seen = -1
+                self._ensure_shard(seq // SHARD)
+                write_file(path, data, self.tmp, durable=True)
+            replace_in_place(self._head_file, self._head_spare, str(seq).encode(), self.tmp)
             return seq
 
-    def _head_locked(self) -> int:
-        data = read_file(self.root / SEQ_HEAD)
-        head = max(int(data) if data else 0, self.floor() - 1)
+    def _ensure_shard(self, shard: int) -> None:
+        """Create the shard directory (durably) unless it is known to exist."""
+        if shard == self._shard_seen:
+            return
+        d = f"{self._dir}/{shard:08d}"
+        if not os.path.isdir(d):
+            os.mkdir(d)
+            fsync_dir(self._dir)
+        self._shard_seen = shard
+
+    def _head_locked(self, cached_floor: bool = True) -> int:
+        data = read_file(self._head_file)
+        head = max(int(data) if data else 0, self.floor(cached=cached_floor) - 1)
         # HEAD is written after the event: after a crash the files may be ahead of it.
-        while self.path(head + 1).exists():
+        while os.path.exists(self._file(head + 1)):
             head += 1
         return head
 
@@ -97,9 +124,12 @@ class EventLog:
                 out.append((int(parts[0]), int(parts[1])))
         return out
 
-    def floor(self) -> int:
-        """The lowest seq the next event may take (0: none set)."""
-        return max((f for f, _ in self.floors()), default=0)
+    def floor(self, cached: bool = False) -> int:
+        """The lowest seq the next event may take (0: none set); `cached`: as this object
+        last read or raised it."""
+        if not cached or self._floor is None:
+            self._floor = max((f for f, _ in self.floors()), default=0)
+        return self._floor
 
     def raise_floor(self, floor: int) -> int:
         """Make every later event's seq at least `floor` (or above the last event, if that
@@ -108,7 +138,7 @@ class EventLog:
         is anywhere below the floor is not "in the future")."""
         ensure_dir(self.root)
         with self.lock():
-            head = self._head_locked()
+            head = self._head_locked(cached_floor=False)
             floor = max(floor, head + 1)
             if floor > MAX_SEQ:
                 raise ValueError(f"seq floor {floor} is past {MAX_SEQ}")
@@ -118,6 +148,7 @@ class EventLog:
             write_file(self.root / SEQ_FLOOR, old + f"{floor} {head}\n".encode(), self.tmp,
                        durable=True)
             write_file(self.root / SEQ_HEAD, str(floor - 1).encode(), self.tmp, durable=True)
+            self._floor = floor
             return floor
 
     # --- reading ------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..errors import InvalidInput
+from ..repo.codec import cid_str
 from ..services import blobs, repo_import
 from ..services import records as svc
 from ..services.auth import AuthKind
@@ -31,7 +32,7 @@ async def _write_one(call: Call, repo: str, write: Write) -> dict:
                                                swap_commit, call.body.get("validate"))
     op = result.ops[0]
     assert op.cid is not None  # a create or update names its record
-    return _status({"uri": f"at://{result.did}/{op.path}", "cid": op.cid.encode(),
+    return _status({"uri": f"at://{result.did}/{op.path}", "cid": cid_str(op.cid),
                     "commit": svc.commit_result_view(result)}, statuses[0])
 
 
@@ -106,7 +107,7 @@ async def apply_writes(call: Call) -> Answer:
             assert op.cid is not None  # a create or update names its record
             results.append(_status({
                 "$type": f"com.atproto.repo.applyWrites#{op.action}Result",
-                "uri": f"at://{result.did}/{op.path}", "cid": op.cid.encode()}, status))
+                "uri": f"at://{result.did}/{op.path}", "cid": cid_str(op.cid)}, status))
     return {"commit": svc.commit_result_view(result), "results": results}
 
 
@@ -148,7 +149,7 @@ async def upload_blob(call: Call) -> Answer:
     cid, meta = await blobs.receive_blob(
         call.ctx, call.auth.did, call.req.stream, _blob_type(call.req.content_type),
         call.ctx.settings.blob_limit, call.req.content_length)
-    return {"blob": {"$type": "blob", "ref": {"$link": cid.encode()},
+    return {"blob": {"$type": "blob", "ref": {"$link": cid_str(cid)},
                      "mimeType": meta["mimeType"], "size": meta["size"]}}
 
 
