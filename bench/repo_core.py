@@ -192,8 +192,11 @@ def summary(values: list[float]) -> dict[str, float]:
 
 
 def fs_type(path: Path) -> str:
-    """The filesystem type holding `path` (from /proc/mounts), or "?"."""
-    best, kind = "", "?"
+    """The filesystem type holding `path` (from /proc/mounts), or "?". ext4 without a
+    journal is said so: there every file create scans the inodes freed in the last
+    minutes (ext4's `recently_deleted`), so a write's cost grows after a deletion (of an
+    earlier run's work dir, say) and runs back to back measure differently."""
+    best, kind, dev = "", "?", ""
     p = str(path.resolve())
     try:
         with open("/proc/mounts") as f:
@@ -203,9 +206,12 @@ def fs_type(path: Path) -> str:
                     continue
                 mnt = parts[1].replace("\\040", " ")
                 if (p == mnt or p.startswith(mnt.rstrip("/") + "/")) and len(mnt) >= len(best):
-                    best, kind = mnt, parts[2]
+                    best, kind, dev = mnt, parts[2], parts[0]
     except OSError:
         pass
+    if kind == "ext4" and dev.startswith("/dev/") and os.path.isdir("/proc/fs/jbd2") \
+            and not os.path.exists(f"/proc/fs/jbd2/{os.path.basename(dev)}-8"):
+        return "ext4, no journal"
     return kind
 
 

@@ -218,7 +218,7 @@ def _service_call(node: ast.Call, modules: set[str], functions: set[str]) -> str
 
 def test_handlers_await_their_service_calls() -> None:
     """Blocking work never runs on the event loop: a handler awaits every service call
-    (a coroutine, or `asyncio.to_thread(blocking_service_fn, ...)`), but for the few
+    (a coroutine, or `blocking(blocking_service_fn, ...)`), but for the few
     pure ones listed."""
     bad = []
     for path in _handler_modules():

@@ -4,7 +4,6 @@ allows: `account`; status changes and the events they make: `lifecycle`.)"""
 
 from __future__ import annotations
 
-import asyncio
 import re
 import secrets
 import shutil
@@ -24,6 +23,7 @@ from . import auth as A
 from . import handles
 from .account import DEACTIVATED, Account, Use, load, require
 from .context import AppContext
+from .threads import blocking
 
 # RFC 5321's limits, which the reference PDS's checker (@hapi/address) applies too: the
 # whole address and its local part are measured before any pattern sees them.
@@ -201,7 +201,7 @@ async def _publish(ctx: AppContext, s: SignUp, did: str, key: PrivateKey,
     if s.migrating:
         return
     if did.startswith("did:web:"):
-        await asyncio.to_thread(ctx.identity.create_web_did, s.handle, key.public_key())
+        await blocking(ctx.identity.create_web_did, s.handle, key.public_key())
     elif genesis is not None:
         await ctx.identity.submit_plc_operation(did, genesis)
     else:
@@ -226,19 +226,19 @@ async def create_account(ctx: AppContext, body: dict, service_auth: A.AuthInfo |
     """com.atproto.server.createAccount (`ip`, when given, is rate limited); `operator`:
     made by the operator's command line, so no invite is asked for."""
     if ip is not None:
-        await asyncio.to_thread(ctx.auth.limiter.hit, "signup-ip:" + ip, 100, 300)
+        await blocking(ctx.auth.limiter.hit, "signup-ip:" + ip, 100, 300)
     signup = parse_signup(ctx, body, service_auth, operator)
     if signup.did is not None:
         await handles.require_resolves(ctx, signup.handle, signup.did)
     key = generate_signing_key()
-    did, genesis = await asyncio.to_thread(_reserve, ctx, signup, key)
+    did, genesis = await blocking(_reserve, ctx, signup, key)
     try:
         await _publish(ctx, signup, did, key, genesis)
     except BaseException:
-        await asyncio.to_thread(_release, ctx, signup, did)
+        await blocking(_release, ctx, signup, did)
         raise
-    acct = await asyncio.to_thread(_record, ctx, signup, did)
-    return await asyncio.to_thread(_materialise_account, ctx, acct, key, signup.migrating)
+    acct = await blocking(_record, ctx, signup, did)
+    return await blocking(_materialise_account, ctx, acct, key, signup.migrating)
 
 
 def _materialise_account(ctx: AppContext, acct: dict, key: Any, migrating: bool) -> dict:

@@ -6,7 +6,6 @@ Coroutines; their file work runs in worker threads.
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from ..errors import InvalidInput
@@ -16,6 +15,7 @@ from .account import Account, Use, find, load, require
 from .blobs import blob_store
 from .context import AppContext
 from .pagination import Page, paginate
+from .threads import blocking
 
 REPO_REF = "com.atproto.admin.defs#repoRef"
 BLOB_REF = "com.atproto.admin.defs#repoBlobRef"
@@ -59,7 +59,7 @@ def _account_info(ctx: AppContext, did: str) -> dict:
 
 async def account_info(ctx: AppContext, did: str) -> dict:
     """getAccountInfo."""
-    return await asyncio.to_thread(_account_info, ctx, did)
+    return await blocking(_account_info, ctx, did)
 
 
 def _account_infos(ctx: AppContext, dids: list[str]) -> list[dict]:
@@ -70,7 +70,7 @@ def _account_infos(ctx: AppContext, dids: list[str]) -> list[dict]:
 
 async def account_infos(ctx: AppContext, dids: list[str]) -> list[dict]:
     """getAccountInfos: views of the accounts that exist, in the order asked."""
-    return await asyncio.to_thread(_account_infos, ctx, dids)
+    return await blocking(_account_infos, ctx, dids)
 
 
 def _search(ctx: AppContext, email: str, limit: int, cursor: str | None) -> Page[dict]:
@@ -86,7 +86,7 @@ def _search(ctx: AppContext, email: str, limit: int, cursor: str | None) -> Page
 async def search_accounts(ctx: AppContext, email: str, limit: int,
                           cursor: str | None) -> Page[dict]:
     """searchAccounts: accounts whose email contains `email` (any, when empty), by DID."""
-    return await asyncio.to_thread(_search, ctx, email.lower(), limit, cursor)
+    return await blocking(_search, ctx, email.lower(), limit, cursor)
 
 
 def _repo_status(ctx: AppContext, did: str) -> dict:
@@ -138,7 +138,7 @@ async def subject_status(ctx: AppContext, did: str | None, uri: str | None = Non
                          blob: str | None = None) -> dict:
     """getSubjectStatus of a blob (with its account's `did`), a record (`uri`) or an
     account (`did`), as the reference answers it; NotFound when there is no such one."""
-    return await asyncio.to_thread(_subject_status, ctx, did, uri, blob)
+    return await blocking(_subject_status, ctx, did, uri, blob)
 
 
 async def takedown(ctx: AppContext, did: str, applied: bool | None,
@@ -146,9 +146,9 @@ async def takedown(ctx: AppContext, did: str, applied: bool | None,
     """updateSubjectStatus of a repo subject: take it down or restore it (with no
     `applied`, only check the account exists)."""
     if applied is None:
-        await asyncio.to_thread(lambda: require(load(ctx, did), Use.MANAGE, did))
+        await blocking(lambda: require(load(ctx, did), Use.MANAGE, did))
         return
-    await asyncio.to_thread(ctx.lifecycle.takedown, did, applied, ref)
+    await blocking(ctx.lifecycle.takedown, did, applied, ref)
 
 
 async def delete_account(ctx: AppContext, did: str) -> None:
@@ -168,11 +168,11 @@ def _set_email(ctx: AppContext, account: str, email: str) -> None:
 
 async def update_email(ctx: AppContext, account: str, email: str) -> None:
     """updateAccountEmail of the account a DID or handle names."""
-    await asyncio.to_thread(_set_email, ctx, account, email)
+    await blocking(_set_email, ctx, account, email)
 
 
 async def update_password(ctx: AppContext, did: str, password: str) -> None:
-    await asyncio.to_thread(ctx.lifecycle.set_password, did, password)
+    await blocking(ctx.lifecycle.set_password, did, password)
 
 
 def _invite_codes(ctx: AppContext, limit: int, cursor: str | None) -> Page[dict]:
@@ -183,16 +183,16 @@ def _invite_codes(ctx: AppContext, limit: int, cursor: str | None) -> Page[dict]
 
 async def invite_codes(ctx: AppContext, limit: int, cursor: str | None) -> Page[dict]:
     """getInviteCodes: every invite code, by code."""
-    return await asyncio.to_thread(_invite_codes, ctx, limit, cursor)
+    return await blocking(_invite_codes, ctx, limit, cursor)
 
 
 async def disable_invite_codes(ctx: AppContext, codes: list[str], accounts: list[str]) -> None:
-    await asyncio.to_thread(acc.disable_invites, ctx, codes, accounts)
+    await blocking(acc.disable_invites, ctx, codes, accounts)
 
 
 async def set_account_invites(ctx: AppContext, did: str, enabled: bool) -> None:
     """enableAccountInvites/disableAccountInvites."""
-    await asyncio.to_thread(acc.set_invites_disabled, ctx, did, not enabled)
+    await blocking(acc.set_invites_disabled, ctx, did, not enabled)
 
 
 def subject_did(subject: Any) -> str:

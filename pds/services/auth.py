@@ -8,7 +8,6 @@ Service-auth JWTs are ES256K/ES256, signed by an account's repo signing key.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hmac
 import json
@@ -30,6 +29,7 @@ from ..store.layout import SESSIONS_LOCK
 from ..store.ratelimit import RateLimiter
 from . import reads
 from .account import Account, Use, load, require
+from .threads import blocking
 
 ACCESS_TTL = 2 * 3600
 REFRESH_TTL = 90 * 24 * 3600
@@ -269,7 +269,7 @@ class Auth:
         if header[:5].lower() == "dpop " and kind not in (AuthKind.NONE, AuthKind.ADMIN,
                                                           AuthKind.REFRESH):
             # One thread hop for the whole check: token, proof, grant, then the account.
-            return await asyncio.to_thread(self._oauth, header, request or {}, nsid, kind)
+            return await blocking(self._oauth, header, request or {}, nsid, kind)
         info = await self._credential(kind, header, nsid, ip)
         if info is not None and info.did is not None:
             await reads.read(self.admit, info)
@@ -291,7 +291,7 @@ class Auth:
         if kind == AuthKind.NONE:
             return None
         if kind == AuthKind.ADMIN:
-            return await asyncio.to_thread(self._admin, header, ip)
+            return await blocking(self._admin, header, ip)
         if kind == AuthKind.REFRESH:
             return self._bearer(header, refresh=True)
         if kind == AuthKind.OPTIONAL:
@@ -299,7 +299,7 @@ class Auth:
                 return None
             if header.startswith("Basic "):
                 # The admin may read what the public can't (e.g. a taken-down repo).
-                return await asyncio.to_thread(self._admin, header, ip)
+                return await blocking(self._admin, header, ip)
             return self._bearer(header, refresh=False, nsid=nsid)
         if kind in (AuthKind.ACCESS_OR_SERVICE, AuthKind.SERVICE_OPTIONAL):
             token = self._token(header, required=kind == AuthKind.ACCESS_OR_SERVICE)
@@ -458,7 +458,7 @@ class Auth:
 
     async def _service_key(self, did: str, force: bool) -> PublicKey | None:
         # An account of ours signs with the key we hold: no resolution needed.
-        local = await asyncio.to_thread(self.ctx.local_signing_key, did)
+        local = await blocking(self.ctx.local_signing_key, did)
         if local is not None:
             return local.public_key()
         return await self.ctx.identity.atproto_key(did, force=force)

@@ -30,6 +30,7 @@ from .auth import AuthInfo
 from .context import AppContext
 from .pagination import Page, paginate
 from .sync import hosted
+from .threads import blocking
 
 # The headers every blob answer carries, wherever it is sent from (nginx's internal
 # location adds the same).
@@ -168,10 +169,10 @@ async def _receive(upload: Upload, chunks: AsyncIterable[bytes], limit: int) -> 
             head += chunk[:SNIFF_BYTES - len(head)]
         buffer += chunk
         if len(buffer) >= UPLOAD_BUFFER:
-            await asyncio.to_thread(upload.write, bytes(buffer), limit)
+            await blocking(upload.write, bytes(buffer), limit)
             buffer.clear()
     if buffer:
-        await asyncio.to_thread(upload.write, bytes(buffer), limit)
+        await blocking(upload.write, bytes(buffer), limit)
     return head
 
 
@@ -210,13 +211,13 @@ async def receive_blob(ctx: AppContext, did: str, chunks: AsyncIterable[bytes], 
     blob quota leaves (`PDS_BLOB_QUOTA`), and refusing uploads over the account's upload
     rate (`PDS_BLOB_UPLOAD_RATE`, for active accounts); returns (cid, metadata). It
     stays a temporary upload until a record refers to it."""
-    upload, room = await asyncio.to_thread(_start_upload, ctx, did, limit, length)
+    upload, room = await blocking(_start_upload, ctx, did, limit, length)
     quota = ctx.settings.blob_quota or None
     try:
         head = await _receive(upload, chunks, room)
         if upload.size == 0:
             raise InvalidInput("Blob is empty")
-        return await asyncio.to_thread(upload.finish, sniff_mime(head) or mime, quota)
+        return await blocking(upload.finish, sniff_mime(head) or mime, quota)
     except BlobTooLarge:
         if upload.size <= limit and quota is not None:  # cut off by the quota's room
             raise _quota_refusal(quota - room, quota) from None
@@ -224,7 +225,7 @@ async def receive_blob(ctx: AppContext, did: str, chunks: AsyncIterable[bytes], 
     except QuotaExceeded as e:
         raise _quota_refusal(e.used, e.quota) from None
     except BaseException:
-        await asyncio.shield(asyncio.to_thread(upload.abort))
+        await asyncio.shield(blocking(upload.abort))
         raise
 
 
@@ -245,7 +246,7 @@ async def list_blobs(ctx: AppContext, did: str, auth: AuthInfo | None, limit: in
             # Referenced blobs only: temporary uploads are not part of the repo.
             cids = sorted(c for c, m in blob_store(ctx, did).iter_meta() if m["refs"])
         return paginate(cids, limit, cursor)
-    return await asyncio.to_thread(run)
+    return await blocking(run)
 
 
 async def list_missing_blobs(ctx: AppContext, did: str, limit: int,
@@ -258,7 +259,7 @@ async def list_missing_blobs(ctx: AppContext, did: str, limit: int,
             if not present:
                 missing.setdefault(c, f"at://{did}/{path}")
         return paginate(sorted(missing.items()), limit, cursor, key=lambda row: row[0])
-    return await asyncio.to_thread(run)
+    return await blocking(run)
 
 
 # --- serving (getBlob) ----------------------------------------------------------------------
@@ -345,4 +346,4 @@ def _serve(ctx: AppContext, did: str, cid: CID, auth: AuthInfo | None,
 async def serve_blob(ctx: AppContext, did: str, cid: CID, auth: AuthInfo | None,
                      range_header: str | None = None) -> BlobAnswer:
     """getBlob: what to answer for blob `cid` of `did` (Range: the request's header)."""
-    return await asyncio.to_thread(_serve, ctx, did, cid, auth, range_header)
+    return await blocking(_serve, ctx, did, cid, auth, range_header)

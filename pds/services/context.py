@@ -12,6 +12,7 @@ from ..store.caches import size_caches
 from ..store.files import read_file, try_flock
 from ..store.layout import BLOB_GC_LOCK, PRUNE_LOCK, SNAPSHOT_LOCK, DataDir
 from ..store.repo import Repo
+from .threads import blocking
 
 if TYPE_CHECKING:
     import httpx
@@ -140,13 +141,13 @@ class AppContext:
             await asyncio.sleep(2.0)
             rounds += 1
             try:
-                await asyncio.to_thread(checkpoint, self.data, retention)
+                await blocking(checkpoint, self.data, retention)
                 if rounds % 300 == 1:  # every ~10 minutes
-                    await asyncio.to_thread(self.collect_blobs)
+                    await blocking(self.collect_blobs)
                 if rounds % 300 == 2:  # every ~10 minutes
-                    await asyncio.to_thread(self.prune)
+                    await blocking(self.prune)
                 if rounds % 30 == 15:  # every minute
-                    await asyncio.to_thread(self.refresh_snapshots)
+                    await blocking(self.refresh_snapshots)
             except Exception:  # noqa: BLE001 - try again next round
                 logging.getLogger("pds").exception("maintenance failed")
 

@@ -12,7 +12,6 @@ it); a PDS without SMTP keeps it there for the operator (`pds mail list`).
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import secrets
 
@@ -20,6 +19,7 @@ from ..errors import InvalidInput
 from ..store.tokens import TokenStore
 from .account import Use, load, require
 from .context import AppContext
+from .threads import blocking
 
 TOKEN_TTL = 15 * 60  # seconds: every purpose, as the reference's default
 ISSUE_LIMITS = ((5, 3600), (15, 86400))  # tokens per account and purpose
@@ -106,10 +106,10 @@ def find_account(ctx: AppContext, purpose: str, token: str) -> str | None:
 async def send_token(ctx: AppContext, did: str, purpose: str) -> None:
     """Issue a fresh single-use token for `purpose` and spool a plain-text mail carrying it
     (token on its own line) to the account's email address."""
-    await asyncio.to_thread(issue, ctx, did, purpose)
+    await blocking(issue, ctx, did, purpose)
 
 
 async def use_token(ctx: AppContext, did: str, purpose: str, token: str) -> None:
     """Consume a token: raises InvalidInput(..., "InvalidToken") when wrong/used and
     InvalidInput(..., "ExpiredToken") when expired. Single use."""
-    await asyncio.to_thread(spend, ctx, did, purpose, token)
+    await blocking(spend, ctx, did, purpose, token)

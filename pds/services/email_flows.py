@@ -3,7 +3,7 @@ changing it, resetting a forgotten password, and email sign-in codes (2FA).
 
 Deleting an account by token is `lifecycle.delete_with_token`; the PLC operation token is
 spent by signPlcOperation. Every function here is blocking (files, argon2id): the
-handlers call them with `asyncio.to_thread`.
+handlers call them with `threads.blocking`.
 """
 
 from __future__ import annotations

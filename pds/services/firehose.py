@@ -30,6 +30,7 @@ from ..store.layout import LAST_WRITE, SEQ_HEAD
 from ..store.recovery import LogWriteAhead
 from ..store.repo import CommitResult, Repo, RepoError
 from ..store.seqlog import EventLog
+from .threads import blocking
 
 log = logging.getLogger("pds.firehose")
 T = TypeVar("T")
@@ -333,7 +334,7 @@ def _cursor_facts(log_: EventLog, cursor: int) -> tuple[int, int | None]:
 async def _serve(bc: Broadcaster, sub: Subscriber, cursor: int | None) -> None:
     ws, log_ = sub.ws, bc.log
     if cursor is not None:
-        head, oldest = await asyncio.to_thread(_cursor_facts, log_, cursor)
+        head, oldest = await blocking(_cursor_facts, log_, cursor)
         if cursor > head:
             await ws.send_data(ev.error_frame("FutureCursor", "Cursor in the future."))
             await ws.close(1000)
@@ -353,7 +354,7 @@ async def _serve(bc: Broadcaster, sub: Subscriber, cursor: int | None) -> None:
                 # By seq number, not `log_.events` (which lists and sorts the whole shard
                 # directory, up to 100k names, for every chunk); 2000 events at a time,
                 # and a restore's jump in seq is crossed in one step.
-                frames, end = await asyncio.to_thread(log_.read_range, pos, target, 2000)
+                frames, end = await blocking(log_.read_range, pos, target, 2000)
             else:
                 end = target
             assert frames is not None

@@ -56,6 +56,7 @@ from ..repo.plc import (
 from ..repo.signing_keys import K256PrivateKey, PrivateKey
 from ..repo.syntax import is_valid_did, is_valid_handle
 from . import fetch
+from .threads import blocking
 from .wellknown import Publisher
 
 if TYPE_CHECKING:
@@ -221,7 +222,7 @@ class Identity(Publisher):
         if not isinstance(did, str) or not is_valid_did(did):
             return None
         if did.startswith("did:web:"):
-            local = await asyncio.to_thread(self._local_web_doc, did)
+            local = await blocking(self._local_web_doc, did)
             if local is not None:
                 return local
         now = time.monotonic()
@@ -300,7 +301,7 @@ class Identity(Publisher):
         handle = handle.lower()
         if not is_valid_handle(handle):
             return None
-        local = await asyncio.to_thread(self.ctx.accounts.did_for_handle, handle)
+        local = await blocking(self.ctx.accounts.did_for_handle, handle)
         if local:
             return local
         # DNS and HTTPS race (as the reference resolver does), but DNS wins when it answers.
@@ -316,7 +317,7 @@ class Identity(Publisher):
 
     async def _handle_via_dns(self, handle: str) -> str | None:
         if self._dns is None:  # an import reads files: not on the event loop
-            self._dns = await asyncio.to_thread(_import_dns)
+            self._dns = await blocking(_import_dns)
         dns = self._dns
         try:
             if self._dns_resolver is None:

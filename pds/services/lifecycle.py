@@ -4,12 +4,11 @@ password updates.
 Each change goes through here so the firehose (#account, #identity, #sync) can be told
 in one place. What a status allows is decided in `account`. The coroutines do their file
 work (and password hashing) in worker threads; the plain methods are blocking, for
-callers already off the event loop (the command line, `asyncio.to_thread`).
+callers already off the event loop (the command line, `threads.blocking`).
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import Any
 
@@ -22,6 +21,7 @@ from .account import DEACTIVATED, TAKENDOWN, Account, Use, load, require
 from .auth import hash_password, verify_password
 from .context import AppContext
 from .sessions import revoke_all_sessions
+from .threads import blocking
 
 
 class Lifecycle:
@@ -37,13 +37,13 @@ class Lifecycle:
         """activateAccount: refused while the DID's document does not make this PDS the
         account's host (as the reference: announcing a repo relays can't verify against
         the DID would do harm); then `_activate`."""
-        acct = await asyncio.to_thread(self._account, did, Use.CHANGE_STATUS)
+        acct = await blocking(self._account, did, Use.CHANGE_STATUS)
         if acct.active:
             return
         problem = await self.did_problem(did)
         if problem is not None:
             raise InvalidInput(problem)
-        await asyncio.to_thread(self._activate, did)
+        await blocking(self._activate, did)
 
     async def did_problem(self, did: str) -> str | None:
         """Why the DID's current document does not name this PDS as the account's host
@@ -70,7 +70,7 @@ class Lifecycle:
             key = found.did_key() if found is not None else None
         if endpoint != ctx.settings.public_url:
             return "DID document atproto_pds service endpoint does not match PDS public url"
-        signing = await asyncio.to_thread(ctx.signing_key, did)
+        signing = await blocking(ctx.signing_key, did)
         if key != signing.public_key().did_key():
             return "DID document verification method does not match expected signing key"
         return None
@@ -95,7 +95,7 @@ class Lifecycle:
         self.ctx.events.sync(did)
 
     async def deactivate(self, did: str, delete_after: Any = None) -> None:
-        await asyncio.to_thread(self._deactivate, did, delete_after)
+        await blocking(self._deactivate, did, delete_after)
 
     def _deactivate(self, did: str, delete_after: Any) -> None:
         self._account(did, Use.CHANGE_STATUS)
@@ -133,7 +133,7 @@ class Lifecycle:
 
     async def delete_with_token(self, did: str, password: str, token: str, ip: str) -> None:
         """deleteAccount: by the account's password and a token from requestAccountDelete."""
-        await asyncio.to_thread(self._check_delete_token, did, password, token, ip)
+        await blocking(self._check_delete_token, did, password, token, ip)
         await self.delete(did)
 
     def _delete(self, did: str) -> None:
@@ -141,14 +141,14 @@ class Lifecycle:
         self.ctx.events.account(did, deleted=True)
 
     async def delete(self, did: str) -> None:
-        await asyncio.to_thread(self._delete, did)
+        await blocking(self._delete, did)
 
     # --- reports --------------------------------------------------------------------------
 
     async def status(self, did: str) -> dict:
         """checkAccountStatus: `status_report`, with `validDid`: whether the DID's document
         names this PDS as the account's host (`did_problem`)."""
-        report = await asyncio.to_thread(self.status_report, did)
+        report = await blocking(self.status_report, did)
         report["validDid"] = await self.did_problem(did) is None
         return report
 
@@ -195,8 +195,8 @@ class Lifecycle:
         if did.startswith("did:plc:"):
             await ctx.identity.update_plc(did, handle=handle)
         elif did.startswith("did:web:"):
-            key = await asyncio.to_thread(ctx.signing_key, did)
-            await asyncio.to_thread(ctx.identity.write_web_did_doc, did, handle,
+            key = await blocking(ctx.signing_key, did)
+            await blocking(ctx.identity.write_web_did_doc, did, handle,
                                     key.public_key())
 
     def _switch_handle(self, did: str, old: str, handle: str, hosted: bool) -> None:
@@ -214,18 +214,18 @@ class Lifecycle:
         admin may give a reserved name): claim it, update the DID, release the old."""
         handle = handles.normalize_handle_input(self.ctx, handle, external_ok=True,
                                                 allow_reserved=by_admin)
-        old = await asyncio.to_thread(self._handle_free, did, handle)
+        old = await blocking(self._handle_free, did, handle)
         await handles.require_resolves(self.ctx, handle, did)
         hosted = handles.hosted_domain(self.ctx, handle) is not None
         if hosted:
-            await asyncio.to_thread(self._claim_handle, did, handle)
+            await blocking(self._claim_handle, did, handle)
         try:
             await self._publish_handle(did, handle)
         except BaseException:
             if handle != old:
-                await asyncio.to_thread(self.ctx.accounts.release_handle, handle, did)
+                await blocking(self.ctx.accounts.release_handle, handle, did)
             raise
-        await asyncio.to_thread(self._switch_handle, did, old, handle, hosted)
+        await blocking(self._switch_handle, did, old, handle, hosted)
 
     def set_password(self, did: str, password: str) -> None:
         """A new password; every session ends (blocking)."""

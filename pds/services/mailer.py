@@ -24,6 +24,7 @@ from urllib.parse import unquote, urlsplit
 from ..store.files import try_flock
 from ..store.layout import MAIL_LOCK
 from ..store.mailspool import MailSpool
+from .threads import blocking
 
 if TYPE_CHECKING:
     import smtplib
@@ -146,7 +147,7 @@ class Mailer:
             if not self.configured:
                 continue
             try:
-                await asyncio.to_thread(self.deliver)
+                await blocking(self.deliver)
             except Exception:  # noqa: BLE001 - the next round tries again
                 log.exception("mail delivery failed")
 

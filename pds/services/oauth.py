@@ -9,7 +9,6 @@ reference's PAR_EXPIRES_IN and authorization inactivity timeout) and its code as
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import hmac
 import secrets
@@ -30,6 +29,7 @@ from .oauth_client_auth import SIGNING_ALGS, authenticate
 from .oauth_clients import Client, get_client
 from .oauth_code_step import ACCOUNT_PAGE, CodeStep, Steps, mask_email
 from .oauth_dpop import ALGS, REPLAY_KEEP, Dpop
+from .threads import blocking
 
 PAR_TTL = 300
 DEVICE_TTL = 7 * 24 * 3600  # a remembered browser (the reference's AUTHENTICATION_MAX_AGE)
@@ -136,7 +136,7 @@ class OAuth:
 
     async def par(self, form: dict[str, Any], proof: str | None) -> dict:
         """POST /oauth/par: check and store an authorization request (PKCE S256, DPoP)."""
-        bound = await asyncio.to_thread(self.dpop.check, proof, "POST", "/oauth/par")
+        bound = await blocking(self.dpop.check, proof, "POST", "/oauth/par")
         client = await get_client(self.ctx, form.get("client_id"))
         client_auth = await authenticate(self.ctx, client, form)
         rec = _request_fields(form, client)
@@ -146,7 +146,7 @@ class OAuth:
             raise OAuthError("dpop_jkt does not match the DPoP proof", "invalid_request")
         rec["jkt"] = bound.jkt
         request_id = "req-" + secrets.token_hex(16)
-        await asyncio.to_thread(self.store.put, OAUTH_REQUESTS, request_id, rec)
+        await blocking(self.store.put, OAUTH_REQUESTS, request_id, rec)
         return {"request_uri": REQUEST_URI_PREFIX + request_id, "expires_in": PAR_TTL}
 
     async def pending(self, client_id: Any, request_uri: Any) -> Pending:
@@ -156,7 +156,7 @@ class OAuth:
             raise OAuthError("request_uri is required (pushed requests only)",
                              "invalid_request")
         request_id = request_uri[len(REQUEST_URI_PREFIX):]
-        rec = await asyncio.to_thread(self.store.get, OAUTH_REQUESTS, request_id)
+        rec = await blocking(self.store.get, OAUTH_REQUESTS, request_id)
         if rec is None or rec.get("code") is not None:
             raise OAuthError("This sign-in request has expired or was already used. Go "
                              "back to the app and start again.", "invalid_request")

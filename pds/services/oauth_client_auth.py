@@ -21,6 +21,7 @@ import jwt
 from ..errors import OAuthError
 from .fetch import FetchError, guarded_get
 from .oauth_clients import FETCH_TIMEOUT, MAX_METADATA, Client
+from .threads import blocking
 
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 CLIENT_ASSERTION_MAX_AGE = 60
@@ -100,8 +101,7 @@ async def authenticate(ctx: Any, client: Client, form: dict[str, Any]) -> dict:
         if form.get("client_assertion") is not None:
             raise _invalid("a public client sends no client_assertion")
         return {"method": "none"}
-    import asyncio
     keys = await client_keys(ctx, client)
-    kid = await asyncio.to_thread(verify_assertion, client, keys, form, ctx.oauth.issuer,
+    kid = await blocking(verify_assertion, client, keys, form, ctx.oauth.issuer,
                                   ctx.oauth.dpop.seen)
     return {"method": "private_key_jwt", "kid": kid}

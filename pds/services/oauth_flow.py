@@ -10,7 +10,6 @@ browser can only be approved from that browser. A remembered device is a second 
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,6 +18,7 @@ from ..errors import AuthFailed, OAuthError, PdsError
 from . import oauth_scopes
 from .account import load
 from .oauth import Pending, SignIn
+from .threads import blocking
 
 
 @dataclass
@@ -56,18 +56,18 @@ async def visit(ctx: Any, client_id: Any, request_uri: Any, browser: str,
     p = await oauth.pending(client_id, request_uri)
     prompt = p.rec.get("prompt")
     if prompt == "none":
-        known = await asyncio.to_thread(oauth.remembered, device)
+        known = await blocking(oauth.remembered, device)
         error = "consent_required" if known else "login_required"
-        return Page("redirect", p, redirect=await asyncio.to_thread(
+        return Page("redirect", p, redirect=await blocking(
             oauth.refuse, p, error, "The user must be asked"))
     did = oauth.signed_in(p, browser)
     if did is None and prompt != "login":
-        did = await asyncio.to_thread(oauth.remembered, device)
+        did = await blocking(oauth.remembered, device)
         if did is not None:
-            await asyncio.to_thread(oauth.use_device, p, did, browser)
+            await blocking(oauth.use_device, p, did, browser)
     if did is None:
         return Page("sign_in", p)
-    return await asyncio.to_thread(_consent, ctx, p, did)
+    return await blocking(_consent, ctx, p, did)
 
 
 async def act(ctx: Any, form: dict[str, str], browser: str, csrf_ok: bool,
@@ -81,15 +81,15 @@ async def act(ctx: Any, form: dict[str, str], browser: str, csrf_ok: bool,
     p = await oauth.pending(None, form.get("request_uri"))
     action = form.get("action")
     if action == "deny":
-        return Page("redirect", p, redirect=await asyncio.to_thread(oauth.deny, p))
+        return Page("redirect", p, redirect=await blocking(oauth.deny, p))
     if action == "authorize":
         try:
-            url = await asyncio.to_thread(oauth.approve, p, browser)
+            url = await blocking(oauth.approve, p, browser)
         except OAuthError:
             return Page("sign_in", p, error="Sign in first.", status=403)
         return Page("redirect", p, redirect=url)
     if action == "switch":
-        await asyncio.to_thread(oauth._bind, p, "", "")
+        await blocking(oauth._bind, p, "", "")
         return Page("sign_in", p, forget_device=True)
     if action not in SIGN_IN_ACTIONS:
         return Page("error", error="Unknown action.", status=400)
@@ -101,7 +101,7 @@ async def act(ctx: Any, form: dict[str, str], browser: str, csrf_ok: bool,
         return Page("sign_in", p, error=e.message, status=_status(e))
     if done.did is None:
         return _code_page(p, done)
-    return await asyncio.to_thread(_consent, ctx, p, done.did, done.device)
+    return await blocking(_consent, ctx, p, done.did, done.device)
 
 
 SIGN_IN_ACTIONS = ("sign_in", "code", "resend")
@@ -113,13 +113,13 @@ async def _sign_in(ctx: Any, p: Pending | None, form: dict[str, str], browser: s
     "Send a new code" ("resend")."""
     oauth, action = ctx.oauth, form.get("action")
     if action == "sign_in":
-        return await asyncio.to_thread(
+        return await blocking(
             oauth.sign_in, p, form.get("identifier", "").strip(), form.get("password", ""),
             ip, browser, p is None or form.get("remember") == "on")
     if action == "code":
-        return await asyncio.to_thread(oauth.enter_code, p, form.get("step"),
+        return await blocking(oauth.enter_code, p, form.get("step"),
                                        form.get("code", "").strip(), browser)
-    return await asyncio.to_thread(oauth.resend_code, p, form.get("step"), browser)
+    return await blocking(oauth.resend_code, p, form.get("step"), browser)
 
 
 def _code_page(p: Pending | None, done: SignIn) -> Page:
@@ -142,7 +142,7 @@ async def account_page(ctx: Any, device: str | None, form: dict[str, str] | None
     one ("revoke" with `id`), or signing out ("sign_out"). Signing in here (password,
     then the emailed code for an account with codes on) always remembers the browser."""
     oauth = ctx.oauth
-    did = await asyncio.to_thread(oauth.remembered, device)
+    did = await blocking(oauth.remembered, device)
     new_device = None
     if form is not None:
         if not csrf_ok:
@@ -157,14 +157,14 @@ async def account_page(ctx: Any, device: str | None, form: dict[str, str] | None
                 return _code_page(None, done)
             did, new_device = done.did, done.device
         if did is not None and form.get("action") == "revoke":
-            await asyncio.to_thread(oauth.tokens.revoke_grant, did, form.get("id", ""))
+            await blocking(oauth.tokens.revoke_grant, did, form.get("id", ""))
         elif did is not None and form.get("action") == "sign_out":
-            await asyncio.to_thread(oauth.forget_device, device)
+            await blocking(oauth.forget_device, device)
             return Page("account", forget_device=True)
     if did is None:
         return Page("account")
-    acct = await asyncio.to_thread(load, ctx, did)
-    grants = await asyncio.to_thread(oauth.tokens.grants, did)
+    acct = await blocking(load, ctx, did)
+    grants = await blocking(oauth.tokens.grants, did)
     for g in grants:
         g["asks"] = oauth_scopes.describe(g["scope"])
     return Page("account", did=did, handle=acct.handle if acct else did, grants=grants,

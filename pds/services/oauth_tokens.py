@@ -18,7 +18,6 @@ client's 3 months from its last refresh, 2 years at most.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import hmac
@@ -36,6 +35,7 @@ from .auth import GENERATION, AuthInfo
 from .oauth_client_auth import authenticate
 from .oauth_clients import get_client
 from .oauth_dpop import Proof, dpop_challenge
+from .threads import blocking
 
 ACCESS_TTL = 3600
 SESSION_TTL = 14 * 24 * 3600             # a public client's whole session
@@ -67,7 +67,7 @@ class Tokens:
 
     async def token(self, form: dict[str, Any], proof: str | None) -> dict:
         """POST /oauth/token: authorization_code or refresh_token, DPoP-bound."""
-        bound = await asyncio.to_thread(self.oauth.dpop.check, proof, "POST", "/oauth/token")
+        bound = await blocking(self.oauth.dpop.check, proof, "POST", "/oauth/token")
         grant = form.get("grant_type")
         client_id = form.get("client_id")
         if not isinstance(client_id, str):
@@ -78,9 +78,9 @@ class Tokens:
         client = await get_client(self.oauth.ctx, client_id)
         auth = await authenticate(self.oauth.ctx, client, form)
         if grant == "authorization_code":
-            return await asyncio.to_thread(self._exchange_code, form, client_id, bound, auth)
+            return await blocking(self._exchange_code, form, client_id, bound, auth)
         if grant == "refresh_token":
-            return await asyncio.to_thread(self._refresh, form, client_id, bound, auth)
+            return await blocking(self._refresh, form, client_id, bound, auth)
         raise OAuthError("grant_type must be authorization_code or refresh_token",
                          "unsupported_grant_type")
 

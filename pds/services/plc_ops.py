@@ -15,7 +15,6 @@ submitPlcOperation), as the reference PDS does them.
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from ..errors import InvalidInput, UpstreamFailure
@@ -25,6 +24,7 @@ from ..repo.syntax import is_valid_did
 from . import email
 from .account import Use, load, require
 from .context import AppContext
+from .threads import blocking
 
 MAX_KEYS = 10
 MAX_ENTRIES = 10
@@ -104,7 +104,7 @@ async def sign_operation(ctx: AppContext, did: str, body: dict[str, Any]) -> dic
     """signPlcOperation: the signed operation (see the module docstring)."""
     _plc_did(did)
     changes = requested_changes(body)
-    await asyncio.to_thread(_spend_token, ctx, did, body.get("token"))
+    await blocking(_spend_token, ctx, did, body.get("token"))
     try:
         last = await ctx.identity.get_last_op(did)
     except IdentityError as e:
@@ -168,10 +168,10 @@ async def submit_operation(ctx: AppContext, did: str, op: Any) -> None:
     if not is_valid_did(did):
         raise InvalidInput("Invalid DID")
     _plc_did(did)
-    op = await asyncio.to_thread(check_operation, ctx, did, op)
+    op = await blocking(check_operation, ctx, did, op)
     try:
         await ctx.identity.submit_plc_operation(did, op)
     except IdentityError as e:
         raise _directory_error(e) from None
-    await asyncio.to_thread(ctx.events.identity, did)
+    await blocking(ctx.events.identity, did)
     await ctx.identity.resolve_did(did, force=True)  # this worker's cache: the new doc

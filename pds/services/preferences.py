@@ -6,7 +6,6 @@ details); what it can't see is kept when it writes the rest.
 
 from __future__ import annotations
 
-import asyncio
 from datetime import UTC, date, datetime
 from typing import Any
 
@@ -14,6 +13,7 @@ from ..errors import InvalidInput
 from ..repo.codec import InvalidData, json_to_value
 from .auth import AuthInfo
 from .context import AppContext
+from .threads import blocking
 
 PREFERENCES = "preferences.json"
 # Preferences an app password may not read or change (reference: personal details).
@@ -68,7 +68,7 @@ def _get(ctx: AppContext, auth: AuthInfo) -> list[dict]:
 
 async def get_preferences(ctx: AppContext, auth: AuthInfo) -> list[dict]:
     """The caller's preferences (less the private ones for an app password)."""
-    return await asyncio.to_thread(_get, ctx, auth)
+    return await blocking(_get, ctx, auth)
 
 
 def _put(ctx: AppContext, auth: AuthInfo, prefs: list[dict]) -> None:
@@ -84,4 +84,4 @@ def _put(ctx: AppContext, auth: AuthInfo, prefs: list[dict]) -> None:
 
 async def put_preferences(ctx: AppContext, auth: AuthInfo, prefs: list[dict]) -> None:
     """Replace the caller's preferences (checked with `check_preferences`)."""
-    await asyncio.to_thread(_put, ctx, auth, prefs)
+    await blocking(_put, ctx, auth, prefs)

@@ -51,6 +51,7 @@ from . import auth as A
 from . import fetch, proxy_raw, upstream
 from . import read_after_write as raw
 from .sessions import is_privileged_method, is_protected_method
+from .threads import blocking
 
 if TYPE_CHECKING:
     from .context import AppContext
@@ -257,7 +258,7 @@ class Proxy:
     async def token(self, did: str, aud: str, lxm: str) -> str:
         """A fresh service-auth JWT of account `did` for service `aud`, method `lxm`."""
         key = self.ctx.cached_signing_key(did) or \
-            await asyncio.to_thread(self.ctx.local_signing_key, did)
+            await blocking(self.ctx.local_signing_key, did)
         if key is None:
             raise InvalidInput("Account not found", "AccountNotFound")
         return A.sign_service_jwt(key, did, aud, lxm)

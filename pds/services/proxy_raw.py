@@ -16,6 +16,7 @@ from ..errors import PdsError
 from . import read_after_write as raw
 from . import reads
 from .account import load
+from .threads import blocking
 
 if TYPE_CHECKING:
     from .proxy import Answer, Forward, Proxy
@@ -46,12 +47,12 @@ async def merge_local(proxy: Proxy, call: Forward, did: str, answer: Answer,
         return answer
     body = answer.body if isinstance(answer.body, bytes) else await body_of(answer.body)
     params = params_of(call.path)
-    page = await asyncio.to_thread(raw.parse, body)
+    page = await blocking(raw.parse, body)
     if page is None:
         return Answer(answer.status, answer.headers, body)
     found = await embedded(proxy, did, raw.record_targets(
         raw.to_insert(call.nsid, params, page, local)))
-    merged = await asyncio.to_thread(raw.merge, call.nsid, params, page, local, found)
+    merged = await blocking(raw.merge, call.nsid, params, page, local, found)
     if merged is None:
         return Answer(answer.status, answer.headers, body)
     kept = [(n, v) for n, v in answer.headers if n not in ("content-length",

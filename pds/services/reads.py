@@ -10,11 +10,11 @@ before its first system call, and the thread does the read from the start.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 from ..store.clock import WouldBlock, cached_only
+from .threads import blocking
 
 T = TypeVar("T")
 
@@ -26,4 +26,4 @@ async def read(fn: Callable[..., T], *args: Any) -> T:
         with cached_only():
             return fn(*args)
     except WouldBlock:
-        return await asyncio.to_thread(fn, *args)
+        return await blocking(fn, *args)

@@ -6,7 +6,6 @@ write path itself (for callers already in a thread)."""
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from cbrrr import CID
@@ -33,6 +32,7 @@ from .accounts import did_doc
 from .blobs import BlobHooks, BlobMissing, InvalidBlob, blob_store
 from .context import AppContext
 from .pagination import Page, paginate
+from .threads import blocking
 
 MAX_RECORD_BYTES = 1_000_000
 MAX_OPS = 200
@@ -175,7 +175,7 @@ async def write_records(ctx: AppContext, caller: str, repo: Any, writes: list[Wr
     (`validate`: None, True or False, as the lexicon of these methods says), then commit
     `writes` to the repo `repo` names (DID or handle), which must be the caller's.
     Returns the commit and each write's `validationStatus` (None: leave it out)."""
-    return await asyncio.to_thread(_write, ctx, caller, repo, writes, swap_commit, validate)
+    return await blocking(_write, ctx, caller, repo, writes, swap_commit, validate)
 
 
 def _delete(ctx: AppContext, caller: str, repo: Any, write: Write,
@@ -192,7 +192,7 @@ async def delete_record(ctx: AppContext, caller: str, repo: Any, write: Write,
                         swap_commit: Any = ANY) -> CommitResult | None:
     """deleteRecord: commit one delete; None when there was nothing to delete (and no
     swap asked that there be)."""
-    return await asyncio.to_thread(_delete, ctx, caller, repo, write, swap_commit)
+    return await blocking(_delete, ctx, caller, repo, write, swap_commit)
 
 
 # --- reads ----------------------------------------------------------------------------------
@@ -252,6 +252,6 @@ async def describe_repo(ctx: AppContext, repo: str) -> dict:
     """describeRepo: the account's handle, DID document and collections, and whether
     the handle and the DID name each other (the handle resolves to the DID, the DID's
     document claims the handle: checked as anyone would, remembered a while)."""
-    out = await asyncio.to_thread(_describe_repo, ctx, repo)
+    out = await blocking(_describe_repo, ctx, repo)
     out["handleIsCorrect"] = await ctx.identity.handle_is_correct(out["handle"], out["did"])
     return out

@@ -32,6 +32,7 @@ from ..store.staged_car import CarTooLarge, StagedCar
 from .account import Use, load, require
 from .blobs import blob_store
 from .context import AppContext
+from .threads import blocking
 
 RECEIVE_BUFFER = 1024 * 1024  # bytes of the body gathered before one write to disk
 
@@ -46,8 +47,8 @@ async def import_repo(ctx: AppContext, did: str, chunks: AsyncIterable[bytes],
     limit = ctx.settings.max_repo_import_size or None
     if limit is not None and length is not None and length > limit:
         raise _too_large()
-    await asyncio.to_thread(_admit, ctx, did)
-    staged = await asyncio.to_thread(StagedCar, ctx.data.tmp, limit)
+    await blocking(_admit, ctx, did)
+    staged = await blocking(StagedCar, ctx.data.tmp, limit)
     try:
         try:
             await _receive(staged, chunks)
@@ -55,9 +56,9 @@ async def import_repo(ctx: AppContext, did: str, chunks: AsyncIterable[bytes],
             raise _too_large() from None
         # The key the DID names now, asked afresh: during a migration, the old PDS's.
         key = await ctx.identity.atproto_key(did, force=True)
-        await asyncio.to_thread(_check_and_store, ctx, did, staged, key)
+        await blocking(_check_and_store, ctx, did, staged, key)
     finally:
-        await asyncio.shield(asyncio.to_thread(staged.close))
+        await asyncio.shield(blocking(staged.close))
 
 
 def _admit(ctx: AppContext, did: str) -> None:
@@ -70,10 +71,10 @@ async def _receive(staged: StagedCar, chunks: AsyncIterable[bytes]) -> None:
     async for chunk in chunks:
         buffer += chunk
         if len(buffer) >= RECEIVE_BUFFER:
-            await asyncio.to_thread(staged.write, bytes(buffer))
+            await blocking(staged.write, bytes(buffer))
             buffer.clear()
     if buffer:
-        await asyncio.to_thread(staged.write, bytes(buffer))
+        await blocking(staged.write, bytes(buffer))
 
 
 def _check(staged: StagedCar, did: str, key: PublicKey | None) -> CheckedRepo:

@@ -2,7 +2,7 @@
 tokens minted for the account.
 
 These functions are blocking (files, argon2id): call them from a worker thread, as the
-handlers do with `asyncio.to_thread`.
+handlers do with `threads.blocking`.
 """
 
 from __future__ import annotations

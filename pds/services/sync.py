@@ -8,7 +8,6 @@ worker thread; an export is a blocking chunk iterator, to be driven from a threa
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator
 from typing import Any
 
@@ -21,6 +20,7 @@ from .account import Account, Use, load, require
 from .auth import AuthInfo
 from .context import AppContext
 from .pagination import Page, paginate
+from .threads import blocking
 
 
 def privileged(auth: AuthInfo | None, did: str) -> bool:
@@ -41,7 +41,7 @@ async def export_repo(ctx: AppContext, did: str, auth: AuthInfo | None,
     def run() -> Iterator[bytes]:
         hosted(ctx, did, auth)
         return ctx.repo(did).export_car(since)
-    return await asyncio.to_thread(run)
+    return await blocking(run)
 
 
 async def record_proof(ctx: AppContext, did: str, auth: AuthInfo | None,
@@ -50,7 +50,7 @@ async def record_proof(ctx: AppContext, did: str, auth: AuthInfo | None,
     def run() -> bytes:
         hosted(ctx, did, auth)
         return ctx.repo(did).record_proof_car(f"{collection}/{rkey}")
-    return await asyncio.to_thread(run)
+    return await blocking(run)
 
 
 def _blocks(ctx: AppContext, did: str, auth: AuthInfo | None, cids: list[CID]) -> bytes:
@@ -71,7 +71,7 @@ async def blocks_car(ctx: AppContext, did: str, auth: AuthInfo | None,
                      cids: list[CID]) -> bytes:
     """getBlocks: the blocks named, as a CAR with no roots; BlockNotFound names any
     missing (each block is hashed against its CID on the way)."""
-    return await asyncio.to_thread(_blocks, ctx, did, auth, cids)
+    return await blocking(_blocks, ctx, did, auth, cids)
 
 
 async def head(ctx: AppContext, did: str, auth: AuthInfo | None, missing: str) -> Head:
@@ -80,7 +80,7 @@ async def head(ctx: AppContext, did: str, auth: AuthInfo | None, missing: str) -
     def run() -> Head | None:
         hosted(ctx, did, auth)
         return ctx.repo(did).head()
-    current = await asyncio.to_thread(run)
+    current = await blocking(run)
     if current is None:
         raise InvalidInput(f"Could not find root for DID: {did}", missing)
     return current
@@ -98,7 +98,7 @@ def _repo_status(ctx: AppContext, did: str, auth: AuthInfo | None) -> dict[str, 
 
 async def repo_status(ctx: AppContext, did: str, auth: AuthInfo | None) -> dict[str, Any]:
     """getRepoStatus: whether the repo is active (and its rev when it is)."""
-    return await asyncio.to_thread(_repo_status, ctx, did, auth)
+    return await blocking(_repo_status, ctx, did, auth)
 
 
 def _repo_row(ctx: AppContext, did: str) -> dict[str, Any] | None:
@@ -115,4 +115,4 @@ async def list_repos(ctx: AppContext, limit: int, cursor: str | None) -> Page[di
     def run() -> Page[dict]:
         return paginate(ctx.accounts.list_dids(), limit, cursor,
                         load=lambda did: _repo_row(ctx, did))
-    return await asyncio.to_thread(run)
+    return await blocking(run)

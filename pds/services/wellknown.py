@@ -11,7 +11,6 @@ refuses it too, so that a slip can't overwrite the service DID document.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import os
@@ -29,6 +28,7 @@ from ..repo.did import (
 from ..repo.keys import PublicKey
 from ..repo.syntax import is_valid_did, is_valid_handle
 from ..store.files import ensure_dir, read_file, write_file
+from .threads import blocking
 
 if TYPE_CHECKING:
     from .context import AppContext
@@ -47,7 +47,7 @@ async def read_document(ctx: Any, host: str, name: str) -> bytes | None:
         directory = ctx.data.well_known(host)
     except ValueError:  # too long to be a directory of ours
         return None
-    return await asyncio.to_thread(read_file, directory / name)
+    return await blocking(read_file, directory / name)
 
 
 def _json_bytes(doc: dict[str, Any]) -> bytes:

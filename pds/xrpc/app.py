@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import re
@@ -17,6 +16,7 @@ import orjson
 
 from .. import __version__
 from ..errors import InvalidInput, PayloadTooLarge, PdsError
+from ..services.threads import blocking
 from . import proxy, registry, validation
 from .body import RequestBody
 from .errors import INTERNAL, MethodNotAllowed, UpgradeRequired, answer_for, render
@@ -287,7 +287,7 @@ async def _async_chunks(it: Iterator[bytes]) -> AsyncIterator[bytes]:
     """Drive a blocking chunk iterator from a thread, one chunk at a time."""
     try:
         while True:
-            chunk = await asyncio.to_thread(next, it, None)
+            chunk = await blocking(next, it, None)
             if chunk is None:
                 return
             yield chunk
@@ -403,7 +403,7 @@ class Lifespan:
 
     async def process_startup(self, scope: dict, event: dict) -> None:
         outputs = bool(getattr(getattr(self.ctx, "settings", None), "validate_output", False))
-        await asyncio.to_thread(validation.preload, list(registry.METHODS), outputs)
+        await blocking(validation.preload, list(registry.METHODS), outputs)
         start = getattr(self.ctx, "startup", None)
         if start is not None:
             await start()

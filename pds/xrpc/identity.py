@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from ..errors import InvalidInput
 from ..services import email, plc_ops, sessions
 from ..services.auth import AuthKind
+from ..services.threads import blocking
 from .app import Answer, Call
 from .registry import procedure, query
 
@@ -28,7 +27,7 @@ async def update_handle(call: Call) -> Answer:
 
 @query("com.atproto.identity.getRecommendedDidCredentials", auth=AuthKind.ACCESS)
 async def get_recommended_did_credentials(call: Call) -> Answer:
-    return await asyncio.to_thread(sessions.recommended_did_credentials, call.ctx,
+    return await blocking(sessions.recommended_did_credentials, call.ctx,
                                    call.auth.did)
 
 

@@ -19,6 +19,7 @@ import falcon.asgi
 from ..errors import InvalidInput, PayloadTooLarge, PdsError
 from ..services import oauth_flow
 from ..services.oauth_flow import Page
+from ..services.threads import blocking
 from .errors import render
 from .oauth_page import render as render_page
 
@@ -110,9 +111,8 @@ class Token(OAuthJson):
 class Revoke(OAuthJson):
     async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         async def work() -> dict:
-            import asyncio
             form = await read_form(req)
-            await asyncio.to_thread(self.ctx.oauth.tokens.revoke, form.get("token"))
+            await blocking(self.ctx.oauth.tokens.revoke, form.get("token"))
             return {}
         await self.answer(resp, work())
 

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from ..errors import InvalidInput, NotSupported
 from ..repo.string_formats import is_valid_datetime
 from ..services import accounts as svc
 from ..services import sessions
 from ..services.auth import AuthKind
+from ..services.threads import blocking
 from .app import Answer, Call
 from .registry import procedure, query
 
@@ -37,23 +36,23 @@ async def create_session(call: Call) -> Answer:
     password = call.field("password")
     allow_takendown = bool(call.field("allowTakendown", required=False, kind=bool))
     factor = call.field("authFactorToken", required=False)
-    return await asyncio.to_thread(sessions.login, call.ctx, identifier, password, call.ip,
+    return await blocking(sessions.login, call.ctx, identifier, password, call.ip,
                                    allow_takendown, factor)
 
 
 @procedure("com.atproto.server.refreshSession", auth=AuthKind.REFRESH)
 async def refresh_session(call: Call) -> Answer:
-    return await asyncio.to_thread(sessions.refresh, call.ctx, call.auth)
+    return await blocking(sessions.refresh, call.ctx, call.auth)
 
 
 @query("com.atproto.server.getSession", auth=AuthKind.ACCESS)
 async def get_session(call: Call) -> Answer:
-    return await asyncio.to_thread(sessions.get_session, call.ctx, call.auth)
+    return await blocking(sessions.get_session, call.ctx, call.auth)
 
 
 @procedure("com.atproto.server.deleteSession", auth=AuthKind.REFRESH)
 async def delete_session(call: Call) -> Answer:
-    await asyncio.to_thread(sessions.logout, call.ctx, call.auth)
+    await blocking(sessions.logout, call.ctx, call.auth)
     return None
 
 
@@ -61,18 +60,18 @@ async def delete_session(call: Call) -> Answer:
 async def create_app_password(call: Call) -> Answer:
     name = call.field("name")
     privileged = bool(call.field("privileged", required=False, kind=bool))
-    return await asyncio.to_thread(sessions.create_app_password, call.ctx, call.auth.did,
+    return await blocking(sessions.create_app_password, call.ctx, call.auth.did,
                                    name, privileged)
 
 
 @query("com.atproto.server.listAppPasswords", auth=AuthKind.ACCESS_FULL)
 async def list_app_passwords(call: Call) -> Answer:
-    return await asyncio.to_thread(sessions.list_app_passwords, call.ctx, call.auth.did)
+    return await blocking(sessions.list_app_passwords, call.ctx, call.auth.did)
 
 
 @procedure("com.atproto.server.revokeAppPassword", auth=AuthKind.ACCESS_FULL)
 async def revoke_app_password(call: Call) -> Answer:
-    await asyncio.to_thread(sessions.revoke_app_password, call.ctx, call.auth.did,
+    await blocking(sessions.revoke_app_password, call.ctx, call.auth.did,
                             call.field("name"))
     return None
 
@@ -83,7 +82,7 @@ async def create_invite_code(call: Call) -> Answer:
     if use_count < 1:
         raise InvalidInput("useCount must be at least 1")
     for_account = call.body.get("forAccount")  # a DID: its lexicon's format
-    out = await asyncio.to_thread(svc.create_invites, call.ctx, use_count, 1,
+    out = await blocking(svc.create_invites, call.ctx, use_count, 1,
                                   [for_account] if for_account else None)
     return {"code": out[0]["codes"][0]}
 
@@ -95,7 +94,7 @@ async def create_invite_codes(call: Call) -> Answer:
     if use_count < 1 or not 1 <= count <= 100:
         raise InvalidInput("useCount must be >= 1 and codeCount 1..100")
     for_accounts = call.body.get("forAccounts")  # DIDs: its lexicon's format
-    return {"codes": await asyncio.to_thread(svc.create_invites, call.ctx, use_count, count,
+    return {"codes": await blocking(svc.create_invites, call.ctx, use_count, count,
                                              for_accounts)}
 
 
@@ -103,7 +102,7 @@ async def create_invite_codes(call: Call) -> Answer:
 async def get_account_invite_codes(call: Call) -> Answer:
     include_used = call.param_bool("includeUsed", default=True)
     call.param_bool("createAvailable", default=True)  # checked; codes are made by the admin
-    codes = await asyncio.to_thread(svc.account_invite_codes, call.ctx, call.auth.did)
+    codes = await blocking(svc.account_invite_codes, call.ctx, call.auth.did)
     if not include_used:
         codes = [c for c in codes if len(c["uses"]) < c["available"]]
     return {"codes": codes}
@@ -146,7 +145,7 @@ async def check_account_status(call: Call) -> Answer:
 
 @query("com.atproto.server.getServiceAuth", auth=AuthKind.ACCESS)
 async def get_service_auth(call: Call) -> Answer:
-    return await asyncio.to_thread(sessions.service_auth_token, call.ctx, call.auth,
+    return await blocking(sessions.service_auth_token, call.ctx, call.auth,
                                    call.param("aud", required=True), call.param("lxm"),
                                    call.param("exp"))
 
