@@ -87,12 +87,17 @@ def test_the_gunicorn_master_loads_no_event_loop(tmp_path):
         assert heavy not in mods, heavy
 
 
-def test_a_worker_imports_dnspython_only_for_a_dns_lookup(tmp_path):
+def _worker_modules(tmp_path):
+    """The modules a worker has imported once its app is built, before any request."""
     code = ("from pds.config import Settings\nfrom pds.server import build_app\n"
             f"build_app(Settings(data_dir={str(tmp_path / 'd')!r}, hostname='localhost:1',"
             " dev=True, jwt_secret='s' * 32))")
     (tmp_path / "d" / "tmp").mkdir(parents=True)
-    mods = _modules_after(code, tmp_path)
+    return _modules_after(code, tmp_path)
+
+
+def test_a_worker_imports_dnspython_only_for_a_dns_lookup(tmp_path):
+    mods = _worker_modules(tmp_path)
     assert "pds.services.context" in mods and "falcon" in mods
     assert "dns" not in mods
 
@@ -102,11 +107,7 @@ def test_a_worker_imports_httpx_smtplib_and_nacl_only_when_it_uses_them(tmp_path
     no relays, no mail configured, sessions that last): their libraries (~2.5 MB of httpx
     and what it pulls in, ~1.2 MB of PyNaCl) are imported at the first use, not with the
     app (bench/README.md, Memory)."""
-    code = ("from pds.config import Settings\nfrom pds.server import build_app\n"
-            f"build_app(Settings(data_dir={str(tmp_path / 'd')!r}, hostname='localhost:1',"
-            " dev=True, jwt_secret='s' * 32))")
-    (tmp_path / "d" / "tmp").mkdir(parents=True)
-    mods = _modules_after(code, tmp_path)
+    mods = _worker_modules(tmp_path)
     assert "pds.services.context" in mods and "pds.services.mailer" in mods
     for lazy in ("httpx", "httpcore", "smtplib", "nacl"):
         assert lazy not in mods, lazy
