@@ -113,7 +113,5 @@ async def blocking(fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
     """Run `fn(*args, **kwargs)` in a worker thread and await its result."""
     loop = asyncio.get_running_loop()
     fut: asyncio.Future[T] = loop.create_future()
-    call = functools.partial(fn, *args, **kwargs) if kwargs else (
-        functools.partial(fn, *args) if args else fn)
-    _POOL.submit((loop, fut, call))
+    _POOL.submit((loop, fut, functools.partial(fn, *args, **kwargs)))
     return await fut

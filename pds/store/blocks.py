@@ -61,9 +61,13 @@ class _BlockCache:
                 return
             self.items[key] = data
             self.size += len(data)
-            while self.size > self.max_bytes and self.items:
-                _k, old = self.items.popitem(last=False)
-                self.size -= len(old)
+            self._evict()
+
+    def _evict(self) -> None:
+        """Drop the least recently used blocks until the cache fits (lock held)."""
+        while self.size > self.max_bytes and self.items:
+            _k, old = self.items.popitem(last=False)
+            self.size -= len(old)
 
 
 _CACHE = _BlockCache(16 * 1024 * 1024)
@@ -74,9 +78,7 @@ def size_block_cache(max_bytes: int) -> None:
     block costs about 150 bytes more than its length (its key, the LRU's links)."""
     with _CACHE.lock:
         _CACHE.max_bytes = max_bytes
-        while _CACHE.size > max_bytes and _CACHE.items:
-            _k, old = _CACHE.items.popitem(last=False)
-            _CACHE.size -= len(old)
+        _CACHE._evict()
 
 
 def shard_path(root: Path, cid: str) -> Path:

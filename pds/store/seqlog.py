@@ -57,7 +57,7 @@ class EventLog:
         self._floor: int | None = None
 
     def path(self, seq: int) -> Path:
-        return self.root / f"{seq // SHARD:08d}" / f"{seq:016d}"
+        return Path(self._file(seq))
 
     def _file(self, seq: int) -> str:
         return f"{self._dir}/{seq // SHARD:08d}/{seq:016d}"
