@@ -113,6 +113,16 @@ def test_a_worker_imports_httpx_smtplib_and_nacl_only_when_it_uses_them(tmp_path
         assert lazy not in mods, lazy
 
 
+def test_a_worker_imports_pyjwt_and_cryptography_only_for_oauth_or_p256(tmp_path):
+    """Session tokens are HS256 on the standard library (`hs256`), secp256k1 is
+    coincurve's: PyJWT, which imports all of cryptography (~8.4 MB), and cryptography
+    itself wait for an OAuth client or a P-256 key (bench/README.md, Memory)."""
+    mods = _worker_modules(tmp_path)
+    assert "pds.services.auth" in mods and "pds.services.oauth_dpop" in mods
+    assert "pds.repo.signing_keys" in mods
+    assert "jwt" not in mods and "cryptography" not in mods
+
+
 def test_outbound_errors_are_caught_before_and_after_httpx_is_imported():
     """`fetch.http_errors` names httpx's errors once httpx is loaded (only then can one
     be raised), and always what the caller adds."""
@@ -154,6 +164,30 @@ def test_workers_serve_on_uvloop(tmp_path):
         # Nor asyncio: gunicorn's ASGI worker is imported after the fork (LateAsgiWorker).
         assert all("_asyncio" in maps(pid) for pid in workers)
         assert "_asyncio" not in maps(server.proc.pid)
+
+
+@pytest.mark.slow
+def test_workers_serving_sessions_and_writes_never_load_cryptography(tmp_path):
+    """Sign-up, login, refresh, writes (signed with secp256k1 keys), reads and a
+    service token: all of it without cryptography's Rust module in any process."""
+    from harness import children, running_server
+    from server_util import Api, ok
+
+    with running_server(tmp_path, workers=2) as server, Api(server) as api:
+        for _ in range(3):  # accounts land on both workers
+            acct = api.create_account()
+            ok(api.post("com.atproto.server.createSession",
+                        {"identifier": acct.handle, "password": acct.password}))
+            refreshed = ok(api.post("com.atproto.server.refreshSession", token=acct.refresh))
+            for i in range(4):
+                uri = ok(api.create_record(acct, {"text": f"n{i}"}))["uri"]
+                ok(api.get("com.atproto.repo.getRecord", repo=acct.did,
+                           collection="com.example.note", rkey=uri.rsplit("/", 1)[1]))
+            ok(api.get("com.atproto.server.getSession", token=refreshed["accessJwt"]))
+            ok(api.get("com.atproto.server.getServiceAuth", token=acct.access,
+                       aud="did:web:feed.test"))
+        for pid in [server.proc.pid, *children(server.proc.pid)]:
+            assert "cryptography" not in open(f"/proc/{pid}/maps").read(), pid
 
 
 def test_start_up_preparation_runs_in_a_child_and_its_failure_reaches_the_caller():

@@ -20,14 +20,16 @@ from __future__ import annotations
 import functools
 import hashlib
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import coincurve
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+import coincurve.ecdsa
+
+# `cryptography` (P-256) is imported by the P-256 classes at their first use: it is ~8 MB
+# of a worker's memory, and a PDS whose accounts and peers all use secp256k1 (the
+# default) needs none of it (bench/README.md, Memory).
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric import ec
 
 __all__ = [
     "DID_KEY_PREFIX",
@@ -225,9 +227,11 @@ class K256PublicKey(PublicKey):
             raise InvalidKey(f"invalid secp256k1 point: {exc}") from None
 
     def _verify_rs(self, message: bytes, r: int, s: int) -> bool:
-        # coincurve only takes DER; re-encoding the already validated (r, s) is cheap and
-        # keeps us on coincurve's public API. libsecp256k1 also rejects high-S on its own.
-        return self._key.verify(encode_dss_signature(r, s), message, hasher=_sha256)
+        # coincurve's verify only takes DER; libsecp256k1 re-encodes the already validated
+        # (r, s) for it, and also rejects high-S on its own.
+        compact = coincurve.ecdsa.deserialize_compact(r.to_bytes(32, "big") + s.to_bytes(32, "big"))
+        der = coincurve.ecdsa.cdata_to_der(compact)
+        return self._key.verify(der, message, hasher=_sha256)
 
 
 class P256PublicKey(PublicKey):
@@ -241,15 +245,15 @@ class P256PublicKey(PublicKey):
     _multicodec = _P256_MULTICODEC
     _order = P256_N
 
-    _ECDSA_SHA256 = ec.ECDSA(hashes.SHA256())
-
     def __init__(self, key: ec.EllipticCurvePublicKey) -> None:
+        from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
         super().__init__(key.public_bytes(Encoding.X962, PublicFormat.CompressedPoint))
         self._key = key
 
     @classmethod
     def from_point(cls, point: bytes) -> P256PublicKey:
         """Build a key from a 33- or 65-byte SEC1 point; raises :class:`InvalidKey`."""
+        from cryptography.hazmat.primitives.asymmetric import ec
         _check_point_shape(point)
         try:
             return cls(ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), point))
@@ -257,11 +261,21 @@ class P256PublicKey(PublicKey):
             raise InvalidKey(f"invalid P-256 point: {exc}") from None
 
     def _verify_rs(self, message: bytes, r: int, s: int) -> bool:
+        from cryptography.exceptions import InvalidSignature
+        from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
         try:
-            self._key.verify(encode_dss_signature(r, s), message, self._ECDSA_SHA256)
+            self._key.verify(encode_dss_signature(r, s), message, p256_ecdsa())
         except InvalidSignature:
             return False
         return True
+
+
+@functools.cache
+def p256_ecdsa() -> ec.ECDSA:
+    """ECDSA over SHA-256, as `cryptography` names it (made once, at first use)."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    return ec.ECDSA(hashes.SHA256())
 
 
 def _sha256(data: bytes) -> bytes:

@@ -15,12 +15,9 @@ from __future__ import annotations
 import hashlib
 import re
 from abc import ABC, abstractmethod
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import coincurve
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
 from .keys import (
     P256_N,
@@ -29,7 +26,11 @@ from .keys import (
     K256PublicKey,
     P256PublicKey,
     PublicKey,
+    p256_ecdsa,
 )
+
+if TYPE_CHECKING:  # imported by the P-256 class at first use (keys.py says why)
+    from cryptography.hazmat.primitives.asymmetric import ec
 
 __all__ = [
     "K256PrivateKey",
@@ -143,8 +144,6 @@ class P256PrivateKey(PrivateKey):
     key_type = "p256"
     _order = P256_N
 
-    _ECDSA_SHA256 = ec.ECDSA(hashes.SHA256())
-
     def __init__(self, key: ec.EllipticCurvePrivateKey) -> None:
         self._key = key
         self._public = P256PublicKey(key.public_key())
@@ -152,11 +151,13 @@ class P256PrivateKey(PrivateKey):
     @classmethod
     def generate(cls) -> P256PrivateKey:
         """Create a fresh random P-256 key."""
+        from cryptography.hazmat.primitives.asymmetric import ec
         return cls(ec.generate_private_key(ec.SECP256R1()))
 
     @classmethod
     def from_bytes(cls, raw32: bytes) -> P256PrivateKey:
         """Load a P-256 key from its 32-byte secret; raises :class:`InvalidKey`."""
+        from cryptography.hazmat.primitives.asymmetric import ec
         d = _check_scalar(raw32, P256_N)
         return cls(ec.derive_private_key(d, ec.SECP256R1()))
 
@@ -166,7 +167,8 @@ class P256PrivateKey(PrivateKey):
 
     def _sign_rs(self, message: bytes) -> tuple[int, int]:
         # cryptography returns DER and does NOT normalise s; sign() folds it to low-S.
-        return decode_dss_signature(self._key.sign(message, self._ECDSA_SHA256))
+        from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+        return decode_dss_signature(self._key.sign(message, p256_ecdsa()))
 
 
 # --------------------------------------------------------------------------------------------

@@ -18,8 +18,6 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-import jwt
-
 from ..errors import AuthFailed, AuthRequired, InvalidInput
 from ..repo.keys import PublicKey
 from ..repo.signing_keys import PrivateKey
@@ -27,7 +25,7 @@ from ..repo.syntax import is_valid_did
 from ..store.files import flock
 from ..store.layout import SESSIONS_LOCK
 from ..store.ratelimit import RateLimiter
-from . import reads
+from . import hs256, reads
 from .account import Account, Use, load, require
 from .threads import blocking
 
@@ -214,13 +212,13 @@ class Auth:
         return claims | ({GENERATION: generation} if generation is not None else {})
 
     def _access(self, did: str, generation: str | None, scope: str, now: int) -> str:
-        return jwt.encode({"scope": scope, **self._claims(did, generation, now, ACCESS_TTL)},
-                          self.secret, algorithm="HS256", headers={"typ": "at+jwt"})
+        return hs256.sign({"scope": scope, **self._claims(did, generation, now, ACCESS_TTL)},
+                          self.secret, "at+jwt")
 
     def _refresh(self, did: str, generation: str | None, jti: str, now: int) -> str:
-        return jwt.encode({"scope": SCOPE_REFRESH, "jti": jti,
+        return hs256.sign({"scope": SCOPE_REFRESH, "jti": jti,
                            **self._claims(did, generation, now, REFRESH_TTL)},
-                          self.secret, algorithm="HS256", headers={"typ": "refresh+jwt"})
+                          self.secret, "refresh+jwt")
 
     def rotate(self, info: AuthInfo) -> dict:
         """Spend a refresh token: a new pair, and the old session marked rotated.
@@ -305,7 +303,7 @@ class Auth:
             token = self._token(header, required=kind == AuthKind.ACCESS_OR_SERVICE)
             if token is None:
                 return None
-            if _jwt_alg(token) == "HS256":
+            if _jwt_alg(token) == "HS256":  # ours; anything else is a service token
                 return self._bearer(header, refresh=False, nsid=nsid)
             return await self.verify_service_jwt(token, nsid)
         info = self._bearer(header, refresh=False, nsid=nsid)
@@ -381,9 +379,9 @@ class Auth:
         typ = "refresh+jwt" if refresh else "at+jwt"
         try:
             header_typ, payload = self._verified_session_jwt(token)
-        except jwt.ExpiredSignatureError:
+        except hs256.TokenExpired:
             raise InvalidInput("Token has expired", "ExpiredToken") from None
-        except jwt.PyJWTError:
+        except hs256.TokenInvalid:
             raise AuthFailed("Token could not be verified", "InvalidToken") from None
         if header_typ != typ:
             raise InvalidInput("Invalid token type", "InvalidToken")
@@ -405,7 +403,7 @@ class Auth:
 
     def _verified_session_jwt(self, token: str) -> tuple[Any, dict]:
         """(the header's `typ`, the payload) of a session token signed with our secret,
-        for our audience, not expired; raises a PyJWTError otherwise. A token verified
+        for our audience, not expired; raises `hs256.TokenInvalid` otherwise. A token verified
         once is remembered (bounded) so that a client's every request doesn't pay for
         parsing and HMAC again: the token is immutable and the entry is keyed by all of
         it, signature included. Only time moves, so expiry is checked on every use; what
@@ -413,16 +411,13 @@ class Auth:
         session) is `admit`'s, per request."""
         hit = self._verified.get(token)
         if hit is not None:
-            if hit[1]["exp"] <= time.time():  # as PyJWT: expired at exp itself
+            if hit[1]["exp"] <= time.time():  # as at the first check: expired at exp itself
                 self._verified.pop(token, None)
-                raise jwt.ExpiredSignatureError("Signature has expired")
+                raise hs256.TokenExpired("expired")
             return hit
-        typ = jwt.get_unverified_header(token).get("typ")
-        payload = jwt.decode(token, self.secret, algorithms=["HS256"],
-                             audience=self.service_did,
-                             options={"require": ["exp", "sub", "scope"]})
-        if not isinstance(payload.get("exp"), int | float):
-            return typ, payload  # (PyJWT refuses that already: nothing to remember)
+        header, payload = hs256.verify(token, self.secret, audience=self.service_did,
+                                       require=("exp", "sub", "scope"))
+        typ = header.get("typ")
         if len(self._verified) >= VERIFIED_TOKENS:
             self._verified.clear()  # a crude bound: refilled by the next requests
         self._verified[token] = (typ, payload)
@@ -466,6 +461,7 @@ class Auth:
 
 def _jwt_alg(token: str) -> str | None:
     try:
-        return jwt.get_unverified_header(token).get("alg")
-    except jwt.PyJWTError:
+        alg = parse_unverified(token)[0].get("alg")
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return None
+    return alg if isinstance(alg, str) else None

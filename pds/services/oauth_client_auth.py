@@ -16,8 +16,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import jwt
-
 from ..errors import OAuthError
 from .fetch import FetchError, guarded_get
 from .oauth_clients import FETCH_TIMEOUT, MAX_METADATA, Client
@@ -61,6 +59,8 @@ def verify_assertion(client: Client, keys: list[dict], form: dict[str, Any],
     assertion = form.get("client_assertion")
     if not isinstance(assertion, str) or len(assertion) > MAX_ASSERTION:
         raise _invalid("client_assertion is required")
+    import jwt  # PyJWT, and with it all of cryptography: only where a client uses them
+
     try:
         header = jwt.get_unverified_header(assertion)
     except jwt.PyJWTError:

@@ -14,22 +14,20 @@
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import json
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
-
-import jwt
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from ..errors import OAuthError, OAuthUnauthorized
 from ..store.replay import SeenOnce
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric import ec
 
 NONCE_WINDOW = 60        # seconds one nonce is the newest
 PROOF_MAX_AGE = 10       # seconds: a proof's `iat` may be this old (the reference's)
@@ -165,11 +163,23 @@ class Dpop:
         return self.replay.prune(now)
 
 
-# EC curves of the algorithms checked directly with `cryptography` (the common case:
-# atproto clients sign proofs with ES256); other algorithms go through pyjwt.
-_EC = {"ES256": ("P-256", ec.SECP256R1, hashes.SHA256, 32),
-       "ES256K": ("secp256k1", ec.SECP256K1, hashes.SHA256, 32),
-       "ES384": ("P-384", ec.SECP384R1, hashes.SHA384, 48)}
+# The algorithms checked directly with `cryptography` (the common case: atproto clients
+# sign proofs with ES256), with each one's JWK curve and signature half size; other
+# algorithms go through pyjwt. Both libraries are imported at the first proof (a worker
+# that serves no OAuth client never loads them: bench/README.md, Memory).
+_EC = {"ES256": ("P-256", 32), "ES256K": ("secp256k1", 32), "ES384": ("P-384", 48)}
+
+
+@functools.cache
+def _ec_params(alg: str) -> tuple[Any, Any]:
+    """(curve, ECDSA signature algorithm) of one of `_EC`'s algorithms."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    curve, digest = {"ES256": (ec.SECP256R1, hashes.SHA256),
+                     "ES256K": (ec.SECP256K1, hashes.SHA256),
+                     "ES384": (ec.SECP384R1, hashes.SHA384)}[alg]
+    return curve(), ec.ECDSA(digest())
+
 # Public keys already built from a JWK, by (alg, x, y): a client signs every proof of a
 # session with one key, so it is parsed once per worker.
 _keys: dict[tuple[str, str, str], ec.EllipticCurvePublicKey] = {}
@@ -207,7 +217,12 @@ def _verify_signature(proof: str) -> tuple[dict, dict]:
 
 
 def _verify_ec(alg: str, jwk: dict, signing_input: bytes, sig: bytes) -> None:
-    crv, curve, digest, size = _EC[alg]
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+
+    crv, size = _EC[alg]
+    curve, ecdsa = _ec_params(alg)
     x, y = jwk.get("x"), jwk.get("y")
     if jwk.get("kty") != "EC" or jwk.get("crv") != crv or not isinstance(x, str) \
             or not isinstance(y, str) or len(sig) != 2 * size:
@@ -218,19 +233,21 @@ def _verify_ec(alg: str, jwk: dict, signing_input: bytes, sig: bytes) -> None:
             nums = ec.EllipticCurvePublicNumbers(
                 int.from_bytes(base64.urlsafe_b64decode(x + "=" * (-len(x) % 4)), "big"),
                 int.from_bytes(base64.urlsafe_b64decode(y + "=" * (-len(y) % 4)), "big"),
-                curve())
+                curve)
             key = nums.public_key()
             if len(_keys) > 10_000:
                 _keys.clear()
             _keys[(alg, x, y)] = key
         der = encode_dss_signature(int.from_bytes(sig[:size], "big"),
                                    int.from_bytes(sig[size:], "big"))
-        key.verify(der, signing_input, ec.ECDSA(digest()))
+        key.verify(der, signing_input, ecdsa)
     except (ValueError, InvalidSignature):
         raise _bad("DPoP proof signature could not be verified") from None
 
 
 def _verify_other(alg: str, jwk: dict, proof: str) -> None:
+    import jwt
+
     try:
         key: Any = jwt.PyJWK(jwk, algorithm=alg)
         jwt.decode(proof, key, algorithms=[alg],

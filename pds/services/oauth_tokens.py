@@ -25,11 +25,9 @@ import secrets
 import time
 from typing import Any
 
-import jwt
-
 from ..errors import OAuthError, OAuthUnauthorized
 from ..store.layout import OAUTH_CODES, OAUTH_DEVICES, OAUTH_REQUESTS, OAUTH_SESSIONS
-from . import oauth_scopes
+from . import hs256, oauth_scopes
 from .account import load
 from .auth import GENERATION, AuthInfo
 from .oauth_client_auth import authenticate
@@ -153,7 +151,7 @@ class Tokens:
                   "iat": now, "exp": now + ACCESS_TTL, "jti": "tok-" + secrets.token_hex(16),
                   "scope": session["scope"], "client_id": session["clientId"],
                   "cnf": {"jkt": session["jkt"]}, "sid": sid, GENERATION: session["gen"]}
-        access = jwt.encode(claims, self.key, algorithm="HS256", headers={"typ": "at+jwt"})
+        access = hs256.sign(claims, self.key, "at+jwt")
         return {"access_token": access, "token_type": "DPoP", "expires_in": ACCESS_TTL,
                 "refresh_token": refresh, "scope": session["scope"], "sub": session["did"]}
 
@@ -204,15 +202,14 @@ class Tokens:
 
     def _decode(self, token: str) -> dict:
         try:
-            full = jwt.decode_complete(token, self.key, algorithms=["HS256"],
-                                       audience=self.audience, issuer=self.oauth.issuer,
-                                       options={"require": ["exp", "sub", "sid", "cnf"]})
-            if full["header"].get("typ") != "at+jwt":
-                raise jwt.InvalidTokenError("typ")
-            claims: dict = full["payload"]
-        except jwt.ExpiredSignatureError:
+            header, claims = hs256.verify(token, self.key, audience=self.audience,
+                                          issuer=self.oauth.issuer,
+                                          require=("exp", "sub", "sid", "cnf"))
+            if header.get("typ") != "at+jwt":
+                raise hs256.TokenInvalid("typ")
+        except hs256.TokenExpired:
             raise _unauthorized("invalid_token", "Token has expired") from None
-        except jwt.PyJWTError:
+        except hs256.TokenInvalid:
             raise _unauthorized("invalid_token", "Token could not be verified") from None
         return claims
 
