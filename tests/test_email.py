@@ -271,6 +271,36 @@ def test_bad_input_is_refused(api: Api) -> None:
     err(api.post("com.atproto.server.updateEmail", {"email": acct.email}), 401)
 
 
+def test_the_admin_mails_an_account(api: Api, smtp: SmtpServer) -> None:
+    """com.atproto.admin.sendEmail: the admin's text to the account's address, taken
+    down or not, under the subject given (or the reference's)."""
+    acct = api.create_account()
+    admin = api.admin_headers()
+    mail = {"recipientDid": acct.did, "senderDid": api.service_did,
+            "content": "Your PDS moves to a new host on Sunday.\nNothing to do.",
+            "subject": "Maintenance"}
+    assert ok(api.post("com.atproto.admin.sendEmail", mail, headers=admin)) == {"sent": True}
+    [got] = smtp.inbox.wait(acct.email)
+    assert got["Subject"] == "Maintenance" and got["To"] == acct.email
+    assert "Nothing to do." in body(got)
+    ok(api.post("com.atproto.admin.updateSubjectStatus", {
+        "subject": {"$type": "com.atproto.admin.defs#repoRef", "did": acct.did},
+        "takedown": {"applied": True}}, headers=admin))
+    unnamed = {k: v for k, v in mail.items() if k != "subject"}
+    ok(api.post("com.atproto.admin.sendEmail", unnamed, headers=admin))
+    assert smtp.inbox.wait(acct.email, 2)[1]["Subject"] == "Message via your PDS"
+
+    err(api.post("com.atproto.admin.sendEmail", mail), 401)
+    err(api.post("com.atproto.admin.sendEmail", mail, token=acct.access), 401)
+    err(api.post("com.atproto.admin.sendEmail", mail,
+                 headers=api.admin_headers("wrong password")), 401)
+    for bad in ({"recipientDid": "did:web:nobody.test"}, {"subject": "two\nlines"},
+                {"subject": "x" * 301}, {"content": "  "}, {"content": 5},
+                {"recipientDid": "not a did"}, {"senderDid": None}):
+        err(api.post("com.atproto.admin.sendEmail", {**mail, **bad}, headers=admin), 400)
+    assert len(smtp.inbox.wait(acct.email, 2)) == 2  # nothing more was sent
+
+
 # --- in process: concurrency and rate limits ------------------------------------------------
 
 

@@ -244,6 +244,15 @@ def test_check_account_status(api):
     err(api.get("com.atproto.server.checkAccountStatus"), 401)
 
 
+def test_the_signup_queue_the_app_asks_about_is_empty(api, alice):
+    """com.atproto.temp.checkSignupQueue (the Bluesky app asks after sign-up): no queue
+    here, an account is active from its creation; a caller must still be one."""
+    assert ok(api.get("com.atproto.temp.checkSignupQueue", token=alice.access)) == \
+        {"activated": True}
+    err(api.get("com.atproto.temp.checkSignupQueue"), 401)
+    err(api.get("com.atproto.temp.checkSignupQueue", token=alice.refresh), 400)
+
+
 # --- deletion ----------------------------------------------------------------------------------
 
 

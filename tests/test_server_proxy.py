@@ -224,10 +224,11 @@ def test_no_session_refused(api: Api, stubs: dict[str, Stub]) -> None:
 
 
 def test_protected_methods_never_forwarded(api: Api, user: User) -> None:
-    # Not served here (a method the reference serves but we may not), or served by
-    # another name: either way, account management is never forwarded.
-    for nsid in ("com.atproto.admin.sendEmail", "COM.ATPROTO.ADMIN.SENDEMAIL"):
+    # Served by another name (protected names compare case-insensitively), account
+    # management is never forwarded; by its own, it is the admin's here.
+    for nsid in ("COM.ATPROTO.ADMIN.SENDEMAIL", "Com.Atproto.Server.GetSession"):
         err(api.post(nsid, {}, user.access), 400, "InvalidToken")
+    err(api.post("com.atproto.admin.sendEmail", {}, user.access), 401)
 
 
 def test_app_password_reaches_chat_only_when_privileged(api: Api, user: User,
@@ -386,18 +387,22 @@ def test_get_feed_goes_with_a_token_for_the_feed_generator(api: Api, user: User,
     err(api.get("app.bsky.feed.getFeed", feed=feed), 401)
 
 
-def test_register_push_reaches_the_notification_service(api: Api, user: User,
+def test_push_registration_reaches_the_notification_service(api: Api, user: User,
                                                         stubs: dict[str, Stub]) -> None:
     for stub in (stubs["appview"], stubs["chat"]):  # the AppView; a DID's #bsky_notif
         push = {"serviceDid": stub.did, "token": "device-token", "platform": "web",
                 "appId": "xyz.blueskyweb.app"}
-        ok(api.post("app.bsky.notification.registerPush", push, user.access))
-        calls = stub.calls("app.bsky.notification.registerPush")
-        assert_verified(calls, user.did, stub.did, "app.bsky.notification.registerPush")
-        assert json.loads(calls[-1]["body"]) == push
-    err(api.post("app.bsky.notification.registerPush",
-                 {"serviceDid": "did:plc:aaaaaaaaaaaaaaaaaaaaaaaa", "token": "t",
-                  "platform": "web", "appId": "x"}, user.access), 400)
+        for nsid in ("app.bsky.notification.registerPush",
+                     "app.bsky.notification.unregisterPush"):
+            assert ok(api.post(nsid, push, user.access)) is None
+            calls = stub.calls(nsid)
+            assert_verified(calls, user.did, stub.did, nsid)
+            assert json.loads(calls[-1]["body"]) == push
+    for nsid in ("app.bsky.notification.registerPush", "app.bsky.notification.unregisterPush"):
+        err(api.post(nsid, {"serviceDid": "did:plc:aaaaaaaaaaaaaaaaaaaaaaaa", "token": "t",
+                            "platform": "web", "appId": "x"}, user.access), 400)
+        err(api.post(nsid, {"serviceDid": stubs["appview"].did, "token": "t",
+                            "platform": "web", "appId": "x"}), 401)
 
 
 # --- read-after-write ----------------------------------------------------------------------------

@@ -175,6 +175,31 @@ async def update_password(ctx: AppContext, did: str, password: str) -> None:
     await blocking(ctx.lifecycle.set_password, did, password)
 
 
+# An admin's mail: a subject is one header line; the text is what the body limit lets in.
+MAX_SUBJECT = 300
+DEFAULT_SUBJECT = "Message via your PDS"  # the reference's
+
+
+def _send_email(ctx: AppContext, did: str, content: str, subject: str) -> str:
+    acct = load(ctx, did)  # deactivated and taken-down accounts get mail too
+    if acct is None:
+        raise InvalidInput("Recipient not found")
+    if not acct.email:
+        raise InvalidInput("account does not have an email address")
+    return ctx.mailer.spool(acct.email, subject, content)
+
+
+async def send_email(ctx: AppContext, did: str, content: str, subject: str | None) -> None:
+    """sendEmail: the admin's plain-text message to an account's address, spooled
+    (durable on return; delivered, and retried, by the mailer)."""
+    subject = subject or DEFAULT_SUBJECT
+    if len(subject) > MAX_SUBJECT or not subject.isprintable():
+        raise InvalidInput("subject must be one printable line")
+    if not content.strip():
+        raise InvalidInput("content is empty")
+    await blocking(_send_email, ctx, did, content, subject)
+
+
 def _invite_codes(ctx: AppContext, limit: int, cursor: str | None) -> Page[dict]:
     codes = sorted(ctx.accounts.list_invites(), key=lambda i: i["code"])
     page: Page[dict] = paginate(codes, limit, cursor, key=lambda i: i["code"])

@@ -72,7 +72,7 @@ JSON_MAX = 1024 * 1024  # bytes of an answer the PDS reads itself (`get`)
 
 REPORT_METHOD = "com.atproto.moderation.createReport"
 FEED_SKELETON = "app.bsky.feed.getFeedSkeleton"
-REGISTER_PUSH = "app.bsky.notification.registerPush"
+PUSH_METHODS = ("app.bsky.notification.registerPush", "app.bsky.notification.unregisterPush")
 # Request headers passed upstream (the reference's list); the body's only with a body.
 REQUEST_HEADERS = ("accept-language", "atproto-accept-labelers", "x-bsky-topics")
 BODY_HEADERS = ("content-type", "content-encoding", "content-length")
@@ -176,10 +176,10 @@ class Proxy:
         token = await self.token(did, feed_did, FEED_SKELETON)
         return await self._send(call, url, token)
 
-    async def register_push(self, did: str, body: dict) -> None:
-        """app.bsky.notification.registerPush: `body` sent to the notification service
-        `serviceDid` names (the AppView's URL when it is the AppView, else its DID's
-        `#bsky_notif` service) with a token for it."""
+    async def push_registration(self, did: str, nsid: str, body: dict) -> None:
+        """app.bsky.notification.registerPush and unregisterPush (`nsid`): `body` sent to
+        the notification service `serviceDid` names (the AppView's URL when it is the
+        AppView, else its DID's `#bsky_notif` service) with a token for it."""
         service_did = body.get("serviceDid")
         if not isinstance(service_did, str) or not is_valid_did(service_did):
             raise InvalidInput("serviceDid must be a DID")
@@ -192,16 +192,18 @@ class Proxy:
         if not url:
             raise InvalidInput("invalid notification service details in did document: "
                                f"{service_did}")
-        token = await self.token(did, service_did, REGISTER_PUSH)
+        if nsid not in PUSH_METHODS:
+            raise ValueError(nsid)  # a handler's mistake, not the caller's
+        token = await self.token(did, service_did, nsid)
         data = json.dumps(body).encode()
-        call = Forward(REGISTER_PUSH, "POST", "/xrpc/" + REGISTER_PUSH,
+        call = Forward(nsid, "POST", "/xrpc/" + nsid,
                        {"content-type": "application/json", "content-length": str(len(data))},
                        _once(data))
         answer = await self._send(call, url, token)
         if not isinstance(answer.body, bytes):
             await _drain(answer.body)
         if answer.status >= 400:
-            raise UpstreamFailure("the notification service refused the registration")
+            raise UpstreamFailure("the notification service refused the request")
 
     async def _get_json(self, base: str, nsid: str, params: dict[str, str]) -> object:
         """An unauthenticated query of `base` (the configured AppView), its JSON answer."""

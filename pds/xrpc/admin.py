@@ -112,3 +112,12 @@ async def enable_account_invites(call: Call) -> Answer:
     call.field("note", required=False)  # checked (a string); not kept
     await svc.set_account_invites(call.ctx, call.body["account"], enabled=True)
     return None
+
+
+@procedure("com.atproto.admin.sendEmail", auth=AuthKind.ADMIN)
+async def send_email(call: Call) -> Answer:
+    call.field("senderDid")  # (a DID, checked; the mail is from the PDS's address)
+    call.field("comment", required=False)  # checked (a string); not kept
+    await svc.send_email(call.ctx, call.field("recipientDid"), call.field("content"),
+                         call.field("subject", required=False))
+    return {"sent": True}

@@ -1,6 +1,6 @@
 """Forwarded methods (`pds.services.proxy`): the one handler of every XRPC method this PDS
 does not serve itself, and the app.bsky methods a PDS answers by calling a service itself
-(getFeed, registerPush)."""
+(getFeed, registerPush and unregisterPush)."""
 
 from __future__ import annotations
 
@@ -56,7 +56,10 @@ async def get_feed(call: Call) -> Answer:
 
 
 @procedure("app.bsky.notification.registerPush", auth=AuthKind.ACCESS)
-async def register_push(call: Call) -> Answer:
-    await call.ctx.proxy.register_push(call.auth.account,
-                                       call.body if isinstance(call.body, dict) else {})
+@procedure("app.bsky.notification.unregisterPush", auth=AuthKind.ACCESS)
+async def push_registration(call: Call) -> Answer:
+    """A device's push token given to, or withdrawn from (the app does that at logout),
+    the notification service the body names."""
+    await call.ctx.proxy.push_registration(call.auth.account, call.nsid,
+                                           call.body if isinstance(call.body, dict) else {})
     return None

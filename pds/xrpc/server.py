@@ -143,6 +143,13 @@ async def check_account_status(call: Call) -> Answer:
     return await call.ctx.lifecycle.status(call.auth.did)
 
 
+@query("com.atproto.temp.checkSignupQueue", auth=AuthKind.ACCESS)
+async def check_signup_queue(call: Call) -> Answer:
+    """Unspecced, and asked by the Bluesky app after sign-up: there is no sign-up queue
+    here (only an entryway has one), so an account is active from its creation."""
+    return {"activated": True}
+
+
 @query("com.atproto.server.getServiceAuth", auth=AuthKind.ACCESS)
 async def get_service_auth(call: Call) -> Answer:
     return await blocking(sessions.service_auth_token, call.ctx, call.auth,

@@ -182,6 +182,7 @@ async function xrpc(req, res, url) {
         indexedAt: '2026-01-01T00:00:00.000Z' }, isOnline: true, isValid: true }, rev)
     case 'app.bsky.graph.muteActor':
     case 'app.bsky.notification.registerPush':
+    case 'app.bsky.notification.unregisterPush':
       res.writeHead(200)
       return res.end()
     default: {
