@@ -247,6 +247,55 @@ def test_backup_of_a_stopped_dir_is_repeatable_and_verifies(tmp_path: Path) -> N
         assert r.status_code == 400 and first["cid"] not in r.text
 
 
+def test_a_blob_caught_half_deleted_leaves_no_lone_metadata(tmp_path: Path, monkeypatch) -> None:
+    """A blob is deleted file first, then metadata; the backup copies a shard in
+    directory order, so a blob deleted while its shard is copied can land in the copy
+    as metadata alone (a write storm caught it in CI). Made exact here: after the blobs
+    are copied, one blob's file is taken from the copy and its record deleted in the
+    source (the blob goes with it), another's file only taken from the copy. The copy
+    verifies: the first blob's metadata is dropped, the second's file copied again."""
+    from pds.store import backup as backup_mod
+    from pds.store.blobs import BlobStore
+    from pds.store.verify import verify_data_dir
+
+    with running_server(tmp_path, workers=1, wait=60) as server, Api(server) as api:
+        acct = api.create_account("halfway")
+        posted = {}
+        for rkey in ("doomed", "kept"):
+            payload = os.urandom(2000)
+            up = ok(api.post("com.atproto.repo.uploadBlob", content=payload,
+                             token=acct.access, headers={"Content-Type": "image/png"}))["blob"]
+            ok(api.create_record(acct, {"image": blob_ref(up)}, PIC, rkey=rkey))
+            posted[rkey] = (up["ref"]["$link"], payload)
+        dest = tmp_path / "backup"
+        blobs = BlobStore(dest / "accounts" / acct.did / "blobs", dest / "tmp")
+        real_copy_tree = backup_mod._copy_tree
+
+        def copy_tree(src: Path, dst: Path, *args, **kwargs) -> None:
+            real_copy_tree(src, dst, *args, **kwargs)
+            if src.name == "blobs":
+                for cid, _ in posted.values():
+                    blobs.path(cid).unlink()
+                ok(api.post("com.atproto.repo.deleteRecord",
+                            {"repo": acct.did, "collection": PIC, "rkey": "doomed"},
+                            token=acct.access))
+
+        monkeypatch.setattr(backup_mod, "_copy_tree", copy_tree)
+        backup_mod.backup(server.data_dir, dest)
+
+    report = verify_data_dir(dest)
+    assert report.ok, report.problems
+    doomed_cid, kept_cid = posted["doomed"][0], posted["kept"][0]
+    assert blobs.meta(doomed_cid) is None and not blobs.path(doomed_cid).exists()
+    assert blobs.path(kept_cid).read_bytes() == posted["kept"][1]
+    with serving(dest, workers=1, wait=60) as restored, Api(restored) as rapi:
+        r = rapi.get("com.atproto.repo.getRecord", repo=acct.did, collection=PIC, rkey="doomed")
+        assert r.status_code == 400 and r.json()["error"] == "RecordNotFound", r.text
+        b = rapi.http.get("/xrpc/com.atproto.sync.getBlob",
+                          params={"did": acct.did, "cid": kept_cid})
+        assert b.status_code == 200 and b.content == posted["kept"][1], b.text
+
+
 def test_backup_with_writes_landing_between_its_steps(tmp_path: Path, monkeypatch) -> None:
     """Writes placed exactly in the windows of the backup's copy order (run in-process,
     with the server live): a blob uploaded and referenced after the account's blobs were

@@ -12,7 +12,8 @@ Order is what makes it consistent without stopping writers:
    metadata: a blob uploaded after step 3 is not in the copy yet, and one copied while it
    was still an unreferenced upload has stale metadata. A blob that is gone from the
    source by then was dropped by a commit made after step 4: copy the new events, replay
-   them, and look again.
+   them, and look again;
+6. mend what step 3 caught half-deleted: a blob's metadata copied but not its file.
 Every write acknowledged before the backup began is in the copy.
 
 What a repeated backup into the same DEST does with what the source deleted since:
@@ -45,6 +46,7 @@ import stat
 import time
 from pathlib import Path
 
+from .blobs import EXPECTED
 from .blocks import shard_path
 from .copying import copy_dir, copy_file, make_dir, make_parents, private_mode, remove, umask_like
 from .envfile import parse_env_file
@@ -256,6 +258,7 @@ def backup(src_root: str | os.PathLike, dest_root: str | os.PathLike,
     write_file(dest / SEQ / CHECKPOINT, checkpoint.encode(), dest / TMP,
                mode=stat.S_IMODE(os.stat(seq_cp).st_mode) if seq_cp.exists() else 0o640)
     replayed = _replay(src, dest, int(checkpoint), src_mode, ticker)
+    _mend_lone_blob_meta(src, dest)
     syncfs(dest)
     _write_marker(dest, {**ident, "started": (read_marker(dest) or {}).get("started"),
                          "finished": _now()})
@@ -341,6 +344,39 @@ def _replay(src: Path, dest: Path, checkpoint: int, src_mode: int, ticker: Ticke
                                "run it again")
     ticker.step("replay", replayed, replayed)
     return replayed
+
+
+def _mend_lone_blob_meta(src: Path, dest: Path) -> None:
+    """Step 6: no blob metadata without its file in the copy. A blob is deleted file
+    first, then metadata, and step 3 copies a shard in directory order, so a blob
+    deleted meanwhile can be in the copy as its metadata alone. Such a blob is copied
+    again when the source has it (file, then metadata), else its metadata leaves the
+    copy: the source deleted it, so the commit that dropped its last reference came
+    before the deletion and is in the copied events, or it was an unreferenced upload
+    that expired. (Metadata of a blob an imported repo expects has no file by design.)"""
+    accounts = dest / ACCOUNTS
+    for did in os.listdir(accounts) if accounts.is_dir() else ():
+        root = accounts / did / BLOBS
+        for shard in os.listdir(root) if root.is_dir() else ():
+            try:
+                names = set(os.listdir(root / shard))
+            except NotADirectoryError:
+                continue
+            for meta in names:
+                blob = meta.removesuffix(".json")
+                if blob == meta or blob in names or _expected(root / shard / meta):
+                    continue
+                s_dir = src / ACCOUNTS / did / BLOBS / shard
+                if not (copy_file(s_dir / blob, root / shard / blob)
+                        and copy_file(s_dir / meta, root / shard / meta)):
+                    remove(root / shard / meta)
+
+
+def _expected(meta_path: Path) -> bool:
+    try:
+        return bool(json.loads(read_file(meta_path) or b"{}").get(EXPECTED))
+    except (ValueError, AttributeError):
+        return False
 
 
 def _copy_events(src: Path, dest: Path, ticker: Ticker | None = None) -> None:
