@@ -164,10 +164,13 @@ class Dpop:
 
 
 # The algorithms checked directly with `cryptography` (the common case: atproto clients
-# sign proofs with ES256), with each one's JWK curve and signature half size; other
-# algorithms go through pyjwt. Both libraries are imported at the first proof (a worker
-# that serves no OAuth client never loads them: bench/README.md, Memory).
-_EC = {"ES256": ("P-256", 32), "ES256K": ("secp256k1", 32), "ES384": ("P-384", 48)}
+# sign proofs with ES256): each one's JWK curve, signature half size, and `cryptography`'s
+# names of its curve and hash; other algorithms go through pyjwt. Both libraries are
+# imported at the first proof (a worker that serves no OAuth client never loads them:
+# bench/README.md, Memory).
+_EC = {"ES256": ("P-256", 32, "SECP256R1", "SHA256"),
+       "ES256K": ("secp256k1", 32, "SECP256K1", "SHA256"),
+       "ES384": ("P-384", 48, "SECP384R1", "SHA384")}
 
 
 @functools.cache
@@ -175,10 +178,8 @@ def _ec_params(alg: str) -> tuple[Any, Any]:
     """(curve, ECDSA signature algorithm) of one of `_EC`'s algorithms."""
     from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.asymmetric import ec
-    curve, digest = {"ES256": (ec.SECP256R1, hashes.SHA256),
-                     "ES256K": (ec.SECP256K1, hashes.SHA256),
-                     "ES384": (ec.SECP384R1, hashes.SHA384)}[alg]
-    return curve(), ec.ECDSA(digest())
+    _crv, _size, curve, digest = _EC[alg]
+    return getattr(ec, curve)(), ec.ECDSA(getattr(hashes, digest)())
 
 # Public keys already built from a JWK, by (alg, x, y): a client signs every proof of a
 # session with one key, so it is parsed once per worker.
@@ -221,7 +222,7 @@ def _verify_ec(alg: str, jwk: dict, signing_input: bytes, sig: bytes) -> None:
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
-    crv, size = _EC[alg]
+    crv, size, _, _ = _EC[alg]
     curve, ecdsa = _ec_params(alg)
     x, y = jwk.get("x"), jwk.get("y")
     if jwk.get("kty") != "EC" or jwk.get("crv") != crv or not isinstance(x, str) \

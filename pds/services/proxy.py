@@ -180,6 +180,8 @@ class Proxy:
         """app.bsky.notification.registerPush and unregisterPush (`nsid`): `body` sent to
         the notification service `serviceDid` names (the AppView's URL when it is the
         AppView, else its DID's `#bsky_notif` service) with a token for it."""
+        if nsid not in PUSH_METHODS:
+            raise ValueError(nsid)  # a handler's mistake, not the caller's
         service_did = body.get("serviceDid")
         if not isinstance(service_did, str) or not is_valid_did(service_did):
             raise InvalidInput("serviceDid must be a DID")
@@ -192,8 +194,6 @@ class Proxy:
         if not url:
             raise InvalidInput("invalid notification service details in did document: "
                                f"{service_did}")
-        if nsid not in PUSH_METHODS:
-            raise ValueError(nsid)  # a handler's mistake, not the caller's
         token = await self.token(did, service_did, nsid)
         data = json.dumps(body).encode()
         call = Forward(nsid, "POST", "/xrpc/" + nsid,
