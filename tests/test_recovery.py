@@ -153,6 +153,44 @@ def test_checkpoint_passes_an_unreadable_event(data):
     assert recover(data) == 0
 
 
+def test_recovery_drops_an_unpublished_event_a_power_cut_left_short(data):
+    """An event file is in place before its fsync returns (files.create_file), so a power
+    cut can leave it empty or short where names reach the disk before data. Its seq was
+    never published: recovery removes it, keeps every readable event, and the next event
+    is whole."""
+    log_ = EventLog(data.seq, data.tmp)
+    for _ in range(2):
+        log_.append(lambda seq: ev.frame("#identity", ev.identity_payload(seq, DID, None)))
+    whole = ev.frame("#identity", ev.identity_payload(3, DID, None))
+    log_.path(3).write_bytes(whole[: len(whole) // 2])  # HEAD still says 2
+    log_.path(4).write_bytes(b"")
+    assert log_.head() == 2
+
+    recover(data)
+    assert not log_.path(3).exists() and not log_.path(4).exists()
+    assert [seq for seq, _ in log_.events()] == [1, 2]
+    seq = log_.append(lambda seq: ev.frame("#identity", ev.identity_payload(seq, DID, None)))
+    assert seq == 3 and rollforward.logged_commit(log_.read(3)) is None  # a whole frame
+
+
+def test_recovery_keeps_readable_unpublished_and_unreadable_published_events(data, spy):
+    """What recovery may not drop: a whole event past HEAD (durable, its writer died before
+    publishing: it is rolled forward) and an unreadable one at or below HEAD (fsynced
+    before HEAD moved: not a torn write, and not ours to delete)."""
+    key = generate_signing_key()
+    repo = _wal_repo(data, key)
+    repo.create(key)
+    log_ = EventLog(data.seq, data.tmp)
+    log_.append(lambda seq: b"\xff not a frame")
+    last = repo.apply_writes([Write("create", POST, "a", post("a"))])
+    (data.seq / layout.SEQ_HEAD).write_text("2")  # the writer died before publishing 3
+
+    recover(data)
+    assert log_.path(2).read_bytes() == b"\xff not a frame"
+    assert rollforward.logged_commit(log_.read(3)).rev == last.rev
+    assert spy[-1] == last.rev
+
+
 def test_one_worker_checkpoints_at_a_time(data):
     from pds.store.files import try_flock
     log_ = EventLog(data.seq, data.tmp)

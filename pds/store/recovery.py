@@ -2,8 +2,9 @@
 alone (no settings, no services), so `pds serve`, backup and restore share them.
 
 - `recover`: what `pds serve` runs before any worker starts (and backup and restore run
-  on their copy): staging files of dead writers removed, every #commit event after the
-  log's checkpoint rolled forward into its repo, then every repo's own journal.
+  on their copy): staging files of dead writers removed, unpublished events a power cut
+  left short removed, every #commit event after the log's checkpoint rolled forward into
+  its repo, then every repo's own journal.
 - `checkpoint`: what a worker runs every few seconds: flush the filesystem and move
   `seq/CHECKPOINT` up to the last event whose repo files are all written; prune events
   past the retention.
@@ -15,10 +16,12 @@ Rolling one commit forward is rollforward.py's, whichever record it comes from.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import time
 
+from ..repo.events import split_frame
 from .accounts import AccountStore
 from .files import try_flock
 from .journal import syncfs
@@ -29,6 +32,8 @@ from .seqlog import EventLog
 
 # Staging files of `files.write_file` (".<pid>.<random>") and blob uploads
 # ("blob-<pid>-<random>"): the writer's pid tells whether it still runs.
+log = logging.getLogger("pds.recovery")
+
 _STAGING = re.compile(r"^(?:\.|blob-|import-)(\d+)[.-]")
 
 
@@ -48,10 +53,33 @@ def recover(data: DataDir, journals: bool = True) -> int:
     repos' own journals are left alone (see backup.py: a live source's journal is no
     record that starts before the copy's HEAD)."""
     clean_tmp(data.tmp)
+    drop_torn_events(data)
     replayed = replay_events(data)
     if journals:
         replayed += replay_journals(data)
     return replayed
+
+
+def drop_torn_events(data: DataDir) -> int:
+    """Remove the unreadable events past seq/HEAD; returns how many. An event file is in
+    place before its fsync (`files.create_file`), so a power cut can leave one short or
+    empty on a filesystem that writes names before data. Its seq was never published
+    (HEAD moves after the fsync), so it was never acknowledged nor delivered: it goes,
+    leaving a gap, rather than reach a subscriber or stop a replay. Events at or below
+    HEAD were fsynced before it moved and are left as they are."""
+    log_ = EventLog(data.seq, data.tmp)
+    dropped = 0
+    for seq in list(log_.seqs(log_.head())):
+        frame = log_.read(seq)
+        if frame is None:
+            continue
+        try:
+            split_frame(frame)
+        except ValueError:
+            log.error("event %d is unreadable and was never published: removed", seq)
+            os.unlink(log_.path(seq))
+            dropped += 1
+    return dropped
 
 
 def replay_events(data: DataDir) -> int:

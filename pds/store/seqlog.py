@@ -27,7 +27,15 @@ import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from .files import ensure_dir, flock, fsync_dir, read_file, replace_in_place, write_file
+from .files import (
+    create_file,
+    ensure_dir,
+    flock,
+    fsync_dir,
+    read_file,
+    replace_in_place,
+    write_file,
+)
 from .layout import CHECKPOINT, CHECKPOINT_LOCK, SEQ_FLOOR, SEQ_HEAD, SEQ_HEAD_SPARE, SEQ_LOCK
 
 SHARD = 100_000
@@ -86,11 +94,11 @@ class EventLog:
             self._ensure_shard(seq // SHARD)
             path = self._file(seq)
             try:
-                write_file(path, data, self.tmp, durable=True)
+                create_file(path, data, self.tmp)
             except FileNotFoundError:  # its shard was pruned away since we saw it
                 self._shard_seen = -1
                 self._ensure_shard(seq // SHARD)
-                write_file(path, data, self.tmp, durable=True)
+                create_file(path, data, self.tmp)
             replace_in_place(self._head_file, self._head_spare, str(seq).encode(), self.tmp)
             return seq
 
