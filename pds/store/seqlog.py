@@ -45,6 +45,12 @@ MAX_SEQ = 2**53 - 1
 # Missing seqs in a row after which a range read stops trying numbers one by one and lists
 # the shard directories for the next event (a floor's jump, pruned events).
 _SKIP_AFTER = 8
+# Missing seqs in a row that a prune passes by number before it lists directories.
+_PRUNE_PROBES = 4096
+# Per seq/ directory (path and inode: a data dir made again at the same path is another
+# log): the lowest seq that may still exist after this process's last prune there (seqs
+# only rise, so every event below it is gone for good).
+_prune_from: dict[tuple[str, int], int] = {}
 
 
 class EventLog:
@@ -192,17 +198,24 @@ class EventLog:
                    limit: int | None = None) -> tuple[list[tuple[int, bytes]], int]:
         """Events with after < seq <= upto, ascending, at most `limit` of them; and the seq
         up to which the range has been read (`upto`, or the last event's when `limit` cut
-        it short). Events are dense, so they are read by number, but a run of missing
-        seqs (a floor's jump, which may span 10^15 numbers; pruned events) is crossed by
-        listing the shard directories for the next event."""
+        it short)."""
         out: list[tuple[int, bytes]] = []
+        for seq, data in self._by_number(after, upto):
+            out.append((seq, data))
+            if limit is not None and len(out) >= limit:
+                return out, seq
+        return out, upto
+
+    def _by_number(self, after: int, upto: int) -> Iterator[tuple[int, bytes]]:
+        """(seq, frame) with after < seq <= upto, ascending. Events are dense, so they are
+        read by number, but a run of missing seqs (a floor's jump, which may span 10^15
+        numbers; pruned events) is crossed by listing the shard directories for the next
+        event."""
         seq, misses = after + 1, 0
         while seq <= upto:
             data = self.read(seq)
             if data is not None:
-                out.append((seq, data))
-                if limit is not None and len(out) >= limit:
-                    return out, seq
+                yield seq, data
                 seq, misses = seq + 1, 0
                 continue
             misses += 1
@@ -210,12 +223,16 @@ class EventLog:
             if misses >= _SKIP_AFTER:
                 nxt = next(self.seqs(seq - 1, upto), None)
                 if nxt is None:
-                    break
+                    return
                 seq, misses = nxt, 0
-        return out, upto
 
     def events(self, after: int = 0, upto: int | None = None) -> Iterator[tuple[int, bytes]]:
-        """(seq, frame) with after < seq <= upto, ascending; gaps skipped."""
+        """(seq, frame) with after < seq <= upto, ascending; gaps skipped. Up to a known
+        seq they are read by number (a checkpoint every two seconds must not list a shard
+        of 100k events to find none); without one, every file there is listed."""
+        if upto is not None:
+            yield from self._by_number(after, upto)
+            return
         for seq in self.seqs(after, upto):
             data = self.read(seq)
             if data is not None:
@@ -235,26 +252,51 @@ class EventLog:
 
     def prune(self, older_than: float, keep_after: int) -> int:
         """Delete events whose file is older than `older_than` (epoch seconds) and whose
-        seq is at most `keep_after`; returns how many."""
-        removed = 0
-        for shard in self.shards():
-            d = self.root / f"{shard:08d}"
-            names = sorted(n for n in os.listdir(d) if n.isdigit())
-            for name in names:
-                seq = int(name)
-                if seq > keep_after:
-                    return removed
-                p = d / name
-                try:
-                    if p.stat().st_mtime >= older_than:
-                        return removed
-                    os.unlink(p)
-                    removed += 1
-                except FileNotFoundError:
+        seq is at most `keep_after`, oldest first; returns how many.
+
+        Runs every few seconds, idle or not, so it starts where the last prune of this
+        log stopped (remembered per process) and goes by number, stopping at the first
+        event it keeps: a round with nothing to prune looks at one file, where listing a
+        shard of 100k events took ~100 ms. Missing seqs are passed by number too (events the
+        other worker pruned since: ~2 us each), a long run of them (a floor's jump) by
+        listing, as in `read_range`."""
+        try:
+            key = (self._dir, os.stat(self._dir).st_ino)
+        except FileNotFoundError:
+            return 0
+        seq = _prune_from.get(key)
+        if seq is None:
+            seq = self.oldest()
+            if seq is None:
+                return 0
+        removed, misses, first_shard = 0, 0, seq // SHARD
+        while seq <= keep_after:
+            try:
+                if os.stat(self._file(seq)).st_mtime >= older_than:
+                    break
+                os.unlink(self._file(seq))
+                removed += 1
+            except FileNotFoundError:
+                misses += 1
+                if misses >= _PRUNE_PROBES:
+                    nxt = next(self.seqs(seq, keep_after), None)
+                    if nxt is None:
+                        seq = keep_after + 1
+                        break
+                    seq, misses = nxt, 0
                     continue
-            if not any(n.isdigit() for n in os.listdir(d)) and shard != self.head() // SHARD:
-                try:
-                    d.rmdir()
-                except OSError:
-                    pass
+            else:
+                misses = 0
+            seq += 1
+        _prune_from[key] = seq
+        if seq // SHARD > first_shard:
+            self._drop_empty_shards(min(seq // SHARD, self.head() // SHARD))
         return removed
+
+    def _drop_empty_shards(self, below: int) -> None:
+        """Remove the shard directories below `below` that pruning emptied (never the
+        head's: its writer remembers it exists)."""
+        for shard in self.shards():
+            if shard < below:
+                with contextlib.suppress(OSError):  # not empty after all
+                    os.rmdir(f"{self._dir}/{shard:08d}")
