@@ -596,23 +596,26 @@ class Server:
             stop_process(p)
 
 
-def start_ours(work: Path, workers: int) -> Server:
+def start_ours(work: Path, workers: int, tree: Path = ROOT, name: str = "ours") -> Server:
+    """`pds serve` from the checkout `tree` (this one, or `--baseline`'s), its data dir
+    and log named after the server."""
     port = free_port()
-    data = work / "ours"
+    data = work / name
     env = {**os.environ, "PDS_RATE_LIMITS": "false", "PDS_ACCESS_LOG": "0"}
     subprocess.run([sys.executable, "-m", "pds.cli", "init", "--data-dir", str(data),
                     "--hostname", f"localhost:{port}", "--dev", "--did-method", "web",
                     "--handle-domains", ".test"],
-                   check=True, capture_output=True, env=env, cwd=ROOT)
-    log_path = work / "ours.log"
+                   check=True, capture_output=True, env=env, cwd=tree)
+    log_path = work / f"{name}.log"
     with open(log_path, "ab") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "pds.cli", "serve", "--data-dir", str(data),
              "--bind", f"127.0.0.1:{port}", "--workers", str(workers)],
             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-            cwd=ROOT, preexec_fn=_die_with_parent)
-    server = Server("ours", Client(f"http://127.0.0.1:{port}"), proc.pid, [proc],
-                    info=f"pds serve --workers {workers}")
+            cwd=tree, preexec_fn=_die_with_parent)
+    server = Server(name, Client(f"http://127.0.0.1:{port}"), proc.pid, [proc],
+                    info=f"pds serve --workers {workers}" + (f" (from {tree})" if tree != ROOT
+                                                             else ""))
     try:
         wait_health(server.client, proc, log_path, START_TIMEOUT)
     except BaseException:
@@ -1131,6 +1134,11 @@ def machine_info(work: Path) -> dict[str, Any]:
             "work_dir": str(work), "work_fs": fs, "loadavg_start": os.getloadavg()}
 
 
+# Servers measured beside ours and the reference, each with a ratio column (ours/them):
+# millipds, and ours from another checkout (`--baseline`, "base").
+BESIDE = {"millipds": "milli", "base": "base"}
+
+
 def ratio(a: float | None, b: float | None) -> float | None:
     if a is None or b is None or not b or math.isnan(a) or math.isnan(b):
         return None
@@ -1167,9 +1175,10 @@ def build_rows(res: dict[str, dict[str, Result]], mem: dict[str, int],
             ok = ok2 if ok is None else (ok and ok2)
         row = {"label": label, "unit": unit, "ours": vals.get("ours"), "ref": vals.get("ref"),
                "ratio": r, "target": target, "ok": ok, "key": key}
-        if "millipds" in names:
-            row["millipds"] = vals.get("millipds")
-            row["ratio_millipds"] = ratio(vals.get("ours"), vals.get("millipds"))
+        for other in BESIDE:
+            if other in names:
+                row[other] = vals.get(other)
+                row[f"ratio_{other}"] = ratio(vals.get("ours"), vals.get(other))
         rows.append(row)
 
     def cpu_ms(x: Result) -> float | None:
@@ -1231,7 +1240,8 @@ def print_report(info: dict[str, Any], servers: list[Server], res: dict[str, dic
     names = [s.name for s in servers]
     print("http_bench: PDS over HTTP" + (", ours vs the reference PDS" if "ref" in names
                                           else "")
-          + (", with millipds beside them" if "millipds" in names else ""))
+          + (", with millipds beside them" if "millipds" in names else "")
+          + (", and ours from the baseline checkout" if "base" in names else ""))
     print(f"  machine: {info['cpu_count']} CPUs ({info['cpu_model']}), Python {info['python']},"
           f" {info['platform']}")
     print(f"  work dir: {info['work_dir']} ({info['work_fs']}); load average at start "
@@ -1253,7 +1263,7 @@ def print_report(info: dict[str, Any], servers: list[Server], res: dict[str, dic
           "servers and the client).")
     print()
     w0 = 36
-    milli = "millipds" in names
+    beside = [n for n in BESIDE if n in names]
 
     def cell(row: dict[str, Any], n: str) -> str:
         return fmt(row[n], row["unit"]) if row.get(n) is not None else "n/a"
@@ -1262,7 +1272,8 @@ def print_report(info: dict[str, Any], servers: list[Server], res: dict[str, dic
         return fmt(r) + "x" if r is not None else "-"
 
     print(f"  {'':<{w0}}{'unit':>6}" + "".join(f"{n:>10}" for n in names)
-          + f"{'ours/ref':>10}" + (f"{'ours/milli':>11}" if milli else "") + "  target")
+          + f"{'ours/ref':>10}" + "".join(f"{'ours/' + BESIDE[n]:>11}" for n in beside)
+          + "  target")
     for row in rows:
         mark = {True: "PASS", False: "FAIL", None: ""}[row["ok"]]
         target = f"{row['target']}  {mark}" if row["target"] else ""
@@ -1271,7 +1282,7 @@ def print_report(info: dict[str, Any], servers: list[Server], res: dict[str, dic
         print(f"  {row['label']:<{w0}}{row['unit']:>6}"
               + "".join(f"{cell(row, n):>10}" for n in names)
               + f"{times(row['ratio']):>10}"
-              + (f"{times(row['ratio_millipds']):>11}" if milli else "") + f"  {target}")
+              + "".join(f"{times(row['ratio_' + n]):>11}" for n in beside) + f"  {target}")
     if sampler is not None and sampler.peak:
         for s in servers:
             if s.name in sampler.peak:
@@ -1343,6 +1354,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--no-ref", action="store_true", help="skip the reference PDS")
     ap.add_argument("--millipds", type=Path, metavar="VENV",
                     help="also run millipds, installed in this venv (see bench/README.md)")
+    ap.add_argument("--baseline", type=Path, metavar="TREE",
+                    help="also run ours from another checkout (a git worktree of the commit "
+                         "before a change) as 'base', rounds alternating with ours")
     ap.add_argument("--millipds-log", action="store_true",
                     help="keep millipds's own DEBUG logging on (default: off below WARNING, "
                          "as ours and the reference run without logs)")
@@ -1376,6 +1390,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.rounds = 2 if args.quick else 3
     if args.target:
         args.no_ref = True
+    if args.baseline and not (args.baseline / "pds" / "cli").is_dir():
+        ap.error(f"--baseline {args.baseline}: not a checkout of pds")
     if args.target_pid and not args.target:
         ap.error("--target-pid needs --target")
     if min(args.n, args.big, args.rounds, args.clients, args.workers) < 1:
@@ -1414,6 +1430,9 @@ def main(argv: list[str] | None = None) -> int:
         else:
             log(f"starting our server (pds serve --workers {args.workers}) in {work} ...")
             servers.append(start_ours(work, args.workers))
+        if args.baseline:
+            log(f"starting ours from the baseline checkout {args.baseline} ...")
+            servers.append(start_ours(work, args.workers, args.baseline, "base"))
         if args.millipds:
             log(f"starting millipds from {args.millipds} ...")
             servers.append(start_millipds(work, args.millipds, quiet=not args.millipds_log))

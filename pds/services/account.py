@@ -87,7 +87,23 @@ class Account:
 def load(ctx: Any, did: str) -> Account | None:
     """The hosted account `did`, or None (blocking: account.json may be read)."""
     rec = ctx.accounts.get(did)
-    return None if rec is None else Account.from_record(rec)
+    if rec is None:
+        return None
+    # The store hands back the same record object while its cache holds it (a change
+    # makes a new one), and an Account is frozen: built once per record, not per call
+    # (two or three calls a request).
+    hit = _BUILT.get(did)
+    if hit is not None and hit[0] is rec:
+        return hit[1]
+    acct = Account.from_record(rec)
+    if len(_BUILT) >= _BUILT_MAX:
+        _BUILT.clear()
+    _BUILT[did] = (rec, acct)
+    return acct
+
+
+_BUILT: dict[str, tuple[dict, Account]] = {}
+_BUILT_MAX = 4096
 
 
 def find(ctx: Any, name: str) -> Account | None:
