@@ -1112,6 +1112,20 @@ def run_workloads(servers: list[Server], wls: list[Workload], rounds: int,
 # --- report ---------------------------------------------------------------------------
 
 
+def host_speed() -> float:
+    """ms for a fixed pure-Python loop (best of 3): this VM's CPU speed drifts by 1.5x
+    from hour to hour with nothing of ours running, and every number here drifts with it.
+    Printed at the start and end of a run so that runs can be compared fairly."""
+    best = float("inf")
+    for _ in range(3):
+        t = time.perf_counter()
+        total = 0
+        for i in range(1_000_000):
+            total += i
+        best = min(best, time.perf_counter() - t)
+    return best * 1e3
+
+
 def machine_info(work: Path) -> dict[str, Any]:
     model = "?"
     with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
@@ -1131,7 +1145,8 @@ def machine_info(work: Path) -> dict[str, Any]:
                     best, fs = mnt, parts[2]
     return {"cpu_count": os.cpu_count(), "cpu_model": model,
             "python": platform.python_version(), "platform": platform.platform(),
-            "work_dir": str(work), "work_fs": fs, "loadavg_start": os.getloadavg()}
+            "work_dir": str(work), "work_fs": fs, "loadavg_start": os.getloadavg(),
+            "host_ms_start": host_speed()}
 
 
 # Servers measured beside ours and the reference, each with a ratio column (ours/them):
@@ -1247,6 +1262,9 @@ def print_report(info: dict[str, Any], servers: list[Server], res: dict[str, dic
     print(f"  work dir: {info['work_dir']} ({info['work_fs']}); load average at start "
           + " ".join(f"{x:.2f}" for x in info["loadavg_start"]) + ", at end "
           + " ".join(f"{x:.2f}" for x in info["loadavg_end"]))
+    print(f"  host speed: a fixed Python loop in {info['host_ms_start']:.0f} ms at the start, "
+          f"{info['host_ms_end']:.0f} at the end (lower is faster; the numbers "
+          "below scale with it)")
     for s in servers:
         print(f"  {s.name}: {s.client.url}  {s.info}")
         if s.setup:
@@ -1458,6 +1476,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.keep:
             log(f"work dir kept: {work}")
     info["loadavg_end"] = os.getloadavg()
+    info["host_ms_end"] = host_speed()
     names = [s.name for s in servers]
     rows = build_rows(results, dict(sampler.peak), names, args.clients)
     report = {
