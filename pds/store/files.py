@@ -107,9 +107,7 @@ def create_file(path: str, data: bytes, tmp_dir: str | os.PathLike, mode: int = 
         write_all(fd, data)
         os.rename(tmp, path)
     except BaseException:
-        os.close(fd)
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
+        discard(fd, tmp)
         raise
     try:
         os.fsync(fd)  # fsync, not fdatasync: the rename changed the inode (its ctime)

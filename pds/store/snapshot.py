@@ -21,7 +21,6 @@ block files).
 from __future__ import annotations
 
 import bisect
-import contextlib
 import os
 import secrets
 import struct
@@ -33,7 +32,7 @@ from cbrrr import CID
 from ..repo import car
 from ..repo.codec import InvalidData
 from ..repo.mst_node import NodeLoader, Ref
-from .files import write_all
+from .files import discard, write_all
 
 MAGIC = b"PDSXCAR1"
 _TRAILER = struct.Struct("<QQ8s")
@@ -191,9 +190,7 @@ def build(path: Path, tmp: Path, commit_cid: CID, commit_block: bytes, data: Ref
         os.fdatasync(fd)
         os.rename(tmp_path, path)
     except BaseException:
-        os.close(fd)
-        with contextlib.suppress(OSError):
-            os.unlink(tmp_path)
+        discard(fd, tmp_path)
         raise
     return Snapshot(fd, car_len, index_len, commit_cid)
 
