@@ -30,10 +30,10 @@ from .repo import Repo, WriteAhead
 from .rollforward import logged_commits, redo_from_log, roll_forward_event
 from .seqlog import EventLog
 
-# Staging files of `files.write_file` (".<pid>.<random>") and blob uploads
-# ("blob-<pid>-<random>"): the writer's pid tells whether it still runs.
 log = logging.getLogger("pds.recovery")
 
+# Staging files of `files.write_file` (".<pid>.<random>") and blob uploads
+# ("blob-<pid>-<random>"): the writer's pid tells whether it still runs.
 _STAGING = re.compile(r"^(?:\.|blob-|import-)(\d+)[.-]")
 
 
