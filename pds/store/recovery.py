@@ -32,8 +32,8 @@ from .seqlog import EventLog
 
 log = logging.getLogger("pds.recovery")
 
-# Staging files of `files.write_file` (".<pid>.<random>") and blob uploads
-# ("blob-<pid>-<random>"): the writer's pid tells whether it still runs.
+# Staging files of `files.write_file` and `create_file` (".<pid>.<random>"), blob uploads
+# ("blob-<pid>-<random>") and imports: the writer's pid tells whether it still runs.
 _STAGING = re.compile(r"^(?:\.|blob-|import-)(\d+)[.-]")
 
 
