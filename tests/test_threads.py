@@ -68,3 +68,23 @@ def test_a_forked_child_starts_its_own_threads() -> None:
     os.close(w)
     assert os.read(r, 1) == b"1"
     os.waitpid(pid, 0)
+
+
+def test_a_job_wakes_the_thread_that_went_idle_last() -> None:
+    """Sequential jobs run on one thread, the others left asleep. (On a shared queue every
+    job woke two idle threads, one of them for nothing, and which one ran it rotated.)"""
+    async def main() -> set[int]:
+        await asyncio.gather(*[blocking(time.sleep, 0.05) for _ in range(4)])  # 4 threads
+        return {await blocking(threading.get_ident) for _ in range(50)}
+    assert len(asyncio.run(main())) == 1
+
+
+def test_jobs_beyond_the_limit_wait_their_turn() -> None:
+    """More jobs than threads: the rest wait, and each thread takes the next as it ends
+    one (a job lost on the way would time out here)."""
+    async def main() -> list[int]:
+        n = threads.MAX_THREADS * 3
+        return await asyncio.wait_for(asyncio.gather(
+            *[blocking(lambda i=i: (time.sleep(0.01), i)[1]) for i in range(n)]), 10)
+    assert asyncio.run(main()) == list(range(threads.MAX_THREADS * 3))
+    assert len(threads._POOL.threads) <= threads.MAX_THREADS
