@@ -1113,9 +1113,10 @@ def run_workloads(servers: list[Server], wls: list[Workload], rounds: int,
 
 
 def host_speed() -> float:
-    """ms for a fixed pure-Python loop (best of 3): this VM's CPU speed drifts by 1.5x
-    from hour to hour with nothing of ours running, and every number here drifts with it.
-    Printed at the start and end of a run so that runs can be compared fairly."""
+    """ms for a fixed pure-Python loop (best of 3): this VM's CPU speed drifts by up to
+    1.6x within minutes with nothing of ours running, and every number here with it (the
+    disk's flush time drifts too, which this does not see). Printed at the start and end
+    of a run so that runs can be read against each other."""
     best = float("inf")
     for _ in range(3):
         t = time.perf_counter()
@@ -1263,8 +1264,8 @@ def print_report(info: dict[str, Any], servers: list[Server], res: dict[str, dic
           + " ".join(f"{x:.2f}" for x in info["loadavg_start"]) + ", at end "
           + " ".join(f"{x:.2f}" for x in info["loadavg_end"]))
     print(f"  host speed: a fixed Python loop in {info['host_ms_start']:.0f} ms at the start, "
-          f"{info['host_ms_end']:.0f} at the end (lower is faster; the numbers "
-          "below scale with it)")
+          f"{info['host_ms_end']:.0f} at the end (lower is faster; a slow host slows "
+          "every number below)")
     for s in servers:
         print(f"  {s.name}: {s.client.url}  {s.info}")
         if s.setup:
@@ -1408,8 +1409,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.rounds = 2 if args.quick else 3
     if args.target:
         args.no_ref = True
-    if args.baseline and not (args.baseline / "pds" / "cli").is_dir():
-        ap.error(f"--baseline {args.baseline}: not a checkout of pds")
+    if args.baseline:
+        args.baseline = args.baseline.resolve()
+        if not (args.baseline / "pds" / "cli").is_dir():
+            ap.error(f"--baseline {args.baseline}: not a checkout of pds")
     if args.target_pid and not args.target:
         ap.error("--target-pid needs --target")
     if min(args.n, args.big, args.rounds, args.clients, args.workers) < 1:
@@ -1432,7 +1435,9 @@ def main(argv: list[str] | None = None) -> int:
             keep.add("create")
         wls = [w for w in wls if w.key in keep]
     own_work = args.work_dir is None
-    work = Path(tempfile.mkdtemp(prefix="pds-http-bench-")) if own_work else args.work_dir
+    # Absolute: the servers run with their checkout as the working directory.
+    work = Path(tempfile.mkdtemp(prefix="pds-http-bench-")) if own_work \
+        else args.work_dir.resolve()
     work.mkdir(parents=True, exist_ok=True)
     info = machine_info(work)
     if info["work_fs"] in ("tmpfs", "ramfs"):

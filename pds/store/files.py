@@ -65,18 +65,28 @@ def read_whole(path: str | os.PathLike) -> bytes:
 _READ_SIZE = 65536
 
 
-def write_file(path: str | os.PathLike, data: bytes, tmp_dir: str | os.PathLike,
-               durable: bool = True, mode: int = 0o644) -> None:
-    """Replace `path` with `data` atomically; with `durable`, fsync file and directory."""
+def _staged(data: bytes, tmp_dir: str | os.PathLike, mode: int) -> tuple[int, str]:
+    """A new staging file in `tmp_dir` (".<pid>.<random>", which recovery's `clean_tmp`
+    knows) holding `data`: its open descriptor and path."""
     tmp = os.path.join(tmp_dir, f".{os.getpid()}.{secrets.token_hex(8)}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     try:
         write_all(fd, data)
+    except BaseException:
+        discard(fd, tmp)
+        raise
+    return fd, tmp
+
+
+def write_file(path: str | os.PathLike, data: bytes, tmp_dir: str | os.PathLike,
+               durable: bool = True, mode: int = 0o644) -> None:
+    """Replace `path` with `data` atomically; with `durable`, fsync file and directory."""
+    fd, tmp = _staged(data, tmp_dir, mode)
+    try:
         if durable:
             os.fdatasync(fd)
     except BaseException:
-        os.close(fd)
-        os.unlink(tmp)
+        discard(fd, tmp)
         raise
     os.close(fd)
     try:
@@ -101,10 +111,8 @@ def create_file(path: str, data: bytes, tmp_dir: str | os.PathLike, mode: int = 
     may be short for as long as this runs. So the name must not be trusted until it is
     published elsewhere after this returns (the event log's seq/HEAD), and a file that a
     power cut left short is never published (recovery drops it: `drop_torn_events`)."""
-    tmp = os.path.join(tmp_dir, f".{os.getpid()}.{secrets.token_hex(8)}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    fd, tmp = _staged(data, tmp_dir, mode)
     try:
-        write_all(fd, data)
         os.rename(tmp, path)
     except BaseException:
         discard(fd, tmp)

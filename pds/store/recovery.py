@@ -69,10 +69,7 @@ def drop_torn_events(data: DataDir) -> int:
     HEAD were fsynced before it moved and are left as they are."""
     log_ = EventLog(data.seq, data.tmp)
     dropped = 0
-    for seq in list(log_.seqs(log_.head())):
-        frame = log_.read(seq)
-        if frame is None:
-            continue
+    for seq, frame in list(log_.events(log_.head())):
         try:
             split_frame(frame)
         except ValueError:
