@@ -198,6 +198,7 @@ class Settings:
     hostname: str
     bind: str = DEFAULT_BIND
     workers: int = 2
+    pin_workers: bool = True  # each worker on one CPU (pds/server.py, `_pick_cpu`)
     cache_mb: int = 16  # each worker's caches (pds/store/caches.py)
     plc_url: str = "https://plc.directory"
     handle_domains: list[str] = field(default_factory=list)
@@ -313,6 +314,7 @@ class _Loader:
             hostname=hostname,
             bind=self.get("BIND", DEFAULT_BIND, check_bind),
             workers=self.get("WORKERS", "2", _number(int, 1, 64)),
+            pin_workers=self.get("PIN_WORKERS", "true", parse_bool),
             cache_mb=self.get("CACHE_MB", "16", _number(int, 1, 4096)),
             plc_url=self.get("PLC_URL", "https://plc.directory", check_url),
             handle_domains=domains or ["." + hostname.split(":")[0]],

@@ -3,6 +3,8 @@ once per worker, with its expiry still checked on every use."""
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 
 import jwt
@@ -164,6 +166,51 @@ def test_workers_serve_on_uvloop(tmp_path):
         # Nor asyncio: gunicorn's ASGI worker is imported after the fork (LateAsgiWorker).
         assert all("_asyncio" in maps(pid) for pid in workers)
         assert "_asyncio" not in maps(server.proc.pid)
+
+
+def _wait_for(pred, timeout: float = 30.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = pred()
+        if got:
+            return got
+        time.sleep(0.1)
+    raise AssertionError("timed out")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs to pin to")
+def test_each_worker_keeps_to_its_own_cpu_and_a_replacement_takes_the_free_one(tmp_path):
+    """Workers are pinned one to a CPU (pds/server.py `_pick_cpu`: a hand-off to a
+    worker's thread pool then stays on one CPU); a worker gunicorn replaces gets the CPU
+    the dead one left, not one a live worker already has. The master is not pinned."""
+    from harness import children, running_server
+
+    allowed = os.sched_getaffinity(0)
+    with running_server(tmp_path, workers=2) as server:
+        def pinned() -> dict[int, set[int]]:
+            got = {pid: os.sched_getaffinity(pid) for pid in children(server.proc.pid)}
+            return got if len(got) == 2 and all(len(c) == 1 for c in got.values()) else {}
+
+        first = _wait_for(pinned)
+        assert len(set().union(*first.values())) == 2  # two different CPUs
+        assert os.sched_getaffinity(server.proc.pid) == allowed
+        victim, survivor = sorted(first)
+        os.kill(victim, signal.SIGKILL)
+        after = _wait_for(lambda: (got := pinned()) and victim not in got and got)
+        assert after[survivor] == first[survivor]
+        (new,) = set(after) - {survivor}
+        assert after[new] == first[victim]
+
+
+@pytest.mark.slow
+def test_pin_workers_off_leaves_workers_on_every_cpu(tmp_path):
+    from harness import children, running_server
+
+    allowed = os.sched_getaffinity(0)
+    with running_server(tmp_path, workers=2, env={"PDS_PIN_WORKERS": "false"}) as server:
+        workers = _wait_for(lambda: len(got := children(server.proc.pid)) == 2 and got)
+        assert all(os.sched_getaffinity(pid) == allowed for pid in workers)
 
 
 @pytest.mark.slow

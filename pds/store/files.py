@@ -11,6 +11,7 @@ import ctypes
 import ctypes.util
 import errno
 import fcntl
+import itertools
 import os
 import secrets
 from collections.abc import Iterator
@@ -65,10 +66,29 @@ def read_whole(path: str | os.PathLike) -> bytes:
 _READ_SIZE = 65536
 
 
+class _StagingNames:
+    """Staging file names, ".<pid>.<random>" (which recovery's `clean_tmp` knows): the
+    random part is drawn once per process and counted on from there, rather than asking
+    the kernel for randomness (and the pid) on every write. Drawn again after a fork."""
+
+    def __init__(self) -> None:
+        self.reset()
+        os.register_at_fork(after_in_child=self.reset)
+
+    def reset(self) -> None:
+        self.prefix = f".{os.getpid()}.{secrets.token_hex(6)}"
+        self.count = itertools.count()
+
+    def next(self) -> str:
+        return f"{self.prefix}{next(self.count):x}"
+
+
+_NAMES = _StagingNames()
+
+
 def _staged(data: bytes, tmp_dir: str | os.PathLike, mode: int) -> tuple[int, str]:
-    """A new staging file in `tmp_dir` (".<pid>.<random>", which recovery's `clean_tmp`
-    knows) holding `data`: its open descriptor and path."""
-    tmp = os.path.join(tmp_dir, f".{os.getpid()}.{secrets.token_hex(8)}")
+    """A new staging file in `tmp_dir` holding `data`: its open descriptor and path."""
+    tmp = os.path.join(tmp_dir, _NAMES.next())
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     try:
         write_all(fd, data)

@@ -55,6 +55,12 @@ from .rollforward import replay_journal
 ANY: Any = object()
 CHECKPOINT_EVERY = 64
 
+# The pending marker is "<rev> <commit cid>\n" in LOCK; a commit that finished overwrites
+# its first byte with this (an empty LOCK is clear too). Overwriting in place, rather than
+# truncating, keeps the file's block allocated and its inode off ext4's orphan list: a
+# cheaper call than a truncate, and less for the commit's journal transaction to log.
+_CLEAR = b"-"
+
 
 @dataclass
 class Write:
@@ -268,8 +274,8 @@ class Repo(RepoReads):
         """The repo's writer lock (flock on LOCK), shared by all worker processes.
 
         The LOCK file's content is the pending-commit marker (see `_persist`): kept in the
-        file already open for the lock, it costs a write and a truncate per commit rather
-        than creating and removing a file."""
+        file already open for the lock, it costs two small writes per commit rather than
+        creating and removing a file."""
         with flock(self.root / LOCK) as fd:
             self._lock_fd = fd
             try:
@@ -371,7 +377,7 @@ class Repo(RepoReads):
         self.blocks.put_many(result.blocks.items())
         self.append_rev(result.rev, result.cid)
         self._set_head(result.cid, result.rev)
-        os.ftruncate(lock_fd, 0)
+        os.pwrite(lock_fd, _CLEAR, 0)
         if self._since_checkpoint >= CHECKPOINT_EVERY:
             self._checkpoint_locked()
 
@@ -386,13 +392,13 @@ class Repo(RepoReads):
         record, in the repo's journal or in the write-ahead log, becomes HEAD before
         anything else."""
         lock_fd = self._locked_fd()
-        if os.fstat(lock_fd).st_size == 0:
+        if os.pread(lock_fd, 1, 0) in (b"", _CLEAR):
             return
         if self.journal.pending():
             self._recover_locked()
         if self.wal is not None:
             self.wal.redo(self)
-        os.ftruncate(lock_fd, 0)
+        os.pwrite(lock_fd, _CLEAR, 0)
 
     # --- durability -----------------------------------------------------------------
 
