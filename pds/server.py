@@ -135,7 +135,10 @@ class LateAsgiWorker(Worker):
             with contextlib.suppress(OSError):  # the CPU went offline since: stay unpinned
                 os.sched_setaffinity(0, {cpu})
         from gunicorn.workers.gasgi import ASGIWorker
+
+        from .gunicorn_parser import install as faster_header_checks
         _trim_gunicorn_tables()
+        faster_header_checks()
         # The attributes ASGIWorker.__init__ adds, from a spare instance whose heartbeat
         # file is closed at once: this object keeps its own, the one the master watches.
         spare = ASGIWorker(self.age, self.ppid, self.sockets, self.app, self.timeout,
