@@ -343,15 +343,15 @@ class Repo(RepoReads):
             raise RepoError("no signing key for this repository")
         prev_data = tree.cid if head is not None else None
         tree, records, ops = apply_to_tree(tree, writes)
-        result, new_nodes = build_commit(self.did, self.key, head, prev_data, tree,
-                                         records, ops)
+        result, new_nodes, commit = build_commit(self.did, self.key, head, prev_data, tree,
+                                                 records, ops)
         if self.wal is not None:
             self.wal.check(result)
         if hooks is not None:
             hooks.prepare(ops, writes)
         self._persist(result)
-        # The next commit builds on this one: keep it parsed rather than read back.
-        self._last_commit = (result.cid, parse_commit(result.blocks[result.cid]))
+        # The next commit builds on this one: keep it rather than read it back.
+        self._last_commit = (result.cid, commit)
         for n in new_nodes:
             n.stored = True
             self.loader.cache[n.cid] = n
@@ -474,11 +474,11 @@ def _apply_one(tree: MST, w: Write, path: str) -> tuple[MST, Op, bytes | None]:
 
 def build_commit(did: str, key: PrivateKey, head: Head | None, prev_data: CID | None,
                  tree: MST, records: dict[CID, bytes],
-                 ops: list[Op]) -> tuple[CommitResult, list[Node]]:
+                 ops: list[Op]) -> tuple[CommitResult, list[Node], Commit]:
     """Sign a commit of `tree` after `head`: the result (new blocks, inversion proof,
-    ops) and the tree's new nodes."""
+    ops), the tree's new nodes and the commit object."""
     rev = next_tid(head.rev if head else None)
-    _commit, commit_block, commit_cid = sign_commit(did, rev, tree.cid, key)
+    commit, commit_block, commit_cid = sign_commit(did, rev, tree.cid, key)
     new_nodes = list(tree.new_nodes())
     blocks = {commit_cid: commit_block}
     blocks.update((n.cid, n.serialised) for n in new_nodes)
@@ -492,4 +492,4 @@ def build_commit(did: str, key: PrivateKey, head: Head | None, prev_data: CID | 
         did=did, cid=commit_cid, rev=rev, since=head.rev if head else None,
         data=tree.cid, prev_data=prev_data, blocks=blocks, proof=proof, ops=ops,
     )
-    return result, new_nodes
+    return result, new_nodes, commit
