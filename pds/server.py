@@ -68,7 +68,8 @@ def _pick_cpu(arbiter: Any, worker: Any) -> None:
     cpus = sorted(os.sched_getaffinity(0))
     if len(cpus) < 2:
         return
-    taken = collections.Counter(getattr(w, "pds_cpu", None) for w in arbiter.WORKERS.values())
+    live = getattr(arbiter, "WORKERS", {}).values()
+    taken = collections.Counter(getattr(w, "pds_cpu", None) for w in live)
     worker.pds_cpu = min(cpus, key=lambda c: (taken[c], c))
 
 
