@@ -14,7 +14,7 @@ import fcntl
 import itertools
 import os
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from .clock import need_disk
@@ -131,17 +131,48 @@ def create_file(path: str, data: bytes, tmp_dir: str | os.PathLike, mode: int = 
     may be short for as long as this runs. So the name must not be trusted until it is
     published elsewhere after this returns (the event log's seq/HEAD), and a file that a
     power cut left short is never published (recovery drops it: `drop_torn_events`)."""
-    fd, tmp = _staged(data, tmp_dir, mode)
+    create_files([(path, data)], tmp_dir, mode=mode)
+
+
+def create_files(items: list[tuple[str, bytes]], tmp_dir: str | os.PathLike,
+                 remake_dir: Callable[[str], None] | None = None, mode: int = 0o644) -> None:
+    """`create_file` for several new files at once (group commit: the event log's batch),
+    each file fsynced and then each directory, so every one is as durable as alone.
+
+    Before the fsyncs, writeback of every file is started: the first fsync's journal
+    commit then carries all of their data and names, and the fsyncs after it find little
+    left (about 0.08 ms each on ext4, against a whole commit, ~0.45 ms, when each file's
+    delayed allocation waits for its own fsync). `remake_dir(dir)` is called once when a
+    rename finds its directory gone (an event log shard pruned meanwhile), then the
+    rename is tried again. On an error, files already renamed stay, unpublished."""
+    fds: list[int] = []
+    dirs: dict[str, None] = {}
     try:
-        os.rename(tmp, path)
-    except BaseException:
-        discard(fd, tmp)
-        raise
-    try:
-        os.fsync(fd)  # fsync, not fdatasync: the rename changed the inode (its ctime)
+        for path, data in items:
+            fd, tmp = _staged(data, tmp_dir, mode)
+            try:
+                try:
+                    os.rename(tmp, path)
+                except FileNotFoundError:
+                    if remake_dir is None:
+                        raise
+                    remake_dir(os.path.dirname(path))
+                    os.rename(tmp, path)
+            except BaseException:
+                discard(fd, tmp)
+                raise
+            fds.append(fd)
+            dirs[os.path.dirname(path) or "."] = None
+        if len(fds) > 1:
+            for fd in fds:
+                start_writeback(fd)
+        for fd in fds:
+            os.fsync(fd)  # fsync, not fdatasync: the rename changed the inode (its ctime)
     finally:
-        os.close(fd)
-    fsync_dir(os.path.dirname(path) or ".")
+        for fd in fds:
+            os.close(fd)
+    for d in dirs:
+        fsync_dir(d)
 
 
 libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
@@ -149,6 +180,18 @@ _renameat2 = getattr(libc, "renameat2", None)
 _AT_FDCWD = -100
 _RENAME_EXCHANGE = 2
 _exchange_works = _renameat2 is not None
+_sync_file_range = getattr(libc, "sync_file_range", None)
+if _sync_file_range is not None:
+    _sync_file_range.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+_SYNC_FILE_RANGE_WRITE = 2
+
+
+def start_writeback(fd: int) -> None:
+    """Start writing a file's dirty pages to disk without waiting (Linux's
+    sync_file_range); a hint that makes a later fsync cheaper, never a durability
+    promise. Does nothing where the call is missing or refused."""
+    if _sync_file_range is not None:
+        _sync_file_range(fd, 0, 0, _SYNC_FILE_RANGE_WRITE)
 
 
 def exchange(a: str, b: str) -> bool:

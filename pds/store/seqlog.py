@@ -24,11 +24,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from .files import (
-    create_file,
+    create_files,
     ensure_dir,
     flock,
     fsync_dir,
@@ -53,6 +54,21 @@ _PRUNE_PROBES = 4096
 _prune_from: dict[tuple[str, int], int] = {}
 
 
+class _Queued:
+    """An event waiting in `EventLog.append`: its frame maker, then its seq or error."""
+
+    __slots__ = ("make_frame", "seq", "error", "done", "wake")
+
+    def __init__(self, make_frame: Callable[[int], bytes]) -> None:
+        self.make_frame = make_frame
+        self.seq = 0
+        self.error: BaseException | None = None
+        self.done = False
+        # Held from the start; released once to wake the waiting thread (done, or lead).
+        self.wake = threading.Lock()
+        self.wake.acquire()
+
+
 class EventLog:
     """The seq/ directory."""
 
@@ -69,6 +85,11 @@ class EventLog:
         # FLOOR rises only through raise_floor, which runs on a data dir no server runs
         # on (restored.py) or through this object: read once, then kept.
         self._floor: int | None = None
+        # Group commit (`append`): events waiting to be written, and whether a thread
+        # of this process is writing (the others queue behind it).
+        self._queue: list[_Queued] = []
+        self._queue_lock = threading.Lock()
+        self._writing = False
 
     def path(self, seq: int) -> Path:
         return Path(self._file(seq))
@@ -88,25 +109,91 @@ class EventLog:
     # --- writing ------------------------------------------------------------------------
 
     def append(self, make_frame: Callable[[int], bytes]) -> int:
-        """Allocate the next seq, write its frame durably, publish it; returns the seq."""
+        """Allocate the next seq, write its frame durably, publish it; returns the seq.
+
+        Group commit: threads of this process that append while another one is writing
+        wait their turn with their frame makers queued, and the next writer takes every
+        queued one in a single hold of the seq lock: frames made and written in queue
+        order, each file fsynced, HEAD moved once past them all. Under concurrent writes
+        one journal commit then carries several events instead of one each (the seq
+        lock, held across the fsync, is what concurrent writers queue on)."""
         if not self._ready:
             ensure_dir(self.root)
             self._ready = True
-        with self.lock():
-            seq = self._head_locked() + 1
-            if seq > MAX_SEQ:
-                raise ValueError(f"seq {seq} is past {MAX_SEQ}, beyond what consumers read")
-            data = make_frame(seq)
-            self._ensure_shard(seq // SHARD)
-            path = self._file(seq)
-            try:
-                create_file(path, data, self.tmp)
-            except FileNotFoundError:  # its shard was pruned away since we saw it
-                self._shard_seen = -1
-                self._ensure_shard(seq // SHARD)
-                create_file(path, data, self.tmp)
-            replace_in_place(self._head_file, self._head_spare, str(seq).encode(), self.tmp)
-            return seq
+        mine = _Queued(make_frame)
+        with self._queue_lock:
+            self._queue.append(mine)
+            lead = not self._writing
+            self._writing = True
+        if not lead:
+            mine.wake.acquire()  # released once written, or to make this thread lead
+        if not mine.done:
+            self._lead()
+        if mine.error is not None:
+            raise mine.error
+        return mine.seq
+
+    def _lead(self) -> None:
+        """As the one writer of this process: write what is queued, then hand the lead to
+        the first event queued since (its thread wakes to write the next batch), or stand
+        down. Each waiting thread sleeps on its own lock, so a batch's threads all wake
+        at once, and a batch is never waiting on the previous one's threads."""
+        try:
+            self._write_queued()
+        finally:
+            with self._queue_lock:
+                if self._queue:
+                    self._queue[0].wake.release()
+                else:
+                    self._writing = False
+
+    def _write_queued(self) -> None:
+        """As the writer: take the seq lock, then every queued event (those queued while
+        the lock was awaited too), and write them. Errors are handed to the events they
+        stop, never raised here: each thread raises its own."""
+        batch: list[_Queued] = []
+        try:
+            with self.lock():
+                batch = self._take_queue()
+                head = seq = self._head_locked()
+                files = []
+                for q in batch:
+                    try:
+                        if seq + 1 > MAX_SEQ:
+                            raise ValueError(f"seq {seq + 1} is past {MAX_SEQ}, beyond what "
+                                             "consumers read")
+                        data = q.make_frame(seq + 1)
+                    except Exception as e:  # this event only; no seq is used up
+                        q.error = e
+                        continue
+                    seq += 1
+                    q.seq = seq
+                    self._ensure_shard(seq // SHARD)
+                    files.append((self._file(seq), data))
+                if seq > head:
+                    create_files(files, self.tmp, self._remake_shard)
+                    replace_in_place(self._head_file, self._head_spare, str(seq).encode(),
+                                     self.tmp)
+        except BaseException as e:
+            if not batch:  # the seq lock failed: so does every queued event, ours too
+                batch = self._take_queue()
+            for q in batch:
+                if q.error is None:
+                    q.error, q.seq = e, 0
+        finally:
+            for q in batch:
+                q.done = True
+                q.wake.release()
+
+    def _take_queue(self) -> list[_Queued]:
+        with self._queue_lock:
+            batch, self._queue = self._queue, []
+        return batch
+
+    def _remake_shard(self, path: str) -> None:
+        """A shard directory pruned away since it was last seen: make it again."""
+        self._shard_seen = -1
+        self._ensure_shard(int(os.path.basename(path)))
 
     def _ensure_shard(self, shard: int) -> None:
         """Create the shard directory (durably) unless it is known to exist."""
