@@ -5,12 +5,17 @@ the next writer takes every queued event in one hold of the seq lock, writes and
 each file (`files.create_files`), and moves HEAD once. What must hold: every append
 gets its own seq, seqs stay contiguous and in queue order, each file holds the frame
 made for its seq, a failing frame fails only its own append, a failing write fails the
-batch without leaving a thread waiting, and the log goes on afterwards.
+batch without leaving a thread waiting, the log goes on afterwards, and no append
+returns before HEAD has moved past its seq (appenders killed with SIGKILL).
 """
 
 from __future__ import annotations
 
 import os
+import random
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -183,3 +188,61 @@ def test_create_files_writes_every_file_and_remakes_a_missing_directory(
     with pytest.raises(FileNotFoundError):
         create_files([(str(tmp_path / "c" / "4"), b"four")], tmp_path / "tmp")
     assert list((tmp_path / "tmp").iterdir()) == []
+
+
+# A child appending from four threads; after each append returns it writes the seq (and
+# the frame it asked for) to its acknowledgement file, unbuffered.
+WRITER = """
+import os, sys, threading
+from pathlib import Path
+from pds.store.seqlog import EventLog
+root = Path(sys.argv[1])
+log = EventLog(root / "seq", root / "tmp")
+acked = os.open(root / "acked", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+def run(t):
+    i = 0
+    while True:
+        i += 1
+        frame = f"{os.getpid()} {t} {i}".encode()
+        seq = log.append(lambda seq, frame=frame: frame + b" " + str(seq).encode())
+        os.write(acked, f"{seq} {frame.decode()}\\n".encode())
+for t in range(4):
+    threading.Thread(target=run, args=(t,), daemon=True).start()
+print("writing", flush=True)
+threading.Event().wait()
+"""
+
+
+def test_appenders_killed_at_any_instant_leave_every_acknowledged_event_published(
+        tmp_path: Path) -> None:
+    """Four threads of a process append (in batches) until SIGKILL at a random instant.
+    After each kill every acknowledged seq is at or below HEAD with its own frame, the
+    events count up by one, and the next append (another process) goes on above them."""
+    log = new_log(tmp_path)
+    rng = random.Random()
+    src = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    total = 0
+    for _round in range(10):
+        proc = subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path)],
+                                stdout=subprocess.PIPE, text=True, env=env)
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "writing"
+        time.sleep(rng.uniform(0.01, 0.2))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+        proc.stdout.close()
+        head = log.head()
+        lines = (tmp_path / "acked").read_text().splitlines()
+        for line in lines:
+            seq_s, _, frame = line.partition(" ")
+            if not frame:
+                continue  # a line the kill cut short
+            seq = int(seq_s)
+            assert seq <= head, f"seq {seq} acknowledged but HEAD is {head}"
+            assert log.read(seq) == f"{frame} {seq}".encode()
+        seqs = [s for s, _ in log.events()]
+        assert seqs == list(range(1, len(seqs) + 1)), "a gap or a repeat in the log"
+        total = len(lines)
+        nxt = EventLog(tmp_path / "seq", tmp_path / "tmp").append(lambda seq: b"next")
+        assert nxt == max(seqs) + 1
+    assert total > 40, "the writers hardly wrote"
