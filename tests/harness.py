@@ -104,6 +104,23 @@ def kill9(server: Server) -> None:
     wait_for(lambda: all(gone(p) for p in pids), 10, "the killed workers to go")
 
 
+def kill_script_after(script: str, args: list[str], delay: float) -> None:
+    """Run the Python source `script` with `args` (the checkout on its path), wait for it
+    to print "writing", then SIGKILL it `delay` seconds later and reap it."""
+    src = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.Popen([sys.executable, "-c", script, *args], stdout=subprocess.PIPE,
+                            text=True, env=env)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "writing"
+        time.sleep(delay)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
 class Background:
     """Threads running beside a test (writers, storms) until `stop()`; what one raises is
     kept, and `stop()` and `join()` fail with it."""

@@ -9,17 +9,13 @@ floor), and range reads cross the jump (up to 10^15 missing numbers) in one step
 
 from __future__ import annotations
 
-import os
 import random
-import signal
-import subprocess
-import sys
 import textwrap
 import threading
-import time
 from pathlib import Path
 
 import pytest
+from harness import kill_script_after
 
 from pds.store.seqlog import MAX_SEQ, EventLog
 
@@ -155,16 +151,8 @@ def test_a_writer_killed_at_any_instant_leaves_the_floor_behind_its_events(
     and at least the floor."""
     log = new_log(tmp_path)
     rng = random.Random()
-    src = str(Path(__file__).resolve().parents[1])
-    env = {**os.environ, "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", "")}
     for _round in range(12):
-        proc = subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path)],
-                                stdout=subprocess.PIPE, text=True, env=env)
-        assert proc.stdout is not None and proc.stdout.readline().strip() == "writing"
-        time.sleep(rng.uniform(0.0, 0.15))
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(30)
-        proc.stdout.close()
+        kill_script_after(WRITER, [str(tmp_path)], rng.uniform(0.0, 0.15))
         seqs = [s for s, _ in log.events()]
         assert seqs == sorted(set(seqs))
         floors = log.floors()

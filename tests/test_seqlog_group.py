@@ -13,15 +13,13 @@ from __future__ import annotations
 
 import os
 import random
-import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from harness import kill_script_after
 
 from pds.store.files import create_files
 from pds.store.seqlog import EventLog
@@ -220,17 +218,9 @@ def test_appenders_killed_at_any_instant_leave_every_acknowledged_event_publishe
     events count up by one, and the next append (another process) goes on above them."""
     log = new_log(tmp_path)
     rng = random.Random()
-    src = str(Path(__file__).resolve().parents[1])
-    env = {**os.environ, "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", "")}
     total = 0
     for _round in range(10):
-        proc = subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path)],
-                                stdout=subprocess.PIPE, text=True, env=env)
-        assert proc.stdout is not None and proc.stdout.readline().strip() == "writing"
-        time.sleep(rng.uniform(0.01, 0.2))
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(30)
-        proc.stdout.close()
+        kill_script_after(WRITER, [str(tmp_path)], rng.uniform(0.01, 0.2))
         head = log.head()
         lines = (tmp_path / "acked").read_text().splitlines()
         for line in lines:
