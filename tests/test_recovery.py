@@ -154,7 +154,7 @@ def test_checkpoint_passes_an_unreadable_event(data):
 
 
 def test_recovery_drops_an_unpublished_event_a_power_cut_left_short(data):
-    """An event file is in place before its fsync returns (files.create_file), so a power
+    """An event file is in place before its fsync returns (files.create_files), so a power
     cut can leave it empty or short where names reach the disk before data. Its seq was
     never published: recovery removes it, keeps every readable event, and the next event
     is whole."""

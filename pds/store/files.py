@@ -119,45 +119,34 @@ def write_file(path: str | os.PathLike, data: bytes, tmp_dir: str | os.PathLike,
         fsync_dir(os.path.dirname(path) or ".")
 
 
-def create_file(path: str, data: bytes, tmp_dir: str | os.PathLike, mode: int = 0o644) -> None:
-    """Create the new file `path` holding `data`, durably, for one device flush where the
-    filesystem journals, against `write_file`'s two.
+def create_files(items: list[tuple[str, bytes]], tmp_dir: str | os.PathLike,
+                 remake_dir: Callable[[str], None] | None = None, mode: int = 0o644) -> None:
+    """Create the new files `items` ((path, data) pairs) durably, for one device flush
+    where the filesystem journals, against `write_file`'s two each: the event log's
+    batch (group commit), one event or several.
 
-    The file is renamed into place first and fsynced after: on ext4, XFS or btrfs that
+    Each file is renamed into place first and fsynced after: on ext4, XFS or btrfs that
     fsync commits the file's data and its rename in one journal transaction, and the
     directory's fsync that follows (POSIX asks for it) finds nothing left to commit.
     `write_file` must flush the data before the rename, so that a replaced file is never
     seen empty after a power cut; for a new name there is nothing to lose, but its bytes
-    may be short for as long as this runs. So the name must not be trusted until it is
+    may be short for as long as this runs. So a name must not be trusted until it is
     published elsewhere after this returns (the event log's seq/HEAD), and a file that a
-    power cut left short is never published (recovery drops it: `drop_torn_events`)."""
-    create_files([(path, data)], tmp_dir, mode=mode)
+    power cut left short is never published (recovery drops it: `drop_torn_events`).
 
-
-def create_files(items: list[tuple[str, bytes]], tmp_dir: str | os.PathLike,
-                 remake_dir: Callable[[str], None] | None = None, mode: int = 0o644) -> None:
-    """`create_file` for several new files at once (group commit: the event log's batch),
-    each file fsynced and then each directory, so every one is as durable as alone.
-
-    Before the fsyncs, writeback of every file is started: the first fsync's journal
-    commit then carries all of their data and names, and the fsyncs after it find little
-    left (about 0.08 ms each on ext4, against a whole commit, ~0.45 ms, when each file's
-    delayed allocation waits for its own fsync). `remake_dir(dir)` is called once when a
-    rename finds its directory gone (an event log shard pruned meanwhile), then the
-    rename is tried again. On an error, files already renamed stay, unpublished."""
+    Of several files, writeback of each is started before the fsyncs: the first fsync's
+    journal commit then carries all of their data and names, and the fsyncs after it
+    find little left (about 0.08 ms each on ext4, against a whole commit, ~0.45 ms, when
+    each file's delayed allocation waits for its own fsync). `remake_dir(dir)` is called
+    once when a rename finds its directory gone (an event log shard pruned meanwhile),
+    then the rename is tried again. On an error, files already renamed stay, unpublished."""
     fds: list[int] = []
     dirs: dict[str, None] = {}
     try:
         for path, data in items:
             fd, tmp = _staged(data, tmp_dir, mode)
             try:
-                try:
-                    os.rename(tmp, path)
-                except FileNotFoundError:
-                    if remake_dir is None:
-                        raise
-                    remake_dir(os.path.dirname(path))
-                    os.rename(tmp, path)
+                _rename_new(tmp, path, remake_dir)
             except BaseException:
                 discard(fd, tmp)
                 raise
@@ -165,7 +154,7 @@ def create_files(items: list[tuple[str, bytes]], tmp_dir: str | os.PathLike,
             dirs[os.path.dirname(path) or "."] = None
         if len(fds) > 1:
             for fd in fds:
-                start_writeback(fd)
+                _start_writeback(fd)
         for fd in fds:
             os.fsync(fd)  # fsync, not fdatasync: the rename changed the inode (its ctime)
     finally:
@@ -173,6 +162,16 @@ def create_files(items: list[tuple[str, bytes]], tmp_dir: str | os.PathLike,
             os.close(fd)
     for d in dirs:
         fsync_dir(d)
+
+
+def _rename_new(tmp: str, path: str, remake_dir: Callable[[str], None] | None) -> None:
+    try:
+        os.rename(tmp, path)
+    except FileNotFoundError:
+        if remake_dir is None:
+            raise
+        remake_dir(os.path.dirname(path))
+        os.rename(tmp, path)
 
 
 libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
@@ -186,7 +185,7 @@ if _sync_file_range is not None:
 _SYNC_FILE_RANGE_WRITE = 2
 
 
-def start_writeback(fd: int) -> None:
+def _start_writeback(fd: int) -> None:
     """Start writing a file's dirty pages to disk without waiting (Linux's
     sync_file_range); a hint that makes a later fsync cheaper, never a durability
     promise. Does nothing where the call is missing or refused."""

@@ -32,7 +32,7 @@ from .seqlog import EventLog
 
 log = logging.getLogger("pds.recovery")
 
-# Staging files of `files.write_file` and `create_file` (".<pid>.<random>"), blob uploads
+# Staging files of `files.write_file` and `create_files` (".<pid>.<random>"), blob uploads
 # ("blob-<pid>-<random>") and imports: the writer's pid tells whether it still runs.
 _STAGING = re.compile(r"^(?:\.|blob-|import-)(\d+)[.-]")
 
@@ -62,7 +62,7 @@ def recover(data: DataDir, journals: bool = True) -> int:
 
 def drop_torn_events(data: DataDir) -> int:
     """Remove the unreadable events past seq/HEAD; returns how many. An event file is in
-    place before its fsync (`files.create_file`), so a power cut can leave one short or
+    place before its fsync (`files.create_files`), so a power cut can leave one short or
     empty on a filesystem that writes names before data. Its seq was never published
     (HEAD moves after the fsync), so it was never acknowledged nor delivered: it goes,
     leaving a gap, rather than reach a subscriber or stop a replay. Events at or below
